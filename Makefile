@@ -1,0 +1,38 @@
+# Everything runs from the project's own virtual environment, created on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROMPTS ?= classname,a_photo_of,dataset,simple_imagenet,openai_imagenet
+
+.DEFAULT_GOAL := help
+.PHONY: help install assets demo test test-fast ui clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv/ and install the project with its dev extras
+
+assets: $(STAMP) ## Build the bundled synthetic dataset and tiny checkpoint if missing
+	$(PY) -m pipeline.offline --outputs outputs
+
+demo: assets ## Sweep the tiny model over the synthetic data with several prompt sets; print the table
+	$(PY) -m pipeline -m model=tiny dataset=shapes prompts=$(PROMPTS)
+
+test: assets ## Run every test, the slow end-to-end ones included
+	$(PY) -m pytest
+
+test-fast: assets ## Run the fast unit tests only
+	$(PY) -m pytest -m "not slow"
+
+ui: $(STAMP) ## Open the MLflow UI on the local store (http://127.0.0.1:5000)
+	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000
+
+clean: ## Remove generated outputs (runs, store, bundled assets); keeps .venv/
+	find outputs -mindepth 1 ! -name README.md -exec rm -rf {} +

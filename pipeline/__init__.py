@@ -1,0 +1,11 @@
+"""Zero-shot CLIP benchmark tables: Hydra configs, embed -> classify -> score -> aggregate, cached in MLflow."""
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+# Lets conf/paths/default.yaml make every location absolute once, relative to the launch directory.
+OmegaConf.register_new_resolver("abspath", lambda path: str(Path(path).expanduser().resolve()), replace=True)
+
+
+class PipelineError(RuntimeError):
+    """A bad input or environment: the message says what was wrong and what to do."""

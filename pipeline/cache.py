@@ -1,0 +1,192 @@
+"""The content-keyed stage cache every stage uses: an MLflow run per computed output, served again by key.
+
+A stage's output is a set of `.npy` arrays plus optional scalar metrics. On a miss the
+stage runs inside a fresh MLflow run; its files are logged with SHA-256 checksums and the
+run is marked FINISHED only after everything is written, so a failed or interrupted
+stage never counts as a hit. On a hit the artifacts come back through MLflow's artifact
+API (so remote tracking servers work) and are verified before use.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import mlflow.artifacts
+import numpy as np
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Run
+
+from pipeline.tracking import TrackingStore
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+CHECKSUM_TAG = "checksum."
+# MLflow limits: 100 params per batch call, 6000 characters per param value.
+_PARAM_BATCH = 100
+_PARAM_MAX_CHARS = 6000
+
+
+def cache_key(stage: str, version: str, config: Mapping[str, Any], inputs: Sequence[str] = ()) -> str:
+    """Hash exactly what determines a stage's output: its config values, its inputs' keys, its code version."""
+    payload = json.dumps(
+        {"stage": stage, "version": version, "config": config, "inputs": list(inputs)},
+        sort_keys=True, separators=(",", ":"), default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    """What a stage produces: named arrays (saved as plain .npy) and scalar metrics."""
+
+    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageRequest:
+    """One stage invocation: its key, the MLflow tags and params its run carries, and a readable name."""
+
+    stage: str
+    key: str
+    tags: Mapping[str, str]
+    params: Mapping[str, Any]
+    name: str
+
+
+@dataclass(frozen=True)
+class StageResult:
+    output: StageOutput
+    run_id: str
+    hit: bool
+
+
+class CorruptArtifact(RuntimeError):
+    """A cached file is missing or does not match the checksum recorded when it was written."""
+
+
+@dataclass(frozen=True)
+class StageCache:
+    """Serve or compute stage outputs; `enabled=False` turns the cache off, `force=True` recomputes."""
+
+    store: TrackingStore
+    enabled: bool = True
+    force: bool = False
+
+    def get_or_compute(self, request: StageRequest, compute: Callable[[], StageOutput]) -> StageResult:
+        if self.enabled and not self.force:
+            cached = self._lookup(request)
+            if cached is not None:
+                log.info("[%s] cache hit  key=%s run=%s (%s)", request.stage, request.key, cached.run_id, request.name)
+                return cached
+        reason = "cache off" if not self.enabled else "forced" if self.force else "cache miss"
+        log.info("[%s] %s key=%s (%s)", request.stage, reason, request.key, request.name)
+        return self._compute(request, compute)
+
+    # -- lookup -------------------------------------------------------------------------------
+    def _lookup(self, request: StageRequest) -> StageResult | None:
+        client = self.store.client
+        runs = client.search_runs(
+            [self.store.experiment_id],
+            filter_string=(
+                f"tags.cache_key = '{request.key}' and tags.cache_store = 'true' "
+                f"and attributes.status = 'FINISHED'"
+            ),
+            order_by=["attributes.start_time DESC"],
+            max_results=10,
+        )
+        for run in runs:
+            try:
+                return StageResult(self._load(run), run.info.run_id, hit=True)
+            except CorruptArtifact as exc:
+                log.warning("[%s] cached run %s is corrupt (%s); it will not be served again, recomputing",
+                            request.stage, run.info.run_id, exc)
+                client.set_tag(run.info.run_id, "cache_store", "false")
+                client.set_tag(run.info.run_id, "cache_corrupt", str(exc)[:500])
+        return None
+
+    def _load(self, run: Run) -> StageOutput:
+        checksums = {k.removeprefix(CHECKSUM_TAG): v for k, v in run.data.tags.items() if k.startswith(CHECKSUM_TAG)}
+        if not checksums:
+            raise CorruptArtifact("no checksums recorded")
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, expected in checksums.items():
+                try:
+                    local = Path(mlflow.artifacts.download_artifacts(
+                        run_id=run.info.run_id, artifact_path=name, dst_path=tmp, tracking_uri=self.store.uri))
+                except Exception as exc:  # MLflow raises several types for a missing artifact
+                    raise CorruptArtifact(f"{name} cannot be downloaded: {exc}") from exc
+                actual = sha256_file(local)
+                if actual != expected:
+                    raise CorruptArtifact(f"{name} checksum {actual[:12]} != recorded {expected[:12]}")
+            return _read_output(Path(tmp), checksums)
+
+    # -- compute ------------------------------------------------------------------------------
+    def _compute(self, request: StageRequest, compute: Callable[[], StageOutput]) -> StageResult:
+        client = self.store.client
+        tags = {**request.tags, "stage": request.stage, "cache_key": request.key,
+                "cache_store": "true" if self.enabled else "false"}
+        run = client.create_run(self.store.experiment_id, tags=tags, run_name=request.name)
+        run_id = run.info.run_id
+        try:
+            _log_params(client, run_id, request.params)
+            output = compute()
+            with tempfile.TemporaryDirectory() as tmp:
+                checksums = _write_output(Path(tmp), output)
+                client.log_artifacts(run_id, tmp)
+            client.log_batch(
+                run_id,
+                metrics=[Metric(k, float(v), 0, 0) for k, v in output.metrics.items()],
+                tags=[RunTag(CHECKSUM_TAG + name, digest) for name, digest in checksums.items()],
+            )
+        except BaseException as exc:
+            # FAILED/KILLED runs are never served: lookups only accept FINISHED ones.
+            client.set_terminated(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+        client.set_terminated(run_id, "FINISHED")
+        return StageResult(output, run_id, hit=False)
+
+
+def _write_output(directory: Path, output: StageOutput) -> dict[str, str]:
+    checksums: dict[str, str] = {}
+    for name, array in output.arrays.items():
+        path = directory / f"{name}.npy"
+        np.save(path, np.asarray(array), allow_pickle=False)
+        checksums[path.name] = sha256_file(path)
+    if output.metrics:
+        path = directory / METRICS_FILE
+        # NaN (e.g. acc5 with < 5 classes) is kept as null so the file stays strict JSON.
+        metrics = {k: (None if math.isnan(float(v)) else float(v)) for k, v in output.metrics.items()}
+        path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        checksums[path.name] = sha256_file(path)
+    return checksums
+
+
+def _read_output(directory: Path, names: Mapping[str, str]) -> StageOutput:
+    arrays = {Path(n).stem: np.load(directory / n, allow_pickle=False) for n in names if n.endswith(".npy")}
+    metrics: dict[str, float] = {}
+    if METRICS_FILE in names:
+        raw = json.loads((directory / METRICS_FILE).read_text())
+        metrics = {k: (math.nan if v is None else float(v)) for k, v in raw.items()}
+    return StageOutput(arrays, metrics)
+
+
+def _log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
+    items = [Param(k, str(v)[:_PARAM_MAX_CHARS]) for k, v in params.items()]
+    for start in range(0, len(items), _PARAM_BATCH):
+        client.log_batch(run_id, params=items[start:start + _PARAM_BATCH])

@@ -1,0 +1,112 @@
+"""Load open_clip models (pretrained tags or local checkpoints) and fingerprint them for cache keys."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable
+
+import open_clip
+import torch
+
+from pipeline import PipelineError
+from pipeline.cache import sha256_file
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).with_name("model_configs")
+PRECISIONS = ("fp32", "amp")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What identifies a model: open_clip architecture, pretrained tag or checkpoint path, precision."""
+
+    name: str
+    arch: str
+    pretrained: str | None
+    precision: str = "fp32"
+
+    @classmethod
+    def from_cfg(cls, cfg: Any) -> "ModelSpec":
+        spec = cls(cfg.name, cfg.arch, cfg.get("pretrained"), cfg.get("precision", "fp32"))
+        if spec.precision not in PRECISIONS:
+            raise PipelineError(f"model.precision={spec.precision!r} is not one of {PRECISIONS}")
+        return spec
+
+    @property
+    def is_local_checkpoint(self) -> bool:
+        return bool(self.pretrained) and (Path(self.pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"}
+                                          or Path(self.pretrained).exists())
+
+    @cached_property
+    def fingerprint(self) -> dict[str, Any]:
+        """Key material: a local checkpoint is keyed by its content, a pretrained tag by its name."""
+        weights = self.pretrained
+        if self.is_local_checkpoint:
+            path = Path(self.pretrained)
+            if not path.is_file():
+                raise PipelineError(
+                    f"model checkpoint {path} does not exist. For the bundled tiny model run "
+                    f"`python -m pipeline.offline` (or `make assets`); otherwise fix model.pretrained."
+                )
+            weights = "sha256:" + sha256_file(path)
+        return {"arch": self.arch, "weights": weights, "precision": self.precision}
+
+    @property
+    def pretrained_label(self) -> str:
+        """The `pretrained` tag value: the open_clip tag, or the checkpoint's file name."""
+        if self.is_local_checkpoint:
+            return Path(self.pretrained).name
+        return self.pretrained or "none"
+
+
+def register_project_architectures() -> None:
+    """Make the architectures shipped in pipeline/model_configs/ known to open_clip (idempotent)."""
+    known = set(open_clip.list_models())
+    if any(path.stem not in known for path in MODEL_CONFIG_DIR.glob("*.json")):
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    preprocess: Callable
+    tokenizer: Callable
+    device: torch.device
+    precision: str
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, enabled=self.precision == "amp")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(spec: ModelSpec, device: torch.device) -> LoadedModel:
+    register_project_architectures()
+    if spec.arch not in open_clip.list_models():
+        raise PipelineError(f"unknown open_clip architecture {spec.arch!r}; see open_clip.list_models()")
+    log.info("loading %s (%s) on %s", spec.arch, spec.pretrained, device)
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        spec.arch, pretrained=spec.pretrained, device=device, precision="fp32", require_pretrained=bool(spec.pretrained),
+    )
+    return LoadedModel(model.eval(), preprocess, open_clip.get_tokenizer(spec.arch), device, spec.precision)
+
+
+@dataclass
+class ModelLoader:
+    """Loads the model on first use only, so a fully cached job never touches the weights."""
+
+    spec: ModelSpec
+    device: torch.device
+    _loaded: LoadedModel | None = field(default=None, init=False, repr=False)
+
+    def get(self) -> LoadedModel:
+        if self._loaded is None:
+            self._loaded = load_model(self.spec, self.device)
+        return self._loaded

@@ -1,0 +1,22 @@
+"""`python -m pipeline.offline`: build the bundled synthetic dataset and tiny checkpoint if they are missing."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pipeline.offline.shapes import ensure_shapes
+from pipeline.offline.tiny_clip import ensure_checkpoint
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--outputs", type=Path, default=Path("outputs"), help="the paths.outputs directory")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print("dataset:", ensure_shapes(args.outputs / "data" / "shapes"))
+    print("checkpoint:", ensure_checkpoint(args.outputs / "models" / "tiny-clip.pt"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Connect to the MLflow tracking store named by `cfg.tracking`, with clear errors when it is unusable."""
+from __future__ import annotations
+
+import logging
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipeline import PipelineError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrackingStore:
+    """A tracking URI with the experiment every stage run goes into."""
+
+    uri: str
+    experiment_id: str
+
+    @property
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.uri)
+
+
+def _check_reachable(uri: str) -> None:
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    elif uri.startswith(("http://", "https://")):
+        # MLflow's own client retries for minutes; one quick probe gives a clear answer instead.
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
+        except (urllib.error.URLError, OSError) as exc:
+            raise PipelineError(
+                f"MLflow tracking server {uri} is not reachable ({exc}). Start it (e.g. `mlflow server "
+                f"--host 127.0.0.1 --port 5000`) or point tracking.uri at a reachable store "
+                f"(the default is the local SQLite store: tracking=local)."
+            ) from exc
+
+
+def _artifact_uri(location: str | None) -> str | None:
+    if not location or "://" in location:
+        return location
+    return Path(location).expanduser().resolve().as_uri()
+
+
+def connect(uri: str, experiment: str, artifact_location: str | None = None, attempts: int = 5) -> TrackingStore:
+    """Return the store, creating the experiment (and a fresh SQLite schema) if needed.
+
+    Parallel jobs on a fresh SQLite file can race on schema or experiment creation, so
+    the multirun callback calls this once before the jobs start, and jobs retry briefly.
+    """
+    _check_reachable(uri)
+    client = MlflowClient(tracking_uri=uri)
+    for attempt in range(attempts):
+        try:
+            found = client.get_experiment_by_name(experiment)
+            if found is not None:
+                return TrackingStore(uri, found.experiment_id)
+            experiment_id = client.create_experiment(experiment, artifact_location=_artifact_uri(artifact_location))
+            return TrackingStore(uri, experiment_id)
+        except MlflowException as exc:
+            if attempt == attempts - 1:
+                raise PipelineError(f"cannot use MLflow tracking store {uri}: {exc}") from exc
+            log.warning("tracking store busy (%s); retrying", exc)
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def connect_cfg(tracking_cfg) -> TrackingStore:
+    """`connect` from a `tracking` config group node."""
+    return connect(tracking_cfg.uri, tracking_cfg.experiment, tracking_cfg.get("artifact_location"))
