@@ -1,0 +1,50 @@
+"""Shared fixtures: the bundled offline assets (built once under outputs/) and real SQLite MLflow stores."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import pipeline  # noqa: F401  (registers the `abspath` resolver)
+from pipeline import tracking
+from pipeline.offline.shapes import ensure_shapes
+from pipeline.offline.tiny_clip import ensure_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+ASSETS = REPO / "outputs"
+
+
+@pytest.fixture(scope="session")
+def shapes_root() -> Path:
+    return ensure_shapes(ASSETS / "data" / "shapes")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint() -> Path:
+    return ensure_checkpoint(ASSETS / "models" / "tiny-clip.pt")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> tracking.TrackingStore:
+    return tracking.connect(f"sqlite:///{tmp_path}/mlflow.db", "test", str(tmp_path / "artifacts"))
+
+
+def compose_config(*overrides: str, config_name: str = "config"):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides))
+
+
+def asset_overrides(shapes_root: Path, tiny_checkpoint: Path) -> list[str]:
+    return [f"dataset.root={shapes_root}", f"model.pretrained={tiny_checkpoint}"]
+
+
+def run_pipeline(workdir: Path, *args: str, module: str = "pipeline") -> subprocess.CompletedProcess:
+    """Run the Hydra app in a subprocess with its outputs (store, sweeps) under `workdir`."""
+    env = {**os.environ, "CLIP_TABLES_OUTPUTS": str(workdir / "outputs"), "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=600)

@@ -1,0 +1,46 @@
+import open_clip
+import pytest
+from omegaconf import OmegaConf
+
+from pipeline import PipelineError, prompts
+
+
+def cfg(**values):
+    return OmegaConf.create({"name": "test", **values})
+
+
+def test_dataset_prompts_use_the_dataset_templates():
+    assert prompts.resolve(cfg(source="dataset"), ["a {c}.", "the {c}."]) == ["a {c}.", "the {c}."]
+
+
+def test_dataset_prompts_without_templates_is_an_error():
+    with pytest.raises(PipelineError, match="zeroshot_classification_templates"):
+        prompts.resolve(cfg(source="dataset"), [])
+
+
+def test_open_clip_sets_recover_the_template_text():
+    openai = prompts.resolve(cfg(source="open_clip", attribute="OPENAI_IMAGENET_TEMPLATES"), [])
+    assert len(openai) == 80 and "a bad photo of a {c}." in openai
+    assert [t.format(c="dog") for t in openai] == [t("dog") for t in open_clip.OPENAI_IMAGENET_TEMPLATES]
+    assert len(prompts.resolve(cfg(source="open_clip", attribute="SIMPLE_IMAGENET_TEMPLATES"), [])) == 7
+
+
+def test_file_prompts_one_per_line(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("a sketch of a {c}.\n\n  itap of a {c}.  \n")
+    assert prompts.resolve(cfg(source="file", path=str(path)), []) == ["a sketch of a {c}.", "itap of a {c}."]
+
+
+def test_missing_prompt_file_names_the_path(tmp_path):
+    with pytest.raises(PipelineError, match="nope.txt"):
+        prompts.resolve(cfg(source="file", path=str(tmp_path / "nope.txt")), [])
+
+
+def test_template_without_placeholder_is_rejected():
+    with pytest.raises(PipelineError, match=r"'a photo\.' has no \{c\}"):
+        prompts.resolve(cfg(source="list", templates=["a photo of a {c}.", "a photo."]), [])
+
+
+def test_fillers_fill_by_name_like_clip_benchmark():
+    fill = prompts.fillers(["a {c} in {c}-land."])[0]
+    assert fill("dog") == "a dog in dog-land."
