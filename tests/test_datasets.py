@@ -1,0 +1,66 @@
+"""The synthetic dataset's on-disk layout, clip_benchmark's reader over it, and dataset errors."""
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline import PipelineError, datasets
+from pipeline.offline import shapes
+
+
+def spec(root: Path, split: str = "test") -> datasets.DatasetSpec:
+    return datasets.DatasetSpec("shapes", "zeroshot_classification", str(root), split, "acc1")
+
+
+def test_layout_is_clip_benchmarks(shapes_root):
+    for split, (per_class, _) in shapes.SPLITS.items():
+        nshards = int((shapes_root / split / "nshards.txt").read_text())
+        assert nshards == 2 and all((shapes_root / split / f"{i}.tar").is_file() for i in range(nshards))
+    assert (shapes_root / "classnames.txt").read_text().splitlines() == shapes.CLASSNAMES
+    assert (shapes_root / "zeroshot_classification_templates.txt").read_text().splitlines() == shapes.TEMPLATES
+
+
+def test_reader_yields_every_test_sample_with_labels(shapes_root):
+    info = datasets.describe(spec(shapes_root))
+    assert info.classnames == shapes.CLASSNAMES and info.templates == shapes.TEMPLATES
+    labels = [int(label) for _, label in datasets.build(spec(shapes_root))]
+    per_class = shapes.SPLITS["test"][0]
+    assert sorted(labels) == sorted(list(range(len(shapes.CLASSNAMES))) * per_class)
+
+
+def test_generator_is_deterministic():
+    a, b = shapes.generate(2, seed=7), shapes.generate(2, seed=7)
+    assert [s.image.tobytes() for s in a] == [s.image.tobytes() for s in b]
+    assert [s.image.tobytes() for s in a] != [s.image.tobytes() for s in shapes.generate(2, seed=8)]
+
+
+def test_missing_root_names_the_path(tmp_path):
+    with pytest.raises(PipelineError, match=str(tmp_path / "absent")):
+        datasets.describe(spec(tmp_path / "absent"))
+
+
+def test_missing_split_and_shard_are_named(shapes_root, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(shapes_root, copy)
+    with pytest.raises(PipelineError, match="nshards.txt"):
+        datasets.check_local_layout(spec(copy, split="validation"))
+    (copy / "test" / "1.tar").unlink()
+    with pytest.raises(PipelineError, match="1.tar"):
+        datasets.check_local_layout(spec(copy))
+
+
+def test_fingerprint_follows_content_not_location(shapes_root, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(shapes_root, copy)
+    assert datasets.fingerprint(spec(copy)) == datasets.fingerprint(spec(shapes_root))
+    assert datasets.fingerprint(spec(copy, "train")) != datasets.fingerprint(spec(copy))
+    with open(copy / "test" / "0.tar", "ab") as handle:
+        handle.write(b"\0" * 512)
+    assert datasets.fingerprint(spec(copy)) != datasets.fingerprint(spec(shapes_root))
+
+
+def test_remote_root_is_keyed_by_url():
+    remote = datasets.DatasetSpec("cifar10", "zeroshot_classification",
+                                  "https://huggingface.co/datasets/clip-benchmark/wds_cifar10/tree/main", "test", "acc1")
+    assert remote.is_remote and datasets.fingerprint(remote)["root"] == remote.root
+    datasets.check_local_layout(remote)  # no local checks for URLs

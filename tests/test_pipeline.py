@@ -1,0 +1,139 @@
+"""End-to-end: real Hydra multiruns of `python -m pipeline` in a subprocess, against a real SQLite MLflow store."""
+import shutil
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline import tracking
+from pipeline.datasets import FINGERPRINT_HEAD_BYTES
+from tests.conftest import asset_overrides, run_pipeline
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = "prompts=classname,a_photo_of,dataset"
+
+
+def open_store(workdir: Path) -> tracking.TrackingStore:
+    return tracking.connect(f"sqlite:///{workdir}/outputs/mlflow.db", "clip-tables")
+
+
+def runs(workdir: Path, status: str = "FINISHED"):
+    if not (workdir / "outputs" / "mlflow.db").exists():
+        return []
+    store = open_store(workdir)
+    return store.client.search_runs([store.experiment_id], f"attributes.status = '{status}'", max_results=1000)
+
+
+def stage_counts(workdir: Path) -> Counter:
+    return Counter((r.data.tags["stage"], r.data.tags.get("modality", "")) for r in runs(workdir))
+
+
+def sweep_dirs(workdir: Path) -> list[Path]:
+    return sorted(p.parent for p in (workdir / "outputs" / "multirun").glob("*/*/table.csv"))
+
+
+def assert_ok(proc):
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.fixture
+def assets(shapes_root, tiny_checkpoint) -> list[str]:
+    return asset_overrides(shapes_root, tiny_checkpoint)
+
+
+def test_sweep_encodes_images_once_and_repeats_from_cache(tmp_path, assets):
+    assert_ok(run_pipeline(tmp_path, "-m", PROMPTS, *assets))
+    first = stage_counts(tmp_path)
+    assert first == Counter({("embed", "image"): 1, ("embed", "text"): 3, ("classify", ""): 3, ("score", ""): 3,
+                             ("aggregate", ""): 1})
+
+    table = pd.read_csv(sweep_dirs(tmp_path)[0] / "table.csv")
+    assert sorted(table["prompts"]) == ["a_photo_of", "classname", "dataset"]
+    assert table["shapes"].max() >= 0.8 and (table["mean"] == table["shapes"]).all()
+
+    score_run = next(r for r in runs(tmp_path) if r.data.tags["stage"] == "score")
+    for tag in ("stage", "model", "pretrained", "dataset", "prompts", "cache_key"):
+        assert score_run.data.tags[tag]
+    assert score_run.data.tags["model"] == "tiny-clip" and score_run.data.params["model.arch"] == "tiny-clip"
+    assert {"acc1", "acc5", "mean_per_class_recall", "acc1_adjusted"} <= set(score_run.data.metrics)
+
+    repeat = run_pipeline(tmp_path, "-m", PROMPTS, *assets)
+    assert_ok(repeat)
+    assert "cache miss" not in repeat.stderr + repeat.stdout
+    assert stage_counts(tmp_path) == first + Counter({("aggregate", ""): 1})
+
+    # A different headline metric reuses the logits and the scores; only the table changes.
+    other_metric = run_pipeline(tmp_path, "-m", PROMPTS, "metric=acc5", *assets)
+    assert_ok(other_metric)
+    assert stage_counts(tmp_path) == first + Counter({("aggregate", ""): 2})
+    assert "### acc5" in other_metric.stdout
+
+    rebuilt = run_pipeline(tmp_path, "metric=mean_per_class_recall", module="pipeline.aggregate")
+    assert_ok(rebuilt)
+    rebuilt_table = pd.read_csv(tmp_path / "outputs" / "tables" / "table.csv")
+    assert len(rebuilt_table) == 3 and rebuilt_table["shapes"].between(0, 1).all()
+
+
+def test_corrupted_artifact_is_detected_and_recomputed(tmp_path, assets):
+    assert_ok(run_pipeline(tmp_path, "-m", "prompts=classname", *assets))
+    image_run = next(r for r in runs(tmp_path) if r.data.tags.get("modality") == "image")
+    features = Path(image_run.info.artifact_uri.removeprefix("file://")) / "image_features.npy"
+    raw = bytearray(features.read_bytes())
+    raw[-8:] = b"\x7f" * 8
+    features.write_bytes(bytes(raw))
+
+    again = run_pipeline(tmp_path, "-m", "prompts=classname", *assets)
+    assert_ok(again)
+    assert "corrupt" in again.stderr + again.stdout
+    image_runs = [r for r in runs(tmp_path) if r.data.tags.get("modality") == "image"]
+    assert len(image_runs) == 2
+    assert open_store(tmp_path).client.get_run(image_run.info.run_id).data.tags["cache_store"] == "false"
+    tables = [pd.read_csv(d / "table.csv") for d in sweep_dirs(tmp_path)]
+    assert tables[0]["shapes"].tolist() == tables[1]["shapes"].tolist()
+
+
+def corrupt_an_image_past_the_fingerprinted_head(shard: Path) -> None:
+    """Overwrite one image's bytes in place: same size, same head, so the cache key is unchanged."""
+    with tarfile.open(shard) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".png") and m.offset_data > FINGERPRINT_HEAD_BYTES)
+    with open(shard, "r+b") as handle:
+        handle.seek(member.offset_data)
+        handle.write(b"\0" * member.size)
+
+
+def test_failed_stage_is_not_served_on_the_next_run(tmp_path, shapes_root, tiny_checkpoint):
+    data = tmp_path / "shapes"
+    shutil.copytree(shapes_root, data)
+    shard = data / "test" / "1.tar"
+    original = shard.read_bytes()
+    corrupt_an_image_past_the_fingerprinted_head(shard)
+    overrides = ["-m", "prompts=classname", f"dataset.root={data}", f"model.pretrained={tiny_checkpoint}"]
+
+    failed = run_pipeline(tmp_path, *overrides)
+    assert failed.returncode != 0
+    assert "corrupt or truncated" in failed.stderr + failed.stdout
+    [failed_run] = runs(tmp_path, "FAILED")
+    assert failed_run.data.tags["modality"] == "image"
+    assert runs(tmp_path) == []
+
+    shard.write_bytes(original)
+    fixed = run_pipeline(tmp_path, *overrides)
+    assert_ok(fixed)
+    assert "[embed] cache miss key=" + failed_run.data.tags["cache_key"] in fixed.stderr + fixed.stdout
+    [image_run] = [r for r in runs(tmp_path) if r.data.tags.get("modality") == "image"]
+    assert image_run.data.tags["cache_key"] == failed_run.data.tags["cache_key"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model=nope"], "Could not find 'model/nope'"),
+    (["dataset.root=/no/such/shapes"], "dataset root /no/such/shapes does not exist"),
+    (["prompts=a_photo_of", "prompts.templates=[a photo]"], "template 'a photo' has no {c} placeholder"),
+])
+def test_bad_input_fails_clearly_and_leaves_no_finished_run(tmp_path, assets, overrides, message):
+    proc = run_pipeline(tmp_path, "-m", *assets, *overrides)
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
+    assert runs(tmp_path) == []
