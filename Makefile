@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROMPTS ?= classname,a_photo_of,dataset,simple_imagenet,openai_imagenet
 
 .DEFAULT_GOAL := help
-.PHONY: help install assets demo test test-fast ui clean
+.PHONY: help install assets demo test test-fast ui clean bench
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -36,3 +36,6 @@ ui: $(STAMP) ## Open the MLflow UI on the local store (http://127.0.0.1:5000)
 
 clean: ## Remove generated outputs (runs, store, bundled assets); keeps .venv/
 	find outputs -mindepth 1 ! -name README.md -exec rm -rf {} +
+
+bench: assets ## Time a cold sweep against the same sweep served from the cache
+	$(PY) -m pipeline.bench --assets outputs

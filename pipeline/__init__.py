@@ -3,8 +3,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from pipeline.sources import dataset_root
+
 # Lets conf/paths/default.yaml make every location absolute once, relative to the launch directory.
 OmegaConf.register_new_resolver("abspath", lambda path: str(Path(path).expanduser().resolve()), replace=True)
+# Lets each catalog dataset point at its public copy, or at a local mirror when `data_root` is set.
+OmegaConf.register_new_resolver("dataset_root", dataset_root, replace=True)
 
 
 class PipelineError(RuntimeError):

@@ -19,6 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from pipeline import PipelineError, tracking
+from pipeline.cache import mlflow_metric_name
 from pipeline.job import RESULT_FILE, headline_metric
 from pipeline.tracking import TrackingStore
 
@@ -72,7 +73,8 @@ def build_table(records: Iterable[ScoreRecord], metric: str) -> pd.DataFrame:
     row that lacks a dataset or whose metric is undefined there, rather than averaging fewer.
     """
     rows = [{"model": r.model, "pretrained": r.pretrained, "dataset": r.dataset,
-             "value": r.metrics.get(headline_metric(metric, r.main_metric), math.nan)} for r in records]
+             "value": r.metrics.get(mlflow_metric_name(headline_metric(metric, r.main_metric)), math.nan)}
+            for r in records]
     if not rows:
         return pd.DataFrame(columns=ROW_KEYS + [MEAN_COLUMN])
     long = pd.DataFrame(rows)

@@ -33,6 +33,11 @@ _PARAM_BATCH = 100
 _PARAM_MAX_CHARS = 6000
 
 
+def mlflow_metric_name(name: str) -> str:
+    """MLflow refuses '@' in metric names; `recall@1` is logged as `recall_at_1` (metrics.json keeps the real name)."""
+    return name.replace("@", "_at_")
+
+
 def cache_key(stage: str, version: str, config: Mapping[str, Any], inputs: Sequence[str] = ()) -> str:
     """Hash exactly what determines a stage's output: its config values, its inputs' keys, its code version."""
     payload = json.dumps(
@@ -151,7 +156,7 @@ class StageCache:
                 client.log_artifacts(run_id, tmp)
             client.log_batch(
                 run_id,
-                metrics=[Metric(k, float(v), 0, 0) for k, v in output.metrics.items()],
+                metrics=[Metric(mlflow_metric_name(k), float(v), 0, 0) for k, v in output.metrics.items()],
                 tags=[RunTag(CHECKSUM_TAG + name, digest) for name, digest in checksums.items()],
             )
         except BaseException as exc:

@@ -1,8 +1,10 @@
-"""Embed stage: image features and labels for (model, dataset), text classifiers for (model, classes, prompts)."""
+"""Embed stage: image features (with labels, captions or game layout) for (model, dataset), and text
+embeddings for (model, strings): zero-shot classifiers, retrieval captions, WinoGAViL cues."""
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import open_clip
@@ -11,85 +13,189 @@ from tqdm import tqdm
 
 from pipeline import PipelineError, datasets, prompts
 from pipeline.cache import StageCache, StageOutput, StageRequest, cache_key
-from pipeline.models import ModelLoader
+from pipeline.models import LoadedModel, ModelLoader
 
 VERSION = "1"
+TEXT_BATCH = 256
 
 
 @dataclass(frozen=True)
-class ImageEmbeddings:
-    features: np.ndarray  # (N, D) float32, as the image encoder returns them (not normalized)
-    labels: np.ndarray    # (N,) int64
+class Embedded:
+    """A stage's arrays with the cache key and MLflow run that produced them."""
+
+    arrays: Mapping[str, np.ndarray]
     key: str
     run_id: str
 
-
-@dataclass(frozen=True)
-class TextClassifier:
-    weights: np.ndarray   # (D, C) float32, one normalized column per class
-    key: str
-    run_id: str
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.arrays[name]
 
 
-def image_key(loader: ModelLoader, dataset: datasets.DatasetInfo) -> str:
-    return cache_key("embed/image", VERSION, {"model": loader.spec.fingerprint, "dataset": dataset.fingerprint})
+def _read_failure(spec: datasets.DatasetSpec, exc: Exception) -> PipelineError:
+    return PipelineError(f"reading dataset {spec.name} ({spec.root}, split {spec.split}) failed: {exc}. "
+                         f"A shard may be corrupt or truncated; re-download or regenerate it.")
 
 
-def text_key(loader: ModelLoader, classnames: list[str], templates: list[str]) -> str:
-    config = {"model": loader.spec.fingerprint, "classnames": classnames, "templates": templates}
-    return cache_key("embed/text", VERSION, config)
-
-
-def encode_images(loader: ModelLoader, spec: datasets.DatasetSpec, batch_size: int, num_workers: int) -> StageOutput:
-    loaded = loader.get()
-    features, labels = [], []
-    batches = datasets.image_batches(spec, loaded.preprocess, batch_size, num_workers)
+def _encode_batches(loaded: LoadedModel, batches: Iterable, spec: datasets.DatasetSpec,
+                    collect: Callable[[tuple], None]) -> list[torch.Tensor]:
+    """Encode the images of every batch (first element) and hand the rest of each batch to `collect`."""
+    features: list[torch.Tensor] = []
     try:
         with torch.no_grad(), loaded.autocast():
-            for images, targets in tqdm(batches, desc=f"embed {spec.name}/{spec.split}", unit="batch"):
-                features.append(loaded.model.encode_image(images.to(loaded.device)).float().cpu())
-                labels.append(torch.as_tensor(targets))
+            for batch in tqdm(batches, desc=f"embed {spec.name}/{spec.split}", unit="batch"):
+                features.append(loaded.model.encode_image(batch[0].to(loaded.device)).float().cpu())
+                collect(batch[1:])
     except (PipelineError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        raise PipelineError(
-            f"reading dataset {spec.name} ({spec.root}, split {spec.split}) failed: {exc}. "
-            f"A shard may be corrupt or truncated; re-download or regenerate it."
-        ) from exc
+        raise _read_failure(spec, exc) from exc
     if not features:
         raise PipelineError(f"dataset {spec.name} ({spec.root}, split {spec.split}) yielded no samples")
-    return StageOutput(arrays={
-        "image_features": torch.cat(features).numpy().astype(np.float32),
-        "labels": torch.cat(labels).numpy().astype(np.int64),
-    })
+    return features
 
 
-def encode_classifier(loader: ModelLoader, classnames: list[str], templates: list[str]) -> StageOutput:
+def encode_classification_images(loader: ModelLoader, spec: datasets.DatasetSpec, batch_size: int,
+                                 num_workers: int) -> StageOutput:
+    loaded = loader.get()
+    labels: list[torch.Tensor] = []
+    metadata: list[torch.Tensor] = []
+
+    def collect(rest: tuple) -> None:
+        labels.append(torch.as_tensor(rest[0]))
+        if rest[1] is not None:
+            metadata.append(torch.as_tensor(rest[1]))
+
+    batches = datasets.classification_batches(spec, loaded.preprocess, batch_size, num_workers)
+    features = _encode_batches(loaded, batches, spec, collect)
+    arrays = {"image_features": torch.cat(features).numpy(), "labels": torch.cat(labels).numpy().astype(np.int64)}
+    if metadata:
+        arrays["metadata"] = torch.cat(metadata).numpy().astype(np.int64)
+    return StageOutput(arrays=arrays)
+
+
+def encode_retrieval_images(loader: ModelLoader, spec: datasets.DatasetSpec, batch_size: int,
+                            num_workers: int) -> StageOutput:
+    """Image features plus every caption and the index of its image (captions are embedded as text later)."""
+    loaded = loader.get()
+    captions: list[str] = []
+    caption_image: list[int] = []
+    image_ids = itertools.count()
+
+    def collect(rest: tuple) -> None:
+        for per_image in rest[0]:
+            image_id = next(image_ids)
+            captions.extend(per_image)
+            caption_image.extend([image_id] * len(per_image))
+
+    batches = datasets.retrieval_batches(spec, loaded.preprocess, batch_size, num_workers)
+    features = _encode_batches(loaded, batches, spec, collect)
+    return StageOutput(arrays={"image_features": torch.cat(features).numpy(),
+                               "captions": np.array(captions, dtype=str),
+                               "caption_image": np.array(caption_image, dtype=np.int64)})
+
+
+def winogavil_cue_text(cue: str) -> str:
+    """DataComp's WinoGAViL prompt: "A {cue}" or "An {cue}", lower-cased."""
+    cue = cue.lower()
+    return f"An {cue}" if cue[:1] in "aeiou" else f"A {cue}"
+
+
+def encode_winogavil_images(loader: ModelLoader, spec: datasets.DatasetSpec, batch_size: int,
+                            num_workers: int) -> StageOutput:
+    """Every game's candidate images, flattened, with each game's size, true associations and cue text."""
+    loaded = loader.get()
+    features, sizes, truth, cues = [], [], [], []
+    try:
+        with torch.no_grad(), loaded.autocast():
+            for game in tqdm(datasets.winogavil_instances(spec), desc=f"embed {spec.name}", unit="game"):
+                images = torch.stack([loaded.preprocess(image) for image in game.images]).to(loaded.device)
+                features.append(loaded.model.encode_image(images).float().cpu())
+                sizes.append(len(game.candidates))
+                truth.extend(np.isin(game.candidates, game.associations))
+                cues.append(winogavil_cue_text(game.cue))
+    except (PipelineError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise _read_failure(spec, exc) from exc
+    if not features:
+        raise PipelineError(f"dataset {spec.name} ({spec.root}) has no games")
+    return StageOutput(arrays={"image_features": torch.cat(features).numpy(), "game_sizes": np.array(sizes, dtype=np.int64),
+                               "associations": np.array(truth, dtype=bool), "cues": np.array(cues, dtype=str)})
+
+
+IMAGE_ENCODERS: dict[str, Callable[..., StageOutput]] = {
+    "zeroshot_classification": encode_classification_images,
+    "zeroshot_retrieval": encode_retrieval_images,
+    "winogavil": encode_winogavil_images,
+}
+
+
+def encode_classifier(loader: ModelLoader, classnames: list[str], class_prompts: prompts.Prompts) -> StageOutput:
     loaded = loader.get()
     with torch.no_grad(), loaded.autocast():
-        weights = open_clip.build_zero_shot_classifier(
-            loaded.model, loaded.tokenizer, classnames, prompts.fillers(templates),
-            device=loaded.device, use_tqdm=True,
-        )
+        if isinstance(class_prompts, dict):
+            weights = _per_class_classifier(loaded, classnames, class_prompts)
+        else:
+            weights = open_clip.build_zero_shot_classifier(
+                loaded.model, loaded.tokenizer, classnames, prompts.fillers(class_prompts),
+                device=loaded.device, use_tqdm=True,
+            )
     return StageOutput(arrays={"classifier": weights.float().cpu().numpy()})
 
 
+def _per_class_classifier(loaded: LoadedModel, classnames: list[str], sentences: dict[str, list[str]]) -> torch.Tensor:
+    # open_clip's builder applies the same templates to every class; CuPL has different sentences per
+    # class, so each class is averaged here with the same normalize-mean-normalize recipe.
+    columns = []
+    for classname in tqdm(classnames, desc="per-class prompts", unit="class"):
+        embeddings = loaded.model.encode_text(loaded.tokenizer(sentences[classname]).to(loaded.device), normalize=True)
+        mean = embeddings.mean(dim=0)
+        columns.append(mean / mean.norm())
+    return torch.stack(columns, dim=1)
+
+
+def encode_texts(loader: ModelLoader, texts: list[str]) -> StageOutput:
+    """L2-normalized text embeddings, in batches."""
+    loaded = loader.get()
+    chunks = []
+    with torch.no_grad(), loaded.autocast():
+        for start in tqdm(range(0, len(texts), TEXT_BATCH), desc="embed texts", unit="batch"):
+            tokens = loaded.tokenizer(texts[start:start + TEXT_BATCH]).to(loaded.device)
+            chunks.append(loaded.model.encode_text(tokens, normalize=True).float().cpu())
+    return StageOutput(arrays={"text_features": torch.cat(chunks).numpy()})
+
+
+# -- the stage entry points ---------------------------------------------------------------------------
 def embed_images(cache: StageCache, loader: ModelLoader, dataset: datasets.DatasetInfo, *, tags: Mapping[str, str],
-                 params: Mapping[str, Any], batch_size: int, num_workers: int) -> ImageEmbeddings:
-    """Image features and labels for (model, dataset, split); independent of the prompt set."""
-    key = image_key(loader, dataset)
+                 params: Mapping[str, Any], batch_size: int, num_workers: int) -> Embedded:
+    """Image-side arrays for (model, dataset); independent of the prompt set."""
+    spec = dataset.spec
+    key = cache_key("embed/image", VERSION, {"model": loader.spec.fingerprint, "dataset": dataset.fingerprint,
+                                             "task": spec.task})
     request = StageRequest("embed", key, {**tags, "modality": "image", "prompts": "*"}, params,
-                           name=f"embed-image:{loader.spec.name}:{dataset.spec.name}")
-    result = cache.get_or_compute(request, lambda: encode_images(loader, dataset.spec, batch_size, num_workers))
-    arrays = result.output.arrays
-    return ImageEmbeddings(arrays["image_features"], arrays["labels"], key, result.run_id)
+                           name=f"embed-image:{loader.spec.name}:{spec.name}")
+    encode = IMAGE_ENCODERS[spec.task]
+    result = cache.get_or_compute(request, lambda: encode(loader, spec, batch_size, num_workers))
+    return Embedded(result.output.arrays, key, result.run_id)
 
 
-def embed_text(cache: StageCache, loader: ModelLoader, classnames: list[str], templates: list[str], *,
-               tags: Mapping[str, str], params: Mapping[str, Any]) -> TextClassifier:
-    """Zero-shot classifier weights from open_clip's build_zero_shot_classifier."""
-    key = text_key(loader, classnames, templates)
+def embed_classifier(cache: StageCache, loader: ModelLoader, classnames: list[str], class_prompts: prompts.Prompts, *,
+                     tags: Mapping[str, str], params: Mapping[str, Any]) -> Embedded:
+    """Zero-shot classifier weights, (dim, classes), one normalized column per class."""
+    key = cache_key("embed/text", VERSION, {"model": loader.spec.fingerprint, "classnames": classnames,
+                                            "prompts": class_prompts})
     request = StageRequest("embed", key, {**tags, "modality": "text"}, params,
                            name=f"embed-text:{loader.spec.name}:{tags.get('dataset')}:{tags.get('prompts')}")
-    result = cache.get_or_compute(request, lambda: encode_classifier(loader, classnames, templates))
-    return TextClassifier(result.output.arrays["classifier"], key, result.run_id)
+    result = cache.get_or_compute(request, lambda: encode_classifier(loader, classnames, class_prompts))
+    return Embedded(result.output.arrays, key, result.run_id)
+
+
+def embed_texts(cache: StageCache, loader: ModelLoader, texts: list[str], *, tags: Mapping[str, str],
+                params: Mapping[str, Any]) -> Embedded:
+    """Embeddings of a dataset's own texts (retrieval captions, WinoGAViL cues), cached like classifiers."""
+    digest = cache_key("texts", VERSION, {"texts": texts})
+    key = cache_key("embed/texts", VERSION, {"model": loader.spec.fingerprint, "texts": digest})
+    request = StageRequest("embed", key, {**tags, "modality": "text"}, params,
+                           name=f"embed-text:{loader.spec.name}:{tags.get('dataset')}")
+    result = cache.get_or_compute(request, lambda: encode_texts(loader, texts))
+    return Embedded(result.output.arrays, key, result.run_id)

@@ -16,7 +16,6 @@ from pipeline.models import ModelLoader, ModelSpec, resolve_device
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
-CLASSIFICATION_METRICS = ("acc1", "acc5", "mean_per_class_recall", "acc1_adjusted")
 
 
 @dataclass(frozen=True)
@@ -50,30 +49,39 @@ def run_job(cfg: DictConfig, output_dir: Path | None = None) -> JobResult:
     """Evaluate cfg.model on cfg.dataset with cfg.prompts; writes `result.json` into `output_dir` if given."""
     # Everything that can be wrong with the inputs is checked before any MLflow run exists.
     spec = datasets.DatasetSpec.from_cfg(cfg.dataset)
-    if spec.main_metric not in CLASSIFICATION_METRICS:
-        raise PipelineError(f"dataset.main_metric={spec.main_metric!r} is not one of {CLASSIFICATION_METRICS}")
+    known = score.metric_names(spec)
+    if spec.main_metric not in known:
+        raise PipelineError(f"dataset.main_metric={spec.main_metric!r} is not computed for {spec.task}; use one of {known}")
     info = datasets.describe(spec)
-    templates = prompts.resolve(cfg.prompts, info.templates)
+    class_prompts = (prompts.resolve(cfg.prompts, spec.name, info.templates, info.classnames)
+                     if spec.task == "zeroshot_classification" else None)
     loader = ModelLoader(ModelSpec.from_cfg(cfg.model), resolve_device(cfg.device))
     loader.spec.fingerprint  # fails now, not mid-run, on a missing checkpoint
     metric = headline_metric(cfg.metric.name, spec.main_metric)
 
     store = tracking.connect_cfg(cfg.tracking)
     cache = StageCache(store, enabled=cfg.cache.enabled, force=cfg.cache.force)
+    # Prompt sets only shape classifiers; retrieval and WinoGAViL embed the dataset's own texts.
+    prompt_tag = cfg.prompts.name if class_prompts is not None else "*"
     tags = {"model": loader.spec.arch, "pretrained": loader.spec.pretrained_label, "model_name": loader.spec.name,
-            "dataset": spec.name, "prompts": cfg.prompts.name, "task": spec.task}
+            "dataset": spec.name, "prompts": prompt_tag, "task": spec.task}
+    if spec.column:
+        tags["column"] = spec.column
     params = flatten(cfg)
 
     images = embed.embed_images(cache, loader, info, tags=tags, params=params,
                                 batch_size=cfg.batch_size, num_workers=cfg.num_workers)
-    classifier = embed.embed_text(cache, loader, info.classnames, templates, tags=tags, params=params)
-    logits = classify.classify(cache, images, classifier, tags=tags, params=params)
-    scores = score.score(cache, logits, images.labels, main_metric=spec.main_metric, labels_key=images.key,
-                         tags=tags, params=params)
+    if class_prompts is not None:
+        text = embed.embed_classifier(cache, loader, info.classnames, class_prompts, tags=tags, params=params)
+    else:
+        texts = images["captions"] if spec.task == "zeroshot_retrieval" else images["cues"]
+        text = embed.embed_texts(cache, loader, [str(t) for t in texts], tags=tags, params=params)
+    predicted = classify.classify(cache, spec.task, images, text, tags=tags, params=params)
+    scores = score.score(cache, spec, images, predicted, tags=tags, params=params)
 
-    result = JobResult(scores.run_id, metric, scores.metrics[metric], dict(scores.metrics))
+    result = JobResult(scores.run_id, metric, scores.metrics.get(metric, float("nan")), dict(scores.metrics))
     log.info("%s/%s on %s with prompts=%s: %s = %.4f", loader.spec.arch, loader.spec.pretrained_label,
-             spec.name, cfg.prompts.name, metric, result.value)
+             spec.name, prompt_tag, metric, result.value)
     if output_dir is not None:
         payload = {"score_run_id": result.score_run_id, "tracking_uri": store.uri, "metric": metric,
                    "value": result.value}

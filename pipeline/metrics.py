@@ -26,6 +26,9 @@ def chance_adjusted_accuracy(acc1: float, num_classes: int) -> float:
     return acc1 - 1.0 / num_classes
 
 
+CLASSIFICATION_METRICS = ("acc1", "acc5", "mean_per_class_recall", "acc1_adjusted")
+
+
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Every metric that applies to single-label zero-shot classification."""
     predictions = logits.argmax(axis=1)
@@ -35,4 +38,97 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
         "acc5": top_k_accuracy(logits, labels, 5),
         "mean_per_class_recall": mean_per_class_recall(predictions, labels),
         "acc1_adjusted": chance_adjusted_accuracy(acc1, logits.shape[1]),
+    }
+
+
+# -- WILDS and fairness ------------------------------------------------------------------------------
+def top_k_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per-sample 0/1: is the label among the k highest logits."""
+    top_k = np.argpartition(-logits, k - 1, axis=1)[:, :k] if k > 1 else logits.argmax(axis=1)[:, None]
+    return (top_k == labels[:, None]).any(axis=1)
+
+
+def group_accuracies(correct: np.ndarray, groups: np.ndarray, exclude: tuple[int, ...] = ()) -> dict[int, float]:
+    """Accuracy of each group that has samples and is not excluded (WILDS skips empty groups)."""
+    return {int(g): float(correct[groups == g].mean()) for g in np.unique(groups) if int(g) not in exclude}
+
+
+def worst_group_accuracy(logits: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: int = 1,
+                         exclude: tuple[int, ...] = ()) -> float:
+    """The lowest top-k accuracy over non-empty groups: WILDS' `acc_wg`, FMoW's `acc_worst_region`
+    (with "Other" excluded), Dollar Street's `acc_top5_wg`."""
+    per_group = group_accuracies(top_k_correct(logits, labels, k), groups, exclude)
+    return min(per_group.values()) if per_group else math.nan
+
+
+def macro_f1_present(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """WILDS' `F1-macro_all`: macro F1 over the classes present in the ground truth."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(labels, predictions, average="macro", labels=np.unique(labels)))
+
+
+def macro_recall_present(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """WILDS' `recall-macro_all`: macro recall over the classes present in the ground truth."""
+    from sklearn.metrics import recall_score
+
+    return float(recall_score(labels, predictions, average="macro", labels=np.unique(labels)))
+
+
+EXTRA_METRICS = {"F1-macro_all": macro_f1_present, "recall-macro_all": macro_recall_present}
+
+
+# -- retrieval ----------------------------------------------------------------------------------------
+def retrieval_ranks(caption_features: np.ndarray, image_features: np.ndarray,
+                    caption_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """1-based ranks of the right item (features L2-normalized): for each caption, the rank of its own image
+    among all images; for each image, the rank of its best-ranked caption among all captions."""
+    scores = caption_features @ image_features.T  # (captions, images)
+    own = scores[np.arange(len(caption_image)), caption_image]
+    image_rank = 1 + (scores > own[:, None]).sum(axis=1)
+    best_own = np.full(len(image_features), -np.inf, dtype=scores.dtype)
+    np.maximum.at(best_own, caption_image, own)
+    text_rank = 1 + (scores > best_own[None, :]).sum(axis=0)
+    return image_rank.astype(np.int64), text_rank.astype(np.int64)
+
+
+def retrieval_metrics(image_rank: np.ndarray, text_rank: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """clip_benchmark's recall@k in both directions, DataComp's mean_recall@1, and the mean ranks.
+
+    image_retrieval_recall@k: captions whose own image is in the top k images; text_retrieval_recall@k:
+    images with at least one of their captions in the top k captions.
+    """
+    values: dict[str, float] = {}
+    for k in ks:
+        values[f"image_retrieval_recall@{k}"] = float((image_rank <= k).mean())
+        values[f"text_retrieval_recall@{k}"] = float((text_rank <= k).mean())
+    values["mean_recall@1"] = 0.5 * (values["image_retrieval_recall@1"] + values["text_retrieval_recall@1"])
+    values["image_retrieval_mean_rank"] = float(image_rank.mean())
+    values["text_retrieval_mean_rank"] = float(text_rank.mean())
+    return values
+
+
+# -- WinoGAViL ----------------------------------------------------------------------------------------
+def winogavil_predictions(similarities: np.ndarray, n_associations: int) -> np.ndarray:
+    """Choose the n candidates most similar to the cue."""
+    chosen = np.zeros(len(similarities), dtype=bool)
+    chosen[np.argsort(similarities)[len(similarities) - n_associations:]] = True
+    return chosen
+
+
+def winogavil_scores(truths: list[np.ndarray], predictions: list[np.ndarray]) -> dict[str, float]:
+    """DataComp's WinoGAViL breakdown: Jaccard index per game, averaged by number of candidates."""
+    from sklearn.metrics import jaccard_score
+
+    scores = np.array([jaccard_score(t, p) for t, p in zip(truths, predictions)])
+    sizes = np.array([len(t) for t in truths])
+
+    def mean(mask: np.ndarray) -> float:
+        return float(scores[mask].mean()) if mask.any() else math.nan
+
+    return {
+        "avg_jaccard_score": mean(np.ones_like(sizes, dtype=bool)),
+        **{f"jaccard_score_{n}": mean(sizes == n) for n in (5, 6, 10, 12)},
+        "jaccard_score_5-6": mean(sizes <= 6),
+        "jaccard_score_10-12": mean(sizes >= 10),
     }

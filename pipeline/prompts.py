@@ -1,14 +1,18 @@
-"""Prompt sets: lists of templates with `{c}` where the class name goes."""
+"""Prompt sets: templates with `{c}` where the class name goes, or per-class sentences (CuPL)."""
 from __future__ import annotations
 
+import json
+from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import open_clip
 
 from pipeline import PipelineError
 
 PLACEHOLDER = "{c}"
+# A list of templates shared by every class, or sentences written for each class.
+Prompts = Union[list[str], dict[str, list[str]]]
 
 
 def _from_open_clip(attribute: str) -> list[str]:
@@ -26,8 +30,30 @@ def _from_file(path: str) -> list[str]:
     return [line.strip() for line in file.read_text().splitlines() if line.strip()]
 
 
-def resolve(prompts_cfg: Any, dataset_templates: list[str]) -> list[str]:
-    """The template list for a prompt-set config, validated to contain `{c}` each."""
+def _clip_benchmark_json(name: str) -> dict:
+    return json.loads(resources.files("clip_benchmark.datasets").joinpath(name).read_text())
+
+
+def _lookup(mapping: dict, dataset_key: str, fallback: str | None = None):
+    """CLIP_benchmark's lookup order: the full key, the key without its `vtab/`-style prefix, then the fallback."""
+    for key in (dataset_key, dataset_key.split("/", 1)[-1], fallback):
+        if key is not None and key in mapping:
+            return mapping[key]
+    return None
+
+
+def _cupl(dataset_key: str, classnames: list[str]) -> dict[str, list[str]]:
+    per_class = _clip_benchmark_json("cupl_prompts.json").get(dataset_key)
+    if per_class is None:
+        raise PipelineError(f"clip_benchmark's cupl_prompts.json has no prompts for {dataset_key!r}")
+    missing = [c for c in classnames if c not in per_class]
+    if missing:
+        raise PipelineError(f"CuPL prompts for {dataset_key} lack {len(missing)} classes of this dataset, e.g. {missing[0]!r}")
+    return {c: list(per_class[c]) for c in classnames}
+
+
+def resolve(prompts_cfg: Any, dataset_key: str, dataset_templates: list[str], classnames: list[str]) -> Prompts:
+    """The prompts for a prompt-set config on one dataset, validated."""
     source = prompts_cfg.source
     if source == "dataset":
         templates = list(dataset_templates)
@@ -39,8 +65,15 @@ def resolve(prompts_cfg: Any, dataset_templates: list[str]) -> list[str]:
         templates = _from_open_clip(prompts_cfg.attribute)
     elif source == "file":
         templates = _from_file(prompts_cfg.path)
+    elif source == "clip_benchmark":
+        templates = list(_lookup(_clip_benchmark_json("en_zeroshot_classification_templates.json"), dataset_key, "imagenet1k"))
+    elif source == "per_dataset":
+        templates = list(_lookup(prompts_cfg.by_dataset, dataset_key) or prompts_cfg.default)
+    elif source == "clip_benchmark_cupl":
+        return _cupl(prompts_cfg.dataset_key, classnames)
     else:
-        raise PipelineError(f"unknown prompts.source {source!r}; use dataset, list, open_clip or file")
+        raise PipelineError(f"unknown prompts.source {source!r}; use dataset, list, open_clip, file, clip_benchmark, "
+                            f"per_dataset or clip_benchmark_cupl")
     validate(templates, prompts_cfg.name)
     return templates
 

@@ -1,14 +1,15 @@
-"""Score stage: every applicable metric for a (logits, labels) pair, logged as MLflow metrics."""
+"""Score stage: every metric that applies to the task, logged as MLflow metrics (clip_benchmark/DataComp names)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from pipeline import metrics
+from pipeline import PipelineError, metrics
 from pipeline.cache import StageCache, StageOutput, StageRequest, cache_key
-from pipeline.classify import Logits
+from pipeline.datasets import DatasetSpec
+from pipeline.embed import Embedded
 
 VERSION = "1"
 
@@ -25,18 +26,55 @@ class Scores:
         return self.metrics[self.main_metric]
 
 
-def compute(logits: Logits, labels: np.ndarray) -> StageOutput:
-    values = metrics.classification_metrics(logits.logits, labels)
-    return StageOutput(metrics={**values, "num_samples": float(len(labels)), "num_classes": float(logits.logits.shape[1])})
+def classification_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -> dict[str, float]:
+    logits, labels = predicted["logits"], images["labels"]
+    values = metrics.classification_metrics(logits, labels)
+    for name in spec.extra_metrics:
+        values[name] = metrics.EXTRA_METRICS[name](predicted["predictions"], labels)
+    for group in spec.group_metrics:
+        field = spec.metadata_fields.index(group["field"])
+        values[group["name"]] = metrics.worst_group_accuracy(
+            logits, labels, images["metadata"][:, field], k=int(group.get("k", 1)), exclude=tuple(group.get("exclude", ())))
+    return {**values, "num_samples": float(len(labels)), "num_classes": float(logits.shape[1])}
 
 
-def score(cache: StageCache, logits: Logits, labels: np.ndarray, *, main_metric: str, labels_key: str,
+def retrieval_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -> dict[str, float]:
+    values = metrics.retrieval_metrics(predicted["image_rank"], predicted["text_rank"])
+    return {**values, "num_images": float(len(predicted["text_rank"])), "num_captions": float(len(predicted["image_rank"]))}
+
+
+def winogavil_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -> dict[str, float]:
+    bounds = np.cumsum(images["game_sizes"])[:-1]
+    truths = np.split(images["associations"], bounds)
+    chosen = np.split(predicted["chosen"], bounds)
+    return {**metrics.winogavil_scores(truths, chosen), "num_games": float(len(truths))}
+
+
+def metric_names(spec: DatasetSpec) -> list[str]:
+    """The metrics the score stage logs for `spec`, known before anything runs."""
+    if spec.task == "zeroshot_retrieval":
+        return list(metrics.retrieval_metrics(np.ones(1), np.ones(1)))
+    if spec.task == "winogavil":
+        return list(metrics.winogavil_scores([np.array([True, False])], [np.array([True, False])]))
+    return list(metrics.CLASSIFICATION_METRICS) + list(spec.extra_metrics) + [g["name"] for g in spec.group_metrics]
+
+
+SCORERS: dict[str, Callable[[DatasetSpec, Embedded, Embedded], dict[str, float]]] = {
+    "zeroshot_classification": classification_scores,
+    "zeroshot_retrieval": retrieval_scores,
+    "winogavil": winogavil_scores,
+}
+
+
+def score(cache: StageCache, spec: DatasetSpec, images: Embedded, predicted: Embedded, *,
           tags: Mapping[str, str], params: Mapping[str, Any]) -> Scores:
-    """`labels_key` is the key of the stage that produced `labels` (the image embedding)."""
-    key = cache_key("score", VERSION, {"main_metric": main_metric}, [logits.key, labels_key])
-    request = StageRequest("score", key, {**tags, "main_metric": main_metric}, params,
+    """`images` supplies the ground truth (labels, metadata, caption owners, associations)."""
+    config = {"task": spec.task, "main_metric": spec.main_metric, "groups": list(spec.group_metrics),
+              "extra": list(spec.extra_metrics), "fields": list(spec.metadata_fields)}
+    key = cache_key("score", VERSION, config, [predicted.key, images.key])
+    request = StageRequest("score", key, {**tags, "main_metric": spec.main_metric}, params,
                            name=f"score:{tags.get('model')}:{tags.get('dataset')}:{tags.get('prompts')}")
-    result = cache.get_or_compute(request, lambda: compute(logits, labels))
-    if main_metric not in result.output.metrics:
-        raise KeyError(f"main metric {main_metric!r} is not among {sorted(result.output.metrics)}")
-    return Scores(dict(result.output.metrics), main_metric, key, result.run_id)
+    result = cache.get_or_compute(request, lambda: StageOutput(metrics=SCORERS[spec.task](spec, images, predicted)))
+    if spec.main_metric not in result.output.metrics:
+        raise PipelineError(f"main metric {spec.main_metric!r} of {spec.name} is not among {sorted(result.output.metrics)}")
+    return Scores(dict(result.output.metrics), spec.main_metric, key, result.run_id)

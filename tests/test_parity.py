@@ -5,7 +5,7 @@ from clip_benchmark.metrics import zeroshot_classification
 
 from pipeline import datasets, metrics, prompts
 from pipeline.classify import zero_shot_logits
-from pipeline.embed import encode_classifier, encode_images
+from pipeline.embed import encode_classification_images, encode_classifier
 from pipeline.models import ModelLoader, ModelSpec
 
 
@@ -30,7 +30,7 @@ def test_pipeline_matches_clip_benchmark_evaluate(loader, shapes_root, prompt_so
     reference = zeroshot_classification.evaluate(loaded.model, dataloader, loaded.tokenizer, info.classnames,
                                                  templates, "cpu", amp=False)
 
-    images = encode_images(loader, spec, batch_size=32, num_workers=0).arrays
+    images = encode_classification_images(loader, spec, batch_size=32, num_workers=0).arrays
     classifier = encode_classifier(loader, info.classnames, templates).arrays["classifier"]
     ours = metrics.classification_metrics(zero_shot_logits(images["image_features"], classifier), images["labels"])
 

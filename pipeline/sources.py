@@ -1,0 +1,37 @@
+"""Where a catalog dataset lives: its public Hugging Face copy, or the same layout under a local mirror."""
+from __future__ import annotations
+
+from pathlib import Path
+
+HF_DATASETS = "https://huggingface.co/datasets"
+
+
+def wds_folder(source: str, key: str) -> str:
+    """The repository/folder name of a webdataset copy, as DataComp and CLIP_benchmark name them."""
+    if source == "datacomp":
+        # DataComp drops the `fairness/` prefix: wds_dollar_street_test, wds_geode_test.
+        return f"wds_{key.removeprefix('fairness/').replace('/', '-')}_test"
+    if source == "clip_benchmark":
+        return f"wds_{key.removeprefix('wds/').replace('/', '-')}"
+    raise ValueError(f"no webdataset naming for source {source!r}")
+
+
+def dataset_root(data_root: str | None, source: str, key: str) -> str:
+    """`${dataset_root:${data_root},source,key}`: a local mirror path when data_root is set, else the public copy.
+
+    - datacomp:       djghosh/wds_<key>_test        (mirror: <data_root>/wds_<key>_test)
+    - clip_benchmark: clip-benchmark/wds_<key>      (mirror: <data_root>/wds_<key>)
+    - nlphuji:        the HF dataset id nlphuji/<name> (mirror: <data_root>/<name>, a datasets-loadable folder)
+    - tfds:           a TFDS data_dir               (<data_root>/tfds, else ~/tensorflow_datasets)
+    """
+    mirror = Path(data_root).expanduser().resolve() if data_root else None
+    if source in ("datacomp", "clip_benchmark"):
+        folder = wds_folder(source, key)
+        org = "djghosh" if source == "datacomp" else "clip-benchmark"
+        return str(mirror / folder) if mirror else f"{HF_DATASETS}/{org}/{folder}/tree/main"
+    if source == "nlphuji":
+        name = key.split("/", 1)[-1]
+        return str(mirror / name) if mirror else f"nlphuji/{name}"
+    if source == "tfds":
+        return str(mirror / "tfds") if mirror else str(Path("~/tensorflow_datasets").expanduser())
+    raise ValueError(f"unknown dataset source {source!r}; use datacomp, clip_benchmark, nlphuji or tfds")

@@ -1,0 +1,127 @@
+"""Synthetic stand-ins for every task type, written in each source's real on-disk layout.
+
+Images are the bundled coloured shapes, so the tiny model scores well above chance on all of them.
+"""
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from pipeline.offline import shapes
+from pipeline.sources import dataset_root
+
+CLASSES = shapes.CLASSNAMES
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _samples(per_class: int, seed: int) -> list[shapes.ShapeSample]:
+    return shapes.generate(per_class, seed)
+
+
+def write_wds_classification(root: Path, per_class: int = 3, seed: int = 0, metadata_fields: int = 0,
+                             groups: int = 3) -> Path:
+    """CLIP_benchmark's webdataset layout; with `metadata_fields`, a per-sample int `.npy` as in DataComp's WILDS shards."""
+    rng = np.random.default_rng(seed)
+    (root / "test").mkdir(parents=True, exist_ok=True)
+    with wds.TarWriter(str(root / "test" / "0.tar")) as sink:
+        for index, sample in enumerate(_samples(per_class, seed)):
+            record = {"__key__": f"s{index:07d}", "png": _png(sample.image), "cls": sample.label}
+            if metadata_fields:
+                record["npy"] = rng.integers(0, groups, metadata_fields).astype(np.int64)
+            sink.write(record)
+    (root / "test" / "nshards.txt").write_text("1\n")
+    (root / "classnames.txt").write_text("\n".join(CLASSES) + "\n")
+    (root / "zeroshot_classification_templates.txt").write_text("\n".join(shapes.TEMPLATES) + "\n")
+    return root
+
+
+def captions_for(label: int, index: int) -> list[str]:
+    """Two captions naming the class; the picture number keeps captions of same-class images distinct (no ties)."""
+    name = CLASSES[label]
+    return [f"a photo of a {name}, picture {index}.", f"a drawing of a {name}, picture {index}."]
+
+
+def write_wds_retrieval(root: Path, per_class: int = 2, seed: int = 0) -> Path:
+    """CLIP_benchmark's retrieval webdataset: image + newline-separated captions, dataset_type.txt = retrieval."""
+    (root / "test").mkdir(parents=True, exist_ok=True)
+    with wds.TarWriter(str(root / "test" / "0.tar")) as sink:
+        for index, sample in enumerate(_samples(per_class, seed)):
+            sink.write({"__key__": f"s{index:07d}", "png": _png(sample.image),
+                        "txt": "\n".join(captions_for(sample.label, index))})
+    (root / "test" / "nshards.txt").write_text("1\n")
+    (root / "dataset_type.txt").write_text("retrieval\n")
+    return root
+
+
+def _write_parquet(root: Path, columns: dict, features) -> Path:
+    import datasets as hf
+
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    hf.Dataset.from_dict(columns, features=features).to_parquet(str(root / "data" / "test-00000-of-00001.parquet"))
+    return root
+
+
+def write_hf_retrieval(root: Path, per_class: int = 2, seed: int = 0) -> Path:
+    """An nlphuji retrieval dataset as a parquet repository: columns `image` and `caption` (a list)."""
+    import datasets as hf
+
+    samples = _samples(per_class, seed)
+    features = hf.Features({"image": hf.Image(), "caption": hf.Sequence(hf.Value("string"))})
+    return _write_parquet(root, {"image": [s.image for s in samples],
+                                 "caption": [captions_for(s.label, i) for i, s in enumerate(samples)]}, features)
+
+
+def write_hf_winogavil(root: Path, games: int = 12, seed: int = 0) -> Path:
+    """nlphuji/winogavil's columns: `cue`, `candidates`, `associations`, `candidate_images`; 5/6/10/12 candidates."""
+    import datasets as hf
+
+    rng = random.Random(seed)
+    rows = {"cue": [], "candidates": [], "associations": [], "candidate_images": []}
+    for game in range(games):
+        size = (5, 6, 10, 12)[game % 4]
+        labels = rng.sample(range(len(CLASSES)), size)
+        cue_label = labels[0]
+        colour = CLASSES[cue_label].split()[0]
+        associated = [label for label in labels if CLASSES[label].startswith(colour)]
+        rows["cue"].append(colour)
+        rows["candidates"].append([CLASSES[label] for label in labels])
+        rows["associations"].append([CLASSES[label] for label in associated])
+        rows["candidate_images"].append([shapes.draw_shape(label, rng) for label in labels])
+    features = hf.Features({"cue": hf.Value("string"), "candidates": hf.Sequence(hf.Value("string")),
+                            "associations": hf.Sequence(hf.Value("string")),
+                            "candidate_images": hf.Sequence(hf.Image())})
+    return _write_parquet(root, rows, features)
+
+
+def write_image_folder(root: Path, per_class: int = 3, seed: int = 0) -> Path:
+    """One folder per class (underscores for spaces), as the blog's Miniplaces run reads it."""
+    for index, sample in enumerate(_samples(per_class, seed)):
+        folder = root / "test" / CLASSES[sample.label].replace(" ", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        sample.image.save(folder / f"{index:05d}.png")
+    return root
+
+
+def write_mirror(data_root: Path, datasets: list[dict]) -> Path:
+    """A local mirror of catalog datasets, each at the path `dataset_root` gives it (what data_root= points at)."""
+    for seed, spec in enumerate(datasets):
+        root = Path(dataset_root(str(data_root), spec["source"], spec["name"]))
+        if spec["task"] == "zeroshot_retrieval":
+            write_hf_retrieval(root, seed=seed)
+        elif spec["task"] == "winogavil":
+            write_hf_winogavil(root, seed=seed)
+        else:
+            fields = len(spec.get("metadata_fields") or ())
+            groups = len(spec.get("region_names") or ()) or 3
+            write_wds_classification(root, seed=seed, metadata_fields=fields, groups=groups)
+    return data_root
