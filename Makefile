@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROMPTS ?= classname,a_photo_of,dataset,simple_imagenet,openai_imagenet
 
 .DEFAULT_GOAL := help
-.PHONY: help install assets demo test test-fast ui clean bench
+.PHONY: help install assets demo test test-fast ui clean bench table
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -39,3 +39,11 @@ clean: ## Remove generated outputs (runs, store, bundled assets); keeps .venv/
 
 bench: assets ## Time a cold sweep against the same sweep served from the cache
 	$(PY) -m pipeline.bench --assets outputs
+
+MODELS ?= vit_b_32_openai,vit_b_32_laion2b
+SUITE ?= datacomp38
+table: $(STAMP) ## Sweep MODELS over SUITE (default datacomp38) and write open_clip's 38-dataset table to outputs/
+	$(PY) -m pipeline -m suite=$(SUITE) model=$(MODELS) $(ARGS)
+	$(PY) -m pipeline.aggregate layout=openclip38 prompts=dataset output=$(CURDIR)/outputs/openclip38.csv
+	$(PY) -m pipeline.aggregate layout=blog prompts=dataset metric=acc1
+	$(PY) -m pipeline.aggregate layout=blog prompts=dataset metric=mean_per_class_recall

@@ -38,6 +38,11 @@ def mlflow_metric_name(name: str) -> str:
     return name.replace("@", "_at_")
 
 
+def real_metric_name(logged: str) -> str:
+    """The inverse of `mlflow_metric_name`."""
+    return logged.replace("_at_", "@")
+
+
 def cache_key(stage: str, version: str, config: Mapping[str, Any], inputs: Sequence[str] = ()) -> str:
     """Hash exactly what determines a stage's output: its config values, its inputs' keys, its code version."""
     payload = json.dumps(

@@ -104,21 +104,18 @@ def encode_winogavil_images(loader: ModelLoader, spec: datasets.DatasetSpec, bat
                             num_workers: int) -> StageOutput:
     """Every game's candidate images, flattened, with each game's size, true associations and cue text."""
     loaded = loader.get()
-    features, sizes, truth, cues = [], [], [], []
-    try:
-        with torch.no_grad(), loaded.autocast():
-            for game in tqdm(datasets.winogavil_instances(spec), desc=f"embed {spec.name}", unit="game"):
-                images = torch.stack([loaded.preprocess(image) for image in game.images]).to(loaded.device)
-                features.append(loaded.model.encode_image(images).float().cpu())
-                sizes.append(len(game.candidates))
-                truth.extend(np.isin(game.candidates, game.associations))
-                cues.append(winogavil_cue_text(game.cue))
-    except (PipelineError, KeyboardInterrupt):
-        raise
-    except Exception as exc:
-        raise _read_failure(spec, exc) from exc
-    if not features:
-        raise PipelineError(f"dataset {spec.name} ({spec.root}) has no games")
+    sizes, truth, cues = [], [], []
+
+    def collect(rest: tuple) -> None:
+        game = rest[0]
+        sizes.append(len(game.candidates))
+        truth.extend(np.isin(game.candidates, game.associations))
+        cues.append(winogavil_cue_text(game.cue))
+
+    # One game per batch: its candidates are the images DataComp encodes together.
+    games = ((torch.stack([loaded.preprocess(image) for image in game.images]), game)
+             for game in datasets.winogavil_instances(spec))
+    features = _encode_batches(loaded, games, spec, collect)
     return StageOutput(arrays={"image_features": torch.cat(features).numpy(), "game_sizes": np.array(sizes, dtype=np.int64),
                                "associations": np.array(truth, dtype=bool), "cues": np.array(cues, dtype=str)})
 

@@ -1,60 +1,169 @@
-"""Tables from score records: layout, means, missing cells, files, and the MLflow aggregate run."""
+"""Tables from score records: layouts, means, missing cells, external result files, and the MLflow aggregate run."""
+import json
 import math
 
 import pandas as pd
 import pytest
 
-from pipeline.aggregate import ScoreRecord, aggregate, build_table, build_tables, latest_scores, write_tables
+from pipeline import PipelineError, catalog, results, tables
+from pipeline.aggregate import log_aggregate_run, write_layout
+from pipeline.results import ScoreRecord
+from tests.conftest import REPO, run_pipeline
+
+PUBLISHED = pd.read_csv(REPO / "tests" / "data" / "openclip_results_sample.csv", dtype=str)
 
 
-def record(model, dataset, prompts="p", acc1=0.5, main="acc1", start=0, **extra):
-    return ScoreRecord(model, "tag", dataset, prompts, main, {"acc1": acc1, "mean_per_class_recall": acc1 / 2, **extra},
-                       f"{model}-{dataset}-{prompts}", start)
+def record(model, dataset, prompts="p", acc1=0.5, main="acc1", **extra):
+    return ScoreRecord(model, "tag", dataset, prompts, main, {"acc1": acc1, "mean_per_class_recall": acc1 / 2, **extra})
 
 
 def test_rows_are_models_columns_datasets_plus_mean():
-    table = build_table([record("A", "d1", acc1=0.2), record("A", "d2", acc1=0.6), record("B", "d1", acc1=0.4),
-                         record("B", "d2", acc1=0.8)], "acc1")
+    table = tables.build_table([record("A", "d1", acc1=0.2), record("A", "d2", acc1=0.6), record("B", "d1", acc1=0.4),
+                                record("B", "d2", acc1=0.8)], "acc1")
     assert list(table.columns) == ["model", "pretrained", "d1", "d2", "mean"]
     assert table.set_index("model")["mean"].to_dict() == pytest.approx({"A": 0.4, "B": 0.6})
 
 
 def test_main_metric_is_taken_per_dataset():
-    table = build_table([record("A", "d1", acc1=0.2), record("A", "d2", acc1=0.6, main="mean_per_class_recall")], "main")
+    table = tables.build_table([record("A", "d1", acc1=0.2), record("A", "d2", acc1=0.6, main="mean_per_class_recall")],
+                               "main")
     assert table.loc[0, "d1"] == pytest.approx(0.2) and table.loc[0, "d2"] == pytest.approx(0.3)
 
 
 def test_missing_dataset_leaves_cell_and_mean_empty():
-    table = build_table([record("A", "d1"), record("A", "d2"), record("B", "d1")], "acc1").set_index("model")
+    table = tables.build_table([record("A", "d1"), record("A", "d2"), record("B", "d1")], "acc1").set_index("model")
     assert math.isnan(table.loc["B", "d2"]) and math.isnan(table.loc["B", "mean"])
     assert table.loc["A", "mean"] == pytest.approx(0.5)
 
 
 def test_one_table_per_prompt_set():
-    tables = build_tables([record("A", "d1", "x", 0.1), record("A", "d1", "y", 0.9)], "acc1")
-    assert set(tables) == {"x", "y"} and tables["y"].loc[0, "d1"] == pytest.approx(0.9)
+    per_prompts = tables.build_tables([record("A", "d1", "x", 0.1), record("A", "d1", "y", 0.9)], "acc1")
+    assert set(per_prompts) == {"x", "y"} and per_prompts["y"].loc[0, "d1"] == pytest.approx(0.9)
 
 
-def test_files_written(tmp_path):
-    tables = build_tables([record("A", "d1", "x", 0.1), record("B", "d1", "y", 0.9)], "acc1")
-    paths = write_tables(tables, "acc1", tmp_path)
+def test_per_prompts_files(tmp_path):
+    paths, markdown = write_layout([record("A", "d1", "x", 0.1), record("B", "d1", "y", 0.9)], "per_prompts", "acc1",
+                                   tmp_path)
     assert [p.name for p in paths] == ["table.csv", "table.md", "table.png"]
     csv = pd.read_csv(tmp_path / "table.csv")
     assert list(csv.columns) == ["prompts", "model", "pretrained", "d1", "mean"] and len(csv) == 2
-    assert "### acc1 — prompts: x" in (tmp_path / "table.md").read_text()
-    assert (tmp_path / "table.png").read_bytes()[:4] == b"\x89PNG"
+    assert "### acc1 — prompts: x" in markdown and (tmp_path / "table.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_aggregate_logs_an_aggregate_run_and_latest_scores_reads_the_store(store, tmp_path):
+def test_blog_layout_rows_are_datasets_columns_models():
+    table = tables.blog([record("A", "d1", acc1=0.2), record("B", "d1", acc1=0.4), record("A", "d2", acc1=0.6)],
+                        "acc1").set_index("dataset")
+    assert list(table.columns) == ["A tag", "B tag"] and list(table.index) == ["d1", "d2", "mean"]
+    assert table.loc["mean", "A tag"] == pytest.approx(0.4) and math.isnan(table.loc["mean", "B tag"])
+
+
+# -- open_clip's 38-dataset table --------------------------------------------------------------------
+def published_records(row: pd.Series) -> list[ScoreRecord]:
+    keys = catalog.suite("datacomp38")
+    return [ScoreRecord(row["name"], row["pretrained"], key, "external", catalog.lookup(key).main_metric,
+                        {catalog.lookup(key).main_metric: float(row[catalog.lookup(key).column])}) for key in keys]
+
+
+def test_openclip38_header_is_open_clips():
+    columns = list(tables.openclip38(published_records(PUBLISHED.iloc[0])).columns)
+    assert columns[:5] == ["name", "pretrained", "params (M)", "FLOPs (B)", "Average perf. on 38 datasets"]
+    assert columns[5:] == list(PUBLISHED.columns[3:])
+
+
+def test_openclip38_reproduces_published_rows():
+    table = tables.openclip38([r for _, row in PUBLISHED.iterrows() for r in published_records(row)])
+    for _, published in PUBLISHED.iterrows():
+        ours = table[(table["name"] == published["name"]) & (table["pretrained"] == published["pretrained"])].iloc[0]
+        assert float(ours["Average perf. on 38 datasets"]) == pytest.approx(float(published.iloc[2]), abs=6e-5)
+        assert ours[PUBLISHED.columns[3:]].tolist() == published[PUBLISHED.columns[3:]].tolist()
+    assert table.set_index("name").loc["ViT-B-32", "params (M)"] == "151.28"
+
+
+def test_openclip38_marks_incomplete_rows():
+    partial = published_records(PUBLISHED.iloc[0])[:-2]
+    row = tables.openclip38(partial).iloc[0]
+    assert row["Average perf. on 38 datasets"] == "incomplete (36/38)"
+    assert row["Dollar Street"] == "" and row["GeoDE"] == ""
+
+
+# -- results produced elsewhere ------------------------------------------------------------------------
+def write_clip_benchmark_jsons(directory, row):
+    """One `clip_benchmark eval` JSON per dataset, half of them with the `wds/` prefix."""
+    for number, key in enumerate(catalog.suite("datacomp38")):
+        entry = catalog.lookup(key)
+        value = float(row[entry.column])
+        metrics = ({"image_retrieval_recall@1": value, "text_retrieval_recall@1": value}
+                   if entry.task == "zeroshot_retrieval" else {entry.main_metric: value, "acc5": 1.0})
+        name = f"wds/{key}" if number % 2 else key
+        payload = {"dataset": name, "model": row["name"], "pretrained": row["pretrained"],
+                   "task": entry.task, "metrics": metrics, "language": "en"}
+        (directory / f"{row['name']}_{row['pretrained']}_{key.replace('/', '_')}.json").write_text(json.dumps(payload))
+
+
+def test_clip_benchmark_json_folder_reproduces_published_averages(tmp_path):
+    for _, row in PUBLISHED.iterrows():
+        write_clip_benchmark_jsons(tmp_path, row)
+    table = tables.openclip38(results.from_directory(tmp_path)).set_index(["name", "pretrained"])
+    for _, published in PUBLISHED.iterrows():
+        average = float(table.loc[(published["name"], published["pretrained"]), "Average perf. on 38 datasets"])
+        assert average == pytest.approx(float(published.iloc[2]), abs=6e-5)
+
+
+def test_datacomp_jsonl_reproduces_published_average(tmp_path):
+    row = PUBLISHED.iloc[1]
+    folder = tmp_path / "ViT-B-16"
+    folder.mkdir()
+    lines = []
+    for key in catalog.suite("datacomp38"):
+        entry = catalog.lookup(key)
+        value = float(row[entry.column])
+        lines.append(json.dumps({"key": key, "dataset": entry.column, "metrics": {entry.main_metric: value,
+                                                                                 "main_metric": value}}))
+    (folder / "eval_results.jsonl").write_text("\n".join(lines) + "\n")
+    [ours] = tables.openclip38(results.from_directory(tmp_path)).to_dict("records")
+    assert ours["name"] == "ViT-B-16"
+    assert float(ours["Average perf. on 38 datasets"]) == pytest.approx(float(row.iloc[2]), abs=6e-5)
+
+
+def test_unreadable_result_file_is_named(tmp_path):
+    write_clip_benchmark_jsons(tmp_path, PUBLISHED.iloc[0])
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"dataset": "cifar10", "model": "x"')
+    with pytest.raises(PipelineError, match="broken.json"):
+        results.from_directory(tmp_path)
+
+
+def test_aggregate_cli_over_a_results_folder(tmp_path):
+    results_dir = tmp_path / "results"
+    results_dir.mkdir()
+    write_clip_benchmark_jsons(results_dir, PUBLISHED.iloc[2])
+    output = tmp_path / "openclip38.csv"
+    proc = run_pipeline(tmp_path, f"results_dir={results_dir}", "layout=openclip38", f"output={output}",
+                        module="pipeline.aggregate")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = pd.read_csv(output, dtype=str)
+    assert table.loc[0, "name"] == "RN50x64" and table.loc[0, "ImageNet 1k"] == "0.7391"
+    assert float(table.loc[0, "Average perf. on 38 datasets"]) == pytest.approx(float(PUBLISHED.iloc[2, 2]), abs=6e-5)
+
+    (results_dir / "bad.json").write_text("not json")
+    proc = run_pipeline(tmp_path, f"results_dir={results_dir}", "layout=openclip38", module="pipeline.aggregate")
+    assert proc.returncode != 0 and "bad.json" in proc.stderr
+
+
+# -- the tracking store --------------------------------------------------------------------------------
+def test_latest_records_and_the_aggregate_run(store, tmp_path):
     client = store.client
-    for value, dataset in [(0.25, "d1"), (0.75, "d1")]:  # the newer run for the same cell wins
+    for value in (0.25, 0.75):  # the newer run for the same cell wins
         run = client.create_run(store.experiment_id, tags={"stage": "score", "model": "A", "pretrained": "t",
-                                                           "dataset": dataset, "prompts": "p", "main_metric": "acc1"})
+                                                           "dataset": "d1", "prompts": "p", "main_metric": "acc1"})
         client.log_metric(run.info.run_id, "acc1", value)
+        client.log_metric(run.info.run_id, "image_retrieval_recall_at_1", value)
         client.set_terminated(run.info.run_id, "FINISHED")
-    records = latest_scores(store)
+    records = results.latest_in_store(store)
     assert [r.metrics["acc1"] for r in records] == [0.75]
-    aggregate(store, records, "acc1", tmp_path, {"source": "test"})
-    runs = client.search_runs([store.experiment_id], "tags.stage = 'aggregate'")
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert {a.path for a in client.list_artifacts(runs[0].info.run_id)} == {"table.csv", "table.md", "table.png"}
+    assert records[0].metrics["image_retrieval_recall@1"] == 0.75  # MLflow's name mapped back
+    files, _ = write_layout(records, "per_prompts", "acc1", tmp_path)
+    log_aggregate_run(store, files, {"source": "test"})
+    [run] = client.search_runs([store.experiment_id], "tags.stage = 'aggregate'")
+    assert run.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"table.csv", "table.md", "table.png"}

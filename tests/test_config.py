@@ -7,27 +7,62 @@ from omegaconf import OmegaConf
 
 from tests.conftest import CONF, compose_config
 
-GROUPS = {"model": 3, "dataset": 2, "prompts": 6, "metric": 5, "tracking": 2}
+GROUPS = {"model": 19, "dataset": 65, "prompts": 10, "metric": 5, "tracking": 2}
 
 
 def test_defaults_compose_to_the_offline_demo():
     cfg = compose_config()
-    assert (cfg.model.name, cfg.dataset.name, cfg.prompts.name, cfg.metric.name) == ("tiny", "shapes", "dataset", "acc1")
+    assert (cfg.model.name, cfg.dataset.name, cfg.prompts.name, cfg.metric.name) == ("tiny", "shapes", "dataset", "main")
     assert Path(cfg.paths.outputs).is_absolute()
     assert cfg.tracking.uri == f"sqlite:///{cfg.paths.outputs}/mlflow.db"
     assert cfg.dataset.root == f"{cfg.paths.outputs}/data/shapes"
 
 
+def choices(group: str) -> list[str]:
+    return sorted(str(p.relative_to(CONF / group).with_suffix("")) for p in (CONF / group).rglob("*.yaml"))
+
+
 @pytest.mark.parametrize("group", GROUPS)
 def test_every_choice_composes(group):
-    choices = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-    assert len(choices) >= GROUPS[group]
-    for choice in choices:
+    assert len(choices(group)) >= GROUPS[group]
+    for choice in choices(group):
         cfg = compose_config(f"{group}={choice}")
+        OmegaConf.to_container(cfg[group], resolve=True, throw_on_missing=False)
         assert cfg[group].get("name", choice) is not None
 
 
+def test_catalog_datasets_point_at_the_reference_copies():
+    flowers = compose_config("dataset=vtab/flowers").dataset
+    assert flowers.root == "https://huggingface.co/datasets/djghosh/wds_vtab-flowers_test/tree/main"
+    assert (flowers.column, flowers.main_metric) == ("Oxford Flowers-102", "mean_per_class_recall")
+    assert compose_config("dataset=fairness/geode").dataset.root.endswith("/djghosh/wds_geode_test/tree/main")
+    assert compose_config("dataset=misc/winogavil").dataset.root == "nlphuji/winogavil"
+    assert compose_config("dataset=vtab/dmlab").dataset.root.endswith("/clip-benchmark/wds_vtab-dmlab/tree/main")
+
+
+def test_one_override_repoints_every_dataset_at_a_mirror(tmp_path):
+    for choice, folder in [("cars", "wds_cars_test"), ("wilds/fmow", "wds_wilds-fmow_test"),
+                           ("fairness/dollar_street", "wds_dollar_street_test"),
+                           ("retrieval/mscoco_2014_5k_test_image_text_retrieval", "mscoco_2014_5k_test_image_text_retrieval")]:
+        assert compose_config(f"dataset={choice}", f"data_root={tmp_path}").dataset.root == f"{tmp_path}/{folder}"
+
+
+def test_suites_sweep_their_datasets():
+    from pipeline import catalog
+
+    assert len(catalog.suite("datacomp38")) == 38 and len(catalog.suite("vtab_plus")) == 35
+    assert len(catalog.suite("tfds17")) == 17
+    for suite in ("datacomp38", "vtab_plus", "tfds17"):
+        for key in catalog.suite(suite):
+            assert catalog.lookup(key) is not None, (suite, key)
+    assert [catalog.lookup(k).column for k in catalog.suite("datacomp38")][:3] == ["ImageNet 1k", "Caltech-101", "CIFAR-10"]
+    assert compose_config("suite=vtab_plus", "dataset=cars").dataset.root.endswith("/clip-benchmark/wds_cars/tree/main")
+
+
 def test_openai_weights_use_quickgelu_architectures():
+    for choice in choices("model"):
+        model = compose_config(f"model={choice}").model
+        assert model.pretrained != "openai" or model.arch.endswith("-quickgelu"), choice
     cfg = compose_config("model=vit_b_32_openai")
     assert (cfg.model.arch, cfg.model.pretrained) == ("ViT-B-32-quickgelu", "openai")
     cfg = compose_config("model=vit_b_32_laion2b")

@@ -7,9 +7,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import tracking
+from omegaconf import OmegaConf
+
+from pipeline import catalog, tracking
 from pipeline.datasets import FINGERPRINT_HEAD_BYTES
-from tests.conftest import asset_overrides, run_pipeline
+from tests import synthetic
+from tests.conftest import CONF, asset_overrides, run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -125,6 +128,26 @@ def test_failed_stage_is_not_served_on_the_next_run(tmp_path, shapes_root, tiny_
     assert "[embed] cache miss key=" + failed_run.data.tags["cache_key"] in fixed.stderr + fixed.stdout
     [image_run] = [r for r in runs(tmp_path) if r.data.tags.get("modality") == "image"]
     assert image_run.data.tags["cache_key"] == failed_run.data.tags["cache_key"]
+
+
+def test_suite_of_stand_ins_for_every_task_type_gives_the_openclip38_table(tmp_path, tiny_checkpoint):
+    """`suite=datacomp38 data_root=MIRROR` runs all 38 datasets (classification, WILDS, fairness, retrieval,
+    WinoGAViL) from a local mirror in the public copies' layout, and writes open_clip's table."""
+    keys = catalog.suite("datacomp38")
+    specs = [OmegaConf.to_container(OmegaConf.load(CONF / "dataset" / f"{key}.yaml")) for key in keys]
+    mirror = synthetic.write_mirror(tmp_path / "mirror", specs)
+    proc = run_pipeline(tmp_path, "-m", "suite=datacomp38", f"data_root={mirror}", f"model.pretrained={tiny_checkpoint}",
+                        "num_workers=0")
+    assert_ok(proc)
+    [sweep] = [p.parent for p in (tmp_path / "outputs" / "multirun").glob("*/*/openclip38.csv")]
+    table = pd.read_csv(sweep / "openclip38.csv", dtype=str)
+    assert len(table) == 1 and table.loc[0, "name"] == "tiny-clip"
+    cells = table.loc[0, [catalog.lookup(k).column for k in keys]].astype(float)
+    assert cells.notna().all() and cells.between(0, 1).all()
+    assert float(table.loc[0, "Average perf. on 38 datasets"]) == pytest.approx(cells.mean(), abs=6e-5)
+    assert (cells > 0.3).all(), cells.to_dict()  # the tiny model is far above chance on every stand-in
+    tasks = Counter(r.data.tags["task"] for r in runs(tmp_path) if r.data.tags["stage"] == "score")
+    assert tasks == Counter({"zeroshot_classification": 35, "zeroshot_retrieval": 2, "winogavil": 1})
 
 
 @pytest.mark.parametrize("overrides, message", [

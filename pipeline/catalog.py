@@ -1,0 +1,41 @@
+"""The dataset catalog as data: each conf/dataset config's key, table column, task and main metric, and the suites."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    key: str
+    column: str | None
+    task: str
+    main_metric: str
+
+
+@lru_cache(maxsize=1)
+def entries() -> dict[str, CatalogEntry]:
+    """Every dataset config by key (its `name`), read without resolving roots."""
+    found: dict[str, CatalogEntry] = {}
+    for path in sorted((CONF / "dataset").rglob("*.yaml")):
+        node = OmegaConf.load(path)
+        if OmegaConf.is_missing(node, "name"):
+            continue
+        found[node.name] = CatalogEntry(node.name, node.get("column"), node.task, node.main_metric)
+    return found
+
+
+def suite(name: str) -> list[str]:
+    """The dataset keys a suite sweeps, in its order."""
+    node = OmegaConf.load(CONF / "suite" / f"{name}.yaml")
+    return str(node.hydra.sweeper.params.dataset).split(",")
+
+
+def lookup(dataset: str) -> CatalogEntry | None:
+    """A catalog entry by key, accepting clip_benchmark's `wds/` prefix."""
+    return entries().get(dataset.removeprefix("wds/"))

@@ -1,0 +1,124 @@
+"""Score records, the aggregate stage's input: from score runs in MLflow, from `clip_benchmark eval` JSON files,
+or from DataComp's `eval_results.jsonl`."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from pipeline import PipelineError, catalog
+from pipeline.cache import real_metric_name
+from pipeline.tracking import TrackingStore
+
+EXTERNAL_PROMPTS = "external"
+
+
+@dataclass(frozen=True)
+class ScoreRecord:
+    """One (model, pretrained, dataset, prompts) result with every metric it has."""
+
+    model: str
+    pretrained: str
+    dataset: str
+    prompts: str
+    main_metric: str
+    metrics: Mapping[str, float]
+    run_id: str = ""
+    start_time: int = 0
+
+    def value(self, metric: str) -> float:
+        """`metric`, or this dataset's main metric for `main`; NaN when absent."""
+        name = self.main_metric if metric == "main" else metric
+        return float(self.metrics.get(name, math.nan))
+
+
+# -- MLflow ---------------------------------------------------------------------------------------------
+def _from_run(run) -> ScoreRecord:
+    tags = run.data.tags
+    values = {real_metric_name(name): value for name, value in run.data.metrics.items()}
+    return ScoreRecord(tags["model"], tags["pretrained"], tags["dataset"], tags["prompts"],
+                       tags.get("main_metric", "acc1"), values, run.info.run_id, run.info.start_time)
+
+
+def from_runs(store: TrackingStore, run_ids: Iterable[str]) -> list[ScoreRecord]:
+    client = store.client
+    return [_from_run(client.get_run(run_id)) for run_id in run_ids]
+
+
+def latest_in_store(store: TrackingStore) -> list[ScoreRecord]:
+    """The newest FINISHED score run for each (model, pretrained, dataset, prompts) in the store."""
+    runs = store.client.search_runs(
+        [store.experiment_id], filter_string="tags.stage = 'score' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=50000,
+    )
+    newest: dict[tuple[str, ...], ScoreRecord] = {}
+    for record in map(_from_run, runs):
+        newest.setdefault((record.model, record.pretrained, record.dataset, record.prompts), record)
+    return list(newest.values())
+
+
+# -- files written elsewhere ------------------------------------------------------------------------------
+def _main_metric(dataset: str, metrics: Mapping[str, float]) -> str:
+    entry = catalog.lookup(dataset)
+    if entry is not None:
+        return entry.main_metric
+    return "mean_recall@1" if "mean_recall@1" in metrics else "acc1"
+
+
+def _with_mean_recall(metrics: dict[str, float]) -> dict[str, float]:
+    # clip_benchmark logs recall@k only; DataComp's main retrieval metric is the mean of the two at k=1.
+    if "mean_recall@1" not in metrics and {"image_retrieval_recall@1", "text_retrieval_recall@1"} <= set(metrics):
+        metrics["mean_recall@1"] = 0.5 * (metrics["image_retrieval_recall@1"] + metrics["text_retrieval_recall@1"])
+    return metrics
+
+
+def _numbers(metrics: Mapping) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def read_clip_benchmark_json(path: Path) -> ScoreRecord:
+    """One `clip_benchmark eval` output: {"dataset", "model", "pretrained", "task", "metrics", ...}."""
+    try:
+        payload = json.loads(path.read_text())
+        dataset = str(payload["dataset"]).removeprefix("wds/")
+        metrics = _with_mean_recall(_numbers(payload["metrics"]))
+        return ScoreRecord(str(payload["model"]), str(payload["pretrained"]), dataset, EXTERNAL_PROMPTS,
+                           _main_metric(dataset, metrics), metrics, run_id=str(path))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise PipelineError(f"cannot read clip_benchmark result {path}: {exc!r}; expected JSON with dataset, model, "
+                            f"pretrained and metrics") from exc
+
+
+def read_datacomp_jsonl(path: Path, model: str, pretrained: str = "") -> list[ScoreRecord]:
+    """DataComp's `eval_results.jsonl`: one {"key", "dataset", "metrics"} line per task, for one model."""
+    records = []
+    try:
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            payload = json.loads(line)
+            metrics = _with_mean_recall(_numbers(payload["metrics"]))
+            key = str(payload["key"])
+            records.append(ScoreRecord(model, pretrained, key, EXTERNAL_PROMPTS, _main_metric(key, metrics), metrics,
+                                       run_id=f"{path}:{number}"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise PipelineError(f"cannot read DataComp results {path}: {exc!r}; expected JSON lines with key, dataset "
+                            f"and metrics") from exc
+    return records
+
+
+def from_directory(results_dir: Path) -> list[ScoreRecord]:
+    """Every `*.json` (clip_benchmark) and `*.jsonl` (DataComp; the model is its folder's name) below `results_dir`."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise PipelineError(f"results_dir {results_dir} is not a directory")
+    records: list[ScoreRecord] = []
+    for path in sorted(results_dir.rglob("*.json")):
+        records.append(read_clip_benchmark_json(path))
+    for path in sorted(results_dir.rglob("*.jsonl")):
+        records.extend(read_datacomp_jsonl(path, model=path.parent.name))
+    if not records:
+        raise PipelineError(f"no *.json (clip_benchmark) or *.jsonl (DataComp) results under {results_dir}")
+    return records
