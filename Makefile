@@ -37,8 +37,8 @@ ui: $(STAMP) ## Open the MLflow UI on the local store (http://127.0.0.1:5000)
 clean: ## Remove generated outputs (runs, store, bundled assets); keeps .venv/
 	find outputs -mindepth 1 ! -name README.md -exec rm -rf {} +
 
-bench: assets ## Time a cold sweep against the same sweep served from the cache
-	$(PY) -m pipeline.bench --assets outputs
+bench: assets ## Time a prompt-set sweep: clip_benchmark per pair vs this pipeline cold and cached
+	$(PY) -m pipeline.bench
 
 MODELS ?= vit_b_32_openai,vit_b_32_laion2b
 SUITE ?= datacomp38

@@ -35,13 +35,15 @@ def plot(per_prompts: Mapping[str, pd.DataFrame], metric: str, path: Path) -> Pa
         for _, row in table.iterrows():
             series[f"{row['model']} / {row['pretrained']} / {prompts}"] = row.drop(tables.ROW_KEYS)
     frame = pd.DataFrame(series).astype(float)
-    fig, ax = plt.subplots(figsize=(min(24, max(6, 0.5 * len(frame.index) * max(1, len(series)) ** 0.5 + 3)), 4.5))
+    width = 1.5 + 0.25 * len(frame.index) * len(series)  # a bar is about a quarter inch wide
+    fig, ax = plt.subplots(figsize=(min(30, max(5, width)), 4.5))
     frame.plot.bar(ax=ax, rot=30)
-    ax.set_ylabel(metric)
-    ax.set_title(f"zero-shot {metric}")
-    ax.legend(fontsize="small", loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    label = "main metric of each dataset" if metric == "main" else metric
+    ax.set_ylabel(label)
+    ax.set_ylim(min(0.0, float(frame.min().min())), 1.0)
+    ax.set_title(f"zero-shot {label}")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), title="model / weights / prompts")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 

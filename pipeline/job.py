@@ -55,7 +55,7 @@ def run_job(cfg: DictConfig, output_dir: Path | None = None) -> JobResult:
     info = datasets.describe(spec)
     class_prompts = (prompts.resolve(cfg.prompts, spec.name, info.templates, info.classnames)
                      if spec.task == "zeroshot_classification" else None)
-    loader = ModelLoader(ModelSpec.from_cfg(cfg.model), resolve_device(cfg.device))
+    loader = ModelLoader(ModelSpec.from_cfg(cfg.model, cfg.get("weights_dir")), resolve_device(cfg.device))
     loader.spec.fingerprint  # fails now, not mid-run, on a missing checkpoint
     metric = headline_metric(cfg.metric.name, spec.main_metric)
 

@@ -27,10 +27,11 @@ class ModelSpec:
     arch: str
     pretrained: str | None
     precision: str = "fp32"
+    cache_dir: str | None = None  # where open_clip looks for (and downloads) pretrained weights; not part of a key
 
     @classmethod
-    def from_cfg(cls, cfg: Any) -> "ModelSpec":
-        spec = cls(cfg.name, cfg.arch, cfg.get("pretrained"), cfg.get("precision", "fp32"))
+    def from_cfg(cls, cfg: Any, cache_dir: str | None = None) -> "ModelSpec":
+        spec = cls(cfg.name, cfg.arch, cfg.get("pretrained"), cfg.get("precision", "fp32"), cache_dir)
         if spec.precision not in PRECISIONS:
             raise PipelineError(f"model.precision={spec.precision!r} is not one of {PRECISIONS}")
         return spec
@@ -94,6 +95,7 @@ def load_model(spec: ModelSpec, device: torch.device) -> LoadedModel:
     log.info("loading %s (%s) on %s", spec.arch, spec.pretrained, device)
     model, _, preprocess = open_clip.create_model_and_transforms(
         spec.arch, pretrained=spec.pretrained, device=device, precision="fp32", require_pretrained=bool(spec.pretrained),
+        cache_dir=spec.cache_dir,
     )
     return LoadedModel(model.eval(), preprocess, open_clip.get_tokenizer(spec.arch), device, spec.precision)
 

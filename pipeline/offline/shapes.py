@@ -82,13 +82,14 @@ class _ConvertibleSplit(list):
     templates = TEMPLATES
 
 
-def write_shapes_webdataset(root: Path, shards_per_split: int = 2) -> Path:
-    """Write every split under `root` with clip_benchmark's own webdataset converter, then mark it complete."""
+def write_shapes_webdataset(root: Path, shards_per_split: int = 2,
+                            splits: dict[str, tuple[int, int]] = SPLITS) -> Path:
+    """Write every split (name: (per-class count, seed)) under `root` with clip_benchmark's own webdataset converter."""
     # The converter is clip_benchmark's, so the layout is exactly the one its reader expects.
     from clip_benchmark.webdataset_builder import PIL_to_bytes, convert_dataset
 
     root = Path(root)
-    for split, (per_class, seed) in SPLITS.items():
+    for split, (per_class, seed) in splits.items():
         samples = generate(per_class, seed)
         pairs = _ConvertibleSplit((s.image, s.label) for s in samples)
         convert_dataset(
