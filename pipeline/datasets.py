@@ -145,13 +145,13 @@ def _read_text(location: str) -> str:
     return Path(location).read_text()
 
 
-def _shard_urls(spec: DatasetSpec) -> tuple[str, int]:
+def _shard_pattern(spec: DatasetSpec) -> str:
     """The brace pattern of a split's shards, with Hugging Face's raw/resolve addresses as clip_benchmark uses them."""
     metadata_dir = tar_dir = spec.root
     if spec.root.startswith("https://huggingface.co/datasets"):
         metadata_dir, tar_dir = spec.root.replace("/tree/", "/raw/"), spec.root.replace("/tree/", "/resolve/")
     nshards = int(_read_text(f"{metadata_dir}/{spec.split}/nshards.txt"))
-    return f"{tar_dir}/{spec.split}/{{0..{nshards - 1}}}.tar", nshards
+    return f"{tar_dir}/{spec.split}/{{0..{nshards - 1}}}.tar"
 
 
 def _webdataset_with_metadata(spec: DatasetSpec, transform: Callable):
@@ -163,10 +163,7 @@ def _webdataset_with_metadata(spec: DatasetSpec, transform: Callable):
     import webdataset as wds
 
     check_local_layout(spec)
-    pattern, _ = _shard_urls(spec)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"WebDataset\(shardshuffle")
-        dataset = wds.WebDataset(pattern, shardshuffle=False, nodesplitter=lambda src: src)
+    dataset = wds.WebDataset(_shard_pattern(spec), shardshuffle=False, nodesplitter=lambda src: src)
     return (dataset.decode(wds.autodecode.ImageHandler("pil", extensions=IMAGE_EXTENSIONS))
             .to_tuple(IMAGE_EXTENSIONS, "cls", "npy")
             .map_tuple(transform, None, lambda m: np.asarray(m, dtype=np.int64).reshape(-1)))
@@ -193,7 +190,7 @@ def load_hf(spec: DatasetSpec):
     check_local_layout(spec)
     root = Path(spec.root)
     try:
-        if root.is_dir() and (root / "dataset_info.json").exists() and not (root / "data").exists():
+        if (root / "dataset_dict.json").exists() or (root / "state.json").exists():  # a save_to_disk folder
             loaded = hf.load_from_disk(str(root))
             return loaded[spec.split] if isinstance(loaded, hf.DatasetDict) else loaded
         return hf.load_dataset(spec.root, split=spec.split)

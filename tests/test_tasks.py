@@ -137,3 +137,14 @@ def test_image_folder_with_folder_names_as_classes(tmp_path, tiny_checkpoint):
                      f"dataset.root={root}", "prompts=miniplaces")
     assert datasets.describe(datasets.DatasetSpec.from_cfg(cfg.dataset)).classnames == sorted(synthetic.CLASSES)
     assert run_job(cfg).value >= 0.8
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_hf_mirror_may_be_a_save_to_disk_folder(tmp_path, as_dict):
+    import datasets as hf
+
+    rows = hf.load_dataset(str(synthetic.write_hf_retrieval(tmp_path / "parquet")), split="test")
+    (hf.DatasetDict({"test": rows}) if as_dict else rows).save_to_disk(str(tmp_path / "saved"))
+    spec = datasets.DatasetSpec("retrieval/x", "zeroshot_retrieval", str(tmp_path / "saved"), "test", "mean_recall@1",
+                                format="hf")
+    assert datasets.load_hf(spec)["caption"] == rows["caption"]
