@@ -97,16 +97,10 @@ def write_layout(records: list[ScoreRecord], layout: str, metric: str, out_dir: 
 
 
 def log_aggregate_run(store: TrackingStore, files: list[Path], tags: Mapping[str, str]) -> str:
-    client = store.client
-    run = client.create_run(store.experiment_id, tags={**tags, "stage": "aggregate"}, run_name="aggregate")
-    try:
+    with tracking.finished_run(store, {**tags, "stage": "aggregate"}, "aggregate") as run_id:
         for path in files:
-            client.log_artifact(run.info.run_id, str(path))
-    except BaseException:
-        client.set_terminated(run.info.run_id, "FAILED")
-        raise
-    client.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id
+            store.client.log_artifact(run_id, str(path))
+    return run_id
 
 
 def sweep_run_ids(sweep_dir: Path) -> list[str]:

@@ -22,7 +22,7 @@ import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.entities import Run
 
-from pipeline.tracking import TrackingStore
+from pipeline.tracking import TrackingStore, finished_run
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +151,7 @@ class StageCache:
         client = self.store.client
         tags = {**request.tags, "stage": request.stage, "cache_key": request.key,
                 "cache_store": "true" if self.enabled else "false"}
-        run = client.create_run(self.store.experiment_id, tags=tags, run_name=request.name)
-        run_id = run.info.run_id
-        try:
+        with finished_run(self.store, tags, request.name) as run_id:
             _log_params(client, run_id, request.params)
             output = compute()
             with tempfile.TemporaryDirectory() as tmp:
@@ -164,11 +162,6 @@ class StageCache:
                 metrics=[Metric(mlflow_metric_name(k), float(v), 0, 0) for k, v in output.metrics.items()],
                 tags=[RunTag(CHECKSUM_TAG + name, digest) for name, digest in checksums.items()],
             )
-        except BaseException as exc:
-            # FAILED/KILLED runs are never served: lookups only accept FINISHED ones.
-            client.set_terminated(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-            raise
-        client.set_terminated(run_id, "FINISHED")
         return StageResult(output, run_id, hit=False)
 
 

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Mapping
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -75,3 +77,19 @@ def connect(uri: str, experiment: str, artifact_location: str | None = None, att
 def connect_cfg(tracking_cfg) -> TrackingStore:
     """`connect` from a `tracking` config group node."""
     return connect(tracking_cfg.uri, tracking_cfg.experiment, tracking_cfg.get("artifact_location"))
+
+
+@contextmanager
+def finished_run(store: TrackingStore, tags: Mapping[str, str], name: str) -> Iterator[str]:
+    """An MLflow run that ends FINISHED only if the block completes; FAILED on an error, KILLED on Ctrl-C.
+
+    Lookups accept FINISHED runs alone, so nothing half-written is ever read back.
+    """
+    client = store.client
+    run_id = client.create_run(store.experiment_id, tags=dict(tags), run_name=name).info.run_id
+    try:
+        yield run_id
+    except BaseException as exc:
+        client.set_terminated(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")

@@ -27,8 +27,10 @@ def test_every_choice_composes(group):
     assert len(choices(group)) >= GROUPS[group]
     for choice in choices(group):
         cfg = compose_config(f"{group}={choice}")
-        OmegaConf.to_container(cfg[group], resolve=True, throw_on_missing=False)
-        assert cfg[group].get("name", choice) is not None
+        node = cfg[group]
+        OmegaConf.to_container(node, resolve=True, throw_on_missing=False)  # every interpolation resolves
+        if "name" in node and not OmegaConf.is_missing(node, "name"):
+            assert node.name == choice  # a choice is named after its file (for datasets: the task key)
 
 
 def test_catalog_datasets_point_at_the_reference_copies():
