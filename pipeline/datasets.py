@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import multiprocessing
 import os
 import urllib.request
 import warnings
@@ -215,6 +216,9 @@ def describe(spec: DatasetSpec) -> DatasetInfo:
 
 def _loader(dataset, batch_size: int, num_workers: int, batched_in_pipeline: bool, collate=None):
     workers = min(num_workers, os.cpu_count() or 1)
+    if multiprocessing.current_process().name != "MainProcess":
+        # Inside a launcher's worker (e.g. Hydra's joblib launcher) nested DataLoader workers fail to start.
+        workers = 0
     if batched_in_pipeline:
         return torch.utils.data.DataLoader(dataset.batched(batch_size, collation_fn=collate) if collate else
                                            dataset.batched(batch_size), batch_size=None, num_workers=workers)

@@ -80,6 +80,15 @@ def test_sweep_encodes_images_once_and_repeats_from_cache(tmp_path, assets):
     assert len(rebuilt_table) == 3 and rebuilt_table["shapes"].between(0, 1).all()
 
 
+def test_parallel_joblib_sweep_on_a_fresh_sqlite_store(tmp_path, assets):
+    """Hydra's joblib launcher runs jobs in parallel processes; the store is created once before they start."""
+    proc = run_pipeline(tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", PROMPTS, *assets)
+    assert_ok(proc)
+    assert "database is locked" not in proc.stderr
+    assert stage_counts(tmp_path)[("score", "")] == 3
+    assert len(pd.read_csv(sweep_dirs(tmp_path)[0] / "table.csv")) == 3
+
+
 def test_corrupted_artifact_is_detected_and_recomputed(tmp_path, assets):
     assert_ok(run_pipeline(tmp_path, "-m", "prompts=classname", *assets))
     image_run = next(r for r in runs(tmp_path) if r.data.tags.get("modality") == "image")
