@@ -148,3 +148,9 @@ def test_hf_mirror_may_be_a_save_to_disk_folder(tmp_path, as_dict):
     spec = datasets.DatasetSpec("retrieval/x", "zeroshot_retrieval", str(tmp_path / "saved"), "test", "mean_recall@1",
                                 format="hf")
     assert datasets.load_hf(spec)["caption"] == rows["caption"]
+
+
+def test_generic_wds_config_reads_any_webdataset(tmp_path, tiny_checkpoint, shapes_root):
+    cfg = job_config(tmp_path, tiny_checkpoint, "dataset=wds", "dataset.name=my_shapes", f"dataset.root={shapes_root}")
+    result = run_job(cfg)
+    assert result.metric == "acc1" and result.value >= 0.8
