@@ -11,9 +11,7 @@ def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     """Fraction of samples whose label is among the k highest logits; NaN with fewer than k classes."""
     if logits.shape[1] < k:
         return math.nan
-    # argpartition is O(N*C) and, unlike a full sort, needs no tie-breaking beyond membership.
-    top_k = np.argpartition(-logits, k - 1, axis=1)[:, :k]
-    return float((top_k == labels[:, None]).any(axis=1).mean())
+    return float(top_k_correct(logits, labels, k).mean())
 
 
 def mean_per_class_recall(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -44,6 +42,7 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
 # -- WILDS and fairness ------------------------------------------------------------------------------
 def top_k_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Per-sample 0/1: is the label among the k highest logits."""
+    # argpartition is O(N*C) and, unlike a full sort, needs no tie-breaking beyond membership.
     top_k = np.argpartition(-logits, k - 1, axis=1)[:, :k] if k > 1 else logits.argmax(axis=1)[:, None]
     return (top_k == labels[:, None]).any(axis=1)
 

@@ -26,7 +26,6 @@ class ScoreRecord:
     main_metric: str
     metrics: Mapping[str, float]
     run_id: str = ""
-    start_time: int = 0
 
     def value(self, metric: str) -> float:
         """`metric`, or this dataset's main metric for `main`; NaN when absent."""
@@ -39,7 +38,7 @@ def _from_run(run) -> ScoreRecord:
     tags = run.data.tags
     values = {real_metric_name(name): value for name, value in run.data.metrics.items()}
     return ScoreRecord(tags["model"], tags["pretrained"], tags["dataset"], tags["prompts"],
-                       tags.get("main_metric", "acc1"), values, run.info.run_id, run.info.start_time)
+                       tags.get("main_metric", "acc1"), values, run.info.run_id)
 
 
 def from_runs(store: TrackingStore, run_ids: Iterable[str]) -> list[ScoreRecord]:

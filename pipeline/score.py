@@ -21,10 +21,6 @@ class Scores:
     key: str
     run_id: str
 
-    @property
-    def main(self) -> float:
-        return self.metrics[self.main_metric]
-
 
 def classification_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -> dict[str, float]:
     logits, labels = predicted["logits"], images["labels"]
