@@ -202,16 +202,16 @@ def load_hf(spec: DatasetSpec):
 # -- what the stages call -----------------------------------------------------------------------------
 def describe(spec: DatasetSpec) -> DatasetInfo:
     """Class names and shipped templates (classification), with the content fingerprint for cache keys."""
+    check_local_layout(spec)
+    content = fingerprint(spec)
     if spec.task != "zeroshot_classification":
-        check_local_layout(spec)
-        return DatasetInfo(spec, [], [], fingerprint(spec))
+        return DatasetInfo(spec, [], [], content)
     if spec.format == "folder":
-        check_local_layout(spec)
-        return DatasetInfo(spec, _folder_classnames(spec), _folder_templates(spec), fingerprint(spec))
+        return DatasetInfo(spec, _folder_classnames(spec), _folder_templates(spec), content)
     dataset = build(spec)
     if not dataset.classes:
         raise PipelineError(f"dataset {spec.name} at {spec.root} has no classnames.txt")
-    return DatasetInfo(spec, list(dataset.classes), list(getattr(dataset, "templates", None) or []), fingerprint(spec))
+    return DatasetInfo(spec, list(dataset.classes), list(getattr(dataset, "templates", None) or []), content)
 
 
 def _loader(dataset, batch_size: int, num_workers: int, batched_in_pipeline: bool, collate=None):
