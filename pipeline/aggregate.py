@@ -15,7 +15,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from pipeline import PipelineError, catalog, results, tables, tracking
+from pipeline import PipelineError, results, tables, tracking
 from pipeline.job import RESULT_FILE
 from pipeline.results import ScoreRecord
 from pipeline.tracking import TrackingStore
@@ -33,7 +33,7 @@ def plot(per_prompts: Mapping[str, pd.DataFrame], metric: str, path: Path) -> Pa
     series = {}
     for prompts, table in per_prompts.items():
         for _, row in table.iterrows():
-            series[f"{row['model']} / {row['pretrained']} / {prompts}"] = row.drop(tables.ROW_KEYS)
+            series[f"{row['model']} / {row['pretrained']} / {row['protocol']} / {prompts}"] = row.drop(tables.ROW_KEYS)
     frame = pd.DataFrame(series).astype(float)
     width = 1.5 + 0.25 * len(frame.index) * len(series)  # a bar is about a quarter inch wide
     fig, ax = plt.subplots(figsize=(min(30, max(5, width)), 4.5))
@@ -42,7 +42,7 @@ def plot(per_prompts: Mapping[str, pd.DataFrame], metric: str, path: Path) -> Pa
     ax.set_ylabel(label)
     ax.set_ylim(min(0.0, float(frame.min().min())), 1.0)
     ax.set_title(f"zero-shot {label}")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), title="model / weights / prompts")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), title="model / weights / protocol / prompts")
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -62,7 +62,10 @@ def write_per_prompts(records: list[ScoreRecord], metric: str, out_dir: Path) ->
 
 def write_openclip38(records: list[ScoreRecord], out_dir: Path, output: Path | None) -> tuple[list[Path], str]:
     """openclip38.csv, or openclip38_<prompts>.csv per prompt set when several were swept."""
-    groups = tables.by_prompt_set(records)
+    groups = tables.by_prompt_set(filter(tables.openclip38_eligible, records))
+    if not groups:
+        raise PipelineError("no result fits open_clip's 38-dataset table: it takes datacomp38 datasets read from "
+                            "DataComp's copies (source) under protocol=datacomp, or result files (results_dir=)")
     if output is not None and len(groups) > 1:
         raise PipelineError(f"results hold several prompt sets ({', '.join(groups)}); pick one with prompts=NAME")
     files, sections = [], []
@@ -75,8 +78,8 @@ def write_openclip38(records: list[ScoreRecord], out_dir: Path, output: Path | N
     return files, "\n".join(sections)
 
 
-def write_blog(records: list[ScoreRecord], metric: str, path: Path) -> tuple[list[Path], str]:
-    table = tables.blog(records, metric)
+def write_blog(records: list[ScoreRecord], metric: str, path: Path, mean_row: bool) -> tuple[list[Path], str]:
+    table = tables.blog(records, metric, mean_row)
     table.to_csv(path, index=False, float_format="%.4f")
     markdown = f"### {metric}\n\n{table.to_markdown(index=False, floatfmt='.4f')}\n"
     md_path = path.with_suffix(".md")
@@ -85,14 +88,14 @@ def write_blog(records: list[ScoreRecord], metric: str, path: Path) -> tuple[lis
 
 
 def write_layout(records: list[ScoreRecord], layout: str, metric: str, out_dir: Path,
-                 output: Path | None = None) -> tuple[list[Path], str]:
+                 output: Path | None = None, mean_row: bool = False) -> tuple[list[Path], str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     if layout == "per_prompts":
         return write_per_prompts(records, metric, out_dir)
     if layout == "openclip38":
         return write_openclip38(records, out_dir, output)
     if layout == "blog":
-        return write_blog(records, metric, output or out_dir / f"blog_{metric}.csv")
+        return write_blog(records, metric, output or out_dir / f"blog_{metric}.csv", mean_row)
     raise PipelineError(f"unknown layout {layout!r}; use one of {tables.LAYOUTS}")
 
 
@@ -104,13 +107,10 @@ def log_aggregate_run(store: TrackingStore, files: list[Path], tags: Mapping[str
 
 
 def sweep_run_ids(sweep_dir: Path) -> list[str]:
-    """Score run ids recorded by the jobs of one sweep (Hydra gives the callback no job results)."""
-    return [json.loads(path.read_text())["score_run_id"] for path in sorted(Path(sweep_dir).glob(f"*/{RESULT_FILE}"))]
+    """Job run ids recorded by the jobs of one sweep (Hydra gives the callback no job results)."""
+    return [json.loads(path.read_text())["job_run_id"] for path in sorted(Path(sweep_dir).glob(f"*/{RESULT_FILE}"))]
 
 
-def in_datacomp38(records: list[ScoreRecord]) -> bool:
-    keys = set(catalog.suite("datacomp38"))
-    return any((entry := catalog.lookup(r.dataset)) is not None and entry.key in keys for r in records)
 
 
 class AggregateCallback(Callback):
@@ -129,7 +129,7 @@ class AggregateCallback(Callback):
         store = tracking.connect_cfg(config.tracking)
         records = results.from_runs(store, run_ids)
         files, markdown = write_layout(records, "per_prompts", config.metric.name, sweep_dir)
-        if in_datacomp38(records):
+        if any(map(tables.openclip38_eligible, records)):
             more, _ = write_layout(records, "openclip38", config.metric.name, sweep_dir)
             files += more
         log_aggregate_run(store, files, {"sweep_dir": str(sweep_dir), "metric": config.metric.name})
@@ -147,10 +147,12 @@ def main(cfg: DictConfig) -> None:
         source = store.uri
     if cfg.prompts:
         records = [r for r in records if r.prompts in (cfg.prompts, tables.ANY_PROMPTS, results.EXTERNAL_PROMPTS)]
+    if cfg.protocol:
+        records = [r for r in records if r.protocol == cfg.protocol or r.is_external]
     if not records:
-        raise PipelineError(f"no finished score runs found in {source}; run `python -m pipeline` first")
+        raise PipelineError(f"no finished job runs found in {source}; run `python -m pipeline` first")
     output = Path(cfg.output).resolve() if cfg.output else None
-    files, markdown = write_layout(records, cfg.layout, cfg.metric.name, Path(cfg.output_dir), output)
+    files, markdown = write_layout(records, cfg.layout, cfg.metric.name, Path(cfg.output_dir), output, cfg.mean_row)
     log_aggregate_run(store, files, {"source": source, "layout": cfg.layout, "metric": cfg.metric.name})
     print(f"\n{markdown}\nWritten: {', '.join(map(str, files))}", flush=True)
 

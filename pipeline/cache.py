@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -90,6 +91,22 @@ class CorruptArtifact(RuntimeError):
     """A cached file is missing or does not match the checksum recorded when it was written."""
 
 
+class ArtifactUnavailable(RuntimeError):
+    """A cached file could not be downloaded for a reason that may pass (network error, server 5xx)."""
+
+
+DOWNLOAD_ATTEMPTS = 4
+DOWNLOAD_BACKOFF_S = 0.5
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """A definite "this artifact does not exist" from the store, as opposed to a failure that may pass."""
+    if isinstance(exc, FileNotFoundError) or getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None) == 404
+
+
 @dataclass(frozen=True)
 class StageCache:
     """Serve or compute stage outputs; `enabled=False` turns the cache off, `force=True` recomputes."""
@@ -123,6 +140,10 @@ class StageCache:
         for run in runs:
             try:
                 return StageResult(self._load(run), run.info.run_id, hit=True)
+            except ArtifactUnavailable as exc:
+                log.warning("[%s] cached run %s could not be read (%s); recomputing, the run stays servable",
+                            request.stage, run.info.run_id, exc)
+                return None
             except CorruptArtifact as exc:
                 log.warning("[%s] cached run %s is corrupt (%s); it will not be served again, recomputing",
                             request.stage, run.info.run_id, exc)
@@ -136,15 +157,26 @@ class StageCache:
             raise CorruptArtifact("no checksums recorded")
         with tempfile.TemporaryDirectory() as tmp:
             for name, expected in checksums.items():
-                try:
-                    local = Path(mlflow.artifacts.download_artifacts(
-                        run_id=run.info.run_id, artifact_path=name, dst_path=tmp, tracking_uri=self.store.uri))
-                except Exception as exc:  # MLflow raises several types for a missing artifact
-                    raise CorruptArtifact(f"{name} cannot be downloaded: {exc}") from exc
-                actual = sha256_file(local)
+                actual = sha256_file(self._download(run.info.run_id, name, Path(tmp)))
                 if actual != expected:
                     raise CorruptArtifact(f"{name} checksum {actual[:12]} != recorded {expected[:12]}")
             return _read_output(Path(tmp), checksums)
+
+    def _download(self, run_id: str, name: str, directory: Path) -> Path:
+        """One artifact, retried with backoff on failures that may pass; a definite "not found" is corrupt."""
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            try:
+                return Path(mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=name, dst_path=str(directory), tracking_uri=self.store.uri))
+            except Exception as exc:  # MLflow raises MlflowException, requests' and OS errors, depending on the store
+                if is_not_found(exc):
+                    raise CorruptArtifact(f"{name} is missing from the artifact store: {exc}") from exc
+                if attempt == DOWNLOAD_ATTEMPTS:
+                    raise ArtifactUnavailable(f"{name}: {DOWNLOAD_ATTEMPTS} attempts failed, last: {exc}") from exc
+                log.warning("downloading %s of run %s failed (%s); retrying (%d/%d)", name, run_id,
+                            str(exc).splitlines()[0][:200], attempt + 1, DOWNLOAD_ATTEMPTS)
+                time.sleep(DOWNLOAD_BACKOFF_S * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")
 
     # -- compute ------------------------------------------------------------------------------
     def _compute(self, request: StageRequest, compute: Callable[[], StageOutput]) -> StageResult:
@@ -152,7 +184,7 @@ class StageCache:
         tags = {**request.tags, "stage": request.stage, "cache_key": request.key,
                 "cache_store": "true" if self.enabled else "false"}
         with finished_run(self.store, tags, request.name) as run_id:
-            _log_params(client, run_id, request.params)
+            log_params(client, run_id, request.params)
             output = compute()
             with tempfile.TemporaryDirectory() as tmp:
                 checksums = _write_output(Path(tmp), output)
@@ -189,7 +221,7 @@ def _read_output(directory: Path, names: Mapping[str, str]) -> StageOutput:
     return StageOutput(arrays, metrics)
 
 
-def _log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
+def log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
     items = [Param(k, str(v)[:_PARAM_MAX_CHARS]) for k, v in params.items()]
     for start in range(0, len(items), _PARAM_BATCH):
         client.log_batch(run_id, params=items[start:start + _PARAM_BATCH])

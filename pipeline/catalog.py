@@ -16,6 +16,7 @@ class CatalogEntry:
     column: str | None
     task: str
     main_metric: str
+    source: str | None = None  # whose copy the config reads by default: DataComp's evaluation reads this one
 
 
 @lru_cache(maxsize=1)
@@ -26,7 +27,7 @@ def entries() -> dict[str, CatalogEntry]:
         node = OmegaConf.load(path)
         if OmegaConf.is_missing(node, "name"):
             continue
-        found[node.name] = CatalogEntry(node.name, node.get("column"), node.task, node.main_metric)
+        found[node.name] = CatalogEntry(node.name, node.get("column"), node.task, node.main_metric, node.get("source"))
     return found
 
 

@@ -38,6 +38,7 @@ class DatasetSpec:
     main_metric: str
     format: str = "wds"
     column: str | None = None
+    source: str = "local"  # whose copy: datacomp, clip_benchmark, nlphuji, tfds, or local for your own data
     metadata_fields: tuple[str, ...] = ()
     group_metrics: tuple[dict, ...] = ()
     extra_metrics: tuple[str, ...] = ()
@@ -47,7 +48,8 @@ class DatasetSpec:
         plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
         spec = cls(
             plain["name"], plain["task"], str(plain["root"]), plain["split"], plain["main_metric"],
-            plain.get("format", "wds"), plain.get("column"), tuple(plain.get("metadata_fields") or ()),
+            plain.get("format", "wds"), plain.get("column"), plain.get("source") or "local",
+            tuple(plain.get("metadata_fields") or ()),
             tuple(plain.get("group_metrics") or ()), tuple(plain.get("extra_metrics") or ()),
         )
         if spec.task not in TASKS:
@@ -180,7 +182,7 @@ def _folder_classnames(spec: DatasetSpec) -> list[str]:
 
 def _folder_templates(spec: DatasetSpec) -> list[str]:
     file = Path(spec.root) / "zeroshot_classification_templates.txt"
-    return [line.strip() for line in file.read_text().splitlines() if line.strip()] if file.is_file() else []
+    return non_blank(file.read_text().splitlines()) if file.is_file() else []
 
 
 # -- Hugging Face datasets (nlphuji) ------------------------------------------------------------------
@@ -209,9 +211,16 @@ def describe(spec: DatasetSpec) -> DatasetInfo:
     if spec.format == "folder":
         return DatasetInfo(spec, _folder_classnames(spec), _folder_templates(spec), content)
     dataset = build(spec)
-    if not dataset.classes:
+    classnames = non_blank(dataset.classes or [])
+    if not classnames:
         raise PipelineError(f"dataset {spec.name} at {spec.root} has no classnames.txt")
-    return DatasetInfo(spec, list(dataset.classes), list(getattr(dataset, "templates", None) or []), content)
+    return DatasetInfo(spec, classnames, non_blank(getattr(dataset, "templates", None) or []), content)
+
+
+def non_blank(lines: list[str]) -> list[str]:
+    """Drop blank lines of classnames.txt and templates files, as clip-benchmark 1.4.0 (DataComp's pin) did
+    (datasets/builder.py:630); 1.6.2 keeps them, turning a blank line into a phantom class named ""."""
+    return [line.strip() for line in lines if line.strip()]
 
 
 def _loader(dataset, batch_size: int, num_workers: int, batched_in_pipeline: bool, collate=None):

@@ -14,8 +14,9 @@ from tqdm import tqdm
 from pipeline import PipelineError, datasets, prompts
 from pipeline.cache import StageCache, StageOutput, StageRequest, cache_key
 from pipeline.models import LoadedModel, ModelLoader
+from pipeline.precision import with_dtype
 
-VERSION = "1"
+VERSION = "2"
 TEXT_BATCH = 256
 
 
@@ -36,14 +37,16 @@ def _read_failure(spec: datasets.DatasetSpec, exc: Exception) -> PipelineError:
                          f"A shard may be corrupt or truncated; re-download or regenerate it.")
 
 
-def _encode_batches(loaded: LoadedModel, batches: Iterable, spec: datasets.DatasetSpec,
-                    collect: Callable[[tuple], None]) -> list[torch.Tensor]:
-    """Encode the images of every batch (first element) and hand the rest of each batch to `collect`."""
+def _encode_batches(loaded: LoadedModel, batches: Iterable, spec: datasets.DatasetSpec, precision: str,
+                    collect: Callable[[tuple], None]) -> dict[str, np.ndarray]:
+    """Encode the images of every batch (first element) and hand the rest of each batch to `collect`.
+
+    The features keep the dtype the tower produced (see `precision.with_dtype`)."""
     features: list[torch.Tensor] = []
     try:
-        with torch.no_grad(), loaded.autocast():
+        with torch.no_grad(), loaded.autocast(precision):
             for batch in tqdm(batches, desc=f"embed {spec.name}/{spec.split}", unit="batch"):
-                features.append(loaded.model.encode_image(batch[0].to(loaded.device)).float().cpu())
+                features.append(loaded.model.encode_image(batch[0].to(loaded.device)).cpu())
                 collect(batch[1:])
     except (PipelineError, KeyboardInterrupt):
         raise
@@ -51,10 +54,10 @@ def _encode_batches(loaded: LoadedModel, batches: Iterable, spec: datasets.Datas
         raise _read_failure(spec, exc) from exc
     if not features:
         raise PipelineError(f"dataset {spec.name} ({spec.root}, split {spec.split}) yielded no samples")
-    return features
+    return with_dtype("image_features", torch.cat(features))
 
 
-def encode_classification_images(loader: ModelLoader, spec: datasets.DatasetSpec, batch_size: int,
+def encode_classification_images(loader: ModelLoader, spec: datasets.DatasetSpec, precision: str, batch_size: int,
                                  num_workers: int) -> StageOutput:
     loaded = loader.get()
     labels: list[torch.Tensor] = []
@@ -66,14 +69,14 @@ def encode_classification_images(loader: ModelLoader, spec: datasets.DatasetSpec
             metadata.append(torch.as_tensor(rest[1]))
 
     batches = datasets.classification_batches(spec, loaded.preprocess, batch_size, num_workers)
-    features = _encode_batches(loaded, batches, spec, collect)
-    arrays = {"image_features": torch.cat(features).numpy(), "labels": torch.cat(labels).numpy().astype(np.int64)}
+    arrays = {**_encode_batches(loaded, batches, spec, precision, collect),
+              "labels": torch.cat(labels).numpy().astype(np.int64)}
     if metadata:
         arrays["metadata"] = torch.cat(metadata).numpy().astype(np.int64)
     return StageOutput(arrays=arrays)
 
 
-def encode_retrieval_images(loader: ModelLoader, spec: datasets.DatasetSpec, batch_size: int,
+def encode_retrieval_images(loader: ModelLoader, spec: datasets.DatasetSpec, precision: str, batch_size: int,
                             num_workers: int) -> StageOutput:
     """Image features plus every caption and the index of its image (captions are embedded as text later)."""
     loaded = loader.get()
@@ -88,9 +91,8 @@ def encode_retrieval_images(loader: ModelLoader, spec: datasets.DatasetSpec, bat
             caption_image.extend([image_id] * len(per_image))
 
     batches = datasets.retrieval_batches(spec, loaded.preprocess, batch_size, num_workers)
-    features = _encode_batches(loaded, batches, spec, collect)
-    return StageOutput(arrays={"image_features": torch.cat(features).numpy(),
-                               "captions": np.array(captions, dtype=str),
+    features = _encode_batches(loaded, batches, spec, precision, collect)
+    return StageOutput(arrays={**features, "captions": np.array(captions, dtype=str),
                                "caption_image": np.array(caption_image, dtype=np.int64)})
 
 
@@ -100,7 +102,7 @@ def winogavil_cue_text(cue: str) -> str:
     return f"An {cue}" if cue[:1] in "aeiou" else f"A {cue}"
 
 
-def encode_winogavil_images(loader: ModelLoader, spec: datasets.DatasetSpec, batch_size: int,
+def encode_winogavil_images(loader: ModelLoader, spec: datasets.DatasetSpec, precision: str, batch_size: int,
                             num_workers: int) -> StageOutput:
     """Every game's candidate images, flattened, with each game's size, true associations and cue text."""
     loaded = loader.get()
@@ -115,8 +117,8 @@ def encode_winogavil_images(loader: ModelLoader, spec: datasets.DatasetSpec, bat
     # One game per batch: its candidates are the images DataComp encodes together.
     games = ((torch.stack([loaded.preprocess(image) for image in game.images]), game)
              for game in datasets.winogavil_instances(spec))
-    features = _encode_batches(loaded, games, spec, collect)
-    return StageOutput(arrays={"image_features": torch.cat(features).numpy(), "game_sizes": np.array(sizes, dtype=np.int64),
+    features = _encode_batches(loaded, games, spec, precision, collect)
+    return StageOutput(arrays={**features, "game_sizes": np.array(sizes, dtype=np.int64),
                                "associations": np.array(truth, dtype=bool), "cues": np.array(cues, dtype=str)})
 
 
@@ -127,9 +129,10 @@ IMAGE_ENCODERS: dict[str, Callable[..., StageOutput]] = {
 }
 
 
-def encode_classifier(loader: ModelLoader, classnames: list[str], class_prompts: prompts.Prompts) -> StageOutput:
+def encode_classifier(loader: ModelLoader, classnames: list[str], class_prompts: prompts.Prompts,
+                      precision: str) -> StageOutput:
     loaded = loader.get()
-    with torch.no_grad(), loaded.autocast():
+    with torch.no_grad(), loaded.autocast(precision):
         if isinstance(class_prompts, dict):
             weights = _per_class_classifier(loaded, classnames, class_prompts)
         else:
@@ -137,7 +140,7 @@ def encode_classifier(loader: ModelLoader, classnames: list[str], class_prompts:
                 loaded.model, loaded.tokenizer, classnames, prompts.fillers(class_prompts),
                 device=loaded.device, use_tqdm=True,
             )
-    return StageOutput(arrays={"classifier": weights.float().cpu().numpy()})
+    return StageOutput(arrays=with_dtype("classifier", weights))
 
 
 def _per_class_classifier(loaded: LoadedModel, classnames: list[str], sentences: dict[str, list[str]]) -> torch.Tensor:
@@ -151,48 +154,71 @@ def _per_class_classifier(loaded: LoadedModel, classnames: list[str], sentences:
     return torch.stack(columns, dim=1)
 
 
-def encode_texts(loader: ModelLoader, texts: list[str]) -> StageOutput:
-    """L2-normalized text embeddings, in batches."""
+def encode_texts(loader: ModelLoader, texts: list[str], precision: str) -> StageOutput:
+    """L2-normalized text embeddings, in batches, normalized inside the tower as clip_benchmark's retrieval does."""
     loaded = loader.get()
     chunks = []
-    with torch.no_grad(), loaded.autocast():
+    with torch.no_grad(), loaded.autocast(precision):
         for start in tqdm(range(0, len(texts), TEXT_BATCH), desc="embed texts", unit="batch"):
             tokens = loaded.tokenizer(texts[start:start + TEXT_BATCH]).to(loaded.device)
-            chunks.append(loaded.model.encode_text(tokens, normalize=True).float().cpu())
-    return StageOutput(arrays={"text_features": torch.cat(chunks).numpy()})
+            chunks.append(loaded.model.encode_text(tokens, normalize=True).cpu())
+    return StageOutput(arrays=with_dtype("text_features", torch.cat(chunks)))
 
 
 # -- the stage entry points ---------------------------------------------------------------------------
-def embed_images(cache: StageCache, loader: ModelLoader, dataset: datasets.DatasetInfo, *, tags: Mapping[str, str],
-                 params: Mapping[str, Any], batch_size: int, num_workers: int) -> Embedded:
+@dataclass(frozen=True)
+class ModelKey:
+    """What every embed key shares: the model's fingerprint, the effective precision, the feature libraries."""
+
+    model: Mapping[str, Any]
+    precision: str
+    libraries: Mapping[str, str]
+
+    def material(self) -> dict[str, Any]:
+        return {"model": dict(self.model), "precision": self.precision, "libraries": dict(self.libraries)}
+
+
+def image_key(model: ModelKey, dataset: datasets.DatasetInfo) -> str:
+    return cache_key("embed/image", VERSION, {**model.material(), "dataset": dataset.fingerprint,
+                                              "task": dataset.spec.task})
+
+
+def classifier_key(model: ModelKey, classnames: list[str], class_prompts: prompts.Prompts) -> str:
+    return cache_key("embed/text", VERSION, {**model.material(), "classnames": classnames, "prompts": class_prompts})
+
+
+def texts_key(model: ModelKey, texts: list[str]) -> str:
+    digest = cache_key("texts", VERSION, {"texts": texts})
+    return cache_key("embed/texts", VERSION, {**model.material(), "texts": digest})
+
+
+def embed_images(cache: StageCache, loader: ModelLoader, dataset: datasets.DatasetInfo, model: ModelKey, *,
+                 tags: Mapping[str, str], params: Mapping[str, Any], batch_size: int, num_workers: int) -> Embedded:
     """Image-side arrays for (model, dataset); independent of the prompt set."""
     spec = dataset.spec
-    key = cache_key("embed/image", VERSION, {"model": loader.spec.fingerprint, "dataset": dataset.fingerprint,
-                                             "task": spec.task})
-    request = StageRequest("embed", key, {**tags, "modality": "image", "prompts": "*"}, params,
-                           name=f"embed-image:{loader.spec.name}:{spec.name}")
+    key = image_key(model, dataset)
+    request = StageRequest("embed", key, {**tags, "modality": "image", "prompts": "*", "precision": model.precision},
+                           params, name=f"embed-image:{loader.spec.name}:{spec.name}")
     encode = IMAGE_ENCODERS[spec.task]
-    result = cache.get_or_compute(request, lambda: encode(loader, spec, batch_size, num_workers))
+    result = cache.get_or_compute(request, lambda: encode(loader, spec, model.precision, batch_size, num_workers))
     return Embedded(result.output.arrays, key, result.run_id)
 
 
-def embed_classifier(cache: StageCache, loader: ModelLoader, classnames: list[str], class_prompts: prompts.Prompts, *,
-                     tags: Mapping[str, str], params: Mapping[str, Any]) -> Embedded:
+def embed_classifier(cache: StageCache, loader: ModelLoader, classnames: list[str], class_prompts: prompts.Prompts,
+                     model: ModelKey, *, tags: Mapping[str, str], params: Mapping[str, Any]) -> Embedded:
     """Zero-shot classifier weights, (dim, classes), one normalized column per class."""
-    key = cache_key("embed/text", VERSION, {"model": loader.spec.fingerprint, "classnames": classnames,
-                                            "prompts": class_prompts})
-    request = StageRequest("embed", key, {**tags, "modality": "text"}, params,
+    key = classifier_key(model, classnames, class_prompts)
+    request = StageRequest("embed", key, {**tags, "modality": "text", "precision": model.precision}, params,
                            name=f"embed-text:{loader.spec.name}:{tags.get('dataset')}:{tags.get('prompts')}")
-    result = cache.get_or_compute(request, lambda: encode_classifier(loader, classnames, class_prompts))
+    result = cache.get_or_compute(request, lambda: encode_classifier(loader, classnames, class_prompts, model.precision))
     return Embedded(result.output.arrays, key, result.run_id)
 
 
-def embed_texts(cache: StageCache, loader: ModelLoader, texts: list[str], *, tags: Mapping[str, str],
-                params: Mapping[str, Any]) -> Embedded:
+def embed_texts(cache: StageCache, loader: ModelLoader, texts: list[str], model: ModelKey, *,
+                tags: Mapping[str, str], params: Mapping[str, Any]) -> Embedded:
     """Embeddings of a dataset's own texts (retrieval captions, WinoGAViL cues), cached like classifiers."""
-    digest = cache_key("texts", VERSION, {"texts": texts})
-    key = cache_key("embed/texts", VERSION, {"model": loader.spec.fingerprint, "texts": digest})
-    request = StageRequest("embed", key, {**tags, "modality": "text"}, params,
+    key = texts_key(model, texts)
+    request = StageRequest("embed", key, {**tags, "modality": "text", "precision": model.precision}, params,
                            name=f"embed-text:{loader.spec.name}:{tags.get('dataset')}")
-    result = cache.get_or_compute(request, lambda: encode_texts(loader, texts))
+    result = cache.get_or_compute(request, lambda: encode_texts(loader, texts, model.precision))
     return Embedded(result.output.arrays, key, result.run_id)

@@ -1,17 +1,21 @@
-"""One job of a sweep: resolve inputs, then embed -> classify -> score, each through the stage cache."""
+"""One job of a sweep: resolve inputs, then embed -> classify -> score, each through the stage cache, and a job
+run that labels the result with what this job asked for."""
 from __future__ import annotations
 
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
+from mlflow.entities import Metric
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import PipelineError, classify, datasets, embed, prompts, score, tracking
-from pipeline.cache import StageCache
-from pipeline.models import ModelLoader, ModelSpec, resolve_device
+from pipeline import PipelineError, classify, datasets, embed, precision, prompts, score, tracking
+from pipeline.cache import StageCache, log_params, mlflow_metric_name
+from pipeline.models import ModelLoader, ModelSpec, library_versions, resolve_device
+from pipeline.results import JOB_STAGE
+from pipeline.tracking import TrackingStore
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +24,7 @@ RESULT_FILE = "result.json"
 
 @dataclass(frozen=True)
 class JobResult:
+    job_run_id: str
     score_run_id: str
     metric: str
     value: float
@@ -45,6 +50,23 @@ def headline_metric(metric_name: str, main_metric: str) -> str:
     return main_metric if metric_name == "main" else metric_name
 
 
+def protocol_name(cfg: DictConfig) -> str:
+    return str(cfg.protocol.name)
+
+
+def log_job_run(store: TrackingStore, labels: Mapping[str, str], stage_runs: Mapping[str, str],
+                metrics: Mapping[str, float], params: Mapping[str, Any]) -> str:
+    """The job's own run (tag `stage=job`, no artifacts): the request's labels, the score, and the stage runs used.
+
+    Stage runs are shared by every job whose keys match, so their tags name whoever computed them first;
+    tables are built from job runs, which always name what was asked."""
+    tags = {**labels, "stage": JOB_STAGE, **{f"run.{stage}": run_id for stage, run_id in stage_runs.items()}}
+    with tracking.finished_run(store, tags, f"job:{labels['model_name']}:{labels['dataset']}:{labels['prompts']}") as run_id:
+        log_params(store.client, run_id, params)
+        store.client.log_batch(run_id, metrics=[Metric(mlflow_metric_name(k), float(v), 0, 0) for k, v in metrics.items()])
+    return run_id
+
+
 def run_job(cfg: DictConfig, output_dir: Path | None = None) -> JobResult:
     """Evaluate cfg.model on cfg.dataset with cfg.prompts; writes `result.json` into `output_dir` if given."""
     # Everything that can be wrong with the inputs is checked before any MLflow run exists.
@@ -55,35 +77,48 @@ def run_job(cfg: DictConfig, output_dir: Path | None = None) -> JobResult:
     info = datasets.describe(spec)
     class_prompts = (prompts.resolve(cfg.prompts, spec.name, info.templates, info.classnames)
                      if spec.task == "zeroshot_classification" else None)
-    loader = ModelLoader(ModelSpec.from_cfg(cfg.model, cfg.get("weights_dir")), resolve_device(cfg.device))
+    model_spec = ModelSpec.from_cfg(cfg.model, cfg.get("weights_dir"))
+    device = resolve_device(cfg.device)
+    recipe = precision.recipe(OmegaConf.to_container(cfg.protocol), spec.task, device.type, model_spec.precision)
+    loader = ModelLoader(model_spec, device)
     loader.spec.fingerprint  # fails now, not mid-run, on a missing checkpoint
     metric = headline_metric(cfg.metric.name, spec.main_metric)
+    versions = library_versions()
 
     store = tracking.connect_cfg(cfg.tracking)
     cache = StageCache(store, enabled=cfg.cache.enabled, force=cfg.cache.force)
     # Prompt sets only shape classifiers; retrieval and WinoGAViL embed the dataset's own texts.
     prompt_tag = cfg.prompts.name if class_prompts is not None else "*"
     tags = {"model": loader.spec.arch, "pretrained": loader.spec.pretrained_label, "model_name": loader.spec.name,
-            "dataset": spec.name, "prompts": prompt_tag, "task": spec.task}
+            "dataset": spec.name, "source": spec.source, "prompts": prompt_tag, "task": spec.task}
     if spec.column:
         tags["column"] = spec.column
     params = flatten(cfg)
 
-    images = embed.embed_images(cache, loader, info, tags=tags, params=params,
+    image_model = embed.ModelKey(loader.spec.fingerprint, recipe.image, versions)
+    text_model = embed.ModelKey(loader.spec.fingerprint, recipe.text, versions)
+    images = embed.embed_images(cache, loader, info, image_model, tags=tags, params=params,
                                 batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     if class_prompts is not None:
-        text = embed.embed_classifier(cache, loader, info.classnames, class_prompts, tags=tags, params=params)
+        text = embed.embed_classifier(cache, loader, info.classnames, class_prompts, text_model, tags=tags, params=params)
     else:
         texts = images["captions"] if spec.task == "zeroshot_retrieval" else images["cues"]
-        text = embed.embed_texts(cache, loader, [str(t) for t in texts], tags=tags, params=params)
-    predicted = classify.classify(cache, spec.task, images, text, tags=tags, params=params)
+        text = embed.embed_texts(cache, loader, [str(t) for t in texts], text_model, tags=tags, params=params)
+    predicted = classify.classify(cache, spec.task, images, text, recipe, device, tags=tags, params=params)
     scores = score.score(cache, spec, images, predicted, tags=tags, params=params)
 
-    result = JobResult(scores.run_id, metric, scores.metrics.get(metric, float("nan")), dict(scores.metrics))
-    log.info("%s/%s on %s with prompts=%s: %s = %.4f", loader.spec.arch, loader.spec.pretrained_label,
-             spec.name, prompt_tag, metric, result.value)
+    labels = {**tags, "protocol": protocol_name(cfg), "main_metric": spec.main_metric, "metric": metric,
+              **{f"precision.{tower}": getattr(recipe, tower) for tower in precision.TOWERS},
+              **{f"lib.{name}": version for name, version in versions.items()}}
+    stage_runs = {"embed_image": images.run_id, "text": text.run_id, "classify": predicted.run_id,
+                  "score": scores.run_id}
+    job_run_id = log_job_run(store, labels, stage_runs, scores.metrics, params)
+
+    result = JobResult(job_run_id, scores.run_id, metric, scores.metrics.get(metric, float("nan")), dict(scores.metrics))
+    log.info("%s/%s on %s with prompts=%s, protocol=%s: %s = %.4f", loader.spec.arch, loader.spec.pretrained_label,
+             spec.name, prompt_tag, labels["protocol"], metric, result.value)
     if output_dir is not None:
-        payload = {"score_run_id": result.score_run_id, "tracking_uri": store.uri, "metric": metric,
-                   "value": result.value}
+        payload = {"job_run_id": job_run_id, "score_run_id": result.score_run_id, "tracking_uri": store.uri,
+                   "metric": metric, "value": result.value}
         (Path(output_dir) / RESULT_FILE).write_text(json.dumps(payload, indent=2))
     return result

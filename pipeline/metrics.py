@@ -47,16 +47,15 @@ def top_k_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return (top_k == labels[:, None]).any(axis=1)
 
 
-def group_accuracies(correct: np.ndarray, groups: np.ndarray, exclude: tuple[int, ...] = ()) -> dict[int, float]:
-    """Accuracy of each group that has samples and is not excluded (WILDS skips empty groups)."""
-    return {int(g): float(correct[groups == g].mean()) for g in np.unique(groups) if int(g) not in exclude}
+def group_accuracies(correct: np.ndarray, groups: np.ndarray) -> dict[int, float]:
+    """Accuracy of each group that has samples (WILDS skips empty groups)."""
+    return {int(g): float(correct[groups == g].mean()) for g in np.unique(groups)}
 
 
-def worst_group_accuracy(logits: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: int = 1,
-                         exclude: tuple[int, ...] = ()) -> float:
+def worst_group_accuracy(logits: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: int = 1) -> float:
     """The lowest top-k accuracy over non-empty groups: WILDS' `acc_wg`, FMoW's `acc_worst_region`
-    (with "Other" excluded), Dollar Street's `acc_top5_wg`."""
-    per_group = group_accuracies(top_k_correct(logits, labels, k), groups, exclude)
+    ("Other" included, as DataComp computes it), Dollar Street's `acc_top5_wg`."""
+    per_group = group_accuracies(top_k_correct(logits, labels, k), groups)
     return min(per_group.values()) if per_group else math.nan
 
 
@@ -82,10 +81,14 @@ def retrieval_ranks(caption_features: np.ndarray, image_features: np.ndarray,
                     caption_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """1-based ranks of the right item (features L2-normalized): for each caption, the rank of its own image
     among all images; for each image, the rank of its best-ranked caption among all captions."""
-    scores = caption_features @ image_features.T  # (captions, images)
+    return retrieval_ranks_from_scores(caption_features @ image_features.T, caption_image)
+
+
+def retrieval_ranks_from_scores(scores: np.ndarray, caption_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`retrieval_ranks` from the (captions, images) similarity matrix."""
     own = scores[np.arange(len(caption_image)), caption_image]
     image_rank = 1 + (scores > own[:, None]).sum(axis=1)
-    best_own = np.full(len(image_features), -np.inf, dtype=scores.dtype)
+    best_own = np.full(scores.shape[1], -np.inf, dtype=scores.dtype)
     np.maximum.at(best_own, caption_image, own)
     text_rank = 1 + (scores > best_own[None, :]).sum(axis=0)
     return image_rank.astype(np.int64), text_rank.astype(np.int64)

@@ -13,11 +13,14 @@ from pipeline.cache import real_metric_name
 from pipeline.tracking import TrackingStore
 
 EXTERNAL_PROMPTS = "external"
+EXTERNAL_SOURCE = "external"  # results read from files: whoever produced them chose the data
+JOB_STAGE = "job"
 
 
 @dataclass(frozen=True)
 class ScoreRecord:
-    """One (model, pretrained, dataset, prompts) result with every metric it has."""
+    """One result with every metric it has, labelled by what its job asked for: (model, pretrained, dataset,
+    source of the data, protocol, prompts)."""
 
     model: str
     pretrained: str
@@ -26,6 +29,18 @@ class ScoreRecord:
     main_metric: str
     metrics: Mapping[str, float]
     run_id: str = ""
+    source: str = EXTERNAL_SOURCE
+    protocol: str = ""
+    task: str = ""
+
+    @property
+    def identity(self) -> tuple[str, ...]:
+        """What makes two records the same cell of a table."""
+        return (self.model, self.pretrained, self.dataset, self.source, self.protocol, self.prompts)
+
+    @property
+    def is_external(self) -> bool:
+        return self.source == EXTERNAL_SOURCE
 
     def value(self, metric: str) -> float:
         """`metric`, or this dataset's main metric for `main`; NaN when absent."""
@@ -33,32 +48,41 @@ class ScoreRecord:
         return float(self.metrics.get(name, math.nan))
 
 
-# -- MLflow ---------------------------------------------------------------------------------------------
-def _from_run(run) -> ScoreRecord:
+# -- MLflow: job runs ------------------------------------------------------------------------------------
+def _from_job_run(run) -> ScoreRecord:
     tags = run.data.tags
     values = {real_metric_name(name): value for name, value in run.data.metrics.items()}
     return ScoreRecord(tags["model"], tags["pretrained"], tags["dataset"], tags["prompts"],
-                       tags.get("main_metric", "acc1"), values, run.info.run_id)
+                       tags.get("main_metric", "acc1"), values, run.info.run_id, tags.get("source", "local"),
+                       tags.get("protocol", ""), tags.get("task", ""))
 
 
 def from_runs(store: TrackingStore, run_ids: Iterable[str]) -> list[ScoreRecord]:
+    """Records from the job runs of one sweep."""
     client = store.client
-    return [_from_run(client.get_run(run_id)) for run_id in run_ids]
+    return [_from_job_run(client.get_run(run_id)) for run_id in run_ids]
 
 
 def latest_in_store(store: TrackingStore) -> list[ScoreRecord]:
-    """The newest FINISHED score run for each (model, pretrained, dataset, prompts) in the store."""
+    """The newest FINISHED job run for each (model, pretrained, dataset, source, protocol, prompts) in the store."""
     runs = store.client.search_runs(
-        [store.experiment_id], filter_string="tags.stage = 'score' and attributes.status = 'FINISHED'",
+        [store.experiment_id], filter_string=f"tags.stage = '{JOB_STAGE}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=50000,
     )
     newest: dict[tuple[str, ...], ScoreRecord] = {}
-    for record in map(_from_run, runs):
-        newest.setdefault((record.model, record.pretrained, record.dataset, record.prompts), record)
+    for record in map(_from_job_run, runs):
+        newest.setdefault(record.identity, record)
     return list(newest.values())
 
 
 # -- files written elsewhere ------------------------------------------------------------------------------
+def _task(dataset: str, metrics: Mapping[str, float], stated: str | None = None) -> str:
+    entry = catalog.lookup(dataset)
+    if stated or entry is not None:
+        return str(stated or entry.task)
+    return "zeroshot_retrieval" if "mean_recall@1" in metrics else "zeroshot_classification"
+
+
 def _main_metric(dataset: str, metrics: Mapping[str, float]) -> str:
     entry = catalog.lookup(dataset)
     if entry is not None:
@@ -84,7 +108,8 @@ def read_clip_benchmark_json(path: Path) -> ScoreRecord:
         dataset = str(payload["dataset"]).removeprefix("wds/")
         metrics = _with_mean_recall(_numbers(payload["metrics"]))
         return ScoreRecord(str(payload["model"]), str(payload["pretrained"]), dataset, EXTERNAL_PROMPTS,
-                           _main_metric(dataset, metrics), metrics, run_id=str(path))
+                           _main_metric(dataset, metrics), metrics, run_id=str(path),
+                           task=_task(dataset, metrics, payload.get("task")))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise PipelineError(f"cannot read clip_benchmark result {path}: {exc!r}; expected JSON with dataset, model, "
                             f"pretrained and metrics") from exc
@@ -101,7 +126,7 @@ def read_datacomp_jsonl(path: Path, model: str, pretrained: str = "") -> list[Sc
             metrics = _with_mean_recall(_numbers(payload["metrics"]))
             key = str(payload["key"])
             records.append(ScoreRecord(model, pretrained, key, EXTERNAL_PROMPTS, _main_metric(key, metrics), metrics,
-                                       run_id=f"{path}:{number}"))
+                                       run_id=f"{path}:{number}", task=_task(key, metrics)))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise PipelineError(f"cannot read DataComp results {path}: {exc!r}; expected JSON lines with key, dataset "
                             f"and metrics") from exc

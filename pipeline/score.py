@@ -11,7 +11,7 @@ from pipeline.cache import StageCache, StageOutput, StageRequest, cache_key
 from pipeline.datasets import DatasetSpec
 from pipeline.embed import Embedded
 
-VERSION = "1"
+VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ def classification_scores(spec: DatasetSpec, images: Embedded, predicted: Embedd
     for group in spec.group_metrics:
         field = spec.metadata_fields.index(group["field"])
         values[group["name"]] = metrics.worst_group_accuracy(
-            logits, labels, images["metadata"][:, field], k=int(group.get("k", 1)), exclude=tuple(group.get("exclude", ())))
+            logits, labels, images["metadata"][:, field], k=int(group.get("k", 1)))
     return {**values, "num_samples": float(len(labels)), "num_classes": float(logits.shape[1])}
 
 

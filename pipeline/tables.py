@@ -2,8 +2,10 @@
 and the blog's dataset-by-model tables."""
 from __future__ import annotations
 
+import logging
 import math
 from functools import lru_cache
+from pathlib import Path
 from typing import Iterable, Mapping
 
 import pandas as pd
@@ -11,7 +13,9 @@ import pandas as pd
 from pipeline import catalog
 from pipeline.results import ScoreRecord
 
-ROW_KEYS = ["model", "pretrained"]
+log = logging.getLogger(__name__)
+
+ROW_KEYS = ["model", "pretrained", "protocol"]
 MEAN_COLUMN = "mean"
 OPENCLIP38_AVERAGE = "Average perf. on 38 datasets"
 OPENCLIP38_LEAD = ["name", "pretrained", "params (M)", "FLOPs (B)", OPENCLIP38_AVERAGE]
@@ -19,11 +23,23 @@ LAYOUTS = ("per_prompts", "openclip38", "blog")
 
 
 # -- one table per prompt set: rows (model, pretrained), a column per dataset, the mean --------------------
+def dataset_labels(records: Iterable[ScoreRecord]) -> dict[tuple[str, str], str]:
+    """Column label per (dataset, source): the dataset key, with the source appended only where one dataset
+    was read from several copies (DataComp's and CLIP_benchmark's)."""
+    sources: dict[str, set[str]] = {}
+    for record in records:
+        sources.setdefault(record.dataset, set()).add(record.source)
+    return {(dataset, source): dataset if len(found) == 1 else f"{dataset} ({source})"
+            for dataset, found in sources.items() for source in found}
+
+
 def build_table(records: Iterable[ScoreRecord], metric: str) -> pd.DataFrame:
     """`metric="main"` takes each dataset's own main metric. The mean stays empty (NaN) for a row that lacks
     a dataset or whose metric is undefined there, rather than averaging fewer."""
-    rows = [{"model": r.model, "pretrained": r.pretrained, "dataset": r.dataset, "value": r.value(metric)}
-            for r in records]
+    records = list(records)
+    labels = dataset_labels(records)
+    rows = [{"model": r.model, "pretrained": r.pretrained, "protocol": r.protocol,
+             "dataset": labels[(r.dataset, r.source)], "value": r.value(metric)} for r in records]
     if not rows:
         return pd.DataFrame(columns=ROW_KEYS + [MEAN_COLUMN])
     long = pd.DataFrame(rows)
@@ -62,9 +78,23 @@ def by_prompt_set(records: Iterable[ScoreRecord]) -> dict[str, list[ScoreRecord]
 
 
 # -- open_clip's docs/openclip_results.csv -----------------------------------------------------------------
+# open_clip's published params (M) and FLOPs (B) per row of docs/openclip_results.csv, copied verbatim at
+# mlfoundations/open_clip@29b90b8dde9125c479c0ddbab477310f665a0435 (the file's last change; 121 rows).
+PUBLISHED_FIGURES = Path(__file__).with_name("data") / "openclip_published_figures.csv"
+OPENCLIP38_PROTOCOL = "datacomp"
+
+
+@lru_cache(maxsize=1)
+def published_figures() -> dict[str, tuple[str, str]]:
+    """(params (M), FLOPs (B)) by published model name, as strings."""
+    table = pd.read_csv(PUBLISHED_FIGURES, dtype=str, keep_default_na=False)
+    return {row["name"]: (row["params (M)"], row["FLOPs (B)"]) for _, row in table.iterrows()}
+
+
 @lru_cache(maxsize=None)
 def parameter_count_m(arch: str) -> float:
-    """Parameters in millions, counted on the meta device: no weights are loaded or downloaded."""
+    """Parameters in millions, counted on the meta device: no weights are loaded; NaN when the model cannot be
+    built here (a Hugging Face text tower needs its config from the Hub, which may be out of reach)."""
     import open_clip
     import torch
 
@@ -73,9 +103,21 @@ def parameter_count_m(arch: str) -> float:
     register_project_architectures()
     if arch not in open_clip.list_models():
         return math.nan
-    with torch.device("meta"):
-        model = open_clip.create_model(arch, pretrained=None, device="meta")
+    try:
+        with torch.device("meta"):
+            model = open_clip.create_model(arch, pretrained=None, device="meta")
+    except Exception as exc:  # a cosmetic column never aborts a table
+        log.warning("params (M) of %s not counted (%s); using open_clip's published figure if there is one", arch, exc)
+        return math.nan
     return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def model_figures(arch: str, name: str) -> tuple[str, str]:
+    """(params (M), FLOPs (B)): params counted where the model builds, else published; FLOPs are not computed
+    here and come from open_clip's published figures only; empty where neither exists."""
+    published_params, published_flops = published_figures().get(name, ("", ""))
+    params = parameter_count_m(arch)
+    return ("" if math.isnan(params) else f"{params:.2f}") or published_params, published_flops
 
 
 def published_name(arch: str, pretrained: str) -> str:
@@ -83,26 +125,38 @@ def published_name(arch: str, pretrained: str) -> str:
     return arch.removesuffix("-quickgelu") if pretrained == "openai" else arch
 
 
+def row_name(record: ScoreRecord) -> str:
+    """Our runs use published names; result files keep theirs verbatim, so their rows never merge."""
+    return record.model if record.is_external else published_name(record.model, record.pretrained)
+
+
+def openclip38_eligible(record: ScoreRecord) -> bool:
+    """A result open_clip's table can hold: a datacomp38 dataset read from DataComp's own copy, under DataComp's
+    protocol, or a result file (whose producer chose both)."""
+    entry = catalog.lookup(record.dataset)
+    if entry is None or entry.key not in catalog.suite("datacomp38"):
+        return False
+    return record.is_external or (record.source == entry.source and record.protocol == OPENCLIP38_PROTOCOL)
+
+
 def openclip38(records: Iterable[ScoreRecord]) -> pd.DataFrame:
-    """Header, column order and cells of open_clip's results CSV: main metrics to 4 decimals, the plain mean of
-    all 38; a row missing datasets keeps them empty and its average reads `incomplete (n/38)`.
-    `records` hold one prompt set (see `by_prompt_set`)."""
+    """Header, column order and cells of open_clip's results CSV: main metrics and the plain mean of all 38,
+    each to 4 decimals; a row missing datasets keeps them empty and its average reads `incomplete (n/38)`.
+    `records` hold one prompt set (see `by_prompt_set`); only `openclip38_eligible` ones are used."""
     keys = catalog.suite("datacomp38")
     columns = [catalog.lookup(key).column for key in keys]
-    cells: dict[tuple[str, str], dict[str, float]] = {}
-    for record in records:
+    cells: dict[tuple[str, str, str], dict[str, float]] = {}
+    for record in filter(openclip38_eligible, records):
         entry = catalog.lookup(record.dataset)
-        if entry is None or entry.key not in keys:
-            continue
         value = record.metrics.get(entry.main_metric, math.nan)
-        cells.setdefault((record.model, record.pretrained), {})[entry.column] = value
+        cells.setdefault((row_name(record), record.model, record.pretrained), {})[entry.column] = value
     rows = []
-    for (arch, pretrained), values in cells.items():
+    for (name, arch, pretrained), values in cells.items():
         present = [values[c] for c in columns if c in values and not math.isnan(values[c])]
-        average = sum(present) / len(columns) if len(present) == len(columns) else f"incomplete ({len(present)}/{len(columns)})"
-        params = parameter_count_m(arch)
-        rows.append({"name": published_name(arch, pretrained), "pretrained": pretrained,
-                     "params (M)": "" if math.isnan(params) else f"{params:.2f}", "FLOPs (B)": "",
+        average = (f"{sum(present) / len(columns):.4f}" if len(present) == len(columns)
+                   else f"incomplete ({len(present)}/{len(columns)})")
+        params, flops = model_figures(arch, name)
+        rows.append({"name": name, "pretrained": pretrained, "params (M)": params, "FLOPs (B)": flops,
                      OPENCLIP38_AVERAGE: average,
                      **{c: (f"{values[c]:.4f}" if c in values and not math.isnan(values[c]) else "") for c in columns}})
     table = pd.DataFrame(rows, columns=OPENCLIP38_LEAD + columns)
@@ -111,15 +165,17 @@ def openclip38(records: Iterable[ScoreRecord]) -> pd.DataFrame:
 
 
 # -- the blog's tables: a row per dataset, a column per model ----------------------------------------------
-def blog(records: Iterable[ScoreRecord], metric: str) -> pd.DataFrame:
-    """Tables 1-4 of the blog: `metric` (acc1, mean_per_class_recall, acc1_adjusted) per dataset and model,
-    with the column mean as the last row."""
-    rows = [{"dataset": r.dataset, "model": f"{r.model} {r.pretrained}".strip(), "value": r.value(metric)}
-            for r in records]
+def blog(records: Iterable[ScoreRecord], metric: str, mean_row: bool = False) -> pd.DataFrame:
+    """Tables 1-4 of the blog: `metric` (acc1, mean_per_class_recall, acc1_adjusted) for each classification
+    dataset (rows, sorted by key) and model (columns "arch pretrained" with published names, sorted), as the
+    blog prints them; the column mean as a last row only when asked for."""
+    rows = [{"dataset": r.dataset, "model": f"{row_name(r)} {r.pretrained}".strip(), "value": r.value(metric)}
+            for r in records if r.task == "zeroshot_classification"]
     if not rows:
         return pd.DataFrame(columns=["dataset"])
     long = pd.DataFrame(rows)
     table = long.pivot_table(index="dataset", columns="model", values="value", aggfunc="first", dropna=False)
-    table = table.reindex(index=list(dict.fromkeys(long["dataset"])), columns=list(dict.fromkeys(long["model"])))
-    table.loc[MEAN_COLUMN] = table.mean(axis=0, skipna=False)
+    table = table.reindex(index=sorted(set(long["dataset"])), columns=sorted(set(long["model"])))
+    if mean_row:
+        table.loc[MEAN_COLUMN] = table.mean(axis=0, skipna=False)
     return table.reset_index().rename_axis(columns=None)

@@ -13,14 +13,16 @@ from tests.conftest import REPO, run_pipeline
 PUBLISHED = pd.read_csv(REPO / "tests" / "data" / "openclip_results_sample.csv", dtype=str)
 
 
-def record(model, dataset, prompts="p", acc1=0.5, main="acc1", **extra):
-    return ScoreRecord(model, "tag", dataset, prompts, main, {"acc1": acc1, "mean_per_class_recall": acc1 / 2, **extra})
+def record(model, dataset, prompts="p", acc1=0.5, main="acc1", pretrained="tag", source="local", protocol="datacomp",
+           task="zeroshot_classification", **extra):
+    return ScoreRecord(model, pretrained, dataset, prompts, main, {"acc1": acc1, "mean_per_class_recall": acc1 / 2, **extra},
+                       source=source, protocol=protocol, task=task)
 
 
 def test_rows_are_models_columns_datasets_plus_mean():
     table = tables.build_table([record("A", "d1", acc1=0.2), record("A", "d2", acc1=0.6), record("B", "d1", acc1=0.4),
                                 record("B", "d2", acc1=0.8)], "acc1")
-    assert list(table.columns) == ["model", "pretrained", "d1", "d2", "mean"]
+    assert list(table.columns) == ["model", "pretrained", "protocol", "d1", "d2", "mean"]
     assert table.set_index("model")["mean"].to_dict() == pytest.approx({"A": 0.4, "B": 0.6})
 
 
@@ -46,15 +48,28 @@ def test_per_prompts_files(tmp_path):
                                    tmp_path)
     assert [p.name for p in paths] == ["table.csv", "table.md", "table.png"]
     csv = pd.read_csv(tmp_path / "table.csv")
-    assert list(csv.columns) == ["prompts", "model", "pretrained", "d1", "mean"] and len(csv) == 2
+    assert list(csv.columns) == ["prompts", "model", "pretrained", "protocol", "d1", "mean"] and len(csv) == 2
     assert "### acc1 — prompts: x" in markdown and (tmp_path / "table.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_blog_layout_rows_are_datasets_columns_models():
-    table = tables.blog([record("A", "d1", acc1=0.2), record("B", "d1", acc1=0.4), record("A", "d2", acc1=0.6)],
-                        "acc1").set_index("dataset")
-    assert list(table.columns) == ["A tag", "B tag"] and list(table.index) == ["d1", "d2", "mean"]
-    assert table.loc["mean", "A tag"] == pytest.approx(0.4) and math.isnan(table.loc["mean", "B tag"])
+def test_blog_layout_as_the_blog_prints_it():
+    """Rows: classification datasets sorted by key; columns: "arch pretrained" with published names, sorted; no mean."""
+    records = [record("ViT-L-14", "vtab/pets", acc1=0.2, pretrained="openai"),
+               record("ViT-B-32-quickgelu", "cars", acc1=0.4, pretrained="openai"),
+               record("ViT-B-32-quickgelu", "vtab/pets", acc1=0.3, pretrained="laion400m_e32"),
+               record("ViT-B-16", "cars", acc1=0.6, pretrained="openai"),
+               record("ViT-B-16", "retrieval/flickr_1k_test_image_text_retrieval", task="zeroshot_retrieval")]
+    table = tables.blog(records, "acc1").set_index("dataset")
+    assert list(table.columns) == ["ViT-B-16 openai", "ViT-B-32 openai", "ViT-B-32-quickgelu laion400m_e32",
+                                   "ViT-L-14 openai"]
+    assert list(table.index) == ["cars", "vtab/pets"]
+    assert table.loc["cars", "ViT-B-32 openai"] == pytest.approx(0.4) and math.isnan(table.loc["cars", "ViT-L-14 openai"])
+    assert "mean" not in table.index
+    with_mean = tables.blog(records, "acc1", mean_row=True).set_index("dataset")
+    assert list(with_mean.index) == ["cars", "vtab/pets", "mean"]
+    assert math.isnan(with_mean.loc["mean", "ViT-B-16 openai"])  # it lacks vtab/pets
+    full = tables.blog(records + [record("ViT-L-14", "cars", acc1=0.4, pretrained="openai")], "acc1", mean_row=True)
+    assert full.set_index("dataset").loc["mean", "ViT-L-14 openai"] == pytest.approx(0.3)
 
 
 # -- open_clip's 38-dataset table --------------------------------------------------------------------
@@ -84,6 +99,61 @@ def test_openclip38_marks_incomplete_rows():
     row = tables.openclip38(partial).iloc[0]
     assert row["Average perf. on 38 datasets"] == "incomplete (36/38)"
     assert row["Dollar Street"] == "" and row["GeoDE"] == ""
+
+
+def test_openclip38_average_has_four_decimals_like_the_cells():
+    average = tables.openclip38(published_records(PUBLISHED.iloc[0])).iloc[0]["Average perf. on 38 datasets"]
+    assert average == f"{float(PUBLISHED.iloc[0, 2]):.4f}"
+
+
+def datacomp38_records(model, value, source_of=lambda entry: entry.source, protocol="datacomp", pretrained="tag"):
+    return [ScoreRecord(model, pretrained, key, "p", catalog.lookup(key).main_metric,
+                        {catalog.lookup(key).main_metric: value}, source=source_of(catalog.lookup(key)),
+                        protocol=protocol, task=catalog.lookup(key).task)
+            for key in catalog.suite("datacomp38")]
+
+
+def test_openclip38_takes_datacomps_copies_under_datacomps_protocol_only():
+    ours = datacomp38_records("ViT-B-32", 0.5)
+    other_copy = ScoreRecord("ViT-B-32", "tag", "cars", "p", "acc1", {"acc1": 0.9}, source="clip_benchmark",
+                             protocol="datacomp", task="zeroshot_classification")
+    other_protocol = datacomp38_records("ViT-B-32", 0.7, protocol="clip_benchmark")
+    # whatever the order, the row holds DataComp's copy of Stanford Cars, under DataComp's protocol
+    for records in (ours + [other_copy] + other_protocol, [other_copy] + other_protocol + ours):
+        [row] = tables.openclip38(records).to_dict("records")
+        assert row["Stanford Cars"] == "0.5000" and row["Average perf. on 38 datasets"] == "0.5000"
+    assert tables.openclip38([other_copy] + other_protocol).empty
+
+
+def test_per_prompts_table_keeps_two_copies_of_a_dataset_apart():
+    table = tables.build_table([record("A", "cars", acc1=0.2, source="datacomp"),
+                                record("A", "cars", acc1=0.8, source="clip_benchmark")], "acc1")
+    assert table.loc[0, "cars (datacomp)"] == pytest.approx(0.2) and table.loc[0, "cars (clip_benchmark)"] == pytest.approx(0.8)
+
+
+def test_external_rows_keep_their_names_and_quickgelu_stays_a_row_of_its_own():
+    plain = datacomp38_records("ViT-B-32", 0.5, source_of=lambda entry: results.EXTERNAL_SOURCE, pretrained="openai")
+    quick = datacomp38_records("ViT-B-32-quickgelu", 0.6, source_of=lambda entry: results.EXTERNAL_SOURCE,
+                               pretrained="openai")
+    table = tables.openclip38(plain + quick).set_index("name")
+    assert sorted(table.index) == ["ViT-B-32", "ViT-B-32-quickgelu"]
+    assert table.loc["ViT-B-32-quickgelu", "ImageNet 1k"] == "0.6000" and table.loc["ViT-B-32", "ImageNet 1k"] == "0.5000"
+    ours = tables.openclip38(datacomp38_records("ViT-B-32-quickgelu", 0.6, pretrained="openai"))
+    assert ours.iloc[0]["name"] == "ViT-B-32"  # our own runs use open_clip's published name
+
+
+def test_params_and_flops_never_abort_the_table(monkeypatch):
+    """A Hugging Face text tower cannot be built offline: params (M) and FLOPs (B) come from open_clip's published
+    figures; a model in neither place gets empty cells."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tables.parameter_count_m.cache_clear()
+    rows = tables.openclip38(datacomp38_records("xlm-roberta-base-ViT-B-32", 0.5, pretrained="laion5b_s13b_b90k")
+                             + datacomp38_records("ViT-B-32", 0.5, pretrained="laion2b_s34b_b79k")
+                             + datacomp38_records("no-such-arch", 0.5)).set_index("name")
+    assert (rows.loc["xlm-roberta-base-ViT-B-32", "params (M)"], rows.loc["xlm-roberta-base-ViT-B-32", "FLOPs (B)"]) == \
+        ("366.12", "105.87")
+    assert (rows.loc["ViT-B-32", "params (M)"], rows.loc["ViT-B-32", "FLOPs (B)"]) == ("151.28", "14.78")
+    assert (rows.loc["no-such-arch", "params (M)"], rows.loc["no-such-arch", "FLOPs (B)"]) == ("", "")
 
 
 # -- results produced elsewhere ------------------------------------------------------------------------
@@ -154,8 +224,9 @@ def test_aggregate_cli_over_a_results_folder(tmp_path):
 def test_latest_records_and_the_aggregate_run(store, tmp_path):
     client = store.client
     for value in (0.25, 0.75):  # the newer run for the same cell wins
-        run = client.create_run(store.experiment_id, tags={"stage": "score", "model": "A", "pretrained": "t",
-                                                           "dataset": "d1", "prompts": "p", "main_metric": "acc1"})
+        run = client.create_run(store.experiment_id, tags={"stage": "job", "model": "A", "pretrained": "t",
+                                                           "dataset": "d1", "prompts": "p", "main_metric": "acc1",
+                                                           "source": "local", "protocol": "datacomp"})
         client.log_metric(run.info.run_id, "acc1", value)
         client.log_metric(run.info.run_id, "image_retrieval_recall_at_1", value)
         client.set_terminated(run.info.run_id, "FINISHED")

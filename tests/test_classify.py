@@ -1,8 +1,11 @@
+"""Zero-shot logits: the definition, scale invariance, and each precision as the references compute it."""
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 from pipeline.classify import zero_shot_logits
+from pipeline.precision import Recipe, with_dtype
 
 
 def test_zero_shot_logits_follow_the_definition():
@@ -10,12 +13,29 @@ def test_zero_shot_logits_follow_the_definition():
     features = rng.normal(size=(7, 16)).astype(np.float32) * 5
     classifier = F.normalize(torch.from_numpy(rng.normal(size=(16, 4)).astype(np.float32)), dim=0)
     expected = 100.0 * F.normalize(torch.from_numpy(features), dim=-1) @ classifier
-    np.testing.assert_allclose(zero_shot_logits(features, classifier.numpy()), expected.numpy(), rtol=1e-5, atol=1e-4)
+    logits = zero_shot_logits({"image_features": features}, {"classifier": classifier.numpy()})
+    np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-5, atol=1e-4)
 
 
 def test_logits_ignore_image_feature_scale():
     rng = np.random.default_rng(1)
     features = rng.normal(size=(5, 8)).astype(np.float32)
-    classifier = rng.normal(size=(8, 3)).astype(np.float32)
-    np.testing.assert_allclose(zero_shot_logits(features, classifier), zero_shot_logits(features * 37, classifier),
-                               rtol=1e-5)
+    classifier = {"classifier": rng.normal(size=(8, 3)).astype(np.float32)}
+    np.testing.assert_allclose(zero_shot_logits({"image_features": features}, classifier),
+                               zero_shot_logits({"image_features": features * 37}, classifier), rtol=1e-5)
+
+
+def test_bf16_logits_are_the_ones_clip_benchmark_computes_under_cpu_autocast():
+    """clip_benchmark's run_classification: `with torch.autocast("cpu"): 100. * F.normalize(encode_image(x)) @ W`,
+    with bf16 features and a bf16 classifier; stored as float32 with their dtype, they give the same bits back."""
+    torch.manual_seed(0)
+    features = torch.randn(9, 32).bfloat16()
+    classifier = F.normalize(torch.randn(32, 5), dim=0).bfloat16()
+    with torch.autocast("cpu"):
+        expected = (100.0 * F.normalize(features, dim=-1) @ classifier).float().numpy()
+    logits = zero_shot_logits(with_dtype("image_features", features), with_dtype("classifier", classifier),
+                              Recipe("amp-bf16", "amp-bf16", "amp-bf16"))
+    np.testing.assert_array_equal(logits, expected)
+    # the same values multiplied in fp32 are not what clip_benchmark reports under amp
+    fp32 = zero_shot_logits({"image_features": features.float().numpy()}, {"classifier": classifier.float().numpy()})
+    assert not np.array_equal(fp32, expected) and np.allclose(fp32, expected, atol=1.0)

@@ -30,9 +30,9 @@ def test_pipeline_matches_clip_benchmark_evaluate(loader, shapes_root, prompt_so
     reference = zeroshot_classification.evaluate(loaded.model, dataloader, loaded.tokenizer, info.classnames,
                                                  templates, "cpu", amp=False)
 
-    images = encode_classification_images(loader, spec, batch_size=32, num_workers=0).arrays
-    classifier = encode_classifier(loader, info.classnames, templates).arrays["classifier"]
-    ours = metrics.classification_metrics(zero_shot_logits(images["image_features"], classifier), images["labels"])
+    images = encode_classification_images(loader, spec, "fp32", batch_size=32, num_workers=0).arrays
+    classifier = encode_classifier(loader, info.classnames, templates, "fp32").arrays
+    ours = metrics.classification_metrics(zero_shot_logits(images, classifier), images["labels"])
 
     for name in ("acc1", "acc5", "mean_per_class_recall"):
         assert ours[name] == pytest.approx(reference[name], abs=1e-6), name

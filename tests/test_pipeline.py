@@ -51,7 +51,7 @@ def test_sweep_encodes_images_once_and_repeats_from_cache(tmp_path, assets):
     assert_ok(run_pipeline(tmp_path, "-m", PROMPTS, *assets))
     first = stage_counts(tmp_path)
     assert first == Counter({("embed", "image"): 1, ("embed", "text"): 3, ("classify", ""): 3, ("score", ""): 3,
-                             ("aggregate", ""): 1})
+                             ("job", ""): 3, ("aggregate", ""): 1})
 
     table = pd.read_csv(sweep_dirs(tmp_path)[0] / "table.csv")
     assert sorted(table["prompts"]) == ["a_photo_of", "classname", "dataset"]
@@ -66,12 +66,12 @@ def test_sweep_encodes_images_once_and_repeats_from_cache(tmp_path, assets):
     repeat = run_pipeline(tmp_path, "-m", PROMPTS, *assets)
     assert_ok(repeat)
     assert "cache miss" not in repeat.stderr + repeat.stdout
-    assert stage_counts(tmp_path) == first + Counter({("aggregate", ""): 1})
+    assert stage_counts(tmp_path) == first + Counter({("job", ""): 3, ("aggregate", ""): 1})
 
     # A different headline metric reuses the logits and the scores; only the table changes.
     other_metric = run_pipeline(tmp_path, "-m", PROMPTS, "metric=acc5", *assets)
     assert_ok(other_metric)
-    assert stage_counts(tmp_path) == first + Counter({("aggregate", ""): 2})
+    assert stage_counts(tmp_path) == first + Counter({("job", ""): 6, ("aggregate", ""): 2})
     assert "### acc5" in other_metric.stdout
 
     rebuilt = run_pipeline(tmp_path, "metric=mean_per_class_recall", module="pipeline.aggregate")
