@@ -157,17 +157,22 @@ class StageCache:
             raise CorruptArtifact("no checksums recorded")
         with tempfile.TemporaryDirectory() as tmp:
             for name, expected in checksums.items():
-                actual = sha256_file(self._download(run.info.run_id, name, Path(tmp)))
+                actual = sha256_file(self._download(run, name, Path(tmp)))
                 if actual != expected:
                     raise CorruptArtifact(f"{name} checksum {actual[:12]} != recorded {expected[:12]}")
             return _read_output(Path(tmp), checksums)
 
-    def _download(self, run_id: str, name: str, directory: Path) -> Path:
-        """One artifact, retried with backoff on failures that may pass; a definite "not found" is corrupt."""
+    def _download(self, run: Run, name: str, directory: Path) -> Path:
+        """One artifact, retried with backoff on failures that may pass; a definite "not found" is corrupt.
+
+        It is addressed by the run's artifact URI, not `runs:/`, whose resolver reports every failure as
+        "does not exist" and so would hide a passing network error."""
+        run_id = run.info.run_id
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
             try:
                 return Path(mlflow.artifacts.download_artifacts(
-                    run_id=run_id, artifact_path=name, dst_path=str(directory), tracking_uri=self.store.uri))
+                    artifact_uri=f"{run.info.artifact_uri.rstrip('/')}/{name}", dst_path=str(directory),
+                    tracking_uri=self.store.uri))
             except Exception as exc:  # MLflow raises MlflowException, requests' and OS errors, depending on the store
                 if is_not_found(exc):
                     raise CorruptArtifact(f"{name} is missing from the artifact store: {exc}") from exc

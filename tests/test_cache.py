@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline import tracking
 from pipeline.cache import StageCache, StageOutput, StageRequest, cache_key
 
 
@@ -107,3 +108,40 @@ def test_disabled_cache_neither_serves_nor_feeds(store):
     StageCache(store, enabled=False).get_or_compute(request(), compute)
     assert compute.calls == 2
     assert not StageCache(store).get_or_compute(request(), compute).hit
+
+
+def test_missing_artifact_is_not_served_again(store):
+    cache = StageCache(store)
+    compute = Counting(OUTPUT)
+    first = cache.get_or_compute(request(), compute)
+    (Path(store.client.get_run(first.run_id).info.artifact_uri.removeprefix("file://")) / "x.npy").unlink()
+    again = cache.get_or_compute(request(), compute)
+    assert compute.calls == 2 and not again.hit
+    assert store.client.get_run(first.run_id).data.tags["cache_store"] == "false"
+
+
+@pytest.mark.slow
+def test_transient_download_failure_is_retried_and_the_run_stays_servable(tmp_path, monkeypatch, caplog):
+    """A real `mlflow server` with proxied artifacts, reached through a proxy that answers 503 to one artifact
+    download: the download is retried and served, and the run is not marked unservable."""
+    from tests.loopback import FlakyProxy, mlflow_server
+
+    # MLflow's client retries 5xx itself by default; switched off so a single 503 reaches the cache.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setattr("pipeline.cache.DOWNLOAD_BACKOFF_S", 0.05)
+    with mlflow_server(tmp_path) as server, FlakyProxy(server, "/mlflow-artifacts/") as proxy:
+        store = tracking.connect(proxy.url, "test")
+        cache = StageCache(store)
+        compute = Counting(OUTPUT)
+        first = cache.get_or_compute(request(), compute)
+        proxy.arm(failures=1)
+        again = cache.get_or_compute(request(), compute)
+        assert proxy.failed == 1 and "retrying (2/4)" in caplog.text
+        assert again.hit and again.run_id == first.run_id and compute.calls == 1
+        np.testing.assert_array_equal(again.output.arrays["x"], OUTPUT.arrays["x"])
+        assert store.client.get_run(first.run_id).data.tags["cache_store"] == "true"
+
+        proxy.arm(failures=10)  # a server down for longer than the retries: recompute, but keep the run servable
+        third = cache.get_or_compute(request(), compute)
+        assert not third.hit and compute.calls == 2
+        assert store.client.get_run(first.run_id).data.tags["cache_store"] == "true"
