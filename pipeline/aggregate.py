@@ -145,10 +145,11 @@ def main(cfg: DictConfig) -> None:
     else:
         records = results.latest_in_store(store)
         source = store.uri
-    if cfg.prompts:
-        records = [r for r in records if r.prompts in (cfg.prompts, tables.ANY_PROMPTS, results.EXTERNAL_PROMPTS)]
-    if cfg.protocol:
-        records = [r for r in records if r.protocol == cfg.protocol or r.is_external]
+    if cfg.get("prompts"):
+        keep = (cfg.prompts.name, tables.ANY_PROMPTS, results.EXTERNAL_PROMPTS)
+        records = [r for r in records if r.prompts in keep]
+    if cfg.get("protocol"):
+        records = [r for r in records if r.protocol == cfg.protocol.name or r.is_external]
     if not records:
         raise PipelineError(f"no finished job runs found in {source}; run `python -m pipeline` first")
     output = Path(cfg.output).resolve() if cfg.output else None

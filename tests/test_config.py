@@ -91,3 +91,20 @@ def test_outputs_move_with_the_environment(monkeypatch, tmp_path):
 def test_aggregate_config_composes():
     cfg = compose_config("metric=main", config_name="aggregate")
     assert cfg.metric.name == "main" and cfg.output_dir.endswith("/tables")
+
+
+def test_tfds_configs_use_the_split_the_blog_used():
+    """The blog's TFDS tables (Tables 3-4) were computed on `train`: ten of the 17 sets have no other split, and
+    where one exists every value is a multiple of 1/|train| (tests/data/tfds_splits.csv, from the TFDS catalog)."""
+    import pandas as pd
+
+    from pipeline import catalog
+
+    splits = pd.read_csv(Path(__file__).parent / "data" / "tfds_splits.csv").set_index("dataset")
+    keys = catalog.suite("tfds17")
+    assert sorted(k.removeprefix("tfds/") for k in keys) == sorted(splits.index)
+    for key in keys:
+        name = key.removeprefix("tfds/")
+        dataset = compose_config(f"dataset={key}").dataset
+        available = dict(part.split("=") for part in splits.loc[name, "splits"].split(";"))
+        assert dataset.split == splits.loc[name, "blog_split"] and dataset.split in available, key

@@ -64,3 +64,18 @@ def test_remote_root_is_keyed_by_url():
                                   "https://huggingface.co/datasets/clip-benchmark/wds_cifar10/tree/main", "test", "acc1")
     assert remote.is_remote and datasets.fingerprint(remote)["root"] == remote.root
     datasets.check_local_layout(remote)  # no local checks for URLs
+
+
+def test_blank_lines_in_classnames_and_templates_are_dropped(shapes_root, tmp_path):
+    """clip-benchmark 1.4.0 (DataComp's pin) drops blank lines (datasets/builder.py:630); 1.6.2 keeps them, and
+    a trailing blank line becomes a phantom class "" that the argmax can pick."""
+    from clip_benchmark.datasets.builder import build_dataset
+
+    copy = tmp_path / "copy"
+    shutil.copytree(shapes_root, copy)
+    (copy / "classnames.txt").write_text("\n".join(shapes.CLASSNAMES) + "\n\n\n")
+    (copy / "zeroshot_classification_templates.txt").write_text("\n" + "\n\n".join(shapes.TEMPLATES) + "\n \n")
+    phantom = build_dataset("wds/shapes", root=str(copy), split="test", task="zeroshot_classification")
+    assert "" in phantom.classes  # what clip_benchmark 1.6.2 itself would do
+    info = datasets.describe(spec(copy))
+    assert info.classnames == shapes.CLASSNAMES and info.templates == shapes.TEMPLATES

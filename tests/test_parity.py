@@ -37,3 +37,32 @@ def test_pipeline_matches_clip_benchmark_evaluate(loader, shapes_root, prompt_so
     for name in ("acc1", "acc5", "mean_per_class_recall"):
         assert ours[name] == pytest.approx(reference[name], abs=1e-6), name
     assert ours["acc1"] >= 0.8  # the tiny model is good enough to expose label or ordering mix-ups
+
+
+def test_clip_benchmark_protocol_matches_its_default_amp_on_cpu(loader, shapes_root):
+    """protocol=clip_benchmark on CPU is clip_benchmark 1.6.2's `evaluate(..., amp=True)`: both towers and the logits
+    under torch.autocast("cpu"), i.e. bfloat16 (metrics/zeroshot_classification.py: zero_shot_classifier and
+    run_classification). acc1 agrees within one sample; fp32 is a different computation."""
+    from omegaconf import OmegaConf
+
+    from pipeline import precision
+    from tests.conftest import CONF
+
+    spec = datasets.DatasetSpec("shapes", "zeroshot_classification", str(shapes_root), "test", "acc1")
+    info = datasets.describe(spec)
+    loaded = loader.get()
+    dataloader = torch.utils.data.DataLoader(datasets.build(spec, loaded.preprocess).batched(64), batch_size=None)
+    reference = zeroshot_classification.evaluate(loaded.model, dataloader, loaded.tokenizer, info.classnames,
+                                                 info.templates, "cpu", amp=True)
+
+    protocol = OmegaConf.to_container(OmegaConf.load(CONF / "protocol" / "clip_benchmark.yaml"))
+    recipe = precision.recipe(protocol, spec.task, "cpu")
+    assert recipe == precision.Recipe("amp-bf16", "amp-bf16", "amp-bf16")
+    images = encode_classification_images(loader, spec, recipe.image, batch_size=32, num_workers=0).arrays
+    classifier = encode_classifier(loader, info.classnames, info.templates, recipe.text).arrays
+    assert str(images["image_features__dtype"]) == "bfloat16"
+    logits = zero_shot_logits(images, classifier, recipe)
+    ours = metrics.classification_metrics(logits, images["labels"])
+    assert abs(ours["acc1"] - reference["acc1"]) <= 1 / len(images["labels"])
+    fp32_logits = zero_shot_logits({"image_features": images["image_features"]}, {"classifier": classifier["classifier"]})
+    assert not (fp32_logits == logits).all()

@@ -80,6 +80,25 @@ def test_sweep_encodes_images_once_and_repeats_from_cache(tmp_path, assets):
     assert len(rebuilt_table) == 3 and rebuilt_table["shapes"].between(0, 1).all()
 
 
+def test_prompt_sets_with_coinciding_templates_each_get_their_labelled_row(tmp_path, tiny_checkpoint):
+    """On a dataset without a hint `clip_hints` is `a_photo_of`, and `clip_benchmark` falls back to the 80 templates
+    of `openai_imagenet`: equal keys share stage runs, but every prompt set still gets its own row."""
+    data = synthetic.write_wds_classification(tmp_path / "small_shapes", per_class=3)
+    names = ["a_photo_of", "clip_hints", "openai_imagenet", "clip_benchmark"]
+    assert_ok(run_pipeline(tmp_path, "-m", f"prompts={','.join(names)}", f"dataset.root={data}",
+                           f"model.pretrained={tiny_checkpoint}", "num_workers=0"))
+    assert stage_counts(tmp_path)[("score", "")] == 2 and stage_counts(tmp_path)[("job", "")] == 4
+    table = pd.read_csv(sweep_dirs(tmp_path)[0] / "table.csv").set_index("prompts")
+    assert sorted(table.index) == sorted(names) and table["shapes"].notna().all()
+    assert table.loc["clip_hints", "shapes"] == table.loc["a_photo_of", "shapes"]
+    assert table.loc["clip_benchmark", "shapes"] == table.loc["openai_imagenet", "shapes"]
+
+    rebuilt = run_pipeline(tmp_path, "prompts=clip_hints", module="pipeline.aggregate")  # what `make table` runs
+    assert_ok(rebuilt)
+    [row] = pd.read_csv(tmp_path / "outputs" / "tables" / "table.csv").to_dict("records")
+    assert row["prompts"] == "clip_hints" and row["shapes"] == table.loc["clip_hints", "shapes"]
+
+
 def test_parallel_joblib_sweep_on_a_fresh_sqlite_store(tmp_path, assets):
     """Hydra's joblib launcher runs jobs in parallel processes; the store is created once before they start."""
     proc = run_pipeline(tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", PROMPTS, *assets)

@@ -32,6 +32,34 @@ def test_worst_group_accuracy_worked_example():
     assert metrics.group_accuracies(metrics.top_k_correct(logits, labels, 1), groups) == {0: 1.0, 1: 0.0, 2: 0.5}
 
 
+def test_fmow_worst_region_keeps_other_as_datacomps_code_does():
+    """DataComp's eval_utils/wilds_eval.py (mlfoundations/datacomp@4a8df19) builds the regions' group names with
+    `region_grouper.group_field_str(group_idx)` (l.208), which, with no metadata map set on its WILDSEvaluator
+    (l.112-114), reads `region = 5` (wilds 2.0.0, common/grouper.py:161-179). So its test
+    `... == 0 or "Other" in group_str: continue` (l.213-217) only skips empty regions, and `acc_worst_region` is
+    the minimum over every region with samples (l.223-226), "Other" (5) included."""
+    from omegaconf import OmegaConf
+
+    from pipeline.embed import Embedded
+    from pipeline.score import classification_scores
+    from tests.conftest import CONF
+
+    spec = datasets.DatasetSpec.from_cfg(OmegaConf.merge(OmegaConf.load(CONF / "dataset" / "wilds" / "fmow.yaml"),
+                                                         {"root": "unused"}))
+    labels = np.array([0, 1, 2, 3, 0, 1, 2, 3, 0])
+    predictions = labels.copy()
+    predictions[8] = 1                                # the single "Other" image is wrong
+    regions = np.array([0, 0, 1, 1, 2, 2, 4, 4, 5])   # region 3 (Americas) has no image
+    metadata = np.stack([regions, np.zeros(9, int), labels], axis=1)
+    images = Embedded({"labels": labels, "metadata": metadata}, "k", "r")
+    predicted = Embedded({"logits": one_hot_logits(predictions), "predictions": predictions}, "k", "r")
+    scores = classification_scores(spec, images, predicted)
+    assert scores["acc_worst_region"] == 0.0          # "Other" alone decides it
+    assert scores["acc1"] == pytest.approx(8 / 9) and scores["acc_worst_year"] == pytest.approx(8 / 9)
+    metadata[8, 0] = 4                                # move it to Oceania: still the worst region, now 2/3
+    assert classification_scores(spec, images, predicted)["acc_worst_region"] == pytest.approx(2 / 3)
+
+
 def test_top5_worst_group_for_dollar_street():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(40, 8)).astype(np.float32)
