@@ -145,15 +145,15 @@ def test_external_rows_keep_their_names_and_quickgelu_stays_a_row_of_its_own():
 def test_params_and_flops_never_abort_the_table(monkeypatch):
     """A Hugging Face text tower cannot be built offline: params (M) and FLOPs (B) come from open_clip's published
     figures; a model in neither place gets empty cells."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    tables.parameter_count_m.cache_clear()
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # read once at import: the env var is late
+    assert math.isnan(tables.parameter_count_m("xlm-roberta-base-ViT-B-32"))  # it cannot be built here
     rows = tables.openclip38(datacomp38_records("xlm-roberta-base-ViT-B-32", 0.5, pretrained="laion5b_s13b_b90k")
-                             + datacomp38_records("ViT-B-32", 0.5, pretrained="laion2b_s34b_b79k")
                              + datacomp38_records("no-such-arch", 0.5)).set_index("name")
     assert (rows.loc["xlm-roberta-base-ViT-B-32", "params (M)"], rows.loc["xlm-roberta-base-ViT-B-32", "FLOPs (B)"]) == \
         ("366.12", "105.87")
-    assert (rows.loc["ViT-B-32", "params (M)"], rows.loc["ViT-B-32", "FLOPs (B)"]) == ("151.28", "14.78")
     assert (rows.loc["no-such-arch", "params (M)"], rows.loc["no-such-arch", "FLOPs (B)"]) == ("", "")
+    # where the model builds, params are counted (and equal the published figure); FLOPs are the published one
+    assert tables.model_figures("ViT-B-32", "ViT-B-32") == ("151.28", "14.78")
 
 
 # -- results produced elsewhere ------------------------------------------------------------------------
