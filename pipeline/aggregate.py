@@ -16,6 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from pipeline import PipelineError, results, tables, tracking
+from pipeline.cli import reported
 from pipeline.job import RESULT_FILE
 from pipeline.results import ScoreRecord
 from pipeline.tracking import TrackingStore
@@ -137,6 +138,7 @@ class AggregateCallback(Callback):
 
 
 @hydra.main(config_path="../conf", config_name="aggregate", version_base="1.3")
+@reported
 def main(cfg: DictConfig) -> None:
     store = tracking.connect_cfg(cfg.tracking)
     if cfg.results_dir:

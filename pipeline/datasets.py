@@ -1,30 +1,27 @@
-"""Dataset readers: CLIP_benchmark's webdataset layout (through clip_benchmark's own builder), WILDS/fairness
-shards with per-sample metadata, Hugging Face datasets (nlphuji retrieval and WinoGAViL), TFDS, image folders."""
+"""Datasets: what a dataset config names, where its files are (remote roots fetched into local folders first),
+what identifies its content, and batches of images from the reader for its format (`pipeline/readers/`)."""
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import multiprocessing
 import os
-import urllib.request
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from pipeline import PipelineError
+from pipeline import PipelineError, remote
+from pipeline.readers import Batch, hf, wds
 
 log = logging.getLogger(__name__)
 
 FINGERPRINT_HEAD_BYTES = 1 << 16
 TASKS = ("zeroshot_classification", "zeroshot_retrieval", "winogavil")
 FORMATS = ("wds", "hf", "tfds", "folder")
-IMAGE_EXTENSIONS = ["webp", "png", "jpg", "jpeg"]
 
 
 @dataclass(frozen=True)
@@ -42,25 +39,36 @@ class DatasetSpec:
     metadata_fields: tuple[str, ...] = ()
     group_metrics: tuple[dict, ...] = ()
     extra_metrics: tuple[str, ...] = ()
+    skip_corrupt: bool = False       # skip undecodable samples (changes the number: part of the image key)
+    hf_config: str | None = None     # the config folder of a Hub parquet conversion holding several
+    data_cache: str | None = None    # where remote data is cached (None: the Hub's own cache; HTTP under outputs/)
+    http_cache: str | None = None
 
     @classmethod
-    def from_cfg(cls, cfg: Any) -> "DatasetSpec":
+    def from_cfg(cls, cfg: Any, data_cache: str | None = None, http_cache: str | None = None) -> "DatasetSpec":
         plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
         spec = cls(
             plain["name"], plain["task"], str(plain["root"]), plain["split"], plain["main_metric"],
             plain.get("format", "wds"), plain.get("column"), plain.get("source") or "local",
-            tuple(plain.get("metadata_fields") or ()),
-            tuple(plain.get("group_metrics") or ()), tuple(plain.get("extra_metrics") or ()),
+            tuple(plain.get("metadata_fields") or ()), tuple(plain.get("group_metrics") or ()),
+            tuple(plain.get("extra_metrics") or ()), bool(plain.get("skip_corrupt", False)), plain.get("hf_config"),
+            data_cache, http_cache,
         )
         if spec.task not in TASKS:
             raise PipelineError(f"dataset.task={spec.task!r} is not one of {TASKS}")
         if spec.format not in FORMATS:
             raise PipelineError(f"dataset.format={spec.format!r} is not one of {FORMATS}")
+        spec.root_kind  # refuses unusable roots before anything runs
         return spec
 
     @property
+    def root_kind(self) -> str:
+        """`local`, `http` or `hub_id` (see `remote.check_root`); TFDS roots are data_dir folders."""
+        return "local" if self.format == "tfds" else remote.check_root(self.root, self.format)
+
+    @property
     def is_remote(self) -> bool:
-        return "://" in self.root or (self.format == "hf" and not Path(self.root).is_absolute())
+        return self.root_kind != "local"
 
     @property
     def benchmark_name(self) -> str:
@@ -79,12 +87,29 @@ class DatasetInfo:
     fingerprint: dict[str, Any] = field(default_factory=dict)
 
 
-# -- checks and fingerprints -----------------------------------------------------------------------
+# -- remote roots -----------------------------------------------------------------------------------------
+def fetched(spec: DatasetSpec, shards: bool) -> tuple[DatasetSpec, dict]:
+    """`spec` pointing at a local copy of its remote webdataset root (fetched once, then served from the cache),
+    with what identifies the remote content: the address, and for the Hub the commit its revision resolves to."""
+    if spec.root_kind != "http" or spec.format != "wds":
+        return spec, {}
+    hub_cache = str(Path(spec.data_cache) / "hub") if spec.data_cache else None
+    http_cache = Path(spec.data_cache or spec.http_cache or remote.DEFAULT_HTTP_CACHE).expanduser()
+    copy = remote.fetch_webdataset(spec.root, spec.split, hub_cache, http_cache, shards)
+    return replace(spec, root=str(copy.folder)), copy.identity
+
+
+# -- checks and fingerprints -----------------------------------------------------------------------------
 def check_local_layout(spec: DatasetSpec) -> None:
     """Fail early, naming the path, when a local dataset is missing or incomplete."""
     if spec.is_remote or spec.format == "tfds":
         return
     root = Path(spec.root)
+    if spec.format == "hf":
+        if not root.is_dir() and not (root.parent / hf.HF_CACHE).is_dir():
+            raise PipelineError(f"dataset root {root} does not exist (nor DataComp's {hf.HF_CACHE} beside it). Set "
+                                f"dataset.root (or data_root for the catalog) to a local mirror of the dataset.")
+        return
     if not root.is_dir():
         raise PipelineError(
             f"dataset root {root} does not exist. Set dataset.root (or data_root for the catalog) to a directory in "
@@ -94,26 +119,26 @@ def check_local_layout(spec: DatasetSpec) -> None:
         if not (root / spec.split).is_dir():
             raise PipelineError(f"{root / spec.split} is missing: an image folder needs <root>/<split>/<class>/<image>")
         return
-    if spec.format != "wds":
-        return
     nshards = root / spec.split / "nshards.txt"
     if not nshards.is_file():
         raise PipelineError(f"{nshards} is missing: {root} has no split {spec.split!r} in webdataset layout")
-    missing = [str(root / spec.split / f"{i}.tar") for i in range(int(nshards.read_text()))
-               if not (root / spec.split / f"{i}.tar").is_file()]
+    missing = [str(path) for path in wds.shard_paths(root, spec.split) if not path.is_file()]
     if missing:
         raise PipelineError(f"dataset {spec.name}: shards missing: {', '.join(missing)}")
 
 
-def fingerprint(spec: DatasetSpec) -> dict[str, Any]:
-    """Identify a dataset's content cheaply: a remote one by its address, a local one by its files' names, sizes and heads.
-
-    Hashing every byte of ImageNet on each run would cost more than the embedding it saves.
-    """
+def fingerprint(spec: DatasetSpec, remote_identity: dict | None = None) -> dict[str, Any]:
+    """Identify a dataset's content cheaply: a remote one by its address (and Hub commit), a local one by its
+    files' names, sizes and heads. Hashing every byte of ImageNet on each run would cost more than the
+    embedding it saves."""
     identity = {"name": spec.name, "split": spec.split, "format": spec.format, "metadata": list(spec.metadata_fields)}
+    if remote_identity:
+        return {**identity, **remote_identity}
     if spec.is_remote or spec.format == "tfds":
         return {**identity, "root": spec.root}
     root = Path(spec.root)
+    if spec.format == "hf" and not root.is_dir():
+        root = root.parent / hf.HF_CACHE
     digest = hashlib.sha256()
     files = sorted(p for p in root.rglob("*") if p.is_file() and (p.parent == root or spec.split in p.relative_to(root).parts
                                                                    or spec.format == "hf"))
@@ -125,12 +150,14 @@ def fingerprint(spec: DatasetSpec) -> dict[str, Any]:
     return {**identity, "content": digest.hexdigest()}
 
 
-# -- webdataset (clip_benchmark) -------------------------------------------------------------------
+# -- clip_benchmark's builder: metadata of local webdatasets, and TFDS ----------------------------------------
 def build(spec: DatasetSpec, transform: Callable | None = None):
-    """clip_benchmark's dataset for `spec`, with `.classes` and `.templates` from the dataset's metadata files."""
+    """clip_benchmark's dataset for a local `spec`, with `.classes` and `.templates` from its metadata files."""
     from clip_benchmark.datasets.builder import build_dataset
 
     check_local_layout(spec)
+    if spec.is_remote:
+        raise PipelineError(f"internal: clip_benchmark's builder is only given local roots, not {spec.root}")
     try:
         with warnings.catch_warnings():
             # clip_benchmark leaves shardshuffle unset; evaluation order does not matter, the warning is noise.
@@ -141,38 +168,12 @@ def build(spec: DatasetSpec, transform: Callable | None = None):
         raise PipelineError(f"cannot read dataset {spec.name} at {spec.root}: {exc}") from exc
 
 
-def _read_text(location: str) -> str:
-    if "://" in location:
-        with urllib.request.urlopen(location, timeout=60) as response:
-            return response.read().decode()
-    return Path(location).read_text()
+def non_blank(lines: list[str]) -> list[str]:
+    """Drop blank lines of classnames.txt and templates files, as clip-benchmark 1.4.0 (DataComp's pin) did
+    (datasets/builder.py:630); 1.6.2 keeps them, turning a blank line into a phantom class named ""."""
+    return [line.strip() for line in lines if line.strip()]
 
 
-def _shard_pattern(spec: DatasetSpec) -> str:
-    """The brace pattern of a split's shards, with Hugging Face's raw/resolve addresses as clip_benchmark uses them."""
-    metadata_dir = tar_dir = spec.root
-    if spec.root.startswith("https://huggingface.co/datasets"):
-        metadata_dir, tar_dir = spec.root.replace("/tree/", "/raw/"), spec.root.replace("/tree/", "/resolve/")
-    nshards = int(_read_text(f"{metadata_dir}/{spec.split}/nshards.txt"))
-    return f"{tar_dir}/{spec.split}/{{0..{nshards - 1}}}.tar"
-
-
-def _webdataset_with_metadata(spec: DatasetSpec, transform: Callable):
-    """(image, label, metadata) in one pass over the shards.
-
-    clip_benchmark's reader keeps only (image, cls), so WILDS/fairness shards, whose group fields
-    are a per-sample `.npy`, are read here with webdataset directly; one pass keeps the three aligned.
-    """
-    import webdataset as wds
-
-    check_local_layout(spec)
-    dataset = wds.WebDataset(_shard_pattern(spec), shardshuffle=False, nodesplitter=lambda src: src)
-    return (dataset.decode(wds.autodecode.ImageHandler("pil", extensions=IMAGE_EXTENSIONS))
-            .to_tuple(IMAGE_EXTENSIONS, "cls", "npy")
-            .map_tuple(transform, None, lambda m: np.asarray(m, dtype=np.int64).reshape(-1)))
-
-
-# -- image folders ----------------------------------------------------------------------------------
 def _folder_classnames(spec: DatasetSpec) -> list[str]:
     from torchvision.datasets.folder import find_classes
 
@@ -185,96 +186,82 @@ def _folder_templates(spec: DatasetSpec) -> list[str]:
     return non_blank(file.read_text().splitlines()) if file.is_file() else []
 
 
-# -- Hugging Face datasets (nlphuji) ------------------------------------------------------------------
-def load_hf(spec: DatasetSpec):
-    """nlphuji's datasets as DataComp reads them: `load_dataset(id, split)`, or a local mirror of the same."""
-    import datasets as hf
-
-    check_local_layout(spec)
-    root = Path(spec.root)
-    try:
-        if (root / "dataset_dict.json").exists() or (root / "state.json").exists():  # a save_to_disk folder
-            loaded = hf.load_from_disk(str(root))
-            return loaded[spec.split] if isinstance(loaded, hf.DatasetDict) else loaded
-        return hf.load_dataset(spec.root, split=spec.split)
-    except Exception as exc:
-        raise PipelineError(f"cannot load Hugging Face dataset {spec.root} (split {spec.split}): {exc}") from exc
-
-
-# -- what the stages call -----------------------------------------------------------------------------
+# -- what the stages call ---------------------------------------------------------------------------------
 def describe(spec: DatasetSpec) -> DatasetInfo:
-    """Class names and shipped templates (classification), with the content fingerprint for cache keys."""
-    check_local_layout(spec)
-    content = fingerprint(spec)
+    """Class names and shipped templates (classification), with the content fingerprint for cache keys.
+    A remote webdataset's metadata is fetched here; its shards only when images are read."""
+    local, remote_identity = fetched(spec, shards=False)
+    check_local_layout(local)
+    content = fingerprint(local, remote_identity)
     if spec.task != "zeroshot_classification":
         return DatasetInfo(spec, [], [], content)
     if spec.format == "folder":
         return DatasetInfo(spec, _folder_classnames(spec), _folder_templates(spec), content)
-    dataset = build(spec)
+    dataset = build(local)
     classnames = non_blank(dataset.classes or [])
     if not classnames:
         raise PipelineError(f"dataset {spec.name} at {spec.root} has no classnames.txt")
     return DatasetInfo(spec, classnames, non_blank(getattr(dataset, "templates", None) or []), content)
 
 
-def non_blank(lines: list[str]) -> list[str]:
-    """Drop blank lines of classnames.txt and templates files, as clip-benchmark 1.4.0 (DataComp's pin) did
-    (datasets/builder.py:630); 1.6.2 keeps them, turning a blank line into a phantom class named ""."""
-    return [line.strip() for line in lines if line.strip()]
-
-
-def _loader(dataset, batch_size: int, num_workers: int, batched_in_pipeline: bool, collate=None):
-    workers = min(num_workers, os.cpu_count() or 1)
+def worker_count(num_workers: int) -> int:
     if multiprocessing.current_process().name != "MainProcess":
         # Inside a launcher's worker (e.g. Hydra's joblib launcher) nested DataLoader workers fail to start.
-        workers = 0
-    if batched_in_pipeline:
-        return torch.utils.data.DataLoader(dataset.batched(batch_size, collation_fn=collate) if collate else
-                                           dataset.batched(batch_size), batch_size=None, num_workers=workers)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False,
-                                       collate_fn=collate)
+        return 0
+    return min(num_workers, os.cpu_count() or 1)
 
 
-def _collate_with_metadata(samples):
-    images, labels, metadata = zip(*samples)
-    return torch.stack(images), torch.as_tensor(labels), torch.as_tensor(np.stack(metadata))
+def _torch_batches(dataset, batch_size: int, num_workers: int, field_name: str, collate=None) -> Iterator[Batch]:
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=worker_count(num_workers),
+                                         shuffle=False, collate_fn=collate)
+    return (Batch(images, {field_name: list(values)}) for images, values in loader)
 
 
-def classification_batches(spec: DatasetSpec, transform: Callable, batch_size: int,
-                           num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-    """(images, labels, metadata or None) batches for a classification dataset."""
+def _wds_batches(spec: DatasetSpec, fields: tuple[str, ...], transform: Callable, batch_size: int,
+                 num_workers: int) -> Iterator[Batch]:
+    local, _ = fetched(spec, shards=True)
+    check_local_layout(local)
+    return wds.batches(wds.shard_paths(Path(local.root), local.split), fields, transform, batch_size,
+                       worker_count(num_workers))
+
+
+def classification_batches(spec: DatasetSpec, transform: Callable, batch_size: int, num_workers: int) -> Iterator[Batch]:
+    """Batches with a `cls` field (and `npy` group metadata for WILDS/fairness) for a classification dataset."""
     if spec.format == "folder":
         from torchvision.datasets import ImageFolder
 
         check_local_layout(spec)
-        loader = _loader(ImageFolder(str(Path(spec.root) / spec.split), transform=transform), batch_size, num_workers, False)
-        return ((images, labels, None) for images, labels in loader)
-    if spec.metadata_fields:
-        loader = _loader(_webdataset_with_metadata(spec, transform), batch_size, num_workers, True, _collate_with_metadata)
-        return iter(loader)
-    dataset = build(spec, transform)
-    batched = spec.format != "tfds"
-    loader = _loader(dataset, batch_size, num_workers, batched)
-    return ((images, labels, None) for images, labels in loader)
+        folder = ImageFolder(str(Path(spec.root) / spec.split), transform=transform)
+        return _torch_batches(folder, batch_size, num_workers, "cls")
+    if spec.format == "tfds":
+        return _torch_batches(build(spec, transform), batch_size, num_workers, "cls")
+    fields = ("cls", "npy") if spec.metadata_fields else ("cls",)
+    return _wds_batches(spec, fields, transform, batch_size, num_workers)
 
 
-def retrieval_batches(spec: DatasetSpec, transform: Callable, batch_size: int,
-                      num_workers: int) -> Iterator[tuple[torch.Tensor, list[list[str]]]]:
-    """(images, captions per image) batches, from a retrieval webdataset or an nlphuji HF dataset."""
-    from clip_benchmark.datasets.builder import image_captions_collate_fn
-
+def retrieval_batches(spec: DatasetSpec, transform: Callable, batch_size: int, num_workers: int) -> Iterator[Batch]:
+    """Batches with a `txt` field (the captions of each image), from a retrieval webdataset or an nlphuji dataset."""
     if spec.format == "hf":
-        rows = load_hf(spec)
-        pairs = _HFPairs(rows, transform)
-        return iter(_loader(pairs, batch_size, num_workers, False, image_captions_collate_fn))
-    dataset = build(spec, transform)
-    return iter(_loader(dataset, batch_size, num_workers, True, image_captions_collate_fn))
+        from clip_benchmark.datasets.builder import image_captions_collate_fn
+
+        return _torch_batches(_HFPairs(load_hf(spec), transform), batch_size, num_workers, "txt",
+                              image_captions_collate_fn)
+    return _wds_batches(spec, ("txt",), transform, batch_size, num_workers)
+
+
+def load_hf(spec: DatasetSpec) -> hf.Rows:
+    """nlphuji's datasets as DataComp reads them (`load_dataset(id, split)`), from the Hub or a local mirror."""
+    repo_name = spec.root.rstrip("/").split("/")[-1]
+    if spec.root_kind == "hub_id":
+        return hf.load_hub(spec.root, spec.split, spec.hf_config, spec.data_cache and str(Path(spec.data_cache) / "hub"))
+    check_local_layout(spec)
+    return hf.load_local(Path(spec.root), spec.split, repo_name)
 
 
 class _HFPairs(torch.utils.data.Dataset):
     """(image, captions) rows of an nlphuji retrieval dataset (columns `image`, `caption`)."""
 
-    def __init__(self, rows, transform: Callable):
+    def __init__(self, rows: hf.Rows, transform: Callable):
         self.rows, self.transform = rows, transform
 
     def __len__(self) -> int:
@@ -282,15 +269,7 @@ class _HFPairs(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         row = self.rows[index]
-        return self.transform(_as_image(row["image"])), list(row["caption"])
-
-
-def _as_image(value):
-    from PIL import Image
-
-    if isinstance(value, dict) and value.get("bytes") is not None:
-        return Image.open(io.BytesIO(value["bytes"])).convert("RGB")
-    return value.convert("RGB")
+        return self.transform(hf.as_image(row["image"], self.rows.image_root)), list(row["caption"])
 
 
 @dataclass(frozen=True)
@@ -303,6 +282,8 @@ class WinoInstance:
 
 def winogavil_instances(spec: DatasetSpec) -> Iterator[WinoInstance]:
     """WinoGAViL games from nlphuji/winogavil: a cue, candidate images, and the associated candidates."""
-    for row in load_hf(spec):
+    rows = load_hf(spec)
+    for index in range(len(rows)):
+        row = rows[index]
         yield WinoInstance(row["cue"], list(row["candidates"]), list(row["associations"]),
-                           [_as_image(image) for image in row["candidate_images"]])
+                           [hf.as_image(image, rows.image_root) for image in row["candidate_images"]])

@@ -3,8 +3,9 @@ embeddings for (model, strings): zero-shot classifiers, retrieval captions, Wino
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import open_clip
@@ -15,6 +16,9 @@ from pipeline import PipelineError, datasets, prompts
 from pipeline.cache import StageCache, StageOutput, StageRequest, cache_key
 from pipeline.models import LoadedModel, ModelLoader
 from pipeline.precision import with_dtype
+from pipeline.readers import Batch, Unreadable
+
+log = logging.getLogger(__name__)
 
 VERSION = "2"
 TEXT_BATCH = 256
@@ -37,43 +41,77 @@ def _read_failure(spec: datasets.DatasetSpec, exc: Exception) -> PipelineError:
                          f"A shard may be corrupt or truncated; re-download or regenerate it.")
 
 
-def _encode_batches(loaded: LoadedModel, batches: Iterable, spec: datasets.DatasetSpec, precision: str,
-                    collect: Callable[[tuple], None]) -> dict[str, np.ndarray]:
-    """Encode the images of every batch (first element) and hand the rest of each batch to `collect`.
+def _unreadable_sample(spec: datasets.DatasetSpec, sample: Unreadable) -> PipelineError:
+    return PipelineError(f"dataset {spec.name}: sample {sample.key} in shard {sample.shard} cannot be decoded "
+                         f"({sample.error}); the shard is corrupt or truncated: re-download it, or set "
+                         f"dataset.skip_corrupt=true to skip such samples")
 
-    The features keep the dtype the tower produced (see `precision.with_dtype`)."""
+
+def _model_failure(loaded: LoadedModel, spec: datasets.DatasetSpec, images: torch.Tensor, exc: Exception) -> PipelineError:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return PipelineError(f"out of memory on {loaded.device} encoding a batch of {len(images)} images of "
+                             f"{spec.name}; lower batch_size")
+    return PipelineError(f"the model failed encoding images of {spec.name} (a model error, not a data problem): "
+                         f"{type(exc).__name__}: {exc}")
+
+
+def _encode_batches(loaded: LoadedModel, batches: Iterator[Batch], spec: datasets.DatasetSpec, precision: str,
+                    collect: Callable[[Batch], None]) -> StageOutput:
+    """Encode the images of every batch and hand each batch to `collect` for its other fields.
+
+    Only a failure to read a batch is reported as a data problem; the model's own failures (out of memory
+    included) are reported as what they are. Features keep the dtype the tower produced (`with_dtype`)."""
     features: list[torch.Tensor] = []
-    try:
-        with torch.no_grad(), loaded.autocast(precision):
-            for batch in tqdm(batches, desc=f"embed {spec.name}/{spec.split}", unit="batch"):
-                features.append(loaded.model.encode_image(batch[0].to(loaded.device)).cpu())
-                collect(batch[1:])
-    except (PipelineError, KeyboardInterrupt):
-        raise
-    except Exception as exc:
-        raise _read_failure(spec, exc) from exc
+    skipped: list[Unreadable] = []
+    with torch.no_grad(), loaded.autocast(precision), \
+            tqdm(desc=f"embed {spec.name}/{spec.split}", unit="batch") as progress:
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except PipelineError:
+                raise
+            except Exception as exc:
+                raise _read_failure(spec, exc) from exc
+            if batch.unreadable and not spec.skip_corrupt:
+                raise _unreadable_sample(spec, batch.unreadable[0])
+            skipped.extend(batch.unreadable)
+            if batch.images is not None:
+                try:
+                    features.append(loaded.model.encode_image(batch.images.to(loaded.device)).cpu())
+                except Exception as exc:
+                    raise _model_failure(loaded, spec, batch.images, exc) from exc
+                collect(batch)
+            progress.update()
     if not features:
-        raise PipelineError(f"dataset {spec.name} ({spec.root}, split {spec.split}) yielded no samples")
-    return with_dtype("image_features", torch.cat(features))
+        raise PipelineError(f"dataset {spec.name} ({spec.root}, split {spec.split}) yielded no readable samples")
+    arrays = with_dtype("image_features", torch.cat(features))
+    if not spec.skip_corrupt:
+        return StageOutput(arrays=arrays)
+    if skipped:
+        log.warning("dataset %s: skipped %d undecodable sample(s) (dataset.skip_corrupt=true), e.g. %s",
+                    spec.name, len(skipped), skipped[0].describe())
+    listed = np.array([f"{sample.shard}:{sample.key}" for sample in skipped], dtype=str)
+    return StageOutput(arrays={**arrays, "skipped_samples": listed}, metrics={"skipped_samples": float(len(skipped))})
 
 
 def encode_classification_images(loader: ModelLoader, spec: datasets.DatasetSpec, precision: str, batch_size: int,
                                  num_workers: int) -> StageOutput:
     loaded = loader.get()
-    labels: list[torch.Tensor] = []
-    metadata: list[torch.Tensor] = []
+    labels: list[int] = []
+    metadata: list[np.ndarray] = []
 
-    def collect(rest: tuple) -> None:
-        labels.append(torch.as_tensor(rest[0]))
-        if rest[1] is not None:
-            metadata.append(torch.as_tensor(rest[1]))
+    def collect(batch: Batch) -> None:
+        labels.extend(int(label) for label in batch.fields["cls"])
+        metadata.extend(batch.fields.get("npy", ()))
 
     batches = datasets.classification_batches(spec, loaded.preprocess, batch_size, num_workers)
-    arrays = {**_encode_batches(loaded, batches, spec, precision, collect),
-              "labels": torch.cat(labels).numpy().astype(np.int64)}
+    encoded = _encode_batches(loaded, batches, spec, precision, collect)
+    arrays = {**encoded.arrays, "labels": np.array(labels, dtype=np.int64)}
     if metadata:
-        arrays["metadata"] = torch.cat(metadata).numpy().astype(np.int64)
-    return StageOutput(arrays=arrays)
+        arrays["metadata"] = np.stack(metadata).astype(np.int64)
+    return StageOutput(arrays=arrays, metrics=encoded.metrics)
 
 
 def encode_retrieval_images(loader: ModelLoader, spec: datasets.DatasetSpec, precision: str, batch_size: int,
@@ -84,16 +122,16 @@ def encode_retrieval_images(loader: ModelLoader, spec: datasets.DatasetSpec, pre
     caption_image: list[int] = []
     image_ids = itertools.count()
 
-    def collect(rest: tuple) -> None:
-        for per_image in rest[0]:
+    def collect(batch: Batch) -> None:
+        for per_image in batch.fields["txt"]:
             image_id = next(image_ids)
             captions.extend(per_image)
             caption_image.extend([image_id] * len(per_image))
 
     batches = datasets.retrieval_batches(spec, loaded.preprocess, batch_size, num_workers)
-    features = _encode_batches(loaded, batches, spec, precision, collect)
-    return StageOutput(arrays={**features, "captions": np.array(captions, dtype=str),
-                               "caption_image": np.array(caption_image, dtype=np.int64)})
+    encoded = _encode_batches(loaded, batches, spec, precision, collect)
+    return StageOutput(arrays={**encoded.arrays, "captions": np.array(captions, dtype=str),
+                               "caption_image": np.array(caption_image, dtype=np.int64)}, metrics=encoded.metrics)
 
 
 def winogavil_cue_text(cue: str) -> str:
@@ -108,18 +146,19 @@ def encode_winogavil_images(loader: ModelLoader, spec: datasets.DatasetSpec, pre
     loaded = loader.get()
     sizes, truth, cues = [], [], []
 
-    def collect(rest: tuple) -> None:
-        game = rest[0]
+    def collect(batch: Batch) -> None:
+        [game] = batch.fields["game"]
         sizes.append(len(game.candidates))
         truth.extend(np.isin(game.candidates, game.associations))
         cues.append(winogavil_cue_text(game.cue))
 
     # One game per batch: its candidates are the images DataComp encodes together.
-    games = ((torch.stack([loaded.preprocess(image) for image in game.images]), game)
+    games = (Batch(torch.stack([loaded.preprocess(image) for image in game.images]), {"game": [game]})
              for game in datasets.winogavil_instances(spec))
-    features = _encode_batches(loaded, games, spec, precision, collect)
-    return StageOutput(arrays={**features, "game_sizes": np.array(sizes, dtype=np.int64),
-                               "associations": np.array(truth, dtype=bool), "cues": np.array(cues, dtype=str)})
+    encoded = _encode_batches(loaded, games, spec, precision, collect)
+    return StageOutput(arrays={**encoded.arrays, "game_sizes": np.array(sizes, dtype=np.int64),
+                               "associations": np.array(truth, dtype=bool), "cues": np.array(cues, dtype=str)},
+                       metrics=encoded.metrics)
 
 
 IMAGE_ENCODERS: dict[str, Callable[..., StageOutput]] = {
@@ -179,8 +218,9 @@ class ModelKey:
 
 
 def image_key(model: ModelKey, dataset: datasets.DatasetInfo) -> str:
+    # Features that lack skipped samples are never served to a run that did not ask to skip.
     return cache_key("embed/image", VERSION, {**model.material(), "dataset": dataset.fingerprint,
-                                              "task": dataset.spec.task})
+                                              "task": dataset.spec.task, "skip_corrupt": dataset.spec.skip_corrupt})
 
 
 def classifier_key(model: ModelKey, classnames: list[str], class_prompts: prompts.Prompts) -> str:

@@ -70,7 +70,7 @@ def log_job_run(store: TrackingStore, labels: Mapping[str, str], stage_runs: Map
 def run_job(cfg: DictConfig, output_dir: Path | None = None) -> JobResult:
     """Evaluate cfg.model on cfg.dataset with cfg.prompts; writes `result.json` into `output_dir` if given."""
     # Everything that can be wrong with the inputs is checked before any MLflow run exists.
-    spec = datasets.DatasetSpec.from_cfg(cfg.dataset)
+    spec = datasets.DatasetSpec.from_cfg(cfg.dataset, cfg.get("data_cache"), cfg.paths.get("data_cache"))
     known = score.metric_names(spec)
     if spec.main_metric not in known:
         raise PipelineError(f"dataset.main_metric={spec.main_metric!r} is not computed for {spec.task}; use one of {known}")

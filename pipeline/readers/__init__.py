@@ -1,0 +1,29 @@
+"""Dataset readers, one module per on-disk format; each yields `Batch`es of transformed images and their fields."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A sample that could not be decoded: which shard, which key, and why."""
+
+    shard: str
+    key: str
+    error: str
+
+    def describe(self) -> str:
+        return f"shard {self.shard}, sample {self.key}"
+
+
+@dataclass
+class Batch:
+    """Transformed images (None when every sample of the batch was unreadable), one list per field
+    (`cls` labels, `txt` captions, `npy` metadata, `game` WinoGAViL games), and the unreadable samples."""
+
+    images: torch.Tensor | None
+    fields: dict[str, list[Any]]
+    unreadable: list[Unreadable] = field(default_factory=list)

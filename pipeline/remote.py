@@ -1,0 +1,199 @@
+"""Remote dataset roots, fetched without a shell: Hugging Face Hub addresses through `huggingface_hub` (HF_TOKEN,
+HF_HUB_OFFLINE, HF_ENDPOINT and its download cache all apply), other http(s) URLs through urllib into a local
+cache. Whatever is fetched lands in a local folder with the dataset's own layout, so readers only see local paths.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import PipelineError
+
+log = logging.getLogger(__name__)
+
+URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+DEFAULT_HUB = "https://huggingface.co"
+HTTP_TIMEOUT_S = 60
+DEFAULT_HTTP_CACHE = "~/.cache/clip-tables"  # used when neither data_cache nor paths.data_cache is given
+# Files a webdataset root may have besides its shards; only nshards.txt is required (clip_benchmark's layout).
+OPTIONAL_METADATA = ("classnames.txt", "zeroshot_classification_templates.txt", "dataset_type.txt")
+
+
+@dataclass(frozen=True)
+class HubAddress:
+    """`<endpoint>/datasets/<org>/<name>/tree/<revision>[/<folder>]`, as clip_benchmark's docs write Hub roots."""
+
+    endpoint: str
+    repo_id: str
+    revision: str
+    folder: str = ""
+
+    def path(self, name: str) -> str:
+        return f"{self.folder}/{name}" if self.folder else name
+
+
+def hub_hosts() -> set[str]:
+    """huggingface.co and the host of HF_ENDPOINT (a mirror, or a test server)."""
+    hosts = {urllib.parse.urlsplit(DEFAULT_HUB).hostname}
+    if os.environ.get("HF_ENDPOINT"):
+        hosts.add(urllib.parse.urlsplit(os.environ["HF_ENDPOINT"]).hostname)
+    return hosts
+
+
+def parse_hub_address(root: str) -> HubAddress | None:
+    parts = urllib.parse.urlsplit(root)
+    if parts.hostname not in hub_hosts():
+        return None
+    match = re.match(r"^/datasets/([^/]+/[^/]+)/(?:tree|resolve|raw)/([^/]+)/?(.*)$", parts.path)
+    if not match:
+        raise PipelineError(f"dataset.root={root!r} is on the Hugging Face Hub but not of the form "
+                            f"{parts.scheme}://{parts.netloc}/datasets/<org>/<name>/tree/<revision>")
+    repo_id, revision, folder = match.groups()
+    return HubAddress(f"{parts.scheme}://{parts.netloc}", repo_id, urllib.parse.unquote(revision), folder.strip("/"))
+
+
+def check_root(root: str, fmt: str) -> str:
+    """What kind of root this is: `local`, `http` (a URL) or `hub_id` (format hf only); anything else is refused.
+
+    Safety does not come from filtering characters: no root ever reaches a shell, and webdataset is only
+    handed local files, so none of its URL handlers (`pipe:` runs a shell) can run."""
+    if root.startswith(("http://", "https://")):
+        return "http"
+    if URL_SCHEME.match(root):
+        raise PipelineError(f"dataset.root={root!r} is not usable: give a local folder, an http(s):// URL"
+                            + (", or a Hugging Face dataset id org/name" if fmt == "hf" else ""))
+    if fmt == "hf" and HUB_ID.match(root) and not Path(root).exists():
+        return "hub_id"
+    return "local"
+
+
+# -- Hugging Face Hub -------------------------------------------------------------------------------------
+def hub_error(repo_id: str, endpoint: str, exc: BaseException) -> PipelineError | None:
+    """A clear message for the Hub's answers that need the user: gated, missing, or unreachable and not cached."""
+    from huggingface_hub import errors
+
+    if isinstance(exc, errors.GatedRepoError):
+        return PipelineError(f"dataset {repo_id} is gated: accept its conditions at {endpoint}/datasets/{repo_id} "
+                             f"and set HF_TOKEN (or run `hf auth login`)")
+    if isinstance(exc, errors.RepositoryNotFoundError):
+        return PipelineError(f"dataset {repo_id} was not found on {endpoint} (or it is private: set HF_TOKEN)")
+    if isinstance(exc, errors.RevisionNotFoundError):
+        return PipelineError(f"dataset {repo_id} has no revision you asked for on {endpoint}: {exc}")
+    if isinstance(exc, errors.LocalEntryNotFoundError):
+        return PipelineError(f"dataset {repo_id} cannot be reached on {endpoint} and is not in the local cache "
+                             f"({exc}); run once online, or point data_root at a local mirror")
+    return None
+
+
+def hub_download(address: HubAddress, name: str, cache_dir: str | None, revision: str | None = None,
+                 required: bool = True) -> Path | None:
+    """One file of a Hub dataset, through the Hub's cache; None when an optional file does not exist."""
+    from huggingface_hub import errors, hf_hub_download
+
+    try:
+        return Path(hf_hub_download(address.repo_id, address.path(name), repo_type="dataset",
+                                    revision=revision or address.revision, cache_dir=cache_dir,
+                                    endpoint=address.endpoint))
+    except errors.EntryNotFoundError as exc:
+        if not required and not isinstance(exc, errors.LocalEntryNotFoundError):
+            return None
+        clear = hub_error(address.repo_id, address.endpoint, exc)
+        raise clear or PipelineError(f"{address.path(name)} is missing from dataset {address.repo_id}") from exc
+    except Exception as exc:
+        clear = hub_error(address.repo_id, address.endpoint, exc)
+        if clear is None:
+            raise PipelineError(f"cannot fetch {address.path(name)} of dataset {address.repo_id} from "
+                                f"{address.endpoint}: {exc}") from exc
+        raise clear from exc
+
+
+def snapshot_of(downloaded: Path, address: HubAddress) -> tuple[Path, str]:
+    """(the local folder that mirrors the root, the commit) from a file's path in the Hub cache,
+    `.../snapshots/<commit>/<folder>/<file>`."""
+    parts = downloaded.parts
+    index = len(parts) - 1 - parts[::-1].index("snapshots")
+    snapshot = Path(*parts[:index + 2])
+    return (snapshot / address.folder if address.folder else snapshot), parts[index + 1]
+
+
+# -- plain HTTP -------------------------------------------------------------------------------------------
+def http_cache_folder(root: str, cache_dir: Path) -> Path:
+    """One folder per remote root, named by its address's hash (readable name, no path tricks)."""
+    digest = hashlib.sha256(root.encode()).hexdigest()[:16]
+    host = re.sub(r"[^A-Za-z0-9.-]", "_", urllib.parse.urlsplit(root).hostname or "host")
+    return cache_dir / "http" / f"{host}-{digest}"
+
+
+def http_download(root: str, name: str, target: Path, required: bool = True) -> Path | None:
+    """`<root>/<name>` into `target` (atomically), unless already there; None when an optional file is absent."""
+    if target.is_file():
+        return target
+    url = f"{root.rstrip('/')}/{urllib.parse.quote(name)}"
+    try:
+        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as partial:
+                shutil.copyfileobj(response, partial)
+        os.replace(partial.name, target)
+        return target
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404 and not required:
+            return None
+        raise PipelineError(f"cannot fetch {url}: HTTP {exc.code} {exc.reason}; check dataset.root") from exc
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise PipelineError(f"cannot fetch {url}: {exc}; check dataset.root and the network") from exc
+
+
+# -- a webdataset root, fetched ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LocalCopy:
+    """Where a remote webdataset root's files are on disk, and what identifies its content."""
+
+    folder: Path
+    identity: dict
+
+
+def fetch_webdataset(root: str, split: str, hub_cache: str | None, http_cache: Path, shards: bool) -> LocalCopy:
+    """Metadata (and with `shards`, every shard of `split`) of a remote root in a local folder of the same layout:
+    a Hub root in the Hub's cache (`hub_cache`, or its default), any other URL under `http_cache`."""
+    address = parse_hub_address(root)
+    if address is not None:
+        first = hub_download(address, f"{split}/nshards.txt", hub_cache)
+        folder, commit = snapshot_of(first, address)
+
+        def fetch(name: str, required: bool = True) -> Path | None:
+            # Pinned to the commit nshards.txt came from, so every file is of one version of the dataset.
+            return hub_download(address, name, hub_cache, commit, required)
+
+        identity = {"root": root, "commit": commit}
+    else:
+        folder = http_cache_folder(root, http_cache)
+
+        def fetch(name: str, required: bool = True) -> Path | None:
+            return http_download(root, name, folder / name, required)
+
+        fetch(f"{split}/nshards.txt")
+        identity = {"root": root}
+    for name in OPTIONAL_METADATA:
+        fetch(name, required=False)
+    if shards:
+        for index in range(read_nshards(folder / split / "nshards.txt", root)):
+            fetch(f"{split}/{index}.tar")
+    return LocalCopy(folder, identity)
+
+
+def read_nshards(path: Path, root: str) -> int:
+    text = path.read_text().strip()
+    if not text.isdigit():
+        raise PipelineError(f"{root}: {path.parent.name}/nshards.txt should hold a number of shards, not {text[:40]!r}")
+    return int(text)
