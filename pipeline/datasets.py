@@ -100,8 +100,8 @@ def fetched(spec: DatasetSpec, shards: bool) -> tuple[DatasetSpec, dict]:
 
 
 # -- checks and fingerprints -----------------------------------------------------------------------------
-def check_local_layout(spec: DatasetSpec) -> None:
-    """Fail early, naming the path, when a local dataset is missing or incomplete."""
+def check_local_layout(spec: DatasetSpec, shards: bool = True) -> None:
+    """Fail early, naming the path, when a local dataset is missing or incomplete (its shards too, with `shards`)."""
     if spec.is_remote or spec.format == "tfds":
         return
     root = Path(spec.root)
@@ -122,6 +122,8 @@ def check_local_layout(spec: DatasetSpec) -> None:
     nshards = root / spec.split / "nshards.txt"
     if not nshards.is_file():
         raise PipelineError(f"{nshards} is missing: {root} has no split {spec.split!r} in webdataset layout")
+    if not shards:
+        return
     missing = [str(path) for path in wds.shard_paths(root, spec.split) if not path.is_file()]
     if missing:
         raise PipelineError(f"dataset {spec.name}: shards missing: {', '.join(missing)}")
@@ -151,11 +153,12 @@ def fingerprint(spec: DatasetSpec, remote_identity: dict | None = None) -> dict[
 
 
 # -- clip_benchmark's builder: metadata of local webdatasets, and TFDS ----------------------------------------
-def build(spec: DatasetSpec, transform: Callable | None = None):
-    """clip_benchmark's dataset for a local `spec`, with `.classes` and `.templates` from its metadata files."""
+def build(spec: DatasetSpec, transform: Callable | None = None, shards: bool = True):
+    """clip_benchmark's dataset for a local `spec`, with `.classes` and `.templates` from its metadata files
+    (`shards=False`: for those alone, before a remote root's shards are fetched)."""
     from clip_benchmark.datasets.builder import build_dataset
 
-    check_local_layout(spec)
+    check_local_layout(spec, shards)
     if spec.is_remote:
         raise PipelineError(f"internal: clip_benchmark's builder is only given local roots, not {spec.root}")
     try:
@@ -191,13 +194,13 @@ def describe(spec: DatasetSpec) -> DatasetInfo:
     """Class names and shipped templates (classification), with the content fingerprint for cache keys.
     A remote webdataset's metadata is fetched here; its shards only when images are read."""
     local, remote_identity = fetched(spec, shards=False)
-    check_local_layout(local)
+    check_local_layout(local, shards=not remote_identity)
     content = fingerprint(local, remote_identity)
     if spec.task != "zeroshot_classification":
         return DatasetInfo(spec, [], [], content)
     if spec.format == "folder":
         return DatasetInfo(spec, _folder_classnames(spec), _folder_templates(spec), content)
-    dataset = build(local)
+    dataset = build(local, shards=not remote_identity)
     classnames = non_blank(dataset.classes or [])
     if not classnames:
         raise PipelineError(f"dataset {spec.name} at {spec.root} has no classnames.txt")

@@ -5,6 +5,7 @@ cache. Whatever is fetched lands in a local folder with the dataset's own layout
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import re
@@ -135,9 +136,13 @@ def http_cache_folder(root: str, cache_dir: Path) -> Path:
 
 
 def http_download(root: str, name: str, target: Path, required: bool = True) -> Path | None:
-    """`<root>/<name>` into `target` (atomically), unless already there; None when an optional file is absent."""
+    """`<root>/<name>` into `target` (atomically), unless already there; None when an optional file is absent
+    (remembered beside it, so that a cached root is read again without the network)."""
+    absent = target.with_name(f".absent.{target.name}")
     if target.is_file():
         return target
+    if absent.is_file() and not required:
+        return None
     url = f"{root.rstrip('/')}/{urllib.parse.quote(name)}"
     try:
         with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:
@@ -148,9 +153,11 @@ def http_download(root: str, name: str, target: Path, required: bool = True) -> 
         return target
     except urllib.error.HTTPError as exc:
         if exc.code == 404 and not required:
+            absent.parent.mkdir(parents=True, exist_ok=True)
+            absent.touch()
             return None
         raise PipelineError(f"cannot fetch {url}: HTTP {exc.code} {exc.reason}; check dataset.root") from exc
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         raise PipelineError(f"cannot fetch {url}: {exc}; check dataset.root and the network") from exc
 
 

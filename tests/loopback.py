@@ -125,3 +125,88 @@ class FlakyProxy:
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class FakeHub:
+    """A loopback stand-in for the Hugging Face Hub's file endpoint, serving the folders in `repos` (repo id ->
+    folder) at `/datasets/<repo>/resolve/<revision>/<path>` with the headers huggingface_hub reads (X-Repo-Commit,
+    ETag), and the same files without Hub headers at `/plain/<repo>/<path>`. `gated=True` answers 401 GatedRepo."""
+
+    COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+    def __init__(self, repos: dict[str, Path], gated: bool = False) -> None:
+        self.repos, self.gated = repos, gated
+        self.requests: list[str] = []
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def _locate(self, path: str) -> tuple[Path | None, bool]:
+        """(the file, whether the address is a Hub one)."""
+        import re
+        import urllib.parse
+
+        path = urllib.parse.unquote(path.split("?")[0])
+        hub = re.match(r"^/datasets/([^/]+/[^/]+)/resolve/[^/]+/(.+)$", path)
+        plain = re.match(r"^/plain/([^/]+/[^/]+)/(.+)$", path)
+        match = hub or plain
+        if not match or match.group(1) not in self.repos:
+            return None, bool(hub)
+        file = self.repos[match.group(1)] / match.group(2)
+        return (file if file.is_file() else None), bool(hub)
+
+    def _handler(self):
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _answer(self, body: bool) -> None:
+                import hashlib
+
+                hub.requests.append(f"{self.command} {self.path}")
+                file, is_hub = hub._locate(self.path)
+                if is_hub and hub.gated:
+                    self.send_response(401)
+                    self.send_header("X-Error-Code", "GatedRepo")
+                    self.send_header("X-Error-Message", "Access to this dataset is restricted.")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if file is None:
+                    self.send_response(404)
+                    if is_hub:
+                        self.send_header("X-Error-Code", "EntryNotFound")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                payload = file.read_bytes()
+                self.send_response(200)
+                if is_hub:
+                    self.send_header("X-Repo-Commit", FakeHub.COMMIT)
+                    self.send_header("ETag", f'"{hashlib.sha256(payload).hexdigest()}"')
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(payload)
+
+            def do_HEAD(self) -> None:
+                self._answer(body=False)
+
+            def do_GET(self) -> None:
+                self._answer(body=True)
+
+        return Handler
+
+    def __enter__(self) -> "FakeHub":
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -73,34 +73,12 @@ def _write_parquet(root: Path, columns: dict, features) -> Path:
 
 def write_hf_retrieval(root: Path, per_class: int = 2, seed: int = 0) -> Path:
     """An nlphuji retrieval dataset as a parquet repository: columns `image` and `caption` (a list)."""
-    import datasets as hf
-
-    samples = _samples(per_class, seed)
-    features = hf.Features({"image": hf.Image(), "caption": hf.Sequence(hf.Value("string"))})
-    return _write_parquet(root, {"image": [s.image for s in samples],
-                                 "caption": [captions_for(s.label, i) for i, s in enumerate(samples)]}, features)
+    return _write_parquet(root, *retrieval_rows(per_class, seed))
 
 
 def write_hf_winogavil(root: Path, games: int = 12, seed: int = 0) -> Path:
     """nlphuji/winogavil's columns: `cue`, `candidates`, `associations`, `candidate_images`; 5/6/10/12 candidates."""
-    import datasets as hf
-
-    rng = random.Random(seed)
-    rows = {"cue": [], "candidates": [], "associations": [], "candidate_images": []}
-    for game in range(games):
-        size = (5, 6, 10, 12)[game % 4]
-        labels = rng.sample(range(len(CLASSES)), size)
-        cue_label = labels[0]
-        colour = CLASSES[cue_label].split()[0]
-        associated = [label for label in labels if CLASSES[label].startswith(colour)]
-        rows["cue"].append(colour)
-        rows["candidates"].append([CLASSES[label] for label in labels])
-        rows["associations"].append([CLASSES[label] for label in associated])
-        rows["candidate_images"].append([shapes.draw_shape(label, rng) for label in labels])
-    features = hf.Features({"cue": hf.Value("string"), "candidates": hf.Sequence(hf.Value("string")),
-                            "associations": hf.Sequence(hf.Value("string")),
-                            "candidate_images": hf.Sequence(hf.Image())})
-    return _write_parquet(root, rows, features)
+    return _write_parquet(root, *winogavil_rows(games, seed))
 
 
 def write_image_folder(root: Path, per_class: int = 3, seed: int = 0) -> Path:
@@ -125,3 +103,61 @@ def write_mirror(data_root: Path, datasets: list[dict]) -> Path:
             groups = len(spec.get("region_names") or ()) or 3
             write_wds_classification(root, seed=seed, metadata_fields=fields, groups=groups)
     return data_root
+
+
+def write_datacomp_hf_cache(data_dir: Path, repo_id: str, rows: dict, features) -> Path:
+    """What DataComp's download_evalsets.py leaves: `load_dataset(repo_id, cache_dir=<data_dir>/hf_cache)` with
+    datasets 2.8 writes `<org>___<name>/default/0.0.0/<hash>/<name>-test.arrow`, whose images are absolute paths
+    into `hf_cache/downloads/extracted/` on the machine that downloaded them."""
+    import datasets as hf
+    from datasets.arrow_writer import ArrowWriter
+
+    hf_cache = data_dir / "hf_cache"
+    extracted = hf_cache / "downloads" / "extracted" / "0f3a9c"
+    extracted.mkdir(parents=True, exist_ok=True)
+    counter = iter(range(1 << 30))
+
+    def as_path(value):
+        if isinstance(value, Image.Image):
+            path = extracted / f"{next(counter):06d}.png"
+            value.save(path)
+            return str(path)
+        return [as_path(v) for v in value] if isinstance(value, list) else value
+
+    stored = {name: [as_path(v) for v in values] for name, values in rows.items()}
+    org, name = repo_id.split("/")
+    folder = hf_cache / f"{org}___{name}" / "default" / "0.0.0" / "5b1a2e"
+    folder.mkdir(parents=True, exist_ok=True)
+    dataset = hf.Dataset.from_dict(stored, features=features)  # Image() keeps {"path", "bytes": None} for files
+    with ArrowWriter(path=str(folder / f"{name}-test.arrow"), features=features) as writer:
+        writer.write_table(dataset.with_format("arrow")[:])
+        writer.finalize()
+    return hf_cache
+
+
+def retrieval_rows(per_class: int = 2, seed: int = 0):
+    import datasets as hf
+
+    samples = _samples(per_class, seed)
+    features = hf.Features({"image": hf.Image(), "caption": hf.Sequence(hf.Value("string"))})
+    return {"image": [s.image for s in samples],
+            "caption": [captions_for(s.label, i) for i, s in enumerate(samples)]}, features
+
+
+def winogavil_rows(games: int = 12, seed: int = 0):
+    import datasets as hf
+
+    rng = random.Random(seed)
+    rows = {"cue": [], "candidates": [], "associations": [], "candidate_images": []}
+    for game in range(games):
+        size = (5, 6, 10, 12)[game % 4]
+        labels = rng.sample(range(len(CLASSES)), size)
+        colour = CLASSES[labels[0]].split()[0]
+        rows["cue"].append(colour)
+        rows["candidates"].append([CLASSES[label] for label in labels])
+        rows["associations"].append([CLASSES[label] for label in labels if CLASSES[label].startswith(colour)])
+        rows["candidate_images"].append([shapes.draw_shape(label, rng) for label in labels])
+    features = hf.Features({"cue": hf.Value("string"), "candidates": hf.Sequence(hf.Value("string")),
+                            "associations": hf.Sequence(hf.Value("string")),
+                            "candidate_images": hf.Sequence(hf.Image())})
+    return rows, features

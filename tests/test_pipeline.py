@@ -145,16 +145,26 @@ def test_failed_stage_is_not_served_on_the_next_run(tmp_path, shapes_root, tiny_
 
     failed = run_pipeline(tmp_path, *overrides)
     assert failed.returncode != 0
-    assert "corrupt or truncated" in failed.stderr + failed.stdout
+    last_line = failed.stderr.strip().splitlines()[-1]
+    assert "corrupt or truncated" in last_line and "shard 1.tar" in last_line and "sample s00" in last_line
+    assert "Traceback" not in failed.stderr + failed.stdout  # it is in the job's log file instead
+    assert "Traceback" in next((tmp_path / "outputs" / "multirun").rglob("*.log")).read_text()
     [failed_run] = runs(tmp_path, "FAILED")
     assert failed_run.data.tags["modality"] == "image"
     assert runs(tmp_path) == []
+
+    skipping = run_pipeline(tmp_path, *overrides, "dataset.skip_corrupt=true")
+    assert_ok(skipping)
+    [skipped_run] = [r for r in runs(tmp_path) if r.data.tags.get("modality") == "image"]
+    assert skipped_run.data.metrics["skipped_samples"] == 1.0 and "skipped 1 undecodable" in skipping.stdout
+    assert skipped_run.data.tags["cache_key"] != failed_run.data.tags["cache_key"]  # never served to a non-skipping run
 
     shard.write_bytes(original)
     fixed = run_pipeline(tmp_path, *overrides)
     assert_ok(fixed)
     assert "[embed] cache miss key=" + failed_run.data.tags["cache_key"] in fixed.stderr + fixed.stdout
-    [image_run] = [r for r in runs(tmp_path) if r.data.tags.get("modality") == "image"]
+    [image_run] = [r for r in runs(tmp_path) if r.data.tags.get("modality") == "image"
+                   and r.info.run_id != skipped_run.info.run_id]
     assert image_run.data.tags["cache_key"] == failed_run.data.tags["cache_key"]
 
 
@@ -182,9 +192,13 @@ def test_suite_of_stand_ins_for_every_task_type_gives_the_openclip38_table(tmp_p
     (["model=nope"], "Could not find 'model/nope'"),
     (["dataset.root=/no/such/shapes"], "dataset root /no/such/shapes does not exist"),
     (["prompts=a_photo_of", "prompts.templates=[a photo]"], "template 'a photo' has no {c} placeholder"),
+    (["dataset.root='pipe:touch MARKER'"], "dataset.root='pipe:touch MARKER' is not usable"),
+    (['''dataset.root="http://127.0.0.1:9/a';touch MARKER;echo '"'''], "cannot fetch http://127.0.0.1:9/a';touch"),
 ])
 def test_bad_input_fails_clearly_and_leaves_no_finished_run(tmp_path, assets, overrides, message):
     proc = run_pipeline(tmp_path, "-m", *assets, *overrides)
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "MARKER").exists()
     assert runs(tmp_path) == []

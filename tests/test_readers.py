@@ -1,0 +1,110 @@
+"""Readers: undecodable samples named by shard and key (or skipped on request), and nlphuji's datasets from three
+mirror layouts giving the same scores."""
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import PipelineError, datasets
+from pipeline.embed import encode_classification_images
+from pipeline.job import run_job
+from pipeline.models import ModelLoader, ModelSpec
+from pipeline.readers import wds
+from tests import synthetic
+from tests.conftest import compose_config
+
+
+def corrupt_one_image(shard: Path) -> str:
+    """Zero the bytes of the shard's third image, in place; returns its sample key."""
+    with tarfile.open(shard) as tar:
+        member = [m for m in tar.getmembers() if m.name.endswith(".png")][2]
+    with open(shard, "r+b") as handle:
+        handle.seek(member.offset_data)
+        handle.write(b"\0" * member.size)
+    return member.name.removesuffix(".png")
+
+
+@pytest.fixture
+def damaged(tmp_path) -> tuple[Path, str]:
+    root = synthetic.write_wds_classification(tmp_path / "damaged", per_class=2)
+    return root, corrupt_one_image(root / "test" / "0.tar")
+
+
+def test_reader_names_the_shard_and_key_of_an_undecodable_sample(damaged):
+    root, key = damaged
+    batches = list(wds.batches(wds.shard_paths(root, "test"), ("cls",), lambda image: torch.zeros(1), 8, 0))
+    [unreadable] = [u for batch in batches for u in batch.unreadable]
+    assert (unreadable.shard, unreadable.key) == ("0.tar", key)
+    assert sum(len(batch.fields["cls"]) for batch in batches) == 23  # every other sample is read
+
+
+def spec(root: Path, skip: bool = False) -> datasets.DatasetSpec:
+    return datasets.DatasetSpec("damaged", "zeroshot_classification", str(root), "test", "acc1", skip_corrupt=skip)
+
+
+@pytest.fixture(scope="module")
+def loader(tiny_checkpoint):
+    return ModelLoader(ModelSpec("tiny", "tiny-clip", str(tiny_checkpoint)), torch.device("cpu"))
+
+
+def test_undecodable_sample_stops_the_embed_with_one_line_or_is_skipped_on_request(damaged, loader):
+    root, key = damaged
+    with pytest.raises(PipelineError) as failure:
+        encode_classification_images(loader, spec(root), "fp32", 8, 0)
+    message = str(failure.value)
+    assert f"sample {key} in shard 0.tar" in message and "corrupt or truncated" in message and "\n" not in message
+    assert "skip_corrupt=true" in message
+    skipped = encode_classification_images(loader, spec(root, skip=True), "fp32", 8, 0)
+    assert skipped.metrics == {"skipped_samples": 1.0}
+    assert skipped.arrays["skipped_samples"].tolist() == [f"0.tar:{key}"]
+    assert len(skipped.arrays["labels"]) == len(skipped.arrays["image_features"]) == 23
+
+
+def test_a_model_failure_is_reported_as_a_model_error(loader, shapes_root, monkeypatch):
+    def broken(images, normalize=False):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(loader.get().model, "encode_image", broken)
+    with pytest.raises(PipelineError) as failure:
+        encode_classification_images(loader, spec(shapes_root), "fp32", 8, 0)
+    message = str(failure.value)
+    assert "model error, not a data problem" in message and "cannot be multiplied" in message
+    assert "corrupt" not in message
+
+
+# -- nlphuji's datasets: three mirror layouts --------------------------------------------------------------
+RETRIEVAL = ("retrieval/flickr_1k_test_image_text_retrieval", "nlphuji/flickr_1k_test_image_text_retrieval",
+             synthetic.retrieval_rows)
+WINOGAVIL = ("misc/winogavil", "nlphuji/winogavil", lambda: synthetic.winogavil_rows(games=8))
+
+
+def write_mirrors(folder: Path, repo_id: str, rows_of) -> dict[str, Path]:
+    """The same rows as a save_to_disk folder, a parquet folder and DataComp's hf_cache, each a data_root; the
+    whole folder is then moved, so absolute paths written inside it point nowhere."""
+    import datasets as hf
+
+    rows, features = rows_of()
+    name = repo_id.split("/")[1]
+    written = folder / "written"
+    hf.Dataset.from_dict(rows, features=features).save_to_disk(str(written / "save_to_disk" / name))
+    synthetic._write_parquet(written / "parquet" / name, rows, features)
+    synthetic.write_datacomp_hf_cache(written / "hf_cache_dir", repo_id, rows, features)
+    shutil.move(written, folder / "moved")
+    return {layout: folder / "moved" / layout for layout in ("save_to_disk", "parquet", "hf_cache_dir")}
+
+
+@pytest.mark.parametrize("dataset, repo_id, rows_of", [RETRIEVAL, WINOGAVIL], ids=["retrieval", "winogavil"])
+def test_every_mirror_layout_gives_the_same_scores(tmp_path, tiny_checkpoint, dataset, repo_id, rows_of):
+    mirrors = write_mirrors(tmp_path, repo_id, rows_of)
+    scores = {}
+    for layout, data_root in mirrors.items():
+        cfg = compose_config(f"dataset={dataset}", f"data_root={data_root}", f"model.pretrained={tiny_checkpoint}",
+                             f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "num_workers=0",
+                             f"tracking.artifact_location={tmp_path}/artifacts")
+        scores[layout] = run_job(cfg).metrics
+    assert not (mirrors["hf_cache_dir"] / repo_id.split("/")[1]).exists()  # read from hf_cache beside it
+    assert scores["parquet"] == scores["save_to_disk"] == scores["hf_cache_dir"]
+    assert np.isfinite(list(scores["parquet"].values())).all()

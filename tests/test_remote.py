@@ -1,0 +1,114 @@
+"""Remote roots without a shell: hostile roots run nothing, a loopback Hub and a plain HTTP server serve real
+webdatasets (fetched once, then read with the server stopped), and a gated dataset says what to do.
+
+Every test here puts a fake `curl` first on PATH that would leave a marker file: it must never run."""
+import os
+import stat
+
+import pytest
+
+from pipeline import PipelineError, datasets
+from pipeline.job import run_job
+from tests import synthetic
+from tests.conftest import compose_config
+from tests.loopback import FakeHub, free_port
+
+
+@pytest.fixture(autouse=True)
+def fake_curl(tmp_path, monkeypatch):
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    marker = tmp_path / "CURL_RAN"
+    curl = folder / "curl"
+    curl.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    curl.chmod(curl.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.chdir(tmp_path)  # a relative `touch MARKER` would land here
+    yield marker
+    assert not marker.exists(), "curl ran"
+    assert not (tmp_path / "MARKER").exists(), "a shell ran"
+
+
+def spec(root: str, fmt: str = "wds", **extra) -> datasets.DatasetSpec:
+    return datasets.DatasetSpec.from_cfg({"name": "shapes", "task": "zeroshot_classification", "root": root,
+                                          "split": "test", "main_metric": "acc1", "format": fmt}, **extra)
+
+
+@pytest.mark.parametrize("root", [
+    "http://127.0.0.1:{port}/a';touch MARKER;echo '",
+    "https://127.0.0.1:{port}/x$(touch MARKER)",
+    "/data/$(touch MARKER)",
+    "/data/`touch MARKER`",
+    "shapes; touch MARKER",
+    "pipe:touch MARKER",
+    "file:///etc;touch MARKER",
+])
+def test_hostile_roots_run_nothing_and_fail_in_one_line(root, tmp_path):
+    root = root.format(port=free_port())
+    with pytest.raises(PipelineError) as failure:
+        datasets.describe(spec(root, data_cache=str(tmp_path / "cache")))
+    message = str(failure.value)
+    assert "\n" not in message and ("dataset.root" in message or "dataset root" in message or "cannot fetch" in message)
+
+
+def test_only_hf_datasets_take_a_hub_id():
+    assert spec("nlphuji/winogavil", fmt="hf").root_kind == "hub_id"
+    assert spec("nlphuji/winogavil").root_kind == "local"  # a webdataset root without a scheme is a folder
+    with pytest.raises(PipelineError, match="dataset.root='pipe:cat x'"):
+        spec("pipe:cat x", fmt="hf")
+
+
+def job(tmp_path, tiny_checkpoint, root: str, *overrides: str):
+    cfg = compose_config("dataset=wds", "dataset.name=shapes_remote", f"dataset.root={root}",
+                         f"model.pretrained={tiny_checkpoint}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                         f"tracking.artifact_location={tmp_path}/artifacts", "num_workers=0",
+                         f"data_cache={tmp_path}/data_cache", *overrides)
+    return run_job(cfg)
+
+
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    folder = synthetic.write_wds_classification(tmp_path / "served", per_class=2)
+    hub = FakeHub({"org/shapes": folder})
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    return hub
+
+
+def test_hub_root_is_fetched_once_then_read_with_the_server_stopped(tmp_path, tiny_checkpoint, served):
+    root = f"{served.url}/datasets/org/shapes/tree/main"
+    with served:
+        online = job(tmp_path, tiny_checkpoint, root)
+        assert any("/resolve/" in r and r.endswith("/test/0.tar") for r in served.requests)
+    offline = job(tmp_path, tiny_checkpoint, root, "cache.enabled=false")  # every shard is read again
+    assert offline.value == online.value and online.value > 0.5
+    snapshot = next((tmp_path / "data_cache" / "hub").glob("datasets--org--shapes/snapshots/*/test/0.tar"))
+    assert snapshot.parent.parent.name == FakeHub.COMMIT
+    fingerprint = datasets.describe(spec(root, data_cache=str(tmp_path / "data_cache"))).fingerprint
+    assert fingerprint["commit"] == FakeHub.COMMIT and fingerprint["root"] == root
+
+
+def test_plain_http_root_uses_a_plain_client_and_its_own_cache(tmp_path, tiny_checkpoint, served):
+    root = f"{served.url.replace('127.0.0.1', 'localhost')}/plain/org/shapes"  # not HF_ENDPOINT's host: plain HTTP
+    with served:
+        online = job(tmp_path, tiny_checkpoint, root)
+    assert [p.name for p in (tmp_path / "data_cache" / "http").glob("*/test/*.tar")] == ["0.tar"]
+    assert job(tmp_path, tiny_checkpoint, root, "cache.enabled=false").value == online.value
+
+
+def test_gated_dataset_without_a_token_says_what_to_do(tmp_path, monkeypatch):
+    folder = synthetic.write_wds_classification(tmp_path / "served", per_class=1)
+    with FakeHub({"org/gated": folder}, gated=True) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        with pytest.raises(PipelineError, match=r"dataset org/gated is gated: accept its conditions at .* HF_TOKEN"):
+            datasets.describe(spec(f"{hub.url}/datasets/org/gated/tree/main", data_cache=str(tmp_path / "cache")))
+
+
+def test_a_missing_remote_file_is_named(tmp_path, served):
+    with served:
+        with pytest.raises(PipelineError, match="test/nshards.txt is missing from dataset org/none|not found"):
+            datasets.describe(spec(f"{served.url}/datasets/org/none/tree/main", data_cache=str(tmp_path / "c")))
+        plain = f"{served.url.replace('127.0.0.1', 'localhost')}/plain/org/shapes"
+        with pytest.raises(PipelineError, match=r"cannot fetch .*/plain/org/shapes/validation/nshards.txt: HTTP 404"):
+            datasets.describe(datasets.DatasetSpec.from_cfg(
+                {"name": "shapes", "task": "zeroshot_classification", "root": plain,
+                 "split": "validation", "main_metric": "acc1"}, str(tmp_path / "c")))
