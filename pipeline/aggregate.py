@@ -137,6 +137,15 @@ class AggregateCallback(Callback):
         print(f"\n{markdown}\nTables written to {sweep_dir}", flush=True)
 
 
+def select(records: list[ScoreRecord], prompts: str | None, protocol: str | None) -> list[ScoreRecord]:
+    """One prompt set's results (with the prompt-free tasks' and result files'), one protocol's (and result files')."""
+    if prompts:
+        records = [r for r in records if r.prompts in (prompts, tables.ANY_PROMPTS, results.EXTERNAL_PROMPTS)]
+    if protocol:
+        records = [r for r in records if r.protocol == protocol or r.is_external]
+    return records
+
+
 @hydra.main(config_path="../conf", config_name="aggregate", version_base="1.3")
 @reported
 def main(cfg: DictConfig) -> None:
@@ -147,11 +156,8 @@ def main(cfg: DictConfig) -> None:
     else:
         records = results.latest_in_store(store)
         source = store.uri
-    if cfg.get("prompts"):
-        keep = (cfg.prompts.name, tables.ANY_PROMPTS, results.EXTERNAL_PROMPTS)
-        records = [r for r in records if r.prompts in keep]
-    if cfg.get("protocol"):
-        records = [r for r in records if r.protocol == cfg.protocol.name or r.is_external]
+    records = select(records, cfg.prompts.name if cfg.get("prompts") else None,
+                     cfg.protocol.name if cfg.get("protocol") else None)
     if not records:
         raise PipelineError(f"no finished job runs found in {source}; run `python -m pipeline` first")
     output = Path(cfg.output).resolve() if cfg.output else None

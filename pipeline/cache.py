@@ -141,9 +141,8 @@ class StageCache:
             try:
                 return StageResult(self._load(run), run.info.run_id, hit=True)
             except ArtifactUnavailable as exc:
-                log.warning("[%s] cached run %s could not be read (%s); recomputing, the run stays servable",
+                log.warning("[%s] cached run %s could not be read now (%s); it stays servable",
                             request.stage, run.info.run_id, exc)
-                return None
             except CorruptArtifact as exc:
                 log.warning("[%s] cached run %s is corrupt (%s); it will not be served again, recomputing",
                             request.stage, run.info.run_id, exc)

@@ -50,8 +50,17 @@ def headline_metric(metric_name: str, main_metric: str) -> str:
     return main_metric if metric_name == "main" else metric_name
 
 
-def protocol_name(cfg: DictConfig) -> str:
-    return str(cfg.protocol.name)
+def protocol_label(cfg: DictConfig, model_precision: str) -> str:
+    """The protocol a result was computed under: `model.precision=fp32` computes everything in fp32, whatever
+    protocol was named, so its results are `fp32`'s and never pass for DataComp's."""
+    return "fp32" if model_precision == "fp32" else str(cfg.protocol.name)
+
+
+def prompt_label(prompts_cfg: DictConfig) -> str:
+    """A prompt set's name; template files are told apart by their file name."""
+    if prompts_cfg.get("source") == "file":
+        return f"file:{Path(str(prompts_cfg.path)).stem}"
+    return str(prompts_cfg.name)
 
 
 def log_job_run(store: TrackingStore, labels: Mapping[str, str], stage_runs: Mapping[str, str],
@@ -88,7 +97,7 @@ def run_job(cfg: DictConfig, output_dir: Path | None = None) -> JobResult:
     store = tracking.connect_cfg(cfg.tracking)
     cache = StageCache(store, enabled=cfg.cache.enabled, force=cfg.cache.force)
     # Prompt sets only shape classifiers; retrieval and WinoGAViL embed the dataset's own texts.
-    prompt_tag = cfg.prompts.name if class_prompts is not None else "*"
+    prompt_tag = prompt_label(cfg.prompts) if class_prompts is not None else "*"
     tags = {"model": loader.spec.arch, "pretrained": loader.spec.pretrained_label, "model_name": loader.spec.name,
             "dataset": spec.name, "source": spec.source, "prompts": prompt_tag, "task": spec.task}
     if spec.column:
@@ -107,7 +116,7 @@ def run_job(cfg: DictConfig, output_dir: Path | None = None) -> JobResult:
     predicted = classify.classify(cache, spec.task, images, text, recipe, device, tags=tags, params=params)
     scores = score.score(cache, spec, images, predicted, tags=tags, params=params)
 
-    labels = {**tags, "protocol": protocol_name(cfg), "main_metric": spec.main_metric, "metric": metric,
+    labels = {**tags, "protocol": protocol_label(cfg, model_spec.precision), "main_metric": spec.main_metric, "metric": metric,
               **{f"precision.{tower}": getattr(recipe, tower) for tower in precision.TOWERS},
               **{f"lib.{name}": version for name, version in versions.items()}}
     stage_runs = {"embed_image": images.run_id, "text": text.run_id, "classify": predicted.run_id,

@@ -10,7 +10,7 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
-from pipeline import catalog
+from pipeline import PipelineError, catalog
 from pipeline.results import ScoreRecord
 
 log = logging.getLogger(__name__)
@@ -169,11 +169,18 @@ def blog(records: Iterable[ScoreRecord], metric: str, mean_row: bool = False) ->
     """Tables 1-4 of the blog: `metric` (acc1, mean_per_class_recall, acc1_adjusted) for each classification
     dataset (rows, sorted by key) and model (columns "arch pretrained" with published names, sorted), as the
     blog prints them; the column mean as a last row only when asked for."""
-    rows = [{"dataset": r.dataset, "model": f"{row_name(r)} {r.pretrained}".strip(), "value": r.value(metric)}
-            for r in records if r.task == "zeroshot_classification"]
+    rows = [{"dataset": r.dataset, "model": f"{row_name(r)} {r.pretrained}".strip(), "value": r.value(metric),
+             "variant": (r.source, r.protocol, r.prompts)} for r in records if r.task == "zeroshot_classification"]
     if not rows:
         return pd.DataFrame(columns=["dataset"])
     long = pd.DataFrame(rows)
+    variants = long.groupby(["dataset", "model"])["variant"].nunique()
+    if (variants > 1).any():
+        (dataset, model) = variants[variants > 1].index[0]
+        found = sorted(map(str, set(long.loc[(long["dataset"] == dataset) & (long["model"] == model), "variant"])))
+        raise PipelineError(f"the blog layout has one cell per dataset and model, but {model} on {dataset} has "
+                            f"results for several (source, protocol, prompts): {', '.join(found)}; keep one with "
+                            f"protocol=NAME and prompts=NAME")
     table = long.pivot_table(index="dataset", columns="model", values="value", aggfunc="first", dropna=False)
     table = table.reindex(index=sorted(set(long["dataset"])), columns=sorted(set(long["model"])))
     if mean_row:

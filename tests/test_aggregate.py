@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from pipeline import PipelineError, catalog, results, tables
-from pipeline.aggregate import log_aggregate_run, write_layout
+from pipeline.aggregate import log_aggregate_run, select, write_layout
 from pipeline.results import ScoreRecord
 from tests.conftest import REPO, run_pipeline
 
@@ -146,6 +146,7 @@ def test_params_and_flops_never_abort_the_table(monkeypatch):
     """A Hugging Face text tower cannot be built offline: params (M) and FLOPs (B) come from open_clip's published
     figures; a model in neither place gets empty cells."""
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # read once at import: the env var is late
+    tables.parameter_count_m.cache_clear()
     assert math.isnan(tables.parameter_count_m("xlm-roberta-base-ViT-B-32"))  # it cannot be built here
     rows = tables.openclip38(datacomp38_records("xlm-roberta-base-ViT-B-32", 0.5, pretrained="laion5b_s13b_b90k")
                              + datacomp38_records("no-such-arch", 0.5)).set_index("name")
@@ -154,6 +155,25 @@ def test_params_and_flops_never_abort_the_table(monkeypatch):
     assert (rows.loc["no-such-arch", "params (M)"], rows.loc["no-such-arch", "FLOPs (B)"]) == ("", "")
     # where the model builds, params are counted (and equal the published figure); FLOPs are the published one
     assert tables.model_figures("ViT-B-32", "ViT-B-32") == ("151.28", "14.78")
+
+
+def test_blog_layout_refuses_to_merge_copies_protocols_or_prompt_sets():
+    records = [record("ViT-B-32", "cars", acc1=0.9, source="datacomp", protocol="datacomp"),
+               record("ViT-B-32", "cars", acc1=0.8, source="clip_benchmark", protocol="clip_benchmark")]
+    with pytest.raises(PipelineError, match="ViT-B-32 tag on cars has results for several .* protocol=NAME"):
+        tables.blog(records, "acc1")
+    [kept] = select(records, None, "clip_benchmark")
+    assert tables.blog([kept], "acc1").loc[0, "ViT-B-32 tag"] == pytest.approx(0.8)
+
+
+def test_select_keeps_one_prompt_set_and_one_protocol():
+    records = [record("A", "d1", prompts="x", protocol="datacomp"), record("A", "d1", prompts="y", protocol="datacomp"),
+               record("A", "d2", prompts=tables.ANY_PROMPTS, protocol="datacomp"),
+               record("A", "d1", prompts="x", protocol="fp32"),
+               ScoreRecord("B", "t", "d1", results.EXTERNAL_PROMPTS, "acc1", {"acc1": 0.1})]
+    assert [(r.prompts, r.protocol) for r in select(records, "x", "datacomp")] == \
+        [("x", "datacomp"), (tables.ANY_PROMPTS, "datacomp"), (results.EXTERNAL_PROMPTS, "")]
+    assert len(select(records, None, None)) == 5 and len(select(records, None, "fp32")) == 2
 
 
 # -- results produced elsewhere ------------------------------------------------------------------------

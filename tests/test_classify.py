@@ -25,9 +25,9 @@ def test_logits_ignore_image_feature_scale():
                                zero_shot_logits({"image_features": features * 37}, classifier), rtol=1e-5)
 
 
-def test_bf16_logits_are_the_ones_clip_benchmark_computes_under_cpu_autocast():
-    """clip_benchmark's run_classification: `with torch.autocast("cpu"): 100. * F.normalize(encode_image(x)) @ W`,
-    with bf16 features and a bf16 classifier; stored as float32 with their dtype, they give the same bits back."""
+def test_bf16_features_round_trip_through_storage_to_the_same_logits():
+    """Features and classifier produced in bfloat16, stored as float32 with their dtype, give back the bits that
+    `with torch.autocast("cpu"): 100. * F.normalize(features) @ classifier` gives on the originals."""
     torch.manual_seed(0)
     features = torch.randn(9, 32).bfloat16()
     classifier = F.normalize(torch.randn(32, 5), dim=0).bfloat16()

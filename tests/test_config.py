@@ -108,3 +108,11 @@ def test_tfds_configs_use_the_split_the_blog_used():
         dataset = compose_config(f"dataset={key}").dataset
         available = dict(part.split("=") for part in splits.loc[name, "splits"].split(";"))
         assert dataset.split == splits.loc[name, "blog_split"] and dataset.split in available, key
+
+
+def test_the_blogs_suites_select_clip_benchmarks_protocol():
+    assert compose_config().protocol.name == "datacomp"
+    assert compose_config("suite=datacomp38").protocol.name == "datacomp"
+    for suite in ("vtab_plus", "tfds17"):
+        assert compose_config(f"suite={suite}").protocol.name == "clip_benchmark"
+        assert compose_config(f"suite={suite}", "protocol=fp32").protocol.name == "fp32"  # the command line wins

@@ -87,3 +87,15 @@ def test_openai_weights_need_the_quickgelu_architecture(tmp_path, small_shapes):
     with pytest.raises(PipelineError, match="use model.arch=ViT-B-32-quickgelu"):
         run_job(cfg)
     assert not (tmp_path / "mlflow.db").exists()  # refused before any run was created
+
+
+def test_forced_fp32_is_labelled_fp32_and_template_files_by_name(tmp_path, tiny_checkpoint, small_shapes):
+    """`model.precision=fp32` computed everything in fp32: its results are `fp32`'s, never DataComp's protocol's;
+    two template files are two prompt sets."""
+    templates = tmp_path / "sketches.txt"
+    templates.write_text("a sketch of a {c}.\n")
+    run_job(job_config(tmp_path, tiny_checkpoint, f"dataset.root={small_shapes}", "model.precision=fp32",
+                       "prompts=file", f"prompts.path={templates}"))
+    store, runs = all_runs(tmp_path)
+    [job] = [r for r in runs if r.data.tags["stage"] == "job"]
+    assert (job.data.tags["protocol"], job.data.tags["prompts"]) == ("fp32", "file:sketches")

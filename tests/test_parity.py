@@ -64,5 +64,11 @@ def test_clip_benchmark_protocol_matches_its_default_amp_on_cpu(loader, shapes_r
     logits = zero_shot_logits(images, classifier, recipe)
     ours = metrics.classification_metrics(logits, images["labels"])
     assert abs(ours["acc1"] - reference["acc1"]) <= 1 / len(images["labels"])
+    # and in fact bit for bit: clip_benchmark's own classifier and logits under its default amp
+    reference_classifier = zeroshot_classification.zero_shot_classifier(loaded.model, loaded.tokenizer,
+                                                                        info.classnames, info.templates, "cpu")
+    reference_logits, _ = zeroshot_classification.run_classification(loaded.model, reference_classifier, dataloader,
+                                                                     "cpu", amp=True)
+    assert (logits == reference_logits.numpy()).all()
     fp32_logits = zero_shot_logits({"image_features": images["image_features"]}, {"classifier": classifier["classifier"]})
     assert not (fp32_logits == logits).all()

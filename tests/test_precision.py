@@ -8,18 +8,6 @@ from tests.conftest import CONF
 CLS, RET, WINO = "zeroshot_classification", "zeroshot_retrieval", "winogavil"
 F32, F16, BF16 = "fp32", "amp-fp16", "amp-bf16"
 
-# (protocol, task, device type) -> (image tower, text tower, logits), re-derived from the references:
-# - DataComp (mlfoundations/datacomp@4a8df19, with clip-benchmark 1.4.0): eval_utils/wds_eval.py calls
-#   zero_shot_classifier without `amp` (so amp=True: torch.cuda.amp.autocast around the text tower,
-#   clip_benchmark/metrics/zeroshot_classification.py) and run_classification(..., amp=False): images and logits fp32.
-#   eval_utils/retr_eval.py calls zeroshot_retrieval.evaluate with amp=True: both towers and their F.normalize under
-#   autocast, `scores = texts_emb @ images_emb.t()` outside it, on fp32 embeddings (CUDA autocast runs norm in fp32).
-#   eval_utils/wino_eval.py:75-79 puts encode_image, encode_text and `text_features @ image_features.T` in one
-#   torch.cuda.amp.autocast() block: fp16 similarities. torch.cuda.amp.autocast does nothing on CPU: fp32 throughout.
-# - clip_benchmark 1.6.2 (its CLI's default --amp): torch.autocast(device, enabled=amp) around encode_text in
-#   zero_shot_classifier, around encode_image, F.normalize and `100. * image_features @ classifier` in
-#   run_classification, and around both towers in zeroshot_retrieval.evaluate (the score product outside; on CPU
-#   F.normalize keeps bfloat16, so the product of two bfloat16 matrices is bfloat16).
 EXPECTED = {
     ("datacomp", CLS, "cuda"): (F32, F16, F32),
     ("datacomp", RET, "cuda"): (F16, F16, F32),
@@ -43,6 +31,22 @@ def protocol(name: str) -> dict:
 
 @pytest.mark.parametrize("protocol_name, task, device", sorted(EXPECTED))
 def test_recipe_matches_the_references(protocol_name, task, device):
+    """(image tower, text tower, logits) per (protocol, task, device type), re-derived from the references.
+
+    DataComp (mlfoundations/datacomp@4a8df19, clip-benchmark 1.4.0 pinned):
+    - eval_utils/wds_eval.py:81-90 (classification, WILDS, fairness): `zsc.zero_shot_classifier(...)` without
+      `amp`, so amp=True: `torch.cuda.amp.autocast` around encode_text; then `zsc.run_classification(...,
+      amp=False)`: images and logits in fp32.
+    - eval_utils/retr_eval.py:56-58: `zsr.evaluate(..., amp=True)`: both towers and their F.normalize under autocast
+      (CUDA autocast runs norm in fp32, so the embeddings are fp32); `scores = texts_emb @ images_emb.t()` outside.
+    - eval_utils/wino_eval.py:75-79: encode_image, encode_text and `text_features @ image_features.T` in one
+      `torch.cuda.amp.autocast()` block: fp16 similarities on CUDA.
+    - `torch.cuda.amp.autocast` does nothing on CPU: fp32 throughout there.
+    clip_benchmark 1.6.2 with its CLI's default amp (metrics/zeroshot_classification.py:40 and :111,
+    metrics/zeroshot_retrieval.py:51): `torch.autocast(device)` around encode_text, around encode_image with the
+    normalization and `100. * image_features @ classifier`, and around both retrieval towers, the score product
+    outside; on CPU F.normalize keeps bfloat16, so that product of two bfloat16 matrices is bfloat16.
+    """
     recipe = precision.recipe(protocol(protocol_name), task, device)
     assert (recipe.image, recipe.text, recipe.logits) == EXPECTED[(protocol_name, task, device)]
 
@@ -59,3 +63,24 @@ def test_bad_precision_and_unknown_task_are_named():
         precision.recipe(protocol("datacomp"), CLS, "cpu", "half")
     with pytest.raises(PipelineError, match="says nothing about task 'segmentation'"):
         precision.recipe(protocol("datacomp"), "segmentation", "cpu")
+
+
+def test_a_protocol_mixing_tower_precisions_still_classifies():
+    """One tower under CPU autocast, the other and the product in fp32 (clip-benchmark 1.6.2 itself crashes on
+    this mix, "expected m1 and m2 to have the same dtype"): the product runs in the promoted dtype."""
+    import numpy as np
+    import torch
+
+    from pipeline.classify import zero_shot_logits
+    from pipeline.precision import with_dtype
+
+    mixed = {"name": "mixed", "autocast_devices": ["cpu"],
+             "autocast": {CLS: {"image": False, "text": True, "logits": False}}}
+    recipe = precision.recipe(mixed, CLS, "cpu")
+    assert (recipe.image, recipe.text, recipe.logits) == (F32, BF16, F32)
+    torch.manual_seed(0)
+    features, classifier = torch.randn(4, 8), torch.nn.functional.normalize(torch.randn(8, 3), dim=0)
+    logits = zero_shot_logits(with_dtype("image_features", features), with_dtype("classifier", classifier.bfloat16()),
+                              recipe)
+    expected = 100 * torch.nn.functional.normalize(features, dim=-1) @ classifier.bfloat16().float()
+    np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-5, atol=1e-4)
