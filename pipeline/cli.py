@@ -32,7 +32,8 @@ def reported(task: Callable[..., Any]) -> Callable[..., Any]:
         except PipelineError as exc:
             _to_log_files(exc)
             sys.stderr.flush()
-            print(f"Error: {exc}", file=sys.stderr, flush=True)
+            message = " ".join(str(exc).split("\n"))  # one line, whatever a library put in the message
+            print(f"Error: {message}", file=sys.stderr, flush=True)
             raise SystemExit(1) from None
 
     return wrapper

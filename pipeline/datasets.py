@@ -58,7 +58,14 @@ class DatasetSpec:
             raise PipelineError(f"dataset.task={spec.task!r} is not one of {TASKS}")
         if spec.format not in FORMATS:
             raise PipelineError(f"dataset.format={spec.format!r} is not one of {FORMATS}")
-        spec.root_kind  # refuses unusable roots before anything runs
+        if not spec.split or "/" in spec.split or spec.split.startswith("."):
+            raise PipelineError(f"dataset.split={spec.split!r} is not a split name (train, test, ...)")
+        if spec.skip_corrupt and spec.format != "wds":
+            raise PipelineError(f"dataset.skip_corrupt=true applies to webdatasets (format wds), not {spec.format}")
+        if spec.root_kind == "local":
+            # Absolute from here on: a relative root never reaches a reader, where `./pipe:cmd` would turn into
+            # webdataset's `pipe:` handler and `x://y` into clip_benchmark's `curl`.
+            spec = replace(spec, root=str(Path(spec.root).expanduser().resolve()))
         return spec
 
     @property
@@ -93,10 +100,14 @@ def fetched(spec: DatasetSpec, shards: bool) -> tuple[DatasetSpec, dict]:
     with what identifies the remote content: the address, and for the Hub the commit its revision resolves to."""
     if spec.root_kind != "http" or spec.format != "wds":
         return spec, {}
-    hub_cache = str(Path(spec.data_cache) / "hub") if spec.data_cache else None
     http_cache = Path(spec.data_cache or spec.http_cache or remote.DEFAULT_HTTP_CACHE).expanduser()
-    copy = remote.fetch_webdataset(spec.root, spec.split, hub_cache, http_cache, shards)
-    return replace(spec, root=str(copy.folder)), copy.identity
+    copy = remote.fetch_webdataset(spec.root, spec.split, hub_cache(spec), http_cache, shards)
+    return replace(spec, root=str(copy.folder)), {**copy.identity, "pinned_root": copy.pinned_root}
+
+
+def hub_cache(spec: DatasetSpec) -> str | None:
+    """The Hub cache to use: `<data_cache>/hub` when a data_cache is set, else the Hub's own (HF_HOME)."""
+    return str(Path(spec.data_cache) / "hub") if spec.data_cache else None
 
 
 # -- checks and fingerprints -----------------------------------------------------------------------------
@@ -135,7 +146,7 @@ def fingerprint(spec: DatasetSpec, remote_identity: dict | None = None) -> dict[
     embedding it saves."""
     identity = {"name": spec.name, "split": spec.split, "format": spec.format, "metadata": list(spec.metadata_fields)}
     if remote_identity:
-        return {**identity, **remote_identity}
+        return {**identity, **{k: v for k, v in remote_identity.items() if k != "pinned_root"}}
     if spec.is_remote or spec.format == "tfds":
         return {**identity, "root": spec.root}
     root = Path(spec.root)
@@ -159,8 +170,9 @@ def build(spec: DatasetSpec, transform: Callable | None = None, shards: bool = T
     from clip_benchmark.datasets.builder import build_dataset
 
     check_local_layout(spec, shards)
-    if spec.is_remote:
-        raise PipelineError(f"internal: clip_benchmark's builder is only given local roots, not {spec.root}")
+    if spec.is_remote or "://" in spec.root:
+        # clip_benchmark reads a root containing "://" with `curl` through a shell: it only ever gets local folders.
+        raise PipelineError(f"dataset.root={spec.root!r}: clip_benchmark's builder is only given local folders")
     try:
         with warnings.catch_warnings():
             # clip_benchmark leaves shardshuffle unset; evaluation order does not matter, the warning is noise.
@@ -195,7 +207,12 @@ def describe(spec: DatasetSpec) -> DatasetInfo:
     A remote webdataset's metadata is fetched here; its shards only when images are read."""
     local, remote_identity = fetched(spec, shards=False)
     check_local_layout(local, shards=not remote_identity)
+    if spec.root_kind == "hub_id":
+        remote_identity = {"root": spec.root, "hf_config": spec.hf_config,
+                           "commit": hf.hub_commit(spec.root, hub_cache(spec))}
     content = fingerprint(local, remote_identity)
+    if remote_identity.get("pinned_root"):
+        spec = replace(spec, root=remote_identity["pinned_root"])  # later reads fetch the version keyed here
     if spec.task != "zeroshot_classification":
         return DatasetInfo(spec, [], [], content)
     if spec.format == "folder":
@@ -256,7 +273,7 @@ def load_hf(spec: DatasetSpec) -> hf.Rows:
     """nlphuji's datasets as DataComp reads them (`load_dataset(id, split)`), from the Hub or a local mirror."""
     repo_name = spec.root.rstrip("/").split("/")[-1]
     if spec.root_kind == "hub_id":
-        return hf.load_hub(spec.root, spec.split, spec.hf_config, spec.data_cache and str(Path(spec.data_cache) / "hub"))
+        return hf.load_hub(spec.root, spec.split, spec.hf_config, hub_cache(spec))
     check_local_layout(spec)
     return hf.load_local(Path(spec.root), spec.split, repo_name)
 

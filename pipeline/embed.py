@@ -17,6 +17,7 @@ from pipeline.cache import StageCache, StageOutput, StageRequest, cache_key
 from pipeline.models import LoadedModel, ModelLoader
 from pipeline.precision import with_dtype
 from pipeline.readers import Batch, Unreadable
+from pipeline.remote import one_line
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +38,17 @@ class Embedded:
 
 
 def _read_failure(spec: datasets.DatasetSpec, exc: Exception) -> PipelineError:
-    return PipelineError(f"reading dataset {spec.name} ({spec.root}, split {spec.split}) failed: {exc}. "
+    return PipelineError(f"reading dataset {spec.name} ({spec.root}, split {spec.split}) failed: {one_line(exc)}. "
                          f"A shard may be corrupt or truncated; re-download or regenerate it.")
 
 
 def _unreadable_sample(spec: datasets.DatasetSpec, sample: Unreadable) -> PipelineError:
+    if sample.missing:
+        return PipelineError(f"dataset {spec.name}: sample {sample.key} in shard {sample.shard}: {sample.error}; "
+                             f"is dataset.task={spec.task} right for this dataset?")
     return PipelineError(f"dataset {spec.name}: sample {sample.key} in shard {sample.shard} cannot be decoded "
-                         f"({sample.error}); the shard is corrupt or truncated: re-download it, or set "
-                         f"dataset.skip_corrupt=true to skip such samples")
+                         f"({one_line(Exception(sample.error))}); the shard is corrupt or truncated: re-download it, "
+                         f"or set dataset.skip_corrupt=true to skip such samples")
 
 
 def _model_failure(loaded: LoadedModel, spec: datasets.DatasetSpec, images: torch.Tensor, exc: Exception) -> PipelineError:
@@ -52,7 +56,7 @@ def _model_failure(loaded: LoadedModel, spec: datasets.DatasetSpec, images: torc
         return PipelineError(f"out of memory on {loaded.device} encoding a batch of {len(images)} images of "
                              f"{spec.name}; lower batch_size")
     return PipelineError(f"the model failed encoding images of {spec.name} (a model error, not a data problem): "
-                         f"{type(exc).__name__}: {exc}")
+                         f"{type(exc).__name__}: {one_line(exc)}")
 
 
 def _encode_batches(loaded: LoadedModel, batches: Iterator[Batch], spec: datasets.DatasetSpec, precision: str,
@@ -74,8 +78,9 @@ def _encode_batches(loaded: LoadedModel, batches: Iterator[Batch], spec: dataset
                 raise
             except Exception as exc:
                 raise _read_failure(spec, exc) from exc
-            if batch.unreadable and not spec.skip_corrupt:
-                raise _unreadable_sample(spec, batch.unreadable[0])
+            missing = [sample for sample in batch.unreadable if sample.missing]
+            if missing or (batch.unreadable and not spec.skip_corrupt):
+                raise _unreadable_sample(spec, (missing or batch.unreadable)[0])
             skipped.extend(batch.unreadable)
             if batch.images is not None:
                 try:

@@ -60,19 +60,39 @@ def parse_hub_address(root: str) -> HubAddress | None:
         raise PipelineError(f"dataset.root={root!r} is on the Hugging Face Hub but not of the form "
                             f"{parts.scheme}://{parts.netloc}/datasets/<org>/<name>/tree/<revision>")
     repo_id, revision, folder = match.groups()
-    return HubAddress(f"{parts.scheme}://{parts.netloc}", repo_id, urllib.parse.unquote(revision), folder.strip("/"))
+    endpoint = f"{parts.scheme}://{parts.netloc}"
+    if parts.hostname == urllib.parse.urlsplit(DEFAULT_HUB).hostname and os.environ.get("HF_ENDPOINT"):
+        endpoint = os.environ["HF_ENDPOINT"].rstrip("/")  # a mirror of the Hub serves the catalog's addresses
+    return HubAddress(endpoint, repo_id, urllib.parse.unquote(revision), folder.strip("/"))
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line: a DataLoader worker's re-raised error carries the worker's whole
+    traceback, whose last line is the actual error; other multi-line messages keep their first line."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[-1] if "Traceback" in str(exc) else lines[0]
+
+
+ACCEPTED = {"wds": "a local folder or an http(s):// URL", "hf": "a local folder or a Hugging Face dataset id org/name",
+            "folder": "a local folder", "tfds": "a local folder (TFDS' data_dir)"}
 
 
 def check_root(root: str, fmt: str) -> str:
-    """What kind of root this is: `local`, `http` (a URL) or `hub_id` (format hf only); anything else is refused.
+    """What kind of root this is: `local`, `http` (a URL; webdatasets only) or `hub_id` (format hf only);
+    anything else is refused.
 
-    Safety does not come from filtering characters: no root ever reaches a shell, and webdataset is only
-    handed local files, so none of its URL handlers (`pipe:` runs a shell) can run."""
+    Safety does not come from filtering characters: no root ever reaches a shell, local roots are made
+    absolute before any reader sees them, and webdataset is only handed absolute paths of local files,
+    so none of its URL handlers (`pipe:` runs a shell) can run."""
+    refused = PipelineError(f"dataset.root={root!r} is not usable for dataset.format={fmt}: give {ACCEPTED[fmt]}")
     if root.startswith(("http://", "https://")):
+        if fmt != "wds":
+            raise refused
         return "http"
     if URL_SCHEME.match(root):
-        raise PipelineError(f"dataset.root={root!r} is not usable: give a local folder, an http(s):// URL"
-                            + (", or a Hugging Face dataset id org/name" if fmt == "hf" else ""))
+        raise refused
     if fmt == "hf" and HUB_ID.match(root) and not Path(root).exists():
         return "hub_id"
     return "local"
@@ -89,18 +109,26 @@ def hub_error(repo_id: str, endpoint: str, exc: BaseException) -> PipelineError 
     if isinstance(exc, errors.RepositoryNotFoundError):
         return PipelineError(f"dataset {repo_id} was not found on {endpoint} (or it is private: set HF_TOKEN)")
     if isinstance(exc, errors.RevisionNotFoundError):
-        return PipelineError(f"dataset {repo_id} has no revision you asked for on {endpoint}: {exc}")
+        return PipelineError(f"dataset {repo_id} has no such revision on {endpoint}: {one_line(exc)}")
     if isinstance(exc, errors.LocalEntryNotFoundError):
-        return PipelineError(f"dataset {repo_id} cannot be reached on {endpoint} and is not in the local cache "
-                             f"({exc}); run once online, or point data_root at a local mirror")
+        return PipelineError(f"dataset {repo_id} cannot be reached on {endpoint} and is not in the local cache; "
+                             f"run once online, or point data_root at a local mirror")
     return None
 
 
 def hub_download(address: HubAddress, name: str, cache_dir: str | None, revision: str | None = None,
                  required: bool = True) -> Path | None:
-    """One file of a Hub dataset, through the Hub's cache; None when an optional file does not exist."""
-    from huggingface_hub import errors, hf_hub_download
+    """One file of a Hub dataset, through the Hub's cache; None when an optional file does not exist (the Hub
+    cache records that, so a cached root reads again offline)."""
+    from huggingface_hub import errors, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.file_download import _CACHED_NO_EXIST
 
+    if revision is not None:
+        cached = try_to_load_from_cache(address.repo_id, address.path(name), cache_dir, revision, "dataset")
+        if cached is _CACHED_NO_EXIST:
+            return None
+        if isinstance(cached, str):
+            return Path(cached)
     try:
         return Path(hf_hub_download(address.repo_id, address.path(name), repo_type="dataset",
                                     revision=revision or address.revision, cache_dir=cache_dir,
@@ -114,7 +142,7 @@ def hub_download(address: HubAddress, name: str, cache_dir: str | None, revision
         clear = hub_error(address.repo_id, address.endpoint, exc)
         if clear is None:
             raise PipelineError(f"cannot fetch {address.path(name)} of dataset {address.repo_id} from "
-                                f"{address.endpoint}: {exc}") from exc
+                                f"{address.endpoint}: {one_line(exc)}") from exc
         raise clear from exc
 
 
@@ -144,30 +172,37 @@ def http_download(root: str, name: str, target: Path, required: bool = True) -> 
     if absent.is_file() and not required:
         return None
     url = f"{root.rstrip('/')}/{urllib.parse.quote(name)}"
+    partial = None
     try:
         with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:
             target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as partial:
+            with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".partial.", delete=False) as partial:
                 shutil.copyfileobj(response, partial)
         os.replace(partial.name, target)
         return target
     except urllib.error.HTTPError as exc:
-        if exc.code == 404 and not required:
+        # Object stores answer 403 for a missing key when listing is not allowed.
+        if exc.code in (403, 404) and not required:
             absent.parent.mkdir(parents=True, exist_ok=True)
             absent.touch()
             return None
         raise PipelineError(f"cannot fetch {url}: HTTP {exc.code} {exc.reason}; check dataset.root") from exc
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-        raise PipelineError(f"cannot fetch {url}: {exc}; check dataset.root and the network") from exc
+        raise PipelineError(f"cannot fetch {url}: {one_line(exc)}; check dataset.root and the network") from exc
+    finally:
+        if partial is not None and Path(partial.name).exists():
+            Path(partial.name).unlink()
 
 
 # -- a webdataset root, fetched ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LocalCopy:
-    """Where a remote webdataset root's files are on disk, and what identifies its content."""
+    """Where a remote webdataset root's files are on disk, what identifies its content, and the root pinned to
+    that content (a Hub root at the commit its revision resolved to), so later reads fetch the same version."""
 
     folder: Path
     identity: dict
+    pinned_root: str
 
 
 def fetch_webdataset(root: str, split: str, hub_cache: str | None, http_cache: Path, shards: bool) -> LocalCopy:
@@ -183,6 +218,7 @@ def fetch_webdataset(root: str, split: str, hub_cache: str | None, http_cache: P
             return hub_download(address, name, hub_cache, commit, required)
 
         identity = {"root": root, "commit": commit}
+        pinned = f"{address.endpoint}/datasets/{address.repo_id}/tree/{commit}" + (f"/{address.folder}" if address.folder else "")
     else:
         folder = http_cache_folder(root, http_cache)
 
@@ -191,12 +227,13 @@ def fetch_webdataset(root: str, split: str, hub_cache: str | None, http_cache: P
 
         fetch(f"{split}/nshards.txt")
         identity = {"root": root}
+        pinned = root
     for name in OPTIONAL_METADATA:
         fetch(name, required=False)
     if shards:
         for index in range(read_nshards(folder / split / "nshards.txt", root)):
             fetch(f"{split}/{index}.tar")
-    return LocalCopy(folder, identity)
+    return LocalCopy(folder, identity, pinned)
 
 
 def read_nshards(path: Path, root: str) -> int:

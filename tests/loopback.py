@@ -166,6 +166,7 @@ class FakeHub:
             def _answer(self, body: bool) -> None:
                 import hashlib
 
+                self.close_connection = True
                 hub.requests.append(f"{self.command} {self.path}")
                 file, is_hub = hub._locate(self.path)
                 if is_hub and hub.gated:
@@ -177,13 +178,15 @@ class FakeHub:
                     return
                 if file is None:
                     self.send_response(404)
-                    if is_hub:
+                    if is_hub:  # the Hub names the commit on a 404 too; huggingface_hub then caches the absence
                         self.send_header("X-Error-Code", "EntryNotFound")
+                        self.send_header("X-Repo-Commit", FakeHub.COMMIT)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
                 payload = file.read_bytes()
                 self.send_response(200)
+                self.send_header("Connection", "close")  # no kept-alive connection outlives stop()
                 if is_hub:
                     self.send_header("X-Repo-Commit", FakeHub.COMMIT)
                     self.send_header("ETag", f'"{hashlib.sha256(payload).hexdigest()}"')

@@ -79,3 +79,13 @@ def test_blank_lines_in_classnames_and_templates_are_dropped(shapes_root, tmp_pa
     assert "" in phantom.classes  # what clip_benchmark 1.6.2 itself would do
     info = datasets.describe(spec(copy))
     assert info.classnames == shapes.CLASSNAMES and info.templates == shapes.TEMPLATES
+
+
+def test_skip_corrupt_and_split_are_checked_before_anything_runs(tmp_path):
+    base = {"name": "x", "task": "zeroshot_classification", "root": str(tmp_path), "split": "test", "main_metric": "acc1"}
+    with pytest.raises(PipelineError, match="skip_corrupt=true applies to webdatasets"):
+        datasets.DatasetSpec.from_cfg({**base, "format": "folder", "skip_corrupt": True})
+    with pytest.raises(PipelineError, match="dataset.split='../x' is not a split name"):
+        datasets.DatasetSpec.from_cfg({**base, "split": "../x"})
+    with pytest.raises(PipelineError, match="not usable for dataset.format=folder: give a local folder"):
+        datasets.DatasetSpec.from_cfg({**base, "format": "folder", "root": "http://example.org/x"})

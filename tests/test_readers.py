@@ -41,6 +41,16 @@ def test_reader_names_the_shard_and_key_of_an_undecodable_sample(damaged):
     assert sum(len(batch.fields["cls"]) for batch in batches) == 23  # every other sample is read
 
 
+def test_a_shard_cut_at_a_member_boundary_is_named_not_read_short(tmp_path, loader):
+    root = synthetic.write_wds_classification(tmp_path / "cut", per_class=2)
+    shard = root / "test" / "0.tar"
+    with tarfile.open(shard) as tar:
+        boundary = [m for m in tar.getmembers()][10].offset  # the start of a member: a valid but shorter tar
+    shard.write_bytes(shard.read_bytes()[:boundary])
+    with pytest.raises(PipelineError, match=r"shard 0.tar is truncated \(no tar end-of-archive marker\)"):
+        encode_classification_images(loader, spec(root), "fp32", 8, 0)
+
+
 def spec(root: Path, skip: bool = False) -> datasets.DatasetSpec:
     return datasets.DatasetSpec("damaged", "zeroshot_classification", str(root), "test", "acc1", skip_corrupt=skip)
 

@@ -14,6 +14,7 @@ class Unreadable:
     shard: str
     key: str
     error: str
+    missing: bool = False  # decodable, but without the field the task needs (a layout problem, not damage)
 
     def describe(self) -> str:
         return f"shard {self.shard}, sample {self.key}"

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pipeline import PipelineError
-from pipeline.remote import hub_error
+from pipeline.remote import hub_error, one_line
 
 log = logging.getLogger(__name__)
 
 PARQUET_BRANCH = "refs/convert/parquet"
 HF_CACHE = "hf_cache"
-DATA_FILE_PATTERNS = ["*.parquet", "*.arrow"]
+DATA_FILE_PATTERNS = ["*.parquet"]
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,14 @@ def _hf_cache_arrow_files(hf_cache: Path, repo_name: str, split: str) -> list[Pa
     (or a `parquet/<org>--<name>-<hash>/...` folder for script-less repositories)."""
     owned = [p for p in hf_cache.rglob("*.arrow")
              if "downloads" not in p.relative_to(hf_cache).parts
+             and not any(part.endswith(".incomplete") for part in p.relative_to(hf_cache).parts)
              and any(repo_name in part for part in p.relative_to(hf_cache).parts[:-1])]
-    return [p for p in owned if re.search(rf"-{re.escape(split)}(-\d{{5}}-of-\d{{5}})?\.arrow$", p.name)]
+    files = [p for p in owned if re.search(rf"-{re.escape(split)}(-\d{{5}}-of-\d{{5}})?\.arrow$", p.name)]
+    folders = sorted({p.parent for p in files})
+    if len(folders) > 1:
+        raise PipelineError(f"{hf_cache} holds {repo_name}'s {split!r} split in several versions "
+                            f"({', '.join(str(f.relative_to(hf_cache)) for f in folders)}); remove all but one")
+    return files
 
 
 def load_local(root: Path, split: str, repo_name: str) -> Rows:
@@ -93,6 +99,24 @@ def load_local(root: Path, split: str, repo_name: str) -> Rows:
 
 
 # -- the Hub --------------------------------------------------------------------------------------------------
+def hub_commit(repo_id: str, cache_dir: str | None) -> str:
+    """The commit the parquet conversion resolves to (so a moved branch is new content): asked of the Hub, or,
+    offline, read from the Hub cache's `refs/` entry."""
+    from huggingface_hub import HfApi, constants, errors
+
+    try:
+        return str(HfApi(endpoint=constants.ENDPOINT).dataset_info(repo_id, revision=PARQUET_BRANCH).sha)
+    except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError) as exc:
+        raise hub_error(repo_id, constants.ENDPOINT, exc) from exc
+    except Exception as exc:  # offline, or the Hub out of reach: the cache knows the last commit seen
+        ref = (Path(cache_dir or constants.HF_HUB_CACHE) / f"datasets--{repo_id.replace('/', '--')}" / "refs"
+               / PARQUET_BRANCH)
+        if ref.is_file():
+            return ref.read_text().strip()
+        raise PipelineError(f"dataset {repo_id} cannot be reached on {constants.ENDPOINT} and is not in the local "
+                            f"cache ({one_line(exc)}); run once online, or point data_root at a local mirror") from exc
+
+
 def load_hub(repo_id: str, split: str, config: str | None, cache_dir: str | None) -> Rows:
     """The Hub's parquet conversion of `repo_id`; the repository's own data files where that lacks the split."""
     from huggingface_hub import constants, errors, snapshot_download
@@ -102,7 +126,8 @@ def load_hub(repo_id: str, split: str, config: str | None, cache_dir: str | None
     try:
         snapshot = Path(snapshot_download(repo_id, repo_type="dataset", revision=PARQUET_BRANCH, cache_dir=cache_dir,
                                           allow_patterns=[f"{folder}/{split}/*.parquet", f"{folder}/*{split}*.parquet"]))
-        files = split_files(snapshot, split, ".parquet")
+        files = [p for p in split_files(snapshot / config if config else snapshot, split, ".parquet")
+                 if "partial" not in p.parent.name]  # partial-<split>: a truncated conversion
         configs = sorted({p.relative_to(snapshot).parts[0] for p in files})
         if len(configs) > 1:
             raise PipelineError(f"dataset {repo_id} has several configs ({', '.join(configs)}); choose one with "
@@ -112,7 +137,8 @@ def load_hub(repo_id: str, split: str, config: str | None, cache_dir: str | None
     except PipelineError:
         raise
     except Exception as exc:
-        raise hub_error(repo_id, endpoint, exc) or PipelineError(f"cannot read {repo_id} from {endpoint}: {exc}") from exc
+        raise hub_error(repo_id, endpoint, exc) or PipelineError(f"cannot read {repo_id} from {endpoint}: "
+                                                                 f"{one_line(exc)}") from exc
     if files:
         return Rows(_from_parquet(files), snapshot)
     log.warning("%s: the Hub's parquet conversion has no %r split; reading the repository's data files instead",
@@ -121,7 +147,8 @@ def load_hub(repo_id: str, split: str, config: str | None, cache_dir: str | None
         snapshot = Path(snapshot_download(repo_id, repo_type="dataset", cache_dir=cache_dir,
                                           allow_patterns=DATA_FILE_PATTERNS))
     except Exception as exc:
-        raise hub_error(repo_id, endpoint, exc) or PipelineError(f"cannot read {repo_id} from {endpoint}: {exc}") from exc
+        raise hub_error(repo_id, endpoint, exc) or PipelineError(f"cannot read {repo_id} from {endpoint}: "
+                                                                 f"{one_line(exc)}") from exc
     if parquet := split_files(snapshot, split, ".parquet"):
         return Rows(_from_parquet(parquet), snapshot)
     raise PipelineError(f"dataset {repo_id} has no parquet data for split {split!r}; download it once with "
@@ -133,8 +160,10 @@ def reroot(path: str, image_root: Path | None) -> Path:
     """An image path written on another machine, inside this mirror: the part after `hf_cache/` (or after the
     mirror's own folder name) joined to where the mirror is now."""
     original = Path(path)
-    if original.is_file() or image_root is None:
+    if (original.is_absolute() and original.is_file()) or image_root is None:
         return original
+    if not original.is_absolute() and (image_root / original).is_file():
+        return image_root / original
     parts = original.parts
     for anchor in (HF_CACHE, image_root.name):
         if anchor in parts:

@@ -24,7 +24,11 @@ FIELD_VALUES: dict[str, Callable[[Any], Any]] = {
 
 
 def shard_paths(folder: Path, split: str) -> list[Path]:
-    nshards = int((folder / split / "nshards.txt").read_text().strip())
+    """Absolute paths of a split's shards, as `nshards.txt` counts them."""
+    from pipeline.remote import read_nshards
+
+    folder = folder.resolve()
+    nshards = read_nshards(folder / split / "nshards.txt", str(folder))
     return [folder / split / f"{index}.tar" for index in range(nshards)]
 
 
@@ -41,13 +45,13 @@ def read_sample(sample: dict, fields: tuple[str, ...], transform: Callable, deco
         decoded = decoder(sample)
         extension = next((e for e in IMAGE_EXTENSIONS if e in decoded), None)
         if extension is None:
-            raise ValueError(f"no image ({', '.join(IMAGE_EXTENSIONS)}) in the sample")
-        missing = [f for f in fields if f not in decoded]
-        if missing:
-            raise ValueError(f"no {', '.join(missing)} in the sample")
-        return transform(decoded[extension]), tuple(FIELD_VALUES[f](decoded[f]) for f in fields), None
-    except Exception as exc:  # whatever a damaged image raises (PIL, zlib, a truncated tar member, the transform)
+            return None, None, Unreadable(shard, key, f"it has no image ({', '.join(IMAGE_EXTENSIONS)})", missing=True)
+    except Exception as exc:  # whatever a damaged image raises (PIL, zlib, a truncated tar member)
         return None, None, Unreadable(shard, key, f"{type(exc).__name__}: {exc}".strip())
+    missing = [f for f in fields if f not in decoded]
+    if missing:
+        return None, None, Unreadable(shard, key, f"it has no {', '.join(missing)} field", missing=True)
+    return transform(decoded[extension]), tuple(FIELD_VALUES[f](decoded[f]) for f in fields), None
 
 
 def collate(samples: list[tuple], fields: tuple[str, ...]) -> Batch:
@@ -57,13 +61,52 @@ def collate(samples: list[tuple], fields: tuple[str, ...]) -> Batch:
     return Batch(images, columns, [s[2] for s in samples if s[2] is not None])
 
 
+def open_local(sources: Iterator[dict]) -> Iterator[dict]:
+    """Open each shard with plain `open()`. webdataset's own opener parses the name as a URL (a `;` or `#` in a
+    folder name would cut it, `pipe:` would start a shell, GOPEN_REWRITE may rewrite it); a local file needs none."""
+    for source in sources:
+        with open(source["url"], "rb") as stream:
+            check_end_of_archive(stream, source["url"])
+            yield {**source, "stream": stream}
+
+
+TAR_END = 1024  # a tar archive ends with two 512-byte blocks of zeros
+
+
+def check_end_of_archive(stream, url: str) -> None:
+    """A shard cut at a member boundary reads as a shorter, valid tar and would silently lose samples; its
+    missing end-of-archive marker gives it away."""
+    stream.seek(0, 2)
+    size = stream.tell()
+    stream.seek(max(0, size - TAR_END))
+    tail = stream.read(TAR_END)
+    stream.seek(0)
+    if size < TAR_END or tail.count(0) != len(tail):
+        raise OSError(f"shard {Path(url).name} is truncated (no tar end-of-archive marker)")
+
+
+def shard_failure(exc: Exception) -> bool:
+    """webdataset's handler for a shard that is not a readable tar: name the shard (its URL is the last arg)."""
+    shard = Path(str(exc.args[-1])).name if exc.args else "?"
+    raise OSError(f"shard {shard} is not a readable tar file ({type(exc).__name__}: {exc.args[0] if exc.args else ''})")
+
+
 def batches(shards: list[Path], fields: tuple[str, ...], transform: Callable, batch_size: int,
             num_workers: int) -> Iterator[Batch]:
+    """The samples of `shards` in order (split across DataLoader workers by shard, as clip_benchmark's
+    WebDataset does), decoded one by one, in batches."""
     import webdataset as wds
+    from webdataset import tariterators
 
-    local = [str(path) for path in shards]  # local files only: no URL handler (pipe:, gs:, http:) can run
-    samples = (wds.WebDataset(local, shardshuffle=False, nodesplitter=lambda src: src, empty_check=False)
-               .map(partial(read_sample, fields=fields, transform=transform, decoder=_decoder()))
-               .batched(batch_size, collation_fn=partial(collate, fields=fields)))
+    local = [str(path.resolve()) for path in shards]
+    samples = wds.DataPipeline(
+        wds.SimpleShardList(local),
+        wds.split_by_worker,
+        open_local,
+        partial(tariterators.tar_file_expander, handler=shard_failure),
+        partial(tariterators.group_by_keys, handler=shard_failure),
+        wds.map(partial(read_sample, fields=fields, transform=transform, decoder=_decoder())),
+        wds.batched(batch_size, collation_fn=partial(collate, fields=fields)),
+    )
     workers = min(num_workers, len(local))
     return iter(torch.utils.data.DataLoader(samples, batch_size=None, num_workers=workers))
