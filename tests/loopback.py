@@ -1,6 +1,7 @@
 """Real servers on loopback for tests: an `mlflow server` with proxied artifacts, and an HTTP proxy that fails on cue."""
 from __future__ import annotations
 
+import hashlib
 import http.client
 import socket
 import subprocess
@@ -195,11 +196,41 @@ class FakeHub:
                 if body:
                     self.wfile.write(payload)
 
+            def _api(self) -> bool:
+                """The two API calls snapshot_download makes: repo info (its commit) and the file tree."""
+                import json
+                import re
+
+                match = re.match(r"^/api/datasets/([^/]+/[^/]+)/(revision|tree)/", self.path.split("?")[0])
+                if not match:
+                    return False
+                hub.requests.append(f"{self.command} {self.path}")
+                folder = hub.repos.get(match.group(1))
+                files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder else []
+                if match.group(2) == "revision":
+                    payload = {"id": match.group(1), "sha": FakeHub.COMMIT,
+                               "siblings": [{"rfilename": str(p.relative_to(folder))} for p in files]}
+                else:
+                    payload = [{"type": "file", "path": str(p.relative_to(folder)), "size": p.stat().st_size,
+                                "oid": hashlib.sha1(p.read_bytes()).hexdigest()} for p in files]
+                body = json.dumps(payload).encode()
+                self.send_response(200 if folder else 404)
+                if not folder:
+                    self.send_header("X-Error-Code", "RepoNotFound")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Connection", "close")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return True
+
             def do_HEAD(self) -> None:
                 self._answer(body=False)
 
             def do_GET(self) -> None:
-                self._answer(body=True)
+                self.close_connection = True
+                if not self._api():
+                    self._answer(body=True)
 
         return Handler
 

@@ -139,3 +139,45 @@ def test_a_missing_remote_file_is_named(tmp_path, served):
             datasets.describe(datasets.DatasetSpec.from_cfg(
                 {"name": "shapes", "task": "zeroshot_classification", "root": plain,
                  "split": "validation", "main_metric": "acc1"}, str(tmp_path / "c")))
+
+
+def point_huggingface_hub_at(url: str, monkeypatch) -> None:
+    """What HF_ENDPOINT does when set before huggingface_hub is imported (it reads it once, at import)."""
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", url)
+    monkeypatch.setattr("huggingface_hub.constants.HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+
+
+def parquet_branch(folder, config: str = "default"):
+    """What the Hub's parquet converter publishes on refs/convert/parquet: <config>/<split>/0000.parquet."""
+    import datasets as hf
+
+    rows, features = synthetic.retrieval_rows(per_class=1)
+    (folder / config / "test").mkdir(parents=True)
+    hf.Dataset.from_dict(rows, features=features).to_parquet(str(folder / config / "test" / "0000.parquet"))
+    return folder
+
+
+def test_nlphuji_dataset_from_the_hubs_parquet_conversion(tmp_path, tiny_checkpoint, monkeypatch):
+    """A Hub id reads the parquet branch through huggingface_hub (no dataset script), keyed by its commit; a gated
+    one says what to do."""
+    repo = "nlphuji/flickr_1k_test_image_text_retrieval"
+    with FakeHub({repo: parquet_branch(tmp_path / "branch")}) as hub:
+        point_huggingface_hub_at(hub.url, monkeypatch)
+        cfg = compose_config("dataset=retrieval/flickr_1k_test_image_text_retrieval", f"model.pretrained={tiny_checkpoint}",
+                             f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "num_workers=0",
+                             f"tracking.artifact_location={tmp_path}/artifacts", f"data_cache={tmp_path}/data_cache")
+        assert cfg.dataset.root == repo
+        result = run_job(cfg)
+        assert result.metric == "mean_recall@1" and result.value > 0.2
+        assert any("revision/refs%2Fconvert%2Fparquet" in r for r in hub.requests)
+        info = datasets.describe(datasets.DatasetSpec.from_cfg(cfg.dataset, str(tmp_path / "data_cache")))
+        assert info.fingerprint["commit"] == FakeHub.COMMIT and info.fingerprint["hf_config"] is None
+    with FakeHub({repo: tmp_path / "branch"}, gated=True) as gated:
+        point_huggingface_hub_at(gated.url, monkeypatch)
+        with pytest.raises(PipelineError, match=f"dataset {repo} is gated: accept its conditions .* HF_TOKEN"):
+            fresh = tmp_path / "fresh"  # nothing cached: neither the files nor the features
+            run_job(compose_config("dataset=retrieval/flickr_1k_test_image_text_retrieval",
+                                   f"model.pretrained={tiny_checkpoint}", f"tracking.uri=sqlite:///{fresh}/mlflow.db",
+                                   "num_workers=0", f"tracking.artifact_location={fresh}/artifacts",
+                                   f"data_cache={fresh}/data_cache"))

@@ -125,7 +125,7 @@ def load_hub(repo_id: str, split: str, config: str | None, cache_dir: str | None
     folder = config or "*"
     try:
         snapshot = Path(snapshot_download(repo_id, repo_type="dataset", revision=PARQUET_BRANCH, cache_dir=cache_dir,
-                                          allow_patterns=[f"{folder}/{split}/*.parquet", f"{folder}/*{split}*.parquet"]))
+                                          endpoint=endpoint, allow_patterns=[f"{folder}/{split}/*.parquet", f"{folder}/*{split}*.parquet"]))
         files = [p for p in split_files(snapshot / config if config else snapshot, split, ".parquet")
                  if "partial" not in p.parent.name]  # partial-<split>: a truncated conversion
         configs = sorted({p.relative_to(snapshot).parts[0] for p in files})
@@ -144,7 +144,7 @@ def load_hub(repo_id: str, split: str, config: str | None, cache_dir: str | None
     log.warning("%s: the Hub's parquet conversion has no %r split; reading the repository's data files instead",
                 repo_id, split)
     try:
-        snapshot = Path(snapshot_download(repo_id, repo_type="dataset", cache_dir=cache_dir,
+        snapshot = Path(snapshot_download(repo_id, repo_type="dataset", cache_dir=cache_dir, endpoint=endpoint,
                                           allow_patterns=DATA_FILE_PATTERNS))
     except Exception as exc:
         raise hub_error(repo_id, endpoint, exc) or PipelineError(f"cannot read {repo_id} from {endpoint}: "
