@@ -47,7 +47,8 @@ def read_sample(sample: dict, fields: tuple[str, ...], transform: Callable, deco
         if extension is None:
             return None, None, Unreadable(shard, key, f"it has no image ({', '.join(IMAGE_EXTENSIONS)})", missing=True)
     except Exception as exc:  # whatever a damaged image raises (PIL, zlib, a truncated tar member)
-        return None, None, Unreadable(shard, key, f"{type(exc).__name__}: {exc}".strip())
+        cause = exc.__cause__ or exc  # webdataset's DecodingError carries no message of its own
+        return None, None, Unreadable(shard, key, f"{type(cause).__name__}: {cause}".strip())
     missing = [f for f in fields if f not in decoded]
     if missing:
         return None, None, Unreadable(shard, key, f"it has no {', '.join(missing)} field", missing=True)
