@@ -71,7 +71,7 @@ class DatasetSpec:
     @property
     def root_kind(self) -> str:
         """`local`, `http` or `hub_id` (see `remote.check_root`); TFDS roots are data_dir folders."""
-        return "local" if self.format == "tfds" else remote.check_root(self.root, self.format)
+        return remote.check_root(self.root, self.format)
 
     @property
     def is_remote(self) -> bool:

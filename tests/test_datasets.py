@@ -89,3 +89,5 @@ def test_skip_corrupt_and_split_are_checked_before_anything_runs(tmp_path):
         datasets.DatasetSpec.from_cfg({**base, "split": "../x"})
     with pytest.raises(PipelineError, match="not usable for dataset.format=folder: give a local folder"):
         datasets.DatasetSpec.from_cfg({**base, "format": "folder", "root": "http://example.org/x"})
+    with pytest.raises(PipelineError, match=r"not usable for dataset.format=tfds: give a local folder \(TFDS' data_dir\)"):
+        datasets.DatasetSpec.from_cfg({**base, "format": "tfds", "root": "gs://tfds-data/datasets"})
