@@ -1,8 +1,12 @@
 """Load open_clip models (pretrained tags or local checkpoints) and fingerprint them for cache keys."""
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import json
 import logging
+import os
+import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -62,7 +66,7 @@ class ModelSpec:
                     f"model checkpoint {path} does not exist. For the bundled tiny model run "
                     f"`python -m pipeline.offline` (or `make assets`); otherwise fix model.pretrained."
                 )
-            weights = "sha256:" + sha256_file(path)
+            weights = "sha256:" + checkpoint_digest(path)
         return {"arch": self.arch, "weights": weights}
 
     @property
@@ -71,6 +75,38 @@ class ModelSpec:
         if self.is_local_checkpoint:
             return Path(self.pretrained).name
         return self.pretrained or "none"
+
+
+# -- a checkpoint's content hash, computed once --------------------------------------------------------------
+def checksum_records(path: Path) -> list[Path]:
+    """Where a checkpoint's hash is remembered: beside it, or (for a read-only folder) in the user's cache."""
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
+    return [path.with_name(path.name + ".sha256.json"), Path.home() / ".cache" / "clip-tables" / "checksums" / f"{key}.json"]
+
+
+def checkpoint_digest(path: Path) -> str:
+    """The SHA-256 of a checkpoint, hashed once and reused while its size and modification time are unchanged
+    (a 600 MB checkpoint takes seconds to hash, and every job keys on it)."""
+    stat = path.stat()
+    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    for record in checksum_records(path):
+        try:
+            known = json.loads(record.read_text())
+            if {k: known.get(k) for k in stamp} == stamp and isinstance(known.get("sha256"), str):
+                return known["sha256"]
+        except (OSError, ValueError):
+            continue
+    digest = sha256_file(path)
+    for record in checksum_records(path):
+        try:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=record.parent, delete=False, suffix=".partial") as partial:
+                json.dump({**stamp, "sha256": digest}, partial)
+            os.replace(partial.name, record)
+            break
+        except OSError:
+            continue  # a read-only folder: try the next place
+    return digest
 
 
 def check_openai_quickgelu(arch: str, pretrained: str | None) -> None:
@@ -119,14 +155,33 @@ def load_model(spec: ModelSpec, device: torch.device) -> LoadedModel:
 
 
 @dataclass
+class LoadedModels:
+    """The models this process has loaded, so consecutive jobs of a sweep on one model load it once.
+
+    It holds one model at a time: a sweep over several large models keeps only the current one in memory."""
+
+    key: tuple | None = None
+    loaded: LoadedModel | None = None
+
+    def get(self, spec: ModelSpec, device: torch.device) -> LoadedModel:
+        key = (spec.arch, spec.pretrained, spec.cache_dir, str(device))
+        if self.key != key:
+            self.key, self.loaded = None, None  # release the previous model before loading the next
+            self.loaded, self.key = load_model(spec, device), key
+        return self.loaded
+
+
+# The explicit per-process registry every ModelLoader goes through.
+LOADED_MODELS = LoadedModels()
+
+
+@dataclass
 class ModelLoader:
     """Loads the model on first use only, so a fully cached job never touches the weights."""
 
     spec: ModelSpec
     device: torch.device
-    _loaded: LoadedModel | None = field(default=None, init=False, repr=False)
+    registry: LoadedModels = field(default_factory=lambda: LOADED_MODELS, repr=False)
 
     def get(self) -> LoadedModel:
-        if self._loaded is None:
-            self._loaded = load_model(self.spec, self.device)
-        return self._loaded
+        return self.registry.get(self.spec, self.device)
