@@ -67,6 +67,7 @@ class StageOutput:
 
     arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
     metrics: Mapping[str, float] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)  # extra tags for the run (e.g. the inputs it used)
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class StageResult:
     output: StageOutput
     run_id: str
     hit: bool
+    tags: Mapping[str, str] = field(default_factory=dict)  # the run's tags (served or written)
 
 
 class CorruptArtifact(RuntimeError):
@@ -115,7 +117,10 @@ class StageCache:
     enabled: bool = True
     force: bool = False
 
-    def get_or_compute(self, request: StageRequest, compute: Callable[[], StageOutput]) -> StageResult:
+    def get_or_compute(self, request: StageRequest, compute: Callable[[], StageOutput],
+                       before: Callable[[], None] | None = None) -> StageResult:
+        """The cached output for `request.key`, or `compute()`'s in a new run. `before` runs on a miss before that
+        run exists (to gather upstream stages), so a failure upstream leaves no run of this stage behind."""
         if self.enabled and not self.force:
             cached = self._lookup(request)
             if cached is not None:
@@ -123,6 +128,8 @@ class StageCache:
                 return cached
         reason = "cache off" if not self.enabled else "forced" if self.force else "cache miss"
         log.info("[%s] %s key=%s (%s)", request.stage, reason, request.key, request.name)
+        if before is not None:
+            before()
         return self._compute(request, compute)
 
     # -- lookup -------------------------------------------------------------------------------
@@ -139,7 +146,7 @@ class StageCache:
         )
         for run in runs:
             try:
-                return StageResult(self._load(run), run.info.run_id, hit=True)
+                return StageResult(self._load(run), run.info.run_id, hit=True, tags=dict(run.data.tags))
             except ArtifactUnavailable as exc:
                 log.warning("[%s] cached run %s could not be read now (%s); it stays servable",
                             request.stage, run.info.run_id, exc)
@@ -196,9 +203,10 @@ class StageCache:
             client.log_batch(
                 run_id,
                 metrics=[Metric(mlflow_metric_name(k), float(v), 0, 0) for k, v in output.metrics.items()],
-                tags=[RunTag(CHECKSUM_TAG + name, digest) for name, digest in checksums.items()],
+                tags=[RunTag(CHECKSUM_TAG + name, digest) for name, digest in checksums.items()]
+                + [RunTag(name, value) for name, value in output.tags.items()],
             )
-        return StageResult(output, run_id, hit=False)
+        return StageResult(output, run_id, hit=False, tags={**tags, **output.tags})
 
 
 def _write_output(directory: Path, output: StageOutput) -> dict[str, str]:

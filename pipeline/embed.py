@@ -232,9 +232,11 @@ def classifier_key(model: ModelKey, classnames: list[str], class_prompts: prompt
     return cache_key("embed/text", VERSION, {**model.material(), "classnames": classnames, "prompts": class_prompts})
 
 
-def texts_key(model: ModelKey, texts: list[str]) -> str:
-    digest = cache_key("texts", VERSION, {"texts": texts})
-    return cache_key("embed/texts", VERSION, {**model.material(), "texts": digest})
+def texts_key(model: ModelKey, dataset: datasets.DatasetInfo) -> str:
+    """A dataset's own texts (captions, cues) are a function of its content, so they are keyed by it: the key is
+    known before any image is read."""
+    return cache_key("embed/texts", VERSION, {**model.material(), "dataset": dataset.fingerprint,
+                                              "task": dataset.spec.task, "skip_corrupt": dataset.spec.skip_corrupt})
 
 
 def embed_images(cache: StageCache, loader: ModelLoader, dataset: datasets.DatasetInfo, model: ModelKey, *,
@@ -259,11 +261,12 @@ def embed_classifier(cache: StageCache, loader: ModelLoader, classnames: list[st
     return Embedded(result.output.arrays, key, result.run_id)
 
 
-def embed_texts(cache: StageCache, loader: ModelLoader, texts: list[str], model: ModelKey, *,
-                tags: Mapping[str, str], params: Mapping[str, Any]) -> Embedded:
-    """Embeddings of a dataset's own texts (retrieval captions, WinoGAViL cues), cached like classifiers."""
-    key = texts_key(model, texts)
+def embed_texts(cache: StageCache, loader: ModelLoader, dataset: datasets.DatasetInfo, texts: Callable[[], list[str]],
+                model: ModelKey, *, tags: Mapping[str, str], params: Mapping[str, Any]) -> Embedded:
+    """Embeddings of a dataset's own texts (retrieval captions, WinoGAViL cues), cached like classifiers;
+    `texts` is only called when they have to be encoded."""
+    key = texts_key(model, dataset)
     request = StageRequest("embed", key, {**tags, "modality": "text", "precision": model.precision}, params,
                            name=f"embed-text:{loader.spec.name}:{tags.get('dataset')}")
-    result = cache.get_or_compute(request, lambda: encode_texts(loader, texts, model.precision))
+    result = cache.get_or_compute(request, lambda: encode_texts(loader, texts(), model.precision))
     return Embedded(result.output.arrays, key, result.run_id)

@@ -2,6 +2,7 @@
 run that labels the result with what this job asked for."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -106,21 +107,36 @@ def run_job(cfg: DictConfig, output_dir: Path | None = None) -> JobResult:
 
     image_model = embed.ModelKey(loader.spec.fingerprint, recipe.image, versions)
     text_model = embed.ModelKey(loader.spec.fingerprint, recipe.text, versions)
-    images = embed.embed_images(cache, loader, info, image_model, tags=tags, params=params,
-                                batch_size=cfg.batch_size, num_workers=cfg.num_workers)
-    if class_prompts is not None:
-        text = embed.embed_classifier(cache, loader, info.classnames, class_prompts, text_model, tags=tags, params=params)
-    else:
-        texts = images["captions"] if spec.task == "zeroshot_retrieval" else images["cues"]
-        text = embed.embed_texts(cache, loader, [str(t) for t in texts], text_model, tags=tags, params=params)
-    predicted = classify.classify(cache, spec.task, images, text, recipe, device, tags=tags, params=params)
-    scores = score.score(cache, spec, images, predicted, tags=tags, params=params)
+    # Score first: every key follows from fingerprints and configs, so the score is looked up before anything
+    # else; the stages upstream of it run (or are served) only when it has to be computed.
+    image_key = embed.image_key(image_model, info)
+    text_key = (embed.classifier_key(text_model, info.classnames, class_prompts) if class_prompts is not None
+                else embed.texts_key(text_model, info))
+    classify_key = classify.classify_key(spec.task, recipe.logits, image_key, text_key)
+
+    @functools.cache
+    def images() -> embed.Embedded:
+        return embed.embed_images(cache, loader, info, image_model, tags=tags, params=params,
+                                  batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+
+    def text() -> embed.Embedded:
+        if class_prompts is not None:
+            return embed.embed_classifier(cache, loader, info.classnames, class_prompts, text_model, tags=tags,
+                                          params=params)
+        texts = lambda: [str(t) for t in images()["captions" if spec.task == "zeroshot_retrieval" else "cues"]]
+        return embed.embed_texts(cache, loader, info, texts, text_model, tags=tags, params=params)
+
+    def upstream() -> dict[str, embed.Embedded]:
+        image_stage, text_stage = images(), text()
+        predicted = classify.classify(cache, spec.task, image_stage, text_stage, recipe, device, tags=tags, params=params)
+        return {"embed_image": image_stage, "text": text_stage, "classify": predicted}
+
+    scores = score.score(cache, spec, score.score_key(spec, classify_key, image_key), upstream, tags=tags, params=params)
 
     labels = {**tags, "protocol": protocol_label(cfg, model_spec.precision), "main_metric": spec.main_metric, "metric": metric,
               **{f"precision.{tower}": getattr(recipe, tower) for tower in precision.TOWERS},
               **{f"lib.{name}": version for name, version in versions.items()}}
-    stage_runs = {"embed_image": images.run_id, "text": text.run_id, "classify": predicted.run_id,
-                  "score": scores.run_id}
+    stage_runs = {**scores.inputs, "score": scores.run_id}
     job_run_id = log_job_run(store, labels, stage_runs, scores.metrics, params)
 
     result = JobResult(job_run_id, scores.run_id, metric, scores.metrics.get(metric, float("nan")), dict(scores.metrics))

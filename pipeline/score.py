@@ -20,6 +20,7 @@ class Scores:
     main_metric: str
     key: str
     run_id: str
+    inputs: Mapping[str, str]  # stage -> the run id of the stage run this score was computed from
 
 
 def classification_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -> dict[str, float]:
@@ -62,15 +63,29 @@ SCORERS: dict[str, Callable[[DatasetSpec, Embedded, Embedded], dict[str, float]]
 }
 
 
-def score(cache: StageCache, spec: DatasetSpec, images: Embedded, predicted: Embedded, *,
-          tags: Mapping[str, str], params: Mapping[str, Any]) -> Scores:
-    """`images` supplies the ground truth (labels, metadata, caption owners, associations)."""
+def score_key(spec: DatasetSpec, classify_key: str, image_key: str) -> str:
     config = {"task": spec.task, "main_metric": spec.main_metric, "groups": list(spec.group_metrics),
               "extra": list(spec.extra_metrics), "fields": list(spec.metadata_fields)}
-    key = cache_key("score", VERSION, config, [predicted.key, images.key])
+    return cache_key("score", VERSION, config, [classify_key, image_key])
+
+
+INPUT_TAG = "input."  # the stage runs a score was computed from, so a served score still names them
+
+
+def score(cache: StageCache, spec: DatasetSpec, key: str, inputs: Callable[[], Mapping[str, Embedded]], *,
+          tags: Mapping[str, str], params: Mapping[str, Any]) -> Scores:
+    """Looked up by `key` first: on a hit nothing upstream is read. `inputs` gives the `images` (the ground truth:
+    labels, metadata, caption owners, associations), `text` and `predicted` stages, only when scores are computed."""
+    upstream: dict[str, Embedded] = {}
+
+    def compute() -> StageOutput:
+        metrics = SCORERS[spec.task](spec, upstream["embed_image"], upstream["classify"])
+        return StageOutput(metrics=metrics, tags={INPUT_TAG + stage: e.run_id for stage, e in upstream.items()})
+
     request = StageRequest("score", key, {**tags, "main_metric": spec.main_metric}, params,
                            name=f"score:{tags.get('model')}:{tags.get('dataset')}:{tags.get('prompts')}")
-    result = cache.get_or_compute(request, lambda: StageOutput(metrics=SCORERS[spec.task](spec, images, predicted)))
+    result = cache.get_or_compute(request, compute, before=lambda: upstream.update(inputs()))
     if spec.main_metric not in result.output.metrics:
         raise PipelineError(f"main metric {spec.main_metric!r} of {spec.name} is not among {sorted(result.output.metrics)}")
-    return Scores(dict(result.output.metrics), spec.main_metric, key, result.run_id)
+    inputs_used = {k.removeprefix(INPUT_TAG): v for k, v in result.tags.items() if k.startswith(INPUT_TAG)}
+    return Scores(dict(result.output.metrics), spec.main_metric, key, result.run_id, inputs_used)

@@ -99,3 +99,33 @@ def test_forced_fp32_is_labelled_fp32_and_template_files_by_name(tmp_path, tiny_
     store, runs = all_runs(tmp_path)
     [job] = [r for r in runs if r.data.tags["stage"] == "job"]
     assert (job.data.tags["protocol"], job.data.tags["prompts"]) == ("fp32", "file:sketches")
+
+
+def test_a_fully_cached_job_loads_no_model_and_downloads_no_upstream_artifact(tmp_path, tiny_checkpoint, small_shapes,
+                                                                               monkeypatch):
+    """Score first: every key follows from fingerprints and configs, so a served score needs nothing upstream."""
+    import mlflow.artifacts
+
+    from pipeline import models
+
+    cfg = job_config(tmp_path, tiny_checkpoint, f"dataset.root={small_shapes}", "prompts=a_photo_of")
+    first = run_job(cfg)
+    downloads: list[str] = []
+    real_download = mlflow.artifacts.download_artifacts
+
+    def recording(*args, **kwargs):
+        downloads.append(kwargs["artifact_uri"])
+        return real_download(*args, **kwargs)
+
+    def no_loading(spec, device):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", recording)
+    monkeypatch.setattr(models, "load_model", no_loading)
+    monkeypatch.setattr(models.LOADED_MODELS, "key", None)  # nothing loaded in this process any more
+    again = run_job(cfg)
+    assert again.value == first.value and again.score_run_id == first.score_run_id
+    assert downloads and all(f"/{first.score_run_id}/" in uri for uri in downloads)  # the score's own metrics only
+    store, runs = all_runs(tmp_path)
+    jobs = [r for r in runs if r.data.tags["stage"] == "job"]
+    assert len(jobs) == 2 and jobs[0].data.tags["run.embed_image"] == jobs[1].data.tags["run.embed_image"]
