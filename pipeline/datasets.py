@@ -264,7 +264,7 @@ def retrieval_batches(spec: DatasetSpec, transform: Callable, batch_size: int, n
     if spec.format == "hf":
         from clip_benchmark.datasets.builder import image_captions_collate_fn
 
-        return _torch_batches(_HFPairs(load_hf(spec), transform), batch_size, num_workers, "txt",
+        return _torch_batches(hf.Pairs(load_hf(spec), transform), batch_size, num_workers, "txt",
                               image_captions_collate_fn)
     return _wds_batches(spec, ("txt",), transform, batch_size, num_workers)
 
@@ -278,32 +278,6 @@ def load_hf(spec: DatasetSpec) -> hf.Rows:
     return hf.load_local(Path(spec.root), spec.split, repo_name)
 
 
-class _HFPairs(torch.utils.data.Dataset):
-    """(image, captions) rows of an nlphuji retrieval dataset (columns `image`, `caption`)."""
-
-    def __init__(self, rows: hf.Rows, transform: Callable):
-        self.rows, self.transform = rows, transform
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int):
-        row = self.rows[index]
-        return self.transform(hf.as_image(row["image"], self.rows.image_root)), list(row["caption"])
-
-
-@dataclass(frozen=True)
-class WinoInstance:
-    cue: str
-    candidates: list[str]
-    associations: list[str]
-    images: list
-
-
-def winogavil_instances(spec: DatasetSpec) -> Iterator[WinoInstance]:
+def winogavil_instances(spec: DatasetSpec) -> Iterator[hf.WinoInstance]:
     """WinoGAViL games from nlphuji/winogavil: a cue, candidate images, and the associated candidates."""
-    rows = load_hf(spec)
-    for index in range(len(rows)):
-        row = rows[index]
-        yield WinoInstance(row["cue"], list(row["candidates"]), list(row["associations"]),
-                           [hf.as_image(image, rows.image_root) for image in row["candidate_images"]])
+    return hf.winogavil_games(load_hf(spec))

@@ -1,6 +1,5 @@
 """Zero-shot logits: the definition, scale invariance, and each precision as the references compute it."""
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 

@@ -13,7 +13,9 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
 
 from pipeline import PipelineError
 from pipeline.remote import hub_error, one_line
@@ -184,3 +186,34 @@ def as_image(value: Any, image_root: Path | None = None):
             return Image.open(reroot(value["path"], image_root)).convert("RGB")
         raise ValueError("an image value with neither bytes nor path")
     return value.convert("RGB")
+
+
+# -- rows as the stages read them -----------------------------------------------------------------------------
+class Pairs(torch.utils.data.Dataset):
+    """(image, captions) rows of an nlphuji retrieval dataset (columns `image`, `caption`)."""
+
+    def __init__(self, rows: Rows, transform: Callable):
+        self.rows, self.transform = rows, transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int):
+        row = self.rows[index]
+        return self.transform(as_image(row["image"], self.rows.image_root)), list(row["caption"])
+
+
+@dataclass(frozen=True)
+class WinoInstance:
+    cue: str
+    candidates: list[str]
+    associations: list[str]
+    images: list
+
+
+def winogavil_games(rows: Rows) -> Iterator[WinoInstance]:
+    """nlphuji/winogavil's rows (`cue`, `candidates`, `associations`, `candidate_images`) as games."""
+    for index in range(len(rows)):
+        row = rows[index]
+        yield WinoInstance(row["cue"], list(row["candidates"]), list(row["associations"]),
+                           [as_image(image, rows.image_root) for image in row["candidate_images"]])
