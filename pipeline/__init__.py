@@ -16,3 +16,13 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 class PipelineError(RuntimeError):
     """A bad input or environment: the message says what was wrong and what to do."""
+
+
+def one_line(error: BaseException | str) -> str:
+    """An error's message on one line: a DataLoader worker's re-raised error carries the worker's whole
+    traceback, whose last line is the actual error; other multi-line messages keep their first line."""
+    text = str(error).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[-1] if "Traceback" in text else lines[0]

@@ -23,6 +23,7 @@ import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.entities import Run
 
+from pipeline import one_line
 from pipeline.tracking import TrackingStore, finished_run
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ class StageCache:
                 if attempt == DOWNLOAD_ATTEMPTS:
                     raise ArtifactUnavailable(f"{name}: {DOWNLOAD_ATTEMPTS} attempts failed, last: {exc}") from exc
                 log.warning("downloading %s of run %s failed (%s); retrying (%d/%d)", name, run_id,
-                            str(exc).splitlines()[0][:200], attempt + 1, DOWNLOAD_ATTEMPTS)
+                            one_line(exc)[:200], attempt + 1, DOWNLOAD_ATTEMPTS)
                 time.sleep(DOWNLOAD_BACKOFF_S * 2 ** (attempt - 1))
         raise AssertionError("unreachable")
 

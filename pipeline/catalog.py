@@ -31,10 +31,11 @@ def entries() -> dict[str, CatalogEntry]:
     return found
 
 
-def suite(name: str) -> list[str]:
-    """The dataset keys a suite sweeps, in its order."""
+@lru_cache(maxsize=None)
+def suite(name: str) -> tuple[str, ...]:
+    """The dataset keys a suite sweeps, in its order (read once: tables ask for every record)."""
     node = OmegaConf.load(CONF / "suite" / f"{name}.yaml")
-    return str(node.hydra.sweeper.params.dataset).split(",")
+    return tuple(str(node.hydra.sweeper.params.dataset).split(","))
 
 
 def lookup(dataset: str) -> CatalogEntry | None:

@@ -31,15 +31,15 @@ def zero_shot_logits(images: Mapping[str, np.ndarray], classifier: Mapping[str, 
     features = restored(images, "image_features", device)
     weights = restored(classifier, "classifier", device)
     with torch.no_grad(), autocast(device, recipe.logits):
-        scaled = LOGIT_SCALE * normalized(features)
-        logits = common_dtype(scaled, weights) @ common_dtype(weights, scaled)
+        logits = promoted_matmul(LOGIT_SCALE * normalized(features), weights)
     return logits.float().cpu().numpy()
 
 
-def common_dtype(tensor: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """`tensor` in the dtype both operands promote to: outside autocast, torch refuses to multiply a bfloat16
-    matrix by a float32 one (a protocol may put one tower under autocast and leave the product in fp32)."""
-    return tensor.to(torch.promote_types(tensor.dtype, other.dtype))
+def promoted_matmul(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """`left @ right` in the dtype both operands promote to: outside autocast, torch refuses to multiply a
+    bfloat16 matrix by a float32 one (a protocol may put one tower under autocast and leave the product in fp32)."""
+    dtype = torch.promote_types(left.dtype, right.dtype)
+    return left.to(dtype) @ right.to(dtype)
 
 
 def _normalized_pair(images: Mapping[str, np.ndarray], text: Mapping[str, np.ndarray], recipe: Recipe,
@@ -55,7 +55,7 @@ def _product(left: torch.Tensor, right: torch.Tensor, recipe: Recipe, device: to
     """`left @ right` under the logits' autocast; a float16 result stays float16, as DataComp's WinoGAViL hands a
     float16 array to `np.argsort` (whose tie order depends on the dtype); bfloat16, which numpy lacks, widens."""
     with torch.no_grad(), autocast(device, recipe.logits):
-        product = common_dtype(left, right) @ common_dtype(right, left)
+        product = promoted_matmul(left, right)
     return product.cpu().numpy() if product.dtype == torch.float16 else product.float().cpu().numpy()
 
 

@@ -95,14 +95,14 @@ class DatasetInfo:
 
 
 # -- remote roots -----------------------------------------------------------------------------------------
-def fetched(spec: DatasetSpec, shards: bool) -> tuple[DatasetSpec, dict]:
+def fetched(spec: DatasetSpec, shards: bool) -> tuple[DatasetSpec, remote.LocalCopy | None]:
     """`spec` pointing at a local copy of its remote webdataset root (fetched once, then served from the cache),
-    with what identifies the remote content: the address, and for the Hub the commit its revision resolves to."""
+    with that copy (what identifies the remote content, and the root pinned to it); no copy for a local root."""
     if spec.root_kind != "http" or spec.format != "wds":
-        return spec, {}
+        return spec, None
     http_cache = Path(spec.data_cache or spec.http_cache or remote.DEFAULT_HTTP_CACHE).expanduser()
     copy = remote.fetch_webdataset(spec.root, spec.split, hub_cache(spec), http_cache, shards)
-    return replace(spec, root=str(copy.folder)), {**copy.identity, "pinned_root": copy.pinned_root}
+    return replace(spec, root=str(copy.folder)), copy
 
 
 def hub_cache(spec: DatasetSpec) -> str | None:
@@ -146,7 +146,7 @@ def fingerprint(spec: DatasetSpec, remote_identity: dict | None = None) -> dict[
     embedding it saves."""
     identity = {"name": spec.name, "split": spec.split, "format": spec.format, "metadata": list(spec.metadata_fields)}
     if remote_identity:
-        return {**identity, **{k: v for k, v in remote_identity.items() if k != "pinned_root"}}
+        return {**identity, **remote_identity}
     if spec.is_remote or spec.format == "tfds":
         return {**identity, "root": spec.root}
     root = Path(spec.root)
@@ -205,19 +205,20 @@ def _folder_templates(spec: DatasetSpec) -> list[str]:
 def describe(spec: DatasetSpec) -> DatasetInfo:
     """Class names and shipped templates (classification), with the content fingerprint for cache keys.
     A remote webdataset's metadata is fetched here; its shards only when images are read."""
-    local, remote_identity = fetched(spec, shards=False)
-    check_local_layout(local, shards=not remote_identity)
+    local, copy = fetched(spec, shards=False)
+    check_local_layout(local, shards=copy is None)
+    remote_identity = copy.identity if copy else None
     if spec.root_kind == "hub_id":
         remote_identity = {"root": spec.root, "hf_config": spec.hf_config,
                            "commit": hf.hub_commit(spec.root, hub_cache(spec))}
     content = fingerprint(local, remote_identity)
-    if remote_identity.get("pinned_root"):
-        spec = replace(spec, root=remote_identity["pinned_root"])  # later reads fetch the version keyed here
+    if copy is not None:
+        spec = replace(spec, root=copy.pinned_root)  # later reads fetch the version keyed here
     if spec.task != "zeroshot_classification":
         return DatasetInfo(spec, [], [], content)
     if spec.format == "folder":
         return DatasetInfo(spec, _folder_classnames(spec), _folder_templates(spec), content)
-    dataset = build(local, shards=not remote_identity)
+    dataset = build(local, shards=copy is None)
     classnames = non_blank(dataset.classes or [])
     if not classnames:
         raise PipelineError(f"dataset {spec.name} at {spec.root} has no classnames.txt")
@@ -271,11 +272,10 @@ def retrieval_batches(spec: DatasetSpec, transform: Callable, batch_size: int, n
 
 def load_hf(spec: DatasetSpec) -> hf.Rows:
     """nlphuji's datasets as DataComp reads them (`load_dataset(id, split)`), from the Hub or a local mirror."""
-    repo_name = spec.root.rstrip("/").split("/")[-1]
     if spec.root_kind == "hub_id":
         return hf.load_hub(spec.root, spec.split, spec.hf_config, hub_cache(spec))
     check_local_layout(spec)
-    return hf.load_local(Path(spec.root), spec.split, repo_name)
+    return hf.load_local(Path(spec.root), spec.split, repo_name=Path(spec.root).name)
 
 
 def winogavil_instances(spec: DatasetSpec) -> Iterator[hf.WinoInstance]:

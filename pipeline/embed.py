@@ -12,12 +12,11 @@ import open_clip
 import torch
 from tqdm import tqdm
 
-from pipeline import PipelineError, datasets, prompts
+from pipeline import PipelineError, datasets, one_line, prompts
 from pipeline.cache import StageCache, StageOutput, StageRequest, cache_key
 from pipeline.models import LoadedModel, ModelLoader
 from pipeline.precision import with_dtype
 from pipeline.readers import Batch, Unreadable
-from pipeline.remote import one_line
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ def _unreadable_sample(spec: datasets.DatasetSpec, sample: Unreadable) -> Pipeli
         return PipelineError(f"dataset {spec.name}: sample {sample.key} in shard {sample.shard}: {sample.error}; "
                              f"is dataset.task={spec.task} right for this dataset?")
     return PipelineError(f"dataset {spec.name}: sample {sample.key} in shard {sample.shard} cannot be decoded "
-                         f"({one_line(Exception(sample.error))}); the shard is corrupt or truncated: re-download it, "
+                         f"({one_line(sample.error)}); the shard is corrupt or truncated: re-download it, "
                          f"or set dataset.skip_corrupt=true to skip such samples")
 
 

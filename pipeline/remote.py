@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import PipelineError
+from pipeline import PipelineError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +64,6 @@ def parse_hub_address(root: str) -> HubAddress | None:
     if parts.hostname == urllib.parse.urlsplit(DEFAULT_HUB).hostname and os.environ.get("HF_ENDPOINT"):
         endpoint = os.environ["HF_ENDPOINT"].rstrip("/")  # a mirror of the Hub serves the catalog's addresses
     return HubAddress(endpoint, repo_id, urllib.parse.unquote(revision), folder.strip("/"))
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's message on one line: a DataLoader worker's re-raised error carries the worker's whole
-    traceback, whose last line is the actual error; other multi-line messages keep their first line."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    return lines[-1] if "Traceback" in str(exc) else lines[0]
 
 
 ACCEPTED = {"wds": "a local folder or an http(s):// URL", "hf": "a local folder or a Hugging Face dataset id org/name",

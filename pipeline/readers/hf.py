@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from pipeline import PipelineError
-from pipeline.remote import hub_error, one_line
+from pipeline import PipelineError, one_line
+from pipeline.remote import hub_error
 
 log = logging.getLogger(__name__)
 
