@@ -33,6 +33,7 @@ CHECKSUM_TAG = "checksum."
 # MLflow limits: 100 params per batch call, 6000 characters per param value.
 _PARAM_BATCH = 100
 _PARAM_MAX_CHARS = 6000
+_SEARCH_PAGE = 1000
 
 
 def mlflow_metric_name(name: str) -> str:
@@ -122,29 +123,66 @@ class StageCache:
                        before: Callable[[], None] | None = None) -> StageResult:
         """The cached output for `request.key`, or `compute()`'s in a new run. `before` runs on a miss before that
         run exists (to gather upstream stages), so a failure upstream leaves no run of this stage behind."""
-        if self.enabled and not self.force:
-            cached = self._lookup(request)
+        if self.serving:
+            cached = self._serve(request, self._search(f"tags.cache_key = '{request.key}'", limit=10))
             if cached is not None:
-                log.info("[%s] cache hit  key=%s run=%s (%s)", request.stage, request.key, cached.run_id, request.name)
+                log.info("[%s] HIT  %s  run=%s key=%s", request.stage, request.name, cached.run_id, request.key)
                 return cached
-        reason = "cache off" if not self.enabled else "forced" if self.force else "cache miss"
-        log.info("[%s] %s key=%s (%s)", request.stage, reason, request.key, request.name)
+        log.info("[%s] MISS %s  (%s) key=%s", request.stage, request.name, self.miss_reason, request.key)
         if before is not None:
             before()
         return self._compute(request, compute)
 
+    def get_or_compute_many(self, requests: Sequence[StageRequest], shared_tag: tuple[str, str], label: str,
+                            compute: Callable[[list[StageRequest]], list[StageOutput]]) -> list[StageResult]:
+        """Outputs that carry one shared tag (the per-template embeddings of one model and class list): a single
+        search finds every cached one, since MLflow's search has no IN on tags; the rest are computed in one call
+        and each written to a run of its own, so any later combination can be served piecewise."""
+        served: dict[str, StageResult] = {}
+        if self.serving:
+            name, value = shared_tag
+            candidates: dict[str, list[Run]] = {}
+            for run in self._search(f"tags.{name} = '{value}'"):
+                candidates.setdefault(run.data.tags.get("cache_key", ""), []).append(run)
+            for request in requests:
+                result = self._serve(request, candidates.get(request.key, []))
+                if result is not None:
+                    served[request.key] = result
+        missing = [request for request in requests if request.key not in served]
+        status = "HIT " if not missing else f"MISS ({self.miss_reason})" if not served or not self.serving else "PART"
+        stage = requests[0].stage if requests else "?"
+        log.info("[%s] %s %s  %d of %d cached, %d to compute", stage, status, label, len(served), len(requests), len(missing))
+        outputs = compute(missing) if missing else []
+        computed = {request.key: self._compute(request, lambda output=output: output)
+                    for request, output in zip(missing, outputs, strict=True)}
+        return [served.get(request.key) or computed[request.key] for request in requests]
+
+    @property
+    def serving(self) -> bool:
+        return self.enabled and not self.force
+
+    @property
+    def miss_reason(self) -> str:
+        return "cache off" if not self.enabled else "forced" if self.force else "not cached"
+
     # -- lookup -------------------------------------------------------------------------------
-    def _lookup(self, request: StageRequest) -> StageResult | None:
+    def _search(self, condition: str, limit: int | None = None) -> list[Run]:
+        """Servable runs matching `condition`, newest first (every page, unless `limit`)."""
         client = self.store.client
-        runs = client.search_runs(
-            [self.store.experiment_id],
-            filter_string=(
-                f"tags.cache_key = '{request.key}' and tags.cache_store = 'true' "
-                f"and attributes.status = 'FINISHED'"
-            ),
-            order_by=["attributes.start_time DESC"],
-            max_results=10,
-        )
+        query = f"{condition} and tags.cache_store = 'true' and attributes.status = 'FINISHED'"
+        runs: list[Run] = []
+        token = None
+        while True:
+            page = client.search_runs([self.store.experiment_id], filter_string=query,
+                                      order_by=["attributes.start_time DESC"], max_results=limit or _SEARCH_PAGE,
+                                      page_token=token)
+            runs.extend(page)
+            token = page.token
+            if limit is not None or not token:
+                return runs
+
+    def _serve(self, request: StageRequest, runs: Sequence[Run]) -> StageResult | None:
+        """The first of `runs` whose artifacts can be read and verified; a corrupt one is never served again."""
         for run in runs:
             try:
                 return StageResult(self._load(run), run.info.run_id, hit=True, tags=dict(run.data.tags))
@@ -154,8 +192,8 @@ class StageCache:
             except CorruptArtifact as exc:
                 log.warning("[%s] cached run %s is corrupt (%s); it will not be served again, recomputing",
                             request.stage, run.info.run_id, exc)
-                client.set_tag(run.info.run_id, "cache_store", "false")
-                client.set_tag(run.info.run_id, "cache_corrupt", str(exc)[:500])
+                self.store.client.set_tag(run.info.run_id, "cache_store", "false")
+                self.store.client.set_tag(run.info.run_id, "cache_corrupt", str(exc)[:500])
         return None
 
     def _load(self, run: Run) -> StageOutput:

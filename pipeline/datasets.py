@@ -229,45 +229,53 @@ def worker_count(num_workers: int) -> int:
     if multiprocessing.current_process().name != "MainProcess":
         # Inside a launcher's worker (e.g. Hydra's joblib launcher) nested DataLoader workers fail to start.
         return 0
-    return min(num_workers, os.cpu_count() or 1)
+    # torch warns when a DataLoader asks for more workers than the CPUs this process may run on.
+    return min(num_workers, usable_cpus())
 
 
-def _torch_batches(dataset, batch_size: int, num_workers: int, field_name: str, collate=None) -> Iterator[Batch]:
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _torch_batches(dataset, batch_size: int, num_workers: int, field_name: str, collate=None,
+                   pin_memory: bool = False) -> Iterator[Batch]:
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=worker_count(num_workers),
-                                         shuffle=False, collate_fn=collate)
+                                         shuffle=False, collate_fn=collate, pin_memory=pin_memory)
     return (Batch(images, {field_name: list(values)}) for images, values in loader)
 
 
 def _wds_batches(spec: DatasetSpec, fields: tuple[str, ...], transform: Callable, batch_size: int,
-                 num_workers: int) -> Iterator[Batch]:
+                 num_workers: int, pin_memory: bool) -> Iterator[Batch]:
     local, _ = fetched(spec, shards=True)
     check_local_layout(local)
     return wds.batches(wds.shard_paths(Path(local.root), local.split), fields, transform, batch_size,
-                       worker_count(num_workers))
+                       worker_count(num_workers), pin_memory)
 
 
-def classification_batches(spec: DatasetSpec, transform: Callable, batch_size: int, num_workers: int) -> Iterator[Batch]:
+def classification_batches(spec: DatasetSpec, transform: Callable, batch_size: int, num_workers: int,
+                           pin_memory: bool = False) -> Iterator[Batch]:
     """Batches with a `cls` field (and `npy` group metadata for WILDS/fairness) for a classification dataset."""
     if spec.format == "folder":
         from torchvision.datasets import ImageFolder
 
         check_local_layout(spec)
         folder = ImageFolder(str(Path(spec.root) / spec.split), transform=transform)
-        return _torch_batches(folder, batch_size, num_workers, "cls")
+        return _torch_batches(folder, batch_size, num_workers, "cls", pin_memory=pin_memory)
     if spec.format == "tfds":
-        return _torch_batches(build(spec, transform), batch_size, num_workers, "cls")
+        return _torch_batches(build(spec, transform), batch_size, num_workers, "cls", pin_memory=pin_memory)
     fields = ("cls", "npy") if spec.metadata_fields else ("cls",)
-    return _wds_batches(spec, fields, transform, batch_size, num_workers)
+    return _wds_batches(spec, fields, transform, batch_size, num_workers, pin_memory)
 
 
-def retrieval_batches(spec: DatasetSpec, transform: Callable, batch_size: int, num_workers: int) -> Iterator[Batch]:
+def retrieval_batches(spec: DatasetSpec, transform: Callable, batch_size: int, num_workers: int,
+                      pin_memory: bool = False) -> Iterator[Batch]:
     """Batches with a `txt` field (the captions of each image), from a retrieval webdataset or an nlphuji dataset."""
     if spec.format == "hf":
         from clip_benchmark.datasets.builder import image_captions_collate_fn
 
         return _torch_batches(hf.Pairs(load_hf(spec), transform), batch_size, num_workers, "txt",
-                              image_captions_collate_fn)
-    return _wds_batches(spec, ("txt",), transform, batch_size, num_workers)
+                              image_captions_collate_fn, pin_memory)
+    return _wds_batches(spec, ("txt",), transform, batch_size, num_workers, pin_memory)
 
 
 def load_hf(spec: DatasetSpec) -> hf.Rows:

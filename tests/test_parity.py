@@ -1,4 +1,5 @@
 """Parity: our stages reproduce clip_benchmark's zeroshot_classification.evaluate on the same checkpoint and data."""
+import numpy as np
 import pytest
 import torch
 from clip_benchmark.metrics import zeroshot_classification
@@ -42,7 +43,8 @@ def test_pipeline_matches_clip_benchmark_evaluate(loader, shapes_root, prompt_so
 def test_clip_benchmark_protocol_matches_its_default_amp_on_cpu(loader, shapes_root):
     """protocol=clip_benchmark on CPU is clip_benchmark 1.6.2's `evaluate(..., amp=True)`: both towers and the logits
     under torch.autocast("cpu"), i.e. bfloat16 (metrics/zeroshot_classification.py: zero_shot_classifier and
-    run_classification). acc1 agrees within one sample; fp32 is a different computation."""
+    run_classification). acc1 agrees within one sample, logits within bfloat16's precision; fp32 is a different
+    computation."""
     from omegaconf import OmegaConf
 
     from pipeline import precision
@@ -64,11 +66,13 @@ def test_clip_benchmark_protocol_matches_its_default_amp_on_cpu(loader, shapes_r
     logits = zero_shot_logits(images, classifier, recipe)
     ours = metrics.classification_metrics(logits, images["labels"])
     assert abs(ours["acc1"] - reference["acc1"]) <= 1 / len(images["labels"])
-    # and in fact bit for bit: clip_benchmark's own classifier and logits under its default amp
+    # and logit by logit, within one bfloat16 step at the logits' scale (0.5 for |logit| in [64, 128)): prompts are
+    # encoded trimmed to their batch's longest one, so a few bfloat16 sums round the other way than clip_benchmark's
+    # full-context ones, and the product carries that step
     reference_classifier = zeroshot_classification.zero_shot_classifier(loaded.model, loaded.tokenizer,
                                                                         info.classnames, info.templates, "cpu")
     reference_logits, _ = zeroshot_classification.run_classification(loaded.model, reference_classifier, dataloader,
                                                                      "cpu", amp=True)
-    assert (logits == reference_logits.numpy()).all()
+    np.testing.assert_allclose(logits, reference_logits.numpy(), rtol=0, atol=0.5)
     fp32_logits = zero_shot_logits({"image_features": images["image_features"]}, {"classifier": classifier["classifier"]})
     assert not (fp32_logits == logits).all()

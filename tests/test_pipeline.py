@@ -50,8 +50,9 @@ def assets(shapes_root, tiny_checkpoint) -> list[str]:
 def test_sweep_encodes_images_once_and_repeats_from_cache(tmp_path, assets):
     assert_ok(run_pipeline(tmp_path, "-m", PROMPTS, *assets))
     first = stage_counts(tmp_path)
-    assert first == Counter({("embed", "image"): 1, ("embed", "text"): 3, ("classify", ""): 3, ("score", ""): 3,
-                             ("job", ""): 3, ("aggregate", ""): 1})
+    # 5 distinct templates: `{c}`, and the dataset's 4, of which `a photo of a {c}.` is a_photo_of's one
+    assert first == Counter({("embed", "image"): 1, ("embed", "template"): 5, ("embed", "text"): 3, ("classify", ""): 3,
+                             ("score", ""): 3, ("job", ""): 3, ("aggregate", ""): 1})
 
     table = pd.read_csv(sweep_dirs(tmp_path)[0] / "table.csv")
     assert sorted(table["prompts"]) == ["a_photo_of", "classname", "dataset"]
@@ -65,7 +66,7 @@ def test_sweep_encodes_images_once_and_repeats_from_cache(tmp_path, assets):
 
     repeat = run_pipeline(tmp_path, "-m", PROMPTS, *assets)
     assert_ok(repeat)
-    assert "cache miss" not in repeat.stderr + repeat.stdout
+    assert "MISS" not in repeat.stderr + repeat.stdout and "[score] HIT" in repeat.stderr + repeat.stdout
     assert stage_counts(tmp_path) == first + Counter({("job", ""): 3, ("aggregate", ""): 1})
 
     # A different headline metric reuses the logits and the scores; only the table changes.
@@ -165,7 +166,8 @@ def test_failed_stage_is_not_served_on_the_next_run(tmp_path, shapes_root, tiny_
     shard.write_bytes(original)
     fixed = run_pipeline(tmp_path, *overrides)
     assert_ok(fixed)
-    assert "[embed] cache miss key=" + failed_run.data.tags["cache_key"] in fixed.stderr + fixed.stdout
+    assert any("[embed] MISS" in line and line.endswith("key=" + failed_run.data.tags["cache_key"])
+               for line in (fixed.stderr + fixed.stdout).splitlines())
     [image_run] = [r for r in runs(tmp_path) if r.data.tags.get("modality") == "image"
                    and r.info.run_id != skipped_run.info.run_id]
     assert image_run.data.tags["cache_key"] == failed_run.data.tags["cache_key"]

@@ -28,3 +28,8 @@ class Batch:
     images: torch.Tensor | None
     fields: dict[str, list[Any]]
     unreadable: list[Unreadable] = field(default_factory=list)
+
+    def pin_memory(self) -> "Batch":
+        """Called by a DataLoader with `pin_memory=True` (it pins tensors, mappings and sequences, not dataclasses)."""
+        images = self.images.pin_memory() if self.images is not None else None
+        return Batch(images, self.fields, self.unreadable)

@@ -93,7 +93,7 @@ def shard_failure(exc: Exception) -> bool:
 
 
 def batches(shards: list[Path], fields: tuple[str, ...], transform: Callable, batch_size: int,
-            num_workers: int) -> Iterator[Batch]:
+            num_workers: int, pin_memory: bool = False) -> Iterator[Batch]:
     """The samples of `shards` in order (split across DataLoader workers by shard, as clip_benchmark's
     WebDataset does), decoded one by one, in batches."""
     import webdataset as wds
@@ -110,4 +110,4 @@ def batches(shards: list[Path], fields: tuple[str, ...], transform: Callable, ba
         wds.batched(batch_size, collation_fn=partial(collate, fields=fields)),
     )
     workers = min(num_workers, len(local))
-    return iter(torch.utils.data.DataLoader(samples, batch_size=None, num_workers=workers))
+    return iter(torch.utils.data.DataLoader(samples, batch_size=None, num_workers=workers, pin_memory=pin_memory))

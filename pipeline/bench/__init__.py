@@ -1,0 +1,1 @@
+"""Speed benchmarks: `python -m pipeline.bench` (see __main__.py)."""

@@ -1,0 +1,122 @@
+"""`python -m pipeline.bench`: this pipeline's speed as ratios against references measured in the same run.
+
+1. sweep: D synthetic webdatasets x 4 prompt sets with a random ViT-B-32 checkpoint, this pipeline's multirun
+   per dataset (cold store) against `clip_benchmark eval --no_amp` once per (dataset, prompt set);
+2. cached rerun: the same sweeps again, per job, beyond a bare interpreter start with the same imports;
+3. large classifier: one job with open_clip's 80 ImageNet templates on 25 classes against one `clip_benchmark eval`
+   with the same templates, both fp32;
+4. image embedding: the embed stage against a bare `DataLoader -> encode_image` loop (same DataLoader settings).
+
+Targets: (1) >= 4x, (2) <= 0.25 s a job, (3) >= 3x, (4) >= 0.95.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from pipeline import datasets, prompts
+from pipeline.bench import embedding, fixtures
+from pipeline.bench.processes import (BARE_START, BenchFailure, Dataset, Model, Settings, clip_benchmark_command,
+                                      pipeline_command, seconds)
+from pipeline.models import ModelLoader, ModelSpec, resolve_device
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+SWEEP_PROMPTS = ["dataset", "classname", "a_photo_of", "simple_imagenet"]
+
+
+def templates_of(prompt_set: str, dataset: Dataset) -> list[str]:
+    """The templates a prompt set resolves to on `dataset`, as this pipeline resolves them."""
+    spec = datasets.DatasetSpec(dataset.name, "zeroshot_classification", str(dataset.root), "test", "acc1")
+    info = datasets.describe(spec)
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"prompts={prompt_set}"]).prompts
+    resolved = prompts.resolve(cfg, dataset.name, info.templates, info.classnames)
+    assert isinstance(resolved, list), f"{prompt_set} is not a template list"
+    return resolved
+
+
+def line(label: str, value: float, unit: str = "s", note: str = "") -> None:
+    print(f"  {label:<58} {value:8.2f} {unit}  {note}".rstrip())
+
+
+def sweep_and_rerun(model: Model, sets: list[Dataset], settings: Settings, scratch: Path) -> None:
+    env = {"CLIP_TABLES_OUTPUTS": str(scratch / "sweep")}
+    reference = sum(seconds(clip_benchmark_command(model, dataset, templates_of(name, dataset), settings, scratch, name))
+                    for dataset in sets for name in SWEEP_PROMPTS)
+    cold = sum(seconds(pipeline_command(model, dataset, SWEEP_PROMPTS, settings), env) for dataset in sets)
+    jobs = len(sets) * len(SWEEP_PROMPTS)
+    print(f"1. prompt-set sweep: {len(sets)} datasets x {len(SWEEP_PROMPTS)} prompt sets ({','.join(SWEEP_PROMPTS)})")
+    line(f"clip_benchmark eval --no_amp, {jobs} processes", reference)
+    line(f"this pipeline, {len(sets)} multirun processes, empty store", cold, note=f"speed-up {reference / cold:.2f}x (target >= 4x)")
+    warm = sum(seconds(pipeline_command(model, dataset, SWEEP_PROMPTS, settings), env) for dataset in sets)
+    bare = min(seconds(BARE_START) for _ in range(3))
+    per_job = (warm - len(sets) * bare) / jobs
+    print(f"2. fully cached rerun of those {jobs} jobs")
+    line(f"{len(sets)} multirun processes, every stage cached", warm)
+    line("bare interpreter start with the same imports", bare)
+    line("per job beyond the interpreter start", per_job, note="(target <= 0.25 s)")
+
+
+def large_classifier(model: Model, dataset: Dataset, settings: Settings, scratch: Path) -> None:
+    templates = templates_of("openai_imagenet", dataset)
+    reference = seconds(clip_benchmark_command(model, dataset, templates, settings, scratch, "openai_imagenet"))
+    ours = seconds(pipeline_command(model, dataset, ["openai_imagenet"], settings),
+                   {"CLIP_TABLES_OUTPUTS": str(scratch / "classifier")})
+    classes = len(datasets.describe(datasets.DatasetSpec(dataset.name, "zeroshot_classification", str(dataset.root),
+                                                         "test", "acc1")).classnames)
+    print(f"3. large classifier: {classes} classes x {len(templates)} templates = {classes * len(templates)} prompts")
+    line("clip_benchmark eval --no_amp --custom_template_file", reference)
+    line("python -m pipeline prompts=openai_imagenet, empty store", ours, note=f"speed-up {reference / ours:.2f}x (target >= 3x)")
+
+
+def image_embedding(model: Model, root: Path, settings: Settings, device: torch.device) -> None:
+    loaded = ModelLoader(ModelSpec("bench", model.arch, str(model.checkpoint), "fp32"), device).get()
+    bare, ours = embedding.compare(loaded, root, settings.batch_size, settings.workers)
+    print(f"4. image embedding on {device}: {bare.images} images, batch {settings.batch_size}, {settings.workers} workers")
+    line("bare DataLoader -> encode_image", bare.per_second, "img/s")
+    line("the embed stage", ours.per_second, "img/s", note=f"ratio {ours.per_second / bare.per_second:.3f} (target >= 0.95)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="ViT-B-32", help="open_clip architecture, randomly initialised")
+    parser.add_argument("--images", type=int, default=160, help="images per sweep dataset (benchmarks 1-2)")
+    parser.add_argument("--datasets", type=int, default=2, help="sweep datasets (benchmarks 1-2)")
+    parser.add_argument("--classes", type=int, default=25, help="classes for benchmark 3 (10 images each)")
+    parser.add_argument("--embed-images", type=int, default=512, help="images for benchmark 4")
+    parser.add_argument("--embed-size", type=int, default=256, help="side of benchmark 4's JPEG-sized images")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--only", default="1,3,4", help="which benchmarks (2 always runs with 1)")
+    parser.add_argument("--scratch", type=Path, default=None, help="keep the generated data here (default: a temp dir)")
+    args = parser.parse_args()
+    chosen = set(args.only.split(","))
+    settings = Settings(args.batch_size, args.workers)
+    device = resolve_device("auto")
+    with tempfile.TemporaryDirectory() as temporary:
+        scratch = (args.scratch or Path(temporary)).resolve()
+        model = Model(args.arch, fixtures.random_checkpoint(scratch / f"{args.arch}-random.pt", args.arch))
+        print(f"{args.arch} (random init), {device}, {torch.get_num_threads()} CPU threads, "
+              f"batch {settings.batch_size}, {settings.workers} workers")
+        try:
+            if "1" in chosen:
+                sets = [Dataset(f"bench{i}", fixtures.shapes(scratch / f"bench{i}", args.images, seed=10 + i))
+                        for i in range(args.datasets)]
+                sweep_and_rerun(model, sets, settings, scratch)
+            if "3" in chosen:
+                root = fixtures.named_classes(scratch / "named", fixtures.imagenet_classnames(args.classes), 10, seed=3)
+                large_classifier(model, Dataset("named", root), settings, scratch)
+            if "4" in chosen:
+                root = fixtures.named_classes(scratch / "embed", fixtures.imagenet_classnames(16),
+                                              args.embed_images // 16, seed=4, size=args.embed_size)
+                image_embedding(model, root, settings, device)
+        except BenchFailure as exc:
+            raise SystemExit(f"bench failed: {exc}")
+
+
+if __name__ == "__main__":
+    main()
