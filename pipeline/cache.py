@@ -149,9 +149,10 @@ class StageCache:
                 if result is not None:
                     served[request.key] = result
         missing = [request for request in requests if request.key not in served]
-        status = "HIT " if not missing else f"MISS ({self.miss_reason})" if not served or not self.serving else "PART"
-        stage = requests[0].stage if requests else "?"
-        log.info("[%s] %s %s  %d of %d cached, %d to compute", stage, status, label, len(served), len(requests), len(missing))
+        status = "HIT " if not missing else "MISS" if not served else "PART"
+        reason = f", {self.miss_reason}" if missing else ""
+        log.info("[%s] %s %s  (%d of %d cached%s)", requests[0].stage if requests else "-", status, label,
+                 len(served), len(requests), reason)
         outputs = compute(missing) if missing else []
         computed = {request.key: self._compute(request, lambda output=output: output)
                     for request, output in zip(missing, outputs, strict=True)}

@@ -11,8 +11,18 @@ from pathlib import Path
 
 PYTHON = sys.executable
 CLIP_BENCHMARK = str(Path(sys.executable).with_name("clip_benchmark"))
-# What `python -m pipeline` imports before any job runs (the aggregate callback included).
-BARE_START = [PYTHON, "-c", "import pipeline.__main__, pipeline.aggregate"]
+# A process that runs `python -m pipeline ARGS...` and, as it exits, writes the modules it imported to FILE.
+_RECORDING = ("import atexit, json, runpy, sys\n"
+              "record, sys.argv = sys.argv[1], ['pipeline', *sys.argv[2:]]\n"
+              "atexit.register(lambda: open(record, 'w').write(json.dumps(sorted(sys.modules))))\n"
+              "runpy.run_module('pipeline', run_name='__main__', alter_sys=True)\n")
+# A bare interpreter that imports those modules and does nothing else.
+_IMPORTING = ("import importlib, json, sys\n"
+              "for name in json.load(open(sys.argv[1])):\n"
+              "    try:\n"
+              "        importlib.import_module(name)\n"
+              "    except Exception:\n"
+              "        pass\n")
 
 
 class BenchFailure(RuntimeError):
@@ -48,13 +58,40 @@ class Settings:
     workers: int
 
 
-def pipeline_command(model: Model, dataset: Dataset, prompt_sets: list[str], settings: Settings) -> list[str]:
-    """One `python -m pipeline` process: a multirun over the prompt sets (a single run for one set)."""
-    sweep = ["-m"] if len(prompt_sets) > 1 else []
-    return [PYTHON, "-m", "pipeline", *sweep, "model=tiny", f"model.name=bench_{model.arch}", f"model.arch={model.arch}",
-            f"model.pretrained={model.checkpoint}", "protocol=fp32", "dataset=wds", f"dataset.name={dataset.name}",
-            f"dataset.root={dataset.root}", f"prompts={','.join(prompt_sets)}", f"batch_size={settings.batch_size}",
-            f"num_workers={settings.workers}"]
+def dataset_configs(scratch: Path, sets: list[Dataset]) -> Path:
+    """A config folder with one `dataset/<name>.yaml` per synthetic set, added to Hydra's search path, so one
+    multirun sweeps datasets and prompt sets together as a user's sweep does."""
+    folder = scratch / "conf" / "dataset"
+    folder.mkdir(parents=True, exist_ok=True)
+    for dataset in sets:
+        (folder / f"{dataset.name}.yaml").write_text(
+            f"name: {dataset.name}\ntask: zeroshot_classification\nformat: wds\ncolumn: null\nroot: {dataset.root}\n"
+            f"split: test\nskip_corrupt: false\nmain_metric: acc1\n")
+    return folder.parent
+
+
+def pipeline_arguments(model: Model, sets: list[Dataset], prompt_sets: list[str], settings: Settings,
+                       conf: Path) -> list[str]:
+    """`python -m pipeline`'s arguments: a multirun over datasets x prompt sets (a single run for one of each)."""
+    sweep = ["-m"] if len(sets) * len(prompt_sets) > 1 else []
+    return [*sweep, f"hydra.searchpath=[file://{conf}]", "model=tiny", f"model.name=bench_{model.arch}",
+            f"model.arch={model.arch}", f"model.pretrained={model.checkpoint}", "protocol=fp32",
+            f"dataset={','.join(d.name for d in sets)}", f"prompts={','.join(prompt_sets)}",
+            f"batch_size={settings.batch_size}", f"num_workers={settings.workers}"]
+
+
+def pipeline_command(arguments: list[str]) -> list[str]:
+    return [PYTHON, "-m", "pipeline", *arguments]
+
+
+def recording_command(arguments: list[str], record: Path) -> list[str]:
+    """`python -m pipeline` that records the modules it imported, for `bare_command`."""
+    return [PYTHON, "-c", _RECORDING, str(record), *arguments]
+
+
+def bare_command(record: Path) -> list[str]:
+    """A bare interpreter start with exactly the imports a recorded run made."""
+    return [PYTHON, "-c", _IMPORTING, str(record)]
 
 
 def clip_benchmark_command(model: Model, dataset: Dataset, templates: list[str], settings: Settings,
