@@ -23,14 +23,19 @@ def quietly():
     """clip_benchmark's converter prints every shard and warns about its 8 workers: none of it is a figure."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
-        yield
+        logging.disable(logging.WARNING)  # open_clip warns that a model without weights is randomly initialised
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
 
 
 def random_checkpoint(path: Path, arch: str = "ViT-B-32", seed: int = 0) -> Path:
     """A real-size checkpoint of `arch` with open_clip's own random initialisation (a state dict, as open_clip saves)."""
     if not path.exists():
         torch.manual_seed(seed)
-        model = open_clip.create_model(arch, pretrained=None)
+        with quietly():
+            model = open_clip.create_model(arch, pretrained=None)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), path)
     return path

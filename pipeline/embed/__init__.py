@@ -100,7 +100,7 @@ def template_embeddings(cache: StageCache, loader: ModelLoader, classnames: list
     distinct = list(dict.fromkeys(templates))
     by_key = {template_key(model, classnames, template): template for template in distinct}
     run_tags = {**tags, "modality": "template", "prompts": "*", "precision": model.precision, TEMPLATE_SET_TAG: group}
-    requests = [StageRequest("embed", key, {**run_tags, "template": template}, {"template": template},
+    requests = [StageRequest("embed", key, {**run_tags, "template": template}, {},
                              name=f"embed-template:{loader.spec.name}:{template}") for key, template in by_key.items()]
     results = cache.get_or_compute_many(
         requests, (TEMPLATE_SET_TAG, group), f"embed-templates:{loader.spec.name}:{tags.get('dataset')}",
