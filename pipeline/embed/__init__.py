@@ -2,7 +2,7 @@
 embeddings for (model, strings): zero-shot classifiers, retrieval captions, WinoGAViL cues.
 
 Zero-shot classifiers are assembled from per-template embeddings, each cached on its own, so prompt sets that
-share templates encode each shared template once (`templates.py`)."""
+share templates encode each shared template once (`template_embeddings`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
