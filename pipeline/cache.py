@@ -24,6 +24,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.entities import Run
 
 from pipeline import one_line
+from pipeline.claims import CLAIM_ID_TAG, MAX_KEYS, Claim, Claims
 from pipeline.tracking import TrackingStore, finished_run
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,10 @@ class StageResult:
     hit: bool
     tags: Mapping[str, str] = field(default_factory=dict)  # the run's tags (served or written)
 
+    @property
+    def key(self) -> str:
+        return self.tags["cache_key"]
+
 
 class CorruptArtifact(RuntimeError):
     """A cached file is missing or does not match the checksum recorded when it was written."""
@@ -118,34 +123,45 @@ class StageCache:
     store: TrackingStore
     enabled: bool = True
     force: bool = False
+    claim_timeout_s: float = 300.0  # a claim without a heartbeat for this long belongs to a killed worker
 
     def get_or_compute(self, request: StageRequest, compute: Callable[[], StageOutput],
                        before: Callable[[], None] | None = None) -> StageResult:
         """The cached output for `request.key`, or `compute()`'s in a new run. `before` runs on a miss before that
         run exists (to gather upstream stages), so a failure upstream leaves no run of this stage behind."""
+        lookup = lambda: {request.key: self._search(f"tags.cache_key = '{request.key}'", limit=10)}
         if self.serving:
-            cached = self._serve(request, self._search(f"tags.cache_key = '{request.key}'", limit=10))
+            cached = self._serve(request, lookup()[request.key])
             if cached is not None:
                 log.info("[%s] HIT  %s  run=%s key=%s", request.stage, request.name, cached.run_id, request.key)
                 return cached
         log.info("[%s] MISS %s  (%s) key=%s", request.stage, request.name, self.miss_reason, request.key)
-        if before is not None:
-            before()
-        return self._compute(request, compute)
+
+        def run(_: list[StageRequest], claim_id: str | None) -> list[StageResult]:
+            if before is not None:
+                before()
+            return [self._compute(request, compute, claim_id)]
+
+        return self._claimed([request], lookup, request.key, request.name, run)[0]
 
     def get_or_compute_many(self, requests: Sequence[StageRequest], shared_tag: tuple[str, str], label: str,
                             compute: Callable[[list[StageRequest]], list[StageOutput]]) -> list[StageResult]:
         """Outputs that carry one shared tag (the per-template embeddings of one model and class list): a single
         search finds every cached one, since MLflow's search has no IN on tags; the rest are computed in one call
         and each written to a run of its own, so any later combination can be served piecewise."""
-        served: dict[str, StageResult] = {}
-        if self.serving:
-            name, value = shared_tag
+        name, value = shared_tag
+
+        def lookup() -> dict[str, list[Run]]:
             candidates: dict[str, list[Run]] = {}
             for run in self._search(f"tags.{name} = '{value}'"):
                 candidates.setdefault(run.data.tags.get("cache_key", ""), []).append(run)
+            return candidates
+
+        served: dict[str, StageResult] = {}
+        if self.serving:
+            found = lookup()
             for request in requests:
-                result = self._serve(request, candidates.get(request.key, []))
+                result = self._serve(request, found.get(request.key, []))
                 if result is not None:
                     served[request.key] = result
         missing = [request for request in requests if request.key not in served]
@@ -153,10 +169,63 @@ class StageCache:
         reason = f", {self.miss_reason}" if missing else ""
         log.info("[%s] %s %s  (%d of %d cached%s)", requests[0].stage if requests else "-", status, label,
                  len(served), len(requests), reason)
-        outputs = compute(missing) if missing else []
-        computed = {request.key: self._compute(request, lambda output=output: output)
-                    for request, output in zip(missing, outputs, strict=True)}
-        return [served.get(request.key) or computed[request.key] for request in requests]
+
+        def run(mine: list[StageRequest], claim_id: str | None) -> list[StageResult]:
+            return [self._compute(request, lambda output=output: output, claim_id)
+                    for request, output in zip(mine, compute(mine), strict=True)]
+
+        if missing:
+            for result in self._claimed(missing, lookup, value, label, run):
+                served[result.key] = result
+        return [served[request.key] for request in requests]
+
+    def _claimed(self, requests: list[StageRequest], lookup: Callable[[], Mapping[str, Sequence[Run]]], group: str,
+                 label: str, compute: Callable[[list[StageRequest], str | None], list[StageResult]]
+                 ) -> list[StageResult]:
+        """Compute the requests this job wins a claim on; wait to be served the others (see `pipeline.claims`).
+
+        Without serving (cache off, or forced) there is nothing to wait for, so nothing is claimed."""
+        if not self.serving:
+            return compute(requests, None)
+        results: dict[str, StageResult] = {}
+        for start in range(0, len(requests), MAX_KEYS):
+            chunk = requests[start:start + MAX_KEYS]
+            with self.claims.hold([request.key for request in chunk], group, label) as claim:
+                self._settle(chunk, lookup, claim, label, compute, results)
+        return [results[request.key] for request in requests]
+
+    def _settle(self, pending: list[StageRequest], lookup: Callable[[], Mapping[str, Sequence[Run]]], claim: Claim,
+                label: str, compute: Callable[[list[StageRequest], str | None], list[StageResult]],
+                results: dict[str, StageResult]) -> None:
+        delay, waiting = 0.2, False
+        while pending:
+            # Looked up again under the claim: another job may have finished a key since this job missed it.
+            found = lookup()
+            for request in pending:
+                served = self._serve(request, found.get(request.key, []))
+                if served is not None:
+                    log.info("[%s] HIT  %s  (computed by another job) run=%s", request.stage, request.name,
+                             served.run_id)
+                    results[request.key] = served
+            pending = [request for request in pending if request.key not in results]
+            if not pending:
+                return
+            owners = claim.owners()
+            mine = [request for request in pending if owners[request.key] == claim.run_id]
+            if mine:
+                results.update((result.key, result) for result in compute(mine, claim.run_id))
+                pending = [request for request in pending if request.key not in results]
+                continue
+            if not waiting:
+                others = sorted({owners[request.key] for request in pending})
+                log.info("[%s] WAIT %s  (being computed under claim %s)", pending[0].stage, label, ", ".join(others))
+                waiting = True
+            time.sleep(delay)
+            delay = min(delay * 1.5, self.claims.poll_s)
+
+    @property
+    def claims(self) -> Claims:
+        return Claims(self.store, self.claim_timeout_s)
 
     @property
     def serving(self) -> bool:
@@ -230,10 +299,11 @@ class StageCache:
         raise AssertionError("unreachable")
 
     # -- compute ------------------------------------------------------------------------------
-    def _compute(self, request: StageRequest, compute: Callable[[], StageOutput]) -> StageResult:
+    def _compute(self, request: StageRequest, compute: Callable[[], StageOutput], claim_id: str | None = None
+                 ) -> StageResult:
         client = self.store.client
         tags = {**request.tags, "stage": request.stage, "cache_key": request.key,
-                "cache_store": "true" if self.enabled else "false"}
+                "cache_store": "true" if self.enabled else "false", **({CLAIM_ID_TAG: claim_id} if claim_id else {})}
         with finished_run(self.store, tags, request.name) as run_id:
             log_params(client, run_id, request.params)
             output = compute()

@@ -96,7 +96,8 @@ def run_job(cfg: DictConfig, output_dir: Path | None = None) -> JobResult:
     versions = library_versions()
 
     store = tracking.connect_cfg(cfg.tracking)
-    cache = StageCache(store, enabled=cfg.cache.enabled, force=cfg.cache.force)
+    cache = StageCache(store, enabled=cfg.cache.enabled, force=cfg.cache.force,
+                       claim_timeout_s=float(cfg.cache.claim_timeout_s))
     # Prompt sets only shape classifiers; retrieval and WinoGAViL embed the dataset's own texts.
     prompt_tag = prompt_label(cfg.prompts) if class_prompts is not None else "*"
     tags = {"model": loader.spec.arch, "pretrained": loader.spec.pretrained_label, "model_name": loader.spec.name,

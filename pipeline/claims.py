@@ -1,0 +1,157 @@
+"""Claims on cache keys, kept in the tracking store itself, so that jobs missing the same key at once compute it
+once: one computes, the others wait and are served its run. They work the same on SQLite and on a tracking server.
+
+MLflow has no compare-and-set, so a claim is an ordinary run (tag `stage=claim`, the keys it claims, a
+heartbeat). After creating its claim a job lists the live claims of the same group; for each key, the earliest
+live claim (start time, then run id) owns it. Claims are deleted on release. A claim whose heartbeat has not moved
+for `timeout_s` belongs to a killed worker: whoever finds it marks the stage runs it left RUNNING as KILLED and
+deletes it, and the next earliest claim takes the keys over. Stage runs carry `claim_id`, the claim they were
+computed under, which is how a dead claim's runs are found.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+from mlflow.entities import Run, RunTag
+
+from pipeline import one_line
+from pipeline.tracking import TrackingStore
+
+log = logging.getLogger(__name__)
+
+CLAIM_STAGE = "claim"
+CLAIM_ID_TAG = "claim_id"  # on a stage run: the claim it was computed under
+_GROUP, _KEYS, _HEARTBEAT = "claim_group", "claim_keys", "claim_heartbeat"
+# MLflow keeps tag values up to 8000 characters; keys are 24 characters and a comma.
+MAX_KEYS = 300
+
+
+@dataclass(frozen=True)
+class ClaimInfo:
+    run_id: str
+    start_time: int
+    keys: frozenset[str]
+    heartbeat: float
+
+    @property
+    def order(self) -> tuple[int, str]:
+        return self.start_time, self.run_id
+
+    @classmethod
+    def from_run(cls, run: Run) -> "ClaimInfo":
+        tags = run.data.tags
+        return cls(run.info.run_id, run.info.start_time, frozenset(filter(None, tags.get(_KEYS, "").split(","))),
+                   float(tags.get(_HEARTBEAT, 0.0)))
+
+
+@dataclass
+class Claim:
+    """A claim this process holds; its heartbeat thread runs until it is released."""
+
+    claims: "Claims"
+    info: ClaimInfo
+    group: str
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def run_id(self) -> str:
+        return self.info.run_id
+
+    def owners(self) -> dict[str, str]:
+        """The run id of the claim that owns each of this claim's keys, after reaping expired claims."""
+        live = [self.info]
+        for other in self.claims.listed(self.group):
+            if other.run_id == self.run_id:
+                continue
+            if self.claims.expired(other):
+                self.claims.reap(other)
+            else:
+                live.append(other)
+        live.sort(key=lambda claim: claim.order)
+        return {key: next(claim.run_id for claim in live if key in claim.keys) for key in self.info.keys}
+
+    def _beat(self) -> None:
+        client = self.claims.store.client
+        failing = False
+        while not self._stop.wait(self.claims.heartbeat_s):
+            try:
+                client.set_tag(self.run_id, _HEARTBEAT, f"{time.time():.3f}")
+                failing = False
+            except Exception as exc:  # the store may be down for a while; the claim then expires, which is safe
+                if not failing:
+                    log.warning("claim %s: heartbeat failed (%s); retrying", self.run_id, one_line(exc)[:200])
+                failing = True
+
+
+@dataclass(frozen=True)
+class Claims:
+    """Claims in one tracking store; `timeout_s` without a heartbeat makes a claim expired."""
+
+    store: TrackingStore
+    timeout_s: float = 300.0
+
+    @property
+    def heartbeat_s(self) -> float:
+        return self.timeout_s / 5
+
+    @property
+    def poll_s(self) -> float:
+        """The longest wait between two looks at the store while another job computes."""
+        return min(5.0, self.timeout_s / 4)
+
+    @contextmanager
+    def hold(self, keys: Sequence[str], group: str, label: str) -> Iterator[Claim]:
+        """Create a claim on `keys` (all of one `group`), heartbeat it, and delete it when the block ends."""
+        if not 0 < len(keys) <= MAX_KEYS:
+            raise ValueError(f"a claim holds 1 to {MAX_KEYS} keys, not {len(keys)}")
+        client = self.store.client
+        now = time.time()
+        tags = {"stage": CLAIM_STAGE, _GROUP: group, _KEYS: ",".join(keys), _HEARTBEAT: f"{now:.3f}",
+                "claim_host": socket.gethostname(), "claim_pid": str(os.getpid())}
+        run = client.create_run(self.store.experiment_id, start_time=int(now * 1000), tags=tags,
+                                run_name=f"claim:{label}")
+        claim = Claim(self, ClaimInfo(run.info.run_id, run.info.start_time, frozenset(keys), now), group)
+        beat = threading.Thread(target=claim._beat, name=f"claim-heartbeat-{claim.run_id}", daemon=True)
+        beat.start()
+        try:
+            yield claim
+        finally:
+            claim._stop.set()
+            beat.join()
+            self._remove(claim.run_id, "FINISHED")
+
+    def listed(self, group: str) -> list[ClaimInfo]:
+        query = f"tags.stage = '{CLAIM_STAGE}' and tags.{_GROUP} = '{group}' and attributes.status = 'RUNNING'"
+        runs = self.store.client.search_runs([self.store.experiment_id], filter_string=query, max_results=1000)
+        return [ClaimInfo.from_run(run) for run in runs]
+
+    def expired(self, claim: ClaimInfo) -> bool:
+        return time.time() - claim.heartbeat > self.timeout_s
+
+    def reap(self, claim: ClaimInfo) -> None:
+        """A killed worker's claim: the stage runs it left RUNNING become KILLED, so the UI says what happened."""
+        client = self.store.client
+        query = f"tags.{CLAIM_ID_TAG} = '{claim.run_id}' and attributes.status = 'RUNNING'"
+        for run in client.search_runs([self.store.experiment_id], filter_string=query, max_results=1000):
+            log.warning("run %s (%s) was left running by a worker whose claim expired; marking it KILLED",
+                        run.info.run_id, run.info.run_name)
+            client.log_batch(run.info.run_id, tags=[RunTag("killed_by", "expired claim")])
+            client.set_terminated(run.info.run_id, "KILLED")
+        log.warning("claim %s expired (no heartbeat for %.0f s); taking its keys over", claim.run_id,
+                    time.time() - claim.heartbeat)
+        self._remove(claim.run_id, "KILLED")
+
+    def _remove(self, run_id: str, status: str) -> None:
+        client = self.store.client
+        try:
+            client.set_terminated(run_id, status)
+            client.delete_run(run_id)
+        except Exception as exc:  # another job reaped it first, or the store is down: an orphan expires anyway
+            log.debug("claim %s not removed: %s", run_id, exc)

@@ -1,0 +1,117 @@
+"""Claims on cache keys, in a real SQLite store: concurrent misses compute once, a killed claimant is taken over."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from mlflow.entities import ViewType
+
+from pipeline import tracking
+from pipeline.cache import StageCache, StageOutput, StageRequest
+from pipeline.claims import CLAIM_ID_TAG, CLAIM_STAGE, Claims
+
+
+def request(key: str) -> StageRequest:
+    return StageRequest("embed", key, {"modality": "image"}, {"a": 1}, name=f"embed:{key}")
+
+
+def all_runs(store, query: str = ""):
+    return store.client.search_runs([store.experiment_id], query, run_view_type=ViewType.ALL, max_results=1000)
+
+
+def test_jobs_missing_one_key_at_once_compute_it_once(store):
+    """Four threads, each with its own cache object, miss the same key together: one computes, three are served."""
+    computed: list[int] = []
+    barrier = threading.Barrier(4)
+    results = [None] * 4
+
+    def job(index: int) -> None:
+        def compute() -> StageOutput:
+            computed.append(index)
+            time.sleep(1.0)  # long enough for every other job to find the claim
+            return StageOutput({"x": np.arange(3.0)})
+
+        barrier.wait()
+        results[index] = StageCache(store, claim_timeout_s=30).get_or_compute(request("k"), compute)
+
+    threads = [threading.Thread(target=job, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(computed) == 1
+    assert len({result.run_id for result in results}) == 1 and sum(not r.hit for r in results) == 1
+    stage_runs = all_runs(store, "tags.stage = 'embed'")
+    assert [run.info.status for run in stage_runs] == ["FINISHED"]
+    assert stage_runs[0].data.tags[CLAIM_ID_TAG]
+    # released claims are deleted; none is left live, and none ever carried a stage's name or a cache key
+    assert not all_runs(store, f"tags.stage = '{CLAIM_STAGE}' and attributes.status = 'RUNNING'")
+    claims = all_runs(store, f"tags.stage = '{CLAIM_STAGE}'")
+    assert len(claims) == 4 and all(run.info.lifecycle_stage == "deleted" for run in claims)
+    assert not any("cache_key" in run.data.tags for run in claims)
+
+
+def test_earliest_live_claim_owns_each_key(store):
+    claims = Claims(store, timeout_s=30)
+    with claims.hold(["a", "b"], "g", "first") as first, claims.hold(["b", "c"], "g", "second") as second:
+        assert first.owners() == {"a": first.run_id, "b": first.run_id}
+        assert second.owners() == {"b": first.run_id, "c": second.run_id}
+    with claims.hold(["b", "c"], "g", "alone") as alone:
+        assert alone.owners() == {"b": alone.run_id, "c": alone.run_id}
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from pipeline import tracking
+    from pipeline.cache import StageCache, StageOutput, StageRequest
+    from pipeline.claims import CLAIM_ID_TAG
+
+    store = tracking.connect(sys.argv[1], "test")
+
+    def compute():
+        # A partial artifact, as if the worker died while uploading; then it hangs until it is killed.
+        [run] = store.client.search_runs([store.experiment_id], "tags.stage = 'embed' and attributes.status = 'RUNNING'")
+        partial = sys.argv[2]
+        np.save(partial, np.zeros(2))
+        store.client.log_artifact(run.info.run_id, partial)
+        print("computing", flush=True)
+        time.sleep(600)
+
+    StageCache(store, claim_timeout_s=float(sys.argv[3])).get_or_compute(
+        StageRequest("embed", "k", {"modality": "image"}, {}, name="embed:k"), compute)
+""")
+
+
+def test_a_killed_claimant_is_taken_over_and_its_run_marked_killed(store, tmp_path):
+    """A worker SIGKILLed while computing under its claim: the next job waits out the timeout, marks the stage run
+    it left RUNNING as KILLED, computes the key itself, and what the killed worker wrote is never served."""
+    timeout_s = 3.0
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, store.uri, str(tmp_path / "image_features.npy"),
+                               str(timeout_s)], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "computing"
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    [zombie] = all_runs(store, "tags.stage = 'embed'")
+    assert zombie.info.status == "RUNNING"
+
+    started = time.monotonic()
+    result = StageCache(store, claim_timeout_s=timeout_s).get_or_compute(
+        request("k"), lambda: StageOutput({"image_features": np.arange(4.0)}))
+    waited = time.monotonic() - started
+    assert not result.hit and result.run_id != zombie.info.run_id and waited >= timeout_s - 1.0
+    killed = store.client.get_run(zombie.info.run_id)
+    assert killed.info.status == "KILLED" and killed.data.tags["killed_by"] == "expired claim"
+    served = StageCache(store).get_or_compute(request("k"), lambda: StageOutput({"image_features": np.zeros(1)}))
+    assert served.hit and served.run_id == result.run_id
+    assert np.array_equal(served.output.arrays["image_features"], np.arange(4.0))
+    assert not all_runs(store, f"tags.stage = '{CLAIM_STAGE}' and attributes.status = 'RUNNING'")
