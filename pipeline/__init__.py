@@ -1,5 +1,6 @@
 """Zero-shot CLIP benchmark tables: Hydra configs, embed -> classify -> score -> aggregate, cached in MLflow."""
 import os
+import warnings
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -10,6 +11,12 @@ from pipeline.sources import dataset_root
 OmegaConf.register_new_resolver("abspath", lambda path: str(Path(path).expanduser().resolve()), replace=True)
 # Lets each catalog dataset point at its public copy, or at a local mirror when `data_root` is set.
 OmegaConf.register_new_resolver("dataset_root", dataset_root, replace=True)
+# How many GPUs this process sees: the submitit_local launcher gives its jobs that many (it hides them otherwise).
+OmegaConf.register_new_resolver("visible_gpus", lambda: __import__("torch").cuda.device_count(), replace=True)
+# conf/hydra/launcher/submitit_{slurm,local}.yaml replace the plugin's presets of the same name, so Hydra 1.3
+# validates them against the plugin's schema (typed fields, which is what we want) and warns that it does. Each
+# preset lists every field, so it stays complete should a later Hydra stop matching schemas by name.
+warnings.filterwarnings("ignore", message=r"\n'hydra/launcher/submitit_\w+' is validated against ConfigStore schema")
 # A cache hit downloads a few small files; MLflow's per-download progress bars would bury the one line per stage.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 

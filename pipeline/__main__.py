@@ -3,10 +3,17 @@ from __future__ import annotations
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.plugins import Plugins
+from hydra_plugins.clip_tables.launcher import LocalLauncher, SlurmLauncher
 from omegaconf import DictConfig
 
 from pipeline.cli import reported
 from pipeline.job import run_job
+
+# Hydra 1.3 finds plugins by walking the hydra_plugins namespace, which a PEP 660 editable install (`pip install
+# -e`) hides from it (facebookresearch/hydra#3252); registering the launchers by hand works for every install.
+for launcher in (LocalLauncher, SlurmLauncher):
+    Plugins.instance().register(launcher)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

@@ -5,6 +5,7 @@ import logging
 import time
 from contextlib import contextmanager
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,9 @@ from mlflow.tracking import MlflowClient
 from pipeline import PipelineError
 
 log = logging.getLogger(__name__)
+
+# A real API call, cheap on any store.
+API_PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
 
 
 @dataclass(frozen=True)
@@ -34,12 +38,21 @@ def _check_reachable(uri: str) -> None:
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     elif uri.startswith(("http://", "https://")):
-        # MLflow's own client retries for minutes; one quick probe gives a clear answer instead.
+        # MLflow's own client retries for minutes; one quick probe gives a clear answer instead. It is a real API
+        # call: MLflow 3.17's /health answers even where the server's host check refuses every API request.
         try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
+            urllib.request.urlopen(uri.rstrip("/") + API_PROBE, timeout=10).close()
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode(errors="replace")
+            if exc.code == 403 and "Host" in body:
+                raise PipelineError(
+                    f"MLflow tracking server {uri} refuses requests addressed to {urllib.parse.urlsplit(uri).hostname} "
+                    f"({body.strip()[:80]}); start it with `--allowed-hosts` naming that host "
+                    f"(`make server ARGS=allowed_hosts=...`), or use its loopback or private IP address") from exc
+            raise PipelineError(f"MLflow tracking server {uri} answered {exc.code} to an API call: {body.strip()[:200]}") from exc
         except (urllib.error.URLError, OSError) as exc:
             raise PipelineError(
-                f"MLflow tracking server {uri} is not reachable ({exc}). Start it (e.g. `mlflow server "
+                f"MLflow tracking server {uri} is not reachable ({exc}). Start it (`make server`, or `mlflow server "
                 f"--host 127.0.0.1 --port 5000`) or point tracking.uri at a reachable store "
                 f"(the default is the local SQLite store: tracking=local)."
             ) from exc

@@ -1,0 +1,146 @@
+"""`make server` (`python -m pipeline.server`): the lab's MLflow tracking server, one command.
+
+By default it runs on a private PostgreSQL cluster under `outputs/server/` (see `pipeline.postgres`) and proxies
+artifacts (`--artifacts-destination`), so workers need only its URL, no shared filesystem. A lab points it at its
+own PostgreSQL (`backend_store_uri=`) and artifact store (`artifacts_destination=`) instead.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import hydra
+from omegaconf import DictConfig
+
+from pipeline import PipelineError
+from pipeline.cli import reported
+from pipeline.postgres import Cluster
+from pipeline.tracking import API_PROBE
+
+log = logging.getLogger(__name__)
+
+
+
+def probe(url: str, timeout_s: float = 120.0, process: subprocess.Popen | None = None) -> None:
+    """Wait until `url`'s tracking API answers 200; fail early if `process` (the server) exits first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url.rstrip("/") + API_PROBE, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if process is not None and process.poll() is not None:
+            raise PipelineError(f"mlflow server exited with status {process.returncode} before answering")
+        if time.monotonic() > deadline:
+            raise PipelineError(f"{url} did not answer its tracking API within {timeout_s:.0f} s")
+        time.sleep(0.3)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """One `mlflow server` process: where it listens and what stores it uses."""
+
+    backend_store_uri: str
+    artifacts_destination: str
+    host: str = "127.0.0.1"
+    port: int = 5000
+    workers: int = 4
+    allowed_hosts: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        # A server bound to every interface is reached by the machine's name.
+        host = socket.getfqdn() if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    def command(self) -> list[str]:
+        command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend_store_uri,
+                   "--artifacts-destination", self.artifacts_destination, "--host", self.host,
+                   "--port", str(self.port), "--workers", str(self.workers)]
+        if self.allowed_hosts:
+            command += ["--allowed-hosts", self.allowed_hosts]
+        return command
+
+
+@dataclass(frozen=True)
+class Running:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+
+@contextmanager
+def serving(settings: ServerSettings, log_path: Path) -> Iterator[Running]:
+    """Run `mlflow server` until the block ends; yields it once its API answers."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as output:
+        process = subprocess.Popen(settings.command(), stdout=output, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **settings.env})
+        try:
+            try:
+                probe(f"http://127.0.0.1:{settings.port}" if settings.host in ("0.0.0.0", "::") else settings.url,
+                      process=process)
+            except PipelineError as exc:
+                raise PipelineError(f"{exc}; see {log_path}") from None
+            yield Running(settings.url, process, log_path)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@contextmanager
+def lab_server(cfg: DictConfig) -> Iterator[Running]:
+    """The server `cfg` (conf/server.yaml) describes, on a private PostgreSQL cluster unless it names a backend."""
+    folder = Path(cfg.folder)
+    with ExitStack() as stack:
+        env: dict[str, str] = {}
+        backend = cfg.backend_store_uri
+        if not backend:
+            cluster = stack.enter_context(Cluster(folder, int(cfg.postgres.port), cfg.postgres.os_user).running())
+            backend, env = cluster.uri, cluster.client_env
+        settings = ServerSettings(backend, str(cfg.artifacts_destination), cfg.host, int(cfg.port), int(cfg.workers),
+                                  cfg.allowed_hosts, env)
+        yield stack.enter_context(serving(settings, folder / "mlflow-server.log"))
+
+
+@hydra.main(config_path="../conf", config_name="server", version_base="1.3")
+@reported
+def main(cfg: DictConfig) -> None:
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C: server, then PostgreSQL
+    with lab_server(cfg) as server:
+        print(f"MLflow tracking server ready: {server.url}  (UI and API; backend: "
+              f"{cfg.backend_store_uri or 'private PostgreSQL in ' + str(cfg.folder)}; log: {server.log_path})",
+              flush=True)
+        print(f"Workers use: tracking=server tracking.uri={server.url}", flush=True)
+        print("Ctrl-C stops it.", flush=True)
+        try:
+            status = server.process.wait()
+        except KeyboardInterrupt:
+            print("stopping the tracking server", flush=True)
+            return
+        raise PipelineError(f"mlflow server exited with status {status}; see {server.log_path}")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    main()
