@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROMPTS ?= classname,a_photo_of,dataset,simple_imagenet,openai_imagenet
 
 .DEFAULT_GOAL := help
-.PHONY: help install assets demo test test-fast ui clean bench table
+.PHONY: help install assets demo test test-fast ui server clean bench table
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ test-fast: assets ## Run the fast unit tests only
 
 ui: $(STAMP) ## Open the MLflow UI on the local store (http://127.0.0.1:5000)
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000
+
+server: $(STAMP) ## The lab's MLflow tracking server: PostgreSQL backend, proxied artifacts, on 127.0.0.1:5000 (ARGS=key=value ...)
+	$(PY) -m pipeline.server $(ARGS)
 
 clean: ## Remove generated outputs (runs, store, bundled assets); keeps .venv/
 	find outputs -mindepth 1 ! -name README.md -exec rm -rf {} +

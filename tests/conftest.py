@@ -34,9 +34,9 @@ def store(tmp_path: Path) -> tracking.TrackingStore:
     return tracking.connect(f"sqlite:///{tmp_path}/mlflow.db", "test", str(tmp_path / "artifacts"))
 
 
-def compose_config(*overrides: str, config_name: str = "config"):
+def compose_config(*overrides: str, config_name: str = "config", return_hydra_config: bool = False):
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose(config_name, overrides=list(overrides))
+        return compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def asset_overrides(shapes_root: Path, tiny_checkpoint: Path) -> list[str]:

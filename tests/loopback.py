@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,14 +27,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for(url: str, timeout_s: float = 90.0) -> None:
-    """Poll `url` until it answers 200 (a real API call: a server's /health can answer before its API does)."""
+def wait_for(url: str, timeout_s: float = 90.0, accept: tuple[int, ...] = (200,)) -> None:
+    """Poll `url` until it answers with a status in `accept` (a real API call: a server's /health can answer
+    before its API does)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
+                if response.status in accept:
                     return
+        except urllib.error.HTTPError as exc:
+            if exc.code in accept:
+                return
         except OSError:
             pass
         if time.monotonic() > deadline:
@@ -39,17 +47,17 @@ def wait_for(url: str, timeout_s: float = 90.0) -> None:
 
 
 @contextmanager
-def mlflow_server(folder: Path) -> Iterator[str]:
+def mlflow_server(folder: Path, *options: str) -> Iterator[str]:
     """`mlflow server` on a SQLite store with proxied artifacts (`--artifacts-destination`); yields its URL."""
     port = free_port()
     log = open(folder / "mlflow-server.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder}/server.db",
          "--artifacts-destination", str(folder / "served-artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT)
+         "--workers", "1", *options], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(f"{url}/api/2.0/mlflow/experiments/search?max_results=1")
+        wait_for(f"{url}/api/2.0/mlflow/experiments/search?max_results=1", accept=(200, 403))
         yield url
     finally:
         process.terminate()
@@ -244,3 +252,33 @@ class FakeHub:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextmanager
+def postgres_mlflow_server() -> Iterator[str]:
+    """`make server` on free loopback ports, as a process: a private PostgreSQL cluster (run as `postgres` when
+    this is root) and `mlflow server` on it with proxied artifacts. Yields the tracking URI it prints; on exit it
+    is stopped as Ctrl-C or `kill` stops it, which must take PostgreSQL down too, and everything is removed.
+
+    The folder is made under /tmp rather than pytest's tmp_path, whose 0700 parents the `postgres` user cannot enter."""
+    folder = Path(tempfile.mkdtemp(prefix="clip-tables-lab-"))
+    folder.chmod(0o755)
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.server", f"folder={folder}/server",
+                                f"port={free_port()}", f"postgres.port={free_port()}", "workers=2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        said = []
+        for line in process.stdout:
+            said.append(line)
+            if line.startswith("Workers use: tracking=server tracking.uri="):
+                break
+        else:
+            raise RuntimeError(f"make server did not start: {''.join(said)[-2000:]}")
+        yield line.strip().rsplit("=", 1)[1]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, process.stdout.read()
+        assert not (folder / "server" / "pgdata" / "postmaster.pid").exists(), "PostgreSQL was left running"
+    finally:
+        if process.poll() is None:
+            process.kill()
+        shutil.rmtree(folder, ignore_errors=True)

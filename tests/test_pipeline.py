@@ -100,15 +100,6 @@ def test_prompt_sets_with_coinciding_templates_each_get_their_labelled_row(tmp_p
     assert row["prompts"] == "clip_hints" and row["shapes"] == table.loc["clip_hints", "shapes"]
 
 
-def test_parallel_joblib_sweep_on_a_fresh_sqlite_store(tmp_path, assets):
-    """Hydra's joblib launcher runs jobs in parallel processes; the store is created once before they start."""
-    proc = run_pipeline(tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", PROMPTS, *assets)
-    assert_ok(proc)
-    assert "database is locked" not in proc.stderr
-    assert stage_counts(tmp_path)[("score", "")] == 3
-    assert len(pd.read_csv(sweep_dirs(tmp_path)[0] / "table.csv")) == 3
-
-
 def test_corrupted_artifact_is_detected_and_recomputed(tmp_path, assets):
     assert_ok(run_pipeline(tmp_path, "-m", "prompts=classname", *assets))
     image_run = next(r for r in runs(tmp_path) if r.data.tags.get("modality") == "image")

@@ -4,6 +4,7 @@ import socket
 import pytest
 
 from pipeline import PipelineError, tracking
+from tests.loopback import mlflow_server
 
 
 def test_fresh_sqlite_store_gets_schema_and_experiment(tmp_path):
@@ -19,3 +20,12 @@ def test_unreachable_server_says_what_to_do():
         port = probe.getsockname()[1]
     with pytest.raises(PipelineError, match=rf"http://127.0.0.1:{port} is not reachable.*mlflow server"):
         tracking.connect(f"http://127.0.0.1:{port}", "exp")
+
+
+@pytest.mark.slow
+def test_server_refusing_the_host_says_to_start_it_with_allowed_hosts(tmp_path):
+    """MLflow 3.17 answers /health whatever the Host header, but refuses API calls addressed to a host it does not
+    allow; a server started with `--allowed-hosts` for a lab name refuses 127.0.0.1, and the probe says why."""
+    with mlflow_server(tmp_path, "--allowed-hosts", "mlflow.lab.example.org") as url:
+        with pytest.raises(PipelineError, match=r"refuses requests addressed to 127.0.0.1.*--allowed-hosts"):
+            tracking.connect(url, "exp")

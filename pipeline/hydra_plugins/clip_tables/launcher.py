@@ -48,10 +48,22 @@ def failure_line(job: Any, exc: BaseException) -> str:
     return last.strip() or str(exc).strip().splitlines()[0]
 
 
+class JobExited(RuntimeError):
+    """A job ended with `SystemExit` (a bad input, already reported on its stderr)."""
+
+
 class _Reporting:
     """Mixed into the plugin's launchers: submit every job, wait for all, then report each failure on one line."""
 
     _EXECUTOR: str
+
+    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
+        # Runs in the job. submitit records an exception as the job's result at once, but a SystemExit (how our
+        # commands end on a bad input) leaves no result, which the launcher waits 15 s for before calling it lost.
+        try:
+            return super().__call__(*args, **kwargs)
+        except SystemExit as exc:
+            raise JobExited(f"exit status {exc.code}") from None
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
