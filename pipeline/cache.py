@@ -211,6 +211,9 @@ class StageCache:
             if not pending:
                 return
             owners = claim.owners()
+            if owners is None:  # another claim is taking its ticket; decided a request later
+                time.sleep(0.05)
+                continue
             mine = [request for request in pending if owners[request.key] == claim.run_id]
             if mine:
                 results.update((result.key, result) for result in compute(mine, claim.run_id))

@@ -2,8 +2,12 @@
 once: one computes, the others wait and are served its run. They work the same on SQLite and on a tracking server.
 
 MLflow has no compare-and-set, so a claim is an ordinary run (tag `stage=claim`, the keys it claims, a
-heartbeat). After creating its claim a job lists the live claims of the same group; for each key, the earliest
-live claim (start time, then run id) owns it. Claims are deleted on release. A claim whose heartbeat has not moved
+heartbeat), ordered as in Lamport's bakery algorithm: after creating its claim a job lists the group's claims and
+takes a ticket one above the highest it saw; a claim without a ticket yet is still choosing, and nobody decides
+while one is. Then, for each key, the live claim with the lowest (ticket, run id) owns it. Start times would not
+do: a claim stamped earlier can be committed after a later one has already looked and found itself alone, and
+both would compute. Every store here is linearizable per request, which is all the bakery needs. Claims are
+deleted on release. A claim whose heartbeat has not moved
 for `timeout_s` belongs to a killed worker: whoever finds it marks the stage runs it left RUNNING as KILLED and
 deletes it, and the next earliest claim takes the keys over. Stage runs carry `claim_id`, the claim they were
 computed under, which is how a dead claim's runs are found.
@@ -28,7 +32,7 @@ log = logging.getLogger(__name__)
 
 CLAIM_STAGE = "claim"
 CLAIM_ID_TAG = "claim_id"  # on a stage run: the claim it was computed under
-_GROUP, _KEYS, _HEARTBEAT = "claim_group", "claim_keys", "claim_heartbeat"
+_GROUP, _KEYS, _HEARTBEAT, _TICKET = "claim_group", "claim_keys", "claim_heartbeat", "claim_ticket"
 # MLflow keeps tag values up to 8000 characters; keys are 24 characters and a comma.
 MAX_KEYS = 300
 
@@ -36,19 +40,20 @@ MAX_KEYS = 300
 @dataclass(frozen=True)
 class ClaimInfo:
     run_id: str
-    start_time: int
     keys: frozenset[str]
     heartbeat: float
+    ticket: int | None  # None while the claimant is still choosing it
 
     @property
     def order(self) -> tuple[int, str]:
-        return self.start_time, self.run_id
+        return self.ticket or 0, self.run_id
 
     @classmethod
     def from_run(cls, run: Run) -> "ClaimInfo":
         tags = run.data.tags
-        return cls(run.info.run_id, run.info.start_time, frozenset(filter(None, tags.get(_KEYS, "").split(","))),
-                   float(tags.get(_HEARTBEAT, 0.0)))
+        ticket = tags.get(_TICKET)
+        return cls(run.info.run_id, frozenset(filter(None, tags.get(_KEYS, "").split(","))),
+                   float(tags.get(_HEARTBEAT, 0.0)), int(ticket) if ticket else None)
 
 
 @dataclass
@@ -64,14 +69,17 @@ class Claim:
     def run_id(self) -> str:
         return self.info.run_id
 
-    def owners(self) -> dict[str, str]:
-        """The run id of the claim that owns each of this claim's keys, after reaping expired claims."""
+    def owners(self) -> dict[str, str] | None:
+        """The run id of the claim that owns each of this claim's keys (expired claims reaped first), or None while
+        another claim of the group is still choosing its ticket."""
         live = [self.info]
         for other in self.claims.listed(self.group):
             if other.run_id == self.run_id:
                 continue
             if self.claims.expired(other):
                 self.claims.reap(other)
+            elif other.ticket is None:
+                return None
             else:
                 live.append(other)
         live.sort(key=lambda claim: claim.order)
@@ -115,9 +123,16 @@ class Claims:
         now = time.time()
         tags = {"stage": CLAIM_STAGE, _GROUP: group, _KEYS: ",".join(keys), _HEARTBEAT: f"{now:.3f}",
                 "claim_host": socket.gethostname(), "claim_pid": str(os.getpid())}
-        run = client.create_run(self.store.experiment_id, start_time=int(now * 1000), tags=tags,
-                                run_name=f"claim:{label}")
-        claim = Claim(self, ClaimInfo(run.info.run_id, run.info.start_time, frozenset(keys), now), group)
+        run_id = client.create_run(self.store.experiment_id, start_time=int(now * 1000), tags=tags,
+                                   run_name=f"claim:{label}").info.run_id
+        try:
+            others = [other for other in self.listed(group) if other.run_id != run_id and not self.expired(other)]
+            ticket = 1 + max((other.ticket or 0 for other in others), default=0)
+            client.set_tag(run_id, _TICKET, str(ticket))
+        except BaseException:
+            self._remove(run_id, "FAILED")
+            raise
+        claim = Claim(self, ClaimInfo(run_id, frozenset(keys), now, ticket), group)
         beat = threading.Thread(target=claim._beat, name=f"claim-heartbeat-{claim.run_id}", daemon=True)
         beat.start()
         try:

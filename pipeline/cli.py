@@ -7,7 +7,9 @@ import logging
 import sys
 from typing import Any, Callable
 
-from pipeline import PipelineError
+from mlflow.exceptions import MlflowException
+
+from pipeline import PipelineError, one_line
 
 log = logging.getLogger("pipeline")
 
@@ -20,8 +22,17 @@ def _to_log_files(exc: BaseException) -> None:
             handler.handle(record)
 
 
+def _exit(exc: BaseException, message: str) -> None:
+    _to_log_files(exc)
+    sys.stderr.flush()
+    message = " ".join(message.split("\n"))  # one line, whatever a library put in the message
+    print(f"Error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(1) from None
+
+
 def reported(task: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a Hydra task function: a `PipelineError` exits with status 1 and its message alone.
+    """Wrap a Hydra task function: a `PipelineError` (or a tracking store failure) exits with status 1 and its
+    message alone.
 
     SystemExit is not an Exception, so Hydra neither prints its own report nor runs later jobs of the sweep."""
 
@@ -30,10 +41,9 @@ def reported(task: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return task(*args, **kwargs)
         except PipelineError as exc:
-            _to_log_files(exc)
-            sys.stderr.flush()
-            message = " ".join(str(exc).split("\n"))  # one line, whatever a library put in the message
-            print(f"Error: {message}", file=sys.stderr, flush=True)
-            raise SystemExit(1) from None
+            _exit(exc, str(exc))
+        except MlflowException as exc:  # the store went away or refused mid-job, after MLflow's own retries
+            _exit(exc, f"the MLflow tracking store failed: {one_line(exc)[:300]}. Check that it is up (tracking.uri) "
+                       f"and rerun; every stage that finished is served from the cache")
 
     return wrapper

@@ -52,9 +52,9 @@ def test_shared_templates_are_encoded_once_and_known_ones_never_again(store, loa
     classifier([T2, T3])
     assert encoded == [T1, T2, T3]
 
-    # A new combination of known templates: the classifier is looked up, claimed (looked up again under the
-    # claim, the live claims listed), and its templates found with one search by their shared tag; nothing
-    # encoded, the model never loaded.
+    # A new combination of known templates: the classifier is looked up, claimed (the claims listed for a ticket
+    # and again to decide, the classifier looked up again under the claim), and its templates found with one
+    # search by their shared tag; nothing encoded, the model never loaded.
     fresh = ModelLoader(loader.spec, loader.device, LoadedModels())
     searches = Counter()
     search = MlflowClient.search_runs
@@ -66,7 +66,7 @@ def test_shared_templates_are_encoded_once_and_known_ones_never_again(store, loa
     monkeypatch.setattr(MlflowClient, "search_runs", counted)
     combined = classifier([T3, T1], loader=fresh)
     assert encoded == [T1, T2, T3] and fresh.registry.loaded is None
-    assert searches == Counter({"tags.cache_key": 2, "tags.stage": 1, f"tags.{embed.TEMPLATE_SET_TAG}": 1})
+    assert searches == Counter({"tags.cache_key": 2, "tags.stage": 2, f"tags.{embed.TEMPLATE_SET_TAG}": 1})
     assert abs(combined["classifier"] - embed.encode_classifier(loader, CLASSNAMES, [T3, T1], "fp32").arrays["classifier"]).max() <= 1e-6
 
     runs = store.client.search_runs([store.experiment_id], filter_string="tags.modality = 'template'")

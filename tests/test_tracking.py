@@ -29,3 +29,25 @@ def test_server_refusing_the_host_says_to_start_it_with_allowed_hosts(tmp_path):
     with mlflow_server(tmp_path, "--allowed-hosts", "mlflow.lab.example.org") as url:
         with pytest.raises(PipelineError, match=r"refuses requests addressed to 127.0.0.1.*--allowed-hosts"):
             tracking.connect(url, "exp")
+
+
+def test_a_store_that_fails_mid_job_ends_the_command_in_one_line(monkeypatch, capsys):
+    """A real client call to a server that has gone away (MLflow's own retries off, so it fails at once)."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.cli import reported
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    @reported
+    def job() -> None:
+        MlflowClient(f"http://127.0.0.1:{port}").search_runs(["0"])
+
+    with pytest.raises(SystemExit) as exited:
+        job()
+    assert exited.value.code == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("Error: the MLflow tracking store failed:") and "rerun" in line
