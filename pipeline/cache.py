@@ -11,26 +11,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import mlflow.artifacts
-import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.entities import Run
 
-from pipeline import one_line
+from pipeline import artifacts
+from pipeline.artifacts import ArtifactUnavailable, CorruptArtifact, StageOutput
 from pipeline.claims import CLAIM_ID_TAG, MAX_KEYS, Claim, Claims
 from pipeline.tracking import TrackingStore, finished_run
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
-CHECKSUM_TAG = "checksum."
 # MLflow limits: 100 params per batch call, 6000 characters per param value.
 _PARAM_BATCH = 100
 _PARAM_MAX_CHARS = 6000
@@ -56,23 +52,6 @@ def cache_key(stage: str, version: str, config: Mapping[str, Any], inputs: Seque
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class StageOutput:
-    """What a stage produces: named arrays (saved as plain .npy) and scalar metrics."""
-
-    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
-    metrics: Mapping[str, float] = field(default_factory=dict)
-    tags: Mapping[str, str] = field(default_factory=dict)  # extra tags for the run (e.g. the inputs it used)
-
-
 @dataclass(frozen=True)
 class StageRequest:
     """One stage invocation: its key, the MLflow tags and params its run carries, and a readable name."""
@@ -94,26 +73,6 @@ class StageResult:
     @property
     def key(self) -> str:
         return self.tags["cache_key"]
-
-
-class CorruptArtifact(RuntimeError):
-    """A cached file is missing or does not match the checksum recorded when it was written."""
-
-
-class ArtifactUnavailable(RuntimeError):
-    """A cached file could not be downloaded for a reason that may pass (network error, server 5xx)."""
-
-
-DOWNLOAD_ATTEMPTS = 4
-DOWNLOAD_BACKOFF_S = 0.5
-
-
-def is_not_found(exc: BaseException) -> bool:
-    """A definite "this artifact does not exist" from the store, as opposed to a failure that may pass."""
-    if isinstance(exc, FileNotFoundError) or getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
-        return True
-    response = getattr(exc, "response", None)
-    return getattr(response, "status_code", None) == 404
 
 
 @dataclass(frozen=True)
@@ -190,16 +149,22 @@ class StageCache:
         results: dict[str, StageResult] = {}
         for start in range(0, len(requests), MAX_KEYS):
             chunk = requests[start:start + MAX_KEYS]
-            with self.claims.hold([request.key for request in chunk], group, label) as claim:
-                self._settle(chunk, lookup, claim, label, compute, results)
+            while any(request.key not in results for request in chunk):  # again with a new claim if one is lost
+                pending = [request for request in chunk if request.key not in results]
+                with self.claims.hold([request.key for request in pending], group, label) as claim:
+                    self._settle(pending, lookup, claim, label, compute, results)
         return [results[request.key] for request in requests]
 
     def _settle(self, pending: list[StageRequest], lookup: Callable[[], Mapping[str, Sequence[Run]]], claim: Claim,
                 label: str, compute: Callable[[list[StageRequest], str | None], list[StageResult]],
                 results: dict[str, StageResult]) -> None:
-        delay, waiting = 0.2, False
+        """Serve or compute `pending` into `results`; returns early if the claim is lost before computing."""
+        delay, waiting = 0.05, False
         while pending:
-            # Looked up again under the claim: another job may have finished a key since this job missed it.
+            # Who owns what is decided before looking the keys up: a key whose owner has released it by then was
+            # FINISHED before the release, so the lookup finds it; looking up first would miss a key finished
+            # between the two, and compute it again.
+            owners = claim.owners()
             found = lookup()
             for request in pending:
                 served = self._serve(request, found.get(request.key, []))
@@ -208,22 +173,18 @@ class StageCache:
                              served.run_id)
                     results[request.key] = served
             pending = [request for request in pending if request.key not in results]
-            if not pending:
+            if not pending or claim.lost.is_set():
                 return
-            owners = claim.owners()
-            if owners is None:  # another claim is taking its ticket; decided a request later
-                time.sleep(0.05)
-                continue
-            mine = [request for request in pending if owners[request.key] == claim.run_id]
+            mine = [request for request in pending if owners is not None and owners[request.key] == claim.run_id]
             if mine:
                 results.update((result.key, result) for result in compute(mine, claim.run_id))
                 pending = [request for request in pending if request.key not in results]
                 continue
-            if not waiting:
+            if owners is not None and not waiting:
                 others = sorted({owners[request.key] for request in pending})
                 log.info("[%s] WAIT %s  (being computed under claim %s)", pending[0].stage, label, ", ".join(others))
                 waiting = True
-            time.sleep(delay)
+            time.sleep(delay)  # owners None: another claim is taking its ticket, decided a request later
             delay = min(delay * 1.5, self.claims.poll_s)
 
     @property
@@ -258,7 +219,7 @@ class StageCache:
         """The first of `runs` whose artifacts can be read and verified; a corrupt one is never served again."""
         for run in runs:
             try:
-                return StageResult(self._load(run), run.info.run_id, hit=True, tags=dict(run.data.tags))
+                return StageResult(artifacts.load(run, self.store.uri), run.info.run_id, hit=True, tags=dict(run.data.tags))
             except ArtifactUnavailable as exc:
                 log.warning("[%s] cached run %s could not be read now (%s); it stays servable",
                             request.stage, run.info.run_id, exc)
@@ -268,38 +229,6 @@ class StageCache:
                 self.store.client.set_tag(run.info.run_id, "cache_store", "false")
                 self.store.client.set_tag(run.info.run_id, "cache_corrupt", str(exc)[:500])
         return None
-
-    def _load(self, run: Run) -> StageOutput:
-        checksums = {k.removeprefix(CHECKSUM_TAG): v for k, v in run.data.tags.items() if k.startswith(CHECKSUM_TAG)}
-        if not checksums:
-            raise CorruptArtifact("no checksums recorded")
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, expected in checksums.items():
-                actual = sha256_file(self._download(run, name, Path(tmp)))
-                if actual != expected:
-                    raise CorruptArtifact(f"{name} checksum {actual[:12]} != recorded {expected[:12]}")
-            return _read_output(Path(tmp), checksums)
-
-    def _download(self, run: Run, name: str, directory: Path) -> Path:
-        """One artifact, retried with backoff on failures that may pass; a definite "not found" is corrupt.
-
-        It is addressed by the run's artifact URI, not `runs:/`, whose resolver reports every failure as
-        "does not exist" and so would hide a passing network error."""
-        run_id = run.info.run_id
-        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-            try:
-                return Path(mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"{run.info.artifact_uri.rstrip('/')}/{name}", dst_path=str(directory),
-                    tracking_uri=self.store.uri))
-            except Exception as exc:  # MLflow raises MlflowException, requests' and OS errors, depending on the store
-                if is_not_found(exc):
-                    raise CorruptArtifact(f"{name} is missing from the artifact store: {exc}") from exc
-                if attempt == DOWNLOAD_ATTEMPTS:
-                    raise ArtifactUnavailable(f"{name}: {DOWNLOAD_ATTEMPTS} attempts failed, last: {exc}") from exc
-                log.warning("downloading %s of run %s failed (%s); retrying (%d/%d)", name, run_id,
-                            one_line(exc)[:200], attempt + 1, DOWNLOAD_ATTEMPTS)
-                time.sleep(DOWNLOAD_BACKOFF_S * 2 ** (attempt - 1))
-        raise AssertionError("unreachable")
 
     # -- compute ------------------------------------------------------------------------------
     def _compute(self, request: StageRequest, compute: Callable[[], StageOutput], claim_id: str | None = None
@@ -311,39 +240,15 @@ class StageCache:
             log_params(client, run_id, request.params)
             output = compute()
             with tempfile.TemporaryDirectory() as tmp:
-                checksums = _write_output(Path(tmp), output)
+                checksums = artifacts.write_output(Path(tmp), output)
                 client.log_artifacts(run_id, tmp)
             client.log_batch(
                 run_id,
                 metrics=[Metric(mlflow_metric_name(k), float(v), 0, 0) for k, v in output.metrics.items()],
-                tags=[RunTag(CHECKSUM_TAG + name, digest) for name, digest in checksums.items()]
+                tags=[RunTag(artifacts.CHECKSUM_TAG + name, digest) for name, digest in checksums.items()]
                 + [RunTag(name, value) for name, value in output.tags.items()],
             )
         return StageResult(output, run_id, hit=False, tags={**tags, **output.tags})
-
-
-def _write_output(directory: Path, output: StageOutput) -> dict[str, str]:
-    checksums: dict[str, str] = {}
-    for name, array in output.arrays.items():
-        path = directory / f"{name}.npy"
-        np.save(path, np.asarray(array), allow_pickle=False)
-        checksums[path.name] = sha256_file(path)
-    if output.metrics:
-        path = directory / METRICS_FILE
-        # NaN (e.g. acc5 with < 5 classes) is kept as null so the file stays strict JSON.
-        metrics = {k: (None if math.isnan(float(v)) else float(v)) for k, v in output.metrics.items()}
-        path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        checksums[path.name] = sha256_file(path)
-    return checksums
-
-
-def _read_output(directory: Path, names: Mapping[str, str]) -> StageOutput:
-    arrays = {Path(n).stem: np.load(directory / n, allow_pickle=False) for n in names if n.endswith(".npy")}
-    metrics: dict[str, float] = {}
-    if METRICS_FILE in names:
-        raw = json.loads((directory / METRICS_FILE).read_text())
-        metrics = {k: (math.nan if v is None else float(v)) for k, v in raw.items()}
-    return StageOutput(arrays, metrics)
 
 
 def log_params(client, run_id: str, params: Mapping[str, Any]) -> None:

@@ -7,10 +7,13 @@ takes a ticket one above the highest it saw; a claim without a ticket yet is sti
 while one is. Then, for each key, the live claim with the lowest (ticket, run id) owns it. Start times would not
 do: a claim stamped earlier can be committed after a later one has already looked and found itself alone, and
 both would compute. Every store here is linearizable per request, which is all the bakery needs. Claims are
-deleted on release. A claim whose heartbeat has not moved
-for `timeout_s` belongs to a killed worker: whoever finds it marks the stage runs it left RUNNING as KILLED and
-deletes it, and the next earliest claim takes the keys over. Stage runs carry `claim_id`, the claim they were
-computed under, which is how a dead claim's runs are found.
+deleted on release.
+
+A claim whose heartbeat value has not changed for `timeout_s`, as the observer's own monotonic clock measures it
+(so workers' clocks need not agree), belongs to a killed worker: the observer marks the stage runs it left RUNNING
+as KILLED, deletes it, and the next claim in order takes its keys over. Stage runs carry `claim_id`, the claim
+they were computed under, which is how a dead claim's runs are found. A claimant that finds its own claim gone
+(taken over while its heartbeats could not reach the store) stops relying on it.
 """
 from __future__ import annotations
 
@@ -63,7 +66,9 @@ class Claim:
     claims: "Claims"
     info: ClaimInfo
     group: str
+    lost: threading.Event = field(default_factory=threading.Event)  # set when another job took it over
     _stop: threading.Event = field(default_factory=threading.Event)
+    _seen: dict[str, tuple[float, float]] = field(default_factory=dict)  # other claim -> (heartbeat, first seen)
 
     @property
     def run_id(self) -> str:
@@ -72,18 +77,29 @@ class Claim:
     def owners(self) -> dict[str, str] | None:
         """The run id of the claim that owns each of this claim's keys (expired claims reaped first), or None while
         another claim of the group is still choosing its ticket."""
-        live = [self.info]
+        live, choosing = [self.info], False
         for other in self.claims.listed(self.group):
             if other.run_id == self.run_id:
                 continue
-            if self.claims.expired(other):
-                self.claims.reap(other)
+            if self._stale(other):
+                self.claims.reap(other, time.monotonic() - self._seen[other.run_id][1])
             elif other.ticket is None:
-                return None
+                choosing = True
             else:
                 live.append(other)
+        if choosing:
+            return None
         live.sort(key=lambda claim: claim.order)
         return {key: next(claim.run_id for claim in live if key in claim.keys) for key in self.info.keys}
+
+    def _stale(self, other: ClaimInfo) -> bool:
+        """Whether `other`'s heartbeat has stood still for the timeout, by this process's monotonic clock."""
+        now = time.monotonic()
+        seen = self._seen.get(other.run_id)
+        if seen is None or seen[0] != other.heartbeat:
+            self._seen[other.run_id] = (other.heartbeat, now)
+            return False
+        return now - seen[1] > self.claims.timeout_s
 
     def _beat(self) -> None:
         client = self.claims.store.client
@@ -92,15 +108,27 @@ class Claim:
             try:
                 client.set_tag(self.run_id, _HEARTBEAT, f"{time.time():.3f}")
                 failing = False
-            except Exception as exc:  # the store may be down for a while; the claim then expires, which is safe
+            except Exception as exc:  # the store may be down for a while: keep trying, unless the claim is gone
+                if self._taken_over():
+                    log.warning("claim %s was taken over by another job (its heartbeats did not reach the store for "
+                                "%.0f s); this job no longer counts on it", self.run_id, self.claims.timeout_s)
+                    self.lost.set()
+                    return
                 if not failing:
                     log.warning("claim %s: heartbeat failed (%s); retrying", self.run_id, one_line(exc)[:200])
                 failing = True
 
+    def _taken_over(self) -> bool:
+        try:
+            run = self.claims.store.client.get_run(self.run_id)
+        except Exception:  # unreachable, or already gone: only a definite answer counts
+            return False
+        return run.info.lifecycle_stage == "deleted" or run.info.status != "RUNNING"
+
 
 @dataclass(frozen=True)
 class Claims:
-    """Claims in one tracking store; `timeout_s` without a heartbeat makes a claim expired."""
+    """Claims in one tracking store; a heartbeat standing still for `timeout_s` makes a claim expired."""
 
     store: TrackingStore
     timeout_s: float = 300.0
@@ -126,8 +154,7 @@ class Claims:
         run_id = client.create_run(self.store.experiment_id, start_time=int(now * 1000), tags=tags,
                                    run_name=f"claim:{label}").info.run_id
         try:
-            others = [other for other in self.listed(group) if other.run_id != run_id and not self.expired(other)]
-            ticket = 1 + max((other.ticket or 0 for other in others), default=0)
+            ticket = 1 + max((other.ticket or 0 for other in self.listed(group) if other.run_id != run_id), default=0)
             client.set_tag(run_id, _TICKET, str(ticket))
         except BaseException:
             self._remove(run_id, "FAILED")
@@ -147,10 +174,7 @@ class Claims:
         runs = self.store.client.search_runs([self.store.experiment_id], filter_string=query, max_results=1000)
         return [ClaimInfo.from_run(run) for run in runs]
 
-    def expired(self, claim: ClaimInfo) -> bool:
-        return time.time() - claim.heartbeat > self.timeout_s
-
-    def reap(self, claim: ClaimInfo) -> None:
+    def reap(self, claim: ClaimInfo, silent_s: float) -> None:
         """A killed worker's claim: the stage runs it left RUNNING become KILLED, so the UI says what happened."""
         client = self.store.client
         query = f"tags.{CLAIM_ID_TAG} = '{claim.run_id}' and attributes.status = 'RUNNING'"
@@ -159,8 +183,7 @@ class Claims:
                         run.info.run_id, run.info.run_name)
             client.log_batch(run.info.run_id, tags=[RunTag("killed_by", "expired claim")])
             client.set_terminated(run.info.run_id, "KILLED")
-        log.warning("claim %s expired (no heartbeat for %.0f s); taking its keys over", claim.run_id,
-                    time.time() - claim.heartbeat)
+        log.warning("claim %s expired (no heartbeat for %.0f s); taking its keys over", claim.run_id, silent_s)
         self._remove(claim.run_id, "KILLED")
 
     def _remove(self, run_id: str, status: str) -> None:

@@ -16,7 +16,7 @@ import open_clip
 import torch
 
 from pipeline import PipelineError, precision
-from pipeline.cache import sha256_file
+from pipeline.artifacts import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -128,7 +128,7 @@ def test_transient_download_failure_is_retried_and_the_run_stays_servable(tmp_pa
 
     # MLflow's client retries 5xx itself by default; switched off so a single 503 reaches the cache.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setattr("pipeline.cache.DOWNLOAD_BACKOFF_S", 0.05)
+    monkeypatch.setattr("pipeline.artifacts.DOWNLOAD_BACKOFF_S", 0.05)
     with mlflow_server(tmp_path) as server, FlakyProxy(server, "/mlflow-artifacts/") as proxy:
         store = tracking.connect(proxy.url, "test")
         cache = StageCache(store)

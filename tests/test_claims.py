@@ -66,6 +66,68 @@ def test_jobs_missing_one_key_at_once_compute_it_once(store):
     assert not any("cache_key" in run.data.tags for run in claims)
 
 
+def test_a_key_finished_while_a_waiter_looks_it_up_is_served_not_recomputed(store):
+    """The owner finishes and releases its claim right after a waiting job's lookup returned nothing. Deciding
+    ownership after that lookup would find the key unclaimed and compute it again; it is decided before."""
+    computing, finish = threading.Event(), threading.Event()
+
+    def slow() -> StageOutput:
+        computing.set()
+        finish.wait(30)
+        return StageOutput({"x": np.arange(3.0)})
+
+    owner = threading.Thread(target=lambda: StageCache(store, claim_timeout_s=30).get_or_compute(request("k"), slow))
+    owner.start()
+    assert computing.wait(30)
+
+    searches = []
+
+    class Waiter(StageCache):
+        def _search(self, condition, limit=None):
+            runs = super()._search(condition, limit)
+            searches.append(condition)
+            if len(searches) == 2:  # the first lookup under the waiter's claim: the owner finishes just after it
+                finish.set()
+                owner.join(30)
+            return runs
+
+    recomputed = []
+    result = Waiter(store, claim_timeout_s=30).get_or_compute(
+        request("k"), lambda: recomputed.append(1) or StageOutput({"x": np.zeros(1)}))
+    assert not recomputed and result.hit
+    np.testing.assert_array_equal(result.output.arrays["x"], np.arange(3.0))
+
+
+def test_when_the_computing_job_fails_a_waiting_job_takes_the_key_over(store):
+    calls: list[int] = []
+
+    def flaky() -> StageOutput:
+        calls.append(1)
+        time.sleep(0.3)
+        if len(calls) == 1:
+            raise RuntimeError("the first attempt fails")
+        return StageOutput({"x": np.arange(3.0)})
+
+    barrier, outcomes = threading.Barrier(3), []
+
+    def job() -> None:
+        barrier.wait()
+        try:
+            outcomes.append(StageCache(store, claim_timeout_s=30).get_or_compute(request("k"), flaky).run_id)
+        except RuntimeError as exc:
+            outcomes.append(str(exc))
+
+    threads = [threading.Thread(target=job) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(calls) == 2 and sorted(outcomes).count("the first attempt fails") == 1
+    statuses = sorted(run.info.status for run in all_runs(store, "tags.stage = 'embed'"))
+    assert statuses == ["FAILED", "FINISHED"]
+    assert len({outcome for outcome in outcomes if outcome != "the first attempt fails"}) == 1
+
+
 def test_earliest_live_claim_owns_each_key(store):
     claims = Claims(store, timeout_s=30)
     with claims.hold(["a", "b"], "g", "first") as first, claims.hold(["b", "c"], "g", "second") as second:

@@ -121,7 +121,8 @@ def test_a_failing_submitit_job_reports_its_error_and_log_in_one_line(tmp_path, 
 
 @pytest.mark.slow
 def test_two_sweeps_started_together_on_one_sqlite_store_embed_the_images_once(tmp_path, assets):
-    tracking.connect(f"sqlite:///{tmp_path}/outputs/mlflow.db", "clip-tables")  # the store exists, as in a lab
+    tracking.connect(f"sqlite:///{tmp_path}/outputs/mlflow.db", "clip-tables",  # the store exists, as in a lab
+                     str(tmp_path / "outputs" / "mlartifacts"))
     env = {**os.environ, "CLIP_TABLES_OUTPUTS": str(tmp_path / "outputs"), "HYDRA_FULL_ERROR": "0"}
     sweeps = [subprocess.Popen([sys.executable, "-m", "pipeline", "-m", prompts, *assets], cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
