@@ -7,6 +7,7 @@ password lives in a pgpass file readable by the invoking user alone, handed to c
 """
 from __future__ import annotations
 
+import fcntl
 import grp
 import logging
 import os
@@ -70,6 +71,10 @@ class Cluster:
     port: int
     os_user: str = "postgres"  # who runs initdb/pg_ctl when this process is root
 
+    def __post_init__(self) -> None:
+        # initdb and pg_ctl run from / (a folder the `postgres` user can always enter), so the path must not be relative.
+        object.__setattr__(self, "folder", Path(self.folder).expanduser().resolve())
+
     @property
     def data(self) -> Path:
         return self.folder / "pgdata"
@@ -118,13 +123,15 @@ class Cluster:
         """initdb once: a role `mlflow` with a random password, kept in the pgpass file."""
         self.check_folder()
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.check_folder()  # again: folders just made under a restrictive umask count too
         if (self.data / "PG_VERSION").exists():
             return
         runner = self._runner()
         password = secrets.token_urlsafe(24)
+        # Kept before initdb runs, so a crash in between never leaves a cluster whose password is lost.
+        _write_private(self.passfile, f"127.0.0.1:*:*:{ROLE}:{password}\n")
         pwfile = self.folder / ".initdb-password"
-        pwfile.write_text(password + "\n")
-        pwfile.chmod(0o600)
+        _write_private(pwfile, password + "\n")
         self.data.mkdir(mode=0o700, exist_ok=True)
         if runner:
             os.chown(pwfile, runner.pw_uid, runner.pw_gid)
@@ -136,11 +143,10 @@ class Cluster:
             pwfile.unlink()
         if done.returncode != 0:
             shutil.rmtree(self.data, ignore_errors=True)  # a half-made cluster is never started
-            raise PipelineError(f"initdb failed: {(done.stderr or done.stdout).strip().splitlines()[-1]}")
+            said = (done.stderr or done.stdout).strip().splitlines() or [f"exit status {done.returncode}"]
+            raise PipelineError(f"initdb failed: {said[-1]}")
         with open(self.data / "postgresql.conf", "a") as conf:
             conf.write(f"\ninclude_if_exists = '{_SETTINGS}'\n")
-        self.passfile.write_text(f"127.0.0.1:*:*:{ROLE}:{password}\n")
-        self.passfile.chmod(0o600)
 
     def _write_settings(self) -> None:
         settings = self.data / _SETTINGS
@@ -154,19 +160,24 @@ class Cluster:
         return self.folder / "postgres.log"
 
     def start(self) -> None:
+        """Start the cluster (made first if need be); the caller holds the folder's lock (see `running`)."""
         self.ensure()
         if self._run("pg_ctl", "status", "-D", str(self.data)).returncode == 0:
-            self.stop()  # left running by a session that died; restarted so it listens on the port asked for
+            self.stop()  # left by a session that died (it no longer holds the lock); restarted on the port asked for
         self._write_settings()
         self.log_path.touch()
         runner = self._runner()
         if runner:
             os.chown(self.log_path, runner.pw_uid, runner.pw_gid)
         done = self._run("pg_ctl", "start", "-D", str(self.data), "-l", str(self.log_path), "-w", "-t", "60")
-        if done.returncode != 0:
-            raise PipelineError(f"PostgreSQL did not start on 127.0.0.1:{self.port} ({done.stdout.strip()[-200:]}); "
-                                f"see {self.log_path}")
-        self._create_database()
+        try:
+            if done.returncode != 0:
+                raise PipelineError(f"PostgreSQL did not start on 127.0.0.1:{self.port} "
+                                    f"({done.stdout.strip()[-200:]}); see {self.log_path}")
+            self._create_database()
+        except BaseException:
+            self.stop()  # whatever came up is taken down again
+            raise
 
     def _create_database(self) -> None:
         import psycopg
@@ -182,8 +193,26 @@ class Cluster:
 
     @contextmanager
     def running(self) -> Iterator["Cluster"]:
-        self.start()
-        try:
-            yield self
-        finally:
-            self.stop()
+        """The cluster, started for the block and stopped after it. One session per folder: a second one would
+        stop the first one's database, so it is refused while the first holds the folder's lock."""
+        self.check_folder()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise PipelineError(f"another `make server` is running on {self.folder}; stop it first, or give "
+                                    f"this one its own folder (folder=...)") from None
+            self.start()
+            try:
+                yield self
+            finally:
+                self.stop()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """A file only its owner can read, from the moment it exists."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    path.chmod(0o600)  # an existing file keeps its old mode through O_CREAT

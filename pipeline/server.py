@@ -83,36 +83,63 @@ class Running:
     log_path: Path
 
 
+def ensure_port_free(host: str, port: int, what: str, setting: str) -> None:
+    """Refuse a port something already listens on: a server started there would fail to bind, while the probe
+    would be answered by whatever holds it (another `make server`, `make ui`)."""
+    with socket.socket() as trial:
+        trial.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no listener
+        try:
+            trial.bind((host, port))
+        except OSError as exc:
+            raise PipelineError(f"{what} port {port} on {host} is in use ({exc.strerror}); stop what holds it "
+                                f"(another `make server`? `make ui`?) or choose another with {setting}=...") from None
+
+
 @contextmanager
 def serving(settings: ServerSettings, log_path: Path) -> Iterator[Running]:
     """Run `mlflow server` until the block ends; yields it once its API answers."""
+    ensure_port_free(settings.host, settings.port, "the tracking server's", "port")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as output:
+        # Its own process group: the server's workers are stopped with it, and a Ctrl-C reaches it only through
+        # this process, which stops it in order (server first, then PostgreSQL).
         process = subprocess.Popen(settings.command(), stdout=output, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **settings.env})
+                                   env={**os.environ, **settings.env}, start_new_session=True)
         try:
             try:
                 probe(f"http://127.0.0.1:{settings.port}" if settings.host in ("0.0.0.0", "::") else settings.url,
                       process=process)
             except PipelineError as exc:
                 raise PipelineError(f"{exc}; see {log_path}") from None
+            if process.poll() is not None:
+                raise PipelineError(f"mlflow server exited with status {process.returncode}; see {log_path}")
             yield Running(settings.url, process, log_path)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 @contextmanager
 def lab_server(cfg: DictConfig) -> Iterator[Running]:
     """The server `cfg` (conf/server.yaml) describes, on a private PostgreSQL cluster unless it names a backend."""
-    folder = Path(cfg.folder)
+    folder = Path(cfg.folder).expanduser().resolve()
     with ExitStack() as stack:
         env: dict[str, str] = {}
         backend = cfg.backend_store_uri
         if not backend:
+            ensure_port_free("127.0.0.1", int(cfg.postgres.port), "PostgreSQL's", "postgres.port")
             cluster = stack.enter_context(Cluster(folder, int(cfg.postgres.port), cfg.postgres.os_user).running())
             backend, env = cluster.uri, cluster.client_env
         settings = ServerSettings(backend, str(cfg.artifacts_destination), cfg.host, int(cfg.port), int(cfg.workers),
@@ -129,12 +156,19 @@ def main(cfg: DictConfig) -> None:
               f"{cfg.backend_store_uri or 'private PostgreSQL in ' + str(cfg.folder)}; log: {server.log_path})",
               flush=True)
         print(f"Workers use: tracking=server tracking.uri={server.url}", flush=True)
+        if cfg.host in ("0.0.0.0", "::") and not cfg.allowed_hosts:
+            print("Note: MLflow refuses requests addressed to a name that is not loopback or a private IP; workers "
+                  "use this machine's private IP, or restart with allowed_hosts=<the name they use>", flush=True)
         print("Ctrl-C stops it.", flush=True)
         try:
             status = server.process.wait()
         except KeyboardInterrupt:
-            print("stopping the tracking server", flush=True)
-            return
+            status = None
+        # Stopping takes a moment (the server, then PostgreSQL); a second Ctrl-C must not cut it short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("stopping the tracking server", flush=True)
+    if status is not None:
         raise PipelineError(f"mlflow server exited with status {status}; see {server.log_path}")
 
 

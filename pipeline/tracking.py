@@ -44,7 +44,9 @@ def _check_reachable(uri: str) -> None:
             urllib.request.urlopen(uri.rstrip("/") + API_PROBE, timeout=10).close()
         except urllib.error.HTTPError as exc:
             body = exc.read().decode(errors="replace")
-            if exc.code == 403 and "Host" in body:
+            if exc.code in (401, 403) and "Invalid Host header" not in body:
+                return  # it answers, and wants credentials: MLflow's client sends MLFLOW_TRACKING_USERNAME/TOKEN
+            if exc.code == 403:
                 raise PipelineError(
                     f"MLflow tracking server {uri} refuses requests addressed to {urllib.parse.urlsplit(uri).hostname} "
                     f"({body.strip()[:80]}); start it with `--allowed-hosts` naming that host "

@@ -267,18 +267,38 @@ def postgres_mlflow_server() -> Iterator[str]:
                                 f"port={free_port()}", f"postgres.port={free_port()}", "workers=2"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        said = []
-        for line in process.stdout:
-            said.append(line)
-            if line.startswith("Workers use: tracking=server tracking.uri="):
-                break
-        else:
-            raise RuntimeError(f"make server did not start: {''.join(said)[-2000:]}")
+        line = _wait_for_line(process, "Workers use: tracking=server tracking.uri=", timeout_s=180)
         yield line.strip().rsplit("=", 1)[1]
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0, process.stdout.read()
+        assert process.wait(timeout=60) == 0
         assert not (folder / "server" / "pgdata" / "postmaster.pid").exists(), "PostgreSQL was left running"
     finally:
-        if process.poll() is None:
-            process.kill()
+        if process.poll() is None:  # a failed test: stopped as a user stops it, so PostgreSQL goes down too
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _wait_for_line(process: subprocess.Popen, prefix: str, timeout_s: float) -> str:
+    """The first line of `process`'s output starting with `prefix`; fails with what it said if it exits or stalls.
+    A thread reads, so the wait has a deadline; it keeps draining the output so the process never blocks on it."""
+    import queue
+
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout] + [lines.put(None)],
+                     daemon=True).start()
+    said, deadline = [], time.monotonic() + timeout_s
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=remaining)
+        except queue.Empty:
+            break
+        if line is None:
+            break  # it exited
+        said.append(line)
+        if line.startswith(prefix):
+            return line
+    raise RuntimeError(f"no line starting with {prefix!r}; it said: {''.join(said)[-2000:]}")

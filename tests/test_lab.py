@@ -177,5 +177,38 @@ def test_server_folder_the_postgres_user_cannot_enter_is_refused_with_what_to_do
             Cluster(locked / "server", 5999).check_folder()
     finally:
         shutil.rmtree(base)
+
+
+def test_server_folder_a_shell_would_misread_is_refused():
+    """pg_ctl hands the data folder to /bin/sh; such a folder is refused before anything is made."""
     with pytest.raises(PipelineError, match="characters"):
-        Cluster(Path("/tmp/a;b"), 5999).check_folder()
+        Cluster(Path("/tmp/clip-tables;touch x"), 5999).check_folder()
+    assert not Path("/tmp/clip-tables;touch x").exists()
+
+
+def test_a_second_server_on_the_same_folder_or_port_is_refused(tmp_path):
+    """Another `make server` on the same folder would stop the first one's database, and one on a taken port
+    would be answered by whatever holds it: both are refused before anything starts."""
+    import fcntl
+    import socket
+
+    from pipeline.server import ensure_port_free
+
+    base = Path(tempfile.mkdtemp(prefix="clip-tables-twice-"))
+    try:
+        base.chmod(0o755)
+        (base / "server").mkdir()
+        with open(base / "server" / ".lock", "w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with pytest.raises(PipelineError, match="another `make server` is running on"):
+                with Cluster(base / "server", 5999).running():
+                    pass
+        assert not (base / "server" / "pgdata").exists()
+    finally:
+        shutil.rmtree(base)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(PipelineError, match=rf"port {port} on 127.0.0.1 is in use.*port=\.\.\."):
+            ensure_port_free("127.0.0.1", port, "the tracking server's", "port")

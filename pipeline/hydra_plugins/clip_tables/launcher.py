@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, filter_overrides
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
+
+from pipeline import one_line
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +79,18 @@ class _Reporting:
         jobs = executor(self._EXECUTOR, self.params).map_array(self, *zip(*arguments))
         returns, failures = [], []
         for number, (job, overrides) in enumerate(zip(jobs, job_overrides), start=initial_job_idx):
+            described = f"job #{number} ({' '.join(filter_overrides(overrides))})"
             try:
-                returns.append(job.results()[0])
+                returned = job.results()[0]
             except Exception as exc:  # submitit raises UncompletedJobError/FailedJobError, or a pickled error
-                failures.append(f"Error: job #{number} ({' '.join(filter_overrides(overrides))}) failed: "
-                                f"{failure_line(job, exc)} (log: {job.paths.stderr})")
+                failures.append(f"Error: {described} failed: {failure_line(job, exc)} (log: {job.paths.stderr})")
+                continue
+            if returned.status == JobStatus.FAILED:  # an unexpected error, which Hydra's run_job caught
+                error = returned._return_value
+                failures.append(f"Error: {described} failed: {type(error).__name__}: {one_line(error)} "
+                                f"(log: {job.paths.stderr})")
+                continue
+            returns.append(returned)
         if failures:
             sys.stderr.flush()
             print("\n".join(failures), file=sys.stderr, flush=True)
