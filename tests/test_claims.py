@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 from mlflow.entities import ViewType
 
-from pipeline import tracking
 from pipeline.cache import StageCache, StageOutput, StageRequest
 from pipeline.claims import CLAIM_ID_TAG, CLAIM_STAGE, Claims
 
@@ -140,8 +139,7 @@ def test_earliest_live_claim_owns_each_key(store):
 HOLDER = textwrap.dedent("""
     import sys, time
     import numpy as np
-    from pipeline import tracking
-    from pipeline.cache import StageCache, StageOutput, StageRequest
+        from pipeline.cache import StageCache, StageOutput, StageRequest
     from pipeline.claims import CLAIM_ID_TAG
 
     store = tracking.connect(sys.argv[1], "test")
@@ -185,3 +183,11 @@ def test_a_killed_claimant_is_taken_over_and_its_run_marked_killed(store, tmp_pa
     assert served.hit and served.run_id == result.run_id
     assert np.array_equal(served.output.arrays["image_features"], np.arange(4.0))
     assert not all_runs(store, f"tags.stage = '{CLAIM_STAGE}' and attributes.status = 'RUNNING'")
+
+
+def test_a_claimant_notices_when_its_claim_was_taken_over(store):
+    """Another job deleted this claim (it took it for a dead worker's): the next heartbeat fails on the deleted run,
+    and the claimant marks its claim lost instead of counting on it."""
+    with Claims(store, timeout_s=1.0).hold(["k"], "g", "taken") as claim:
+        store.client.delete_run(claim.run_id)
+        assert claim.lost.wait(5)

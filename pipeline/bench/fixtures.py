@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import warnings
+import logging
 import math
+import warnings
 from importlib import resources
 from pathlib import Path
 
