@@ -139,8 +139,8 @@ def test_earliest_live_claim_owns_each_key(store):
 HOLDER = textwrap.dedent("""
     import sys, time
     import numpy as np
-        from pipeline.cache import StageCache, StageOutput, StageRequest
-    from pipeline.claims import CLAIM_ID_TAG
+    from pipeline import tracking
+    from pipeline.cache import StageCache, StageOutput, StageRequest
 
     store = tracking.connect(sys.argv[1], "test")
 
