@@ -116,13 +116,7 @@ class StageCache:
                 candidates.setdefault(run.data.tags.get("cache_key", ""), []).append(run)
             return candidates
 
-        served: dict[str, StageResult] = {}
-        if self.serving:
-            found = lookup()
-            for request in requests:
-                result = self._serve(request, found.get(request.key, []))
-                if result is not None:
-                    served[request.key] = result
+        served = self._serve_found(requests, lookup()) if self.serving else {}
         missing = [request for request in requests if request.key not in served]
         status = "HIT " if not missing else "MISS" if not served else "PART"
         reason = f", {self.miss_reason}" if missing else ""
@@ -165,13 +159,12 @@ class StageCache:
             # FINISHED before the release, so the lookup finds it; looking up first would miss a key finished
             # between the two, and compute it again.
             owners = claim.owners()
-            found = lookup()
+            served = self._serve_found(pending, lookup())
             for request in pending:
-                served = self._serve(request, found.get(request.key, []))
-                if served is not None:
+                if request.key in served:
                     log.info("[%s] HIT  %s  (computed by another job) run=%s", request.stage, request.name,
-                             served.run_id)
-                    results[request.key] = served
+                             served[request.key].run_id)
+            results.update(served)
             pending = [request for request in pending if request.key not in results]
             if not pending or claim.lost.is_set():
                 return
@@ -214,6 +207,12 @@ class StageCache:
             token = page.token
             if limit is not None or not token:
                 return runs
+
+    def _serve_found(self, requests: Sequence[StageRequest], found: Mapping[str, Sequence[Run]]
+                     ) -> dict[str, StageResult]:
+        """Each request served from its candidate runs in `found` (by key), where one can be read and verified."""
+        served = {request.key: self._serve(request, found.get(request.key, [])) for request in requests}
+        return {key: result for key, result in served.items() if result is not None}
 
     def _serve(self, request: StageRequest, runs: Sequence[Run]) -> StageResult | None:
         """The first of `runs` whose artifacts can be read and verified; a corrupt one is never served again."""
