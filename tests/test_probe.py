@@ -1,0 +1,38 @@
+"""The paper's λ search and probe fit (pipeline/heads/probe.py)."""
+import numpy as np
+import pytest
+
+from pipeline.heads import probe
+
+
+def test_search_visits_the_paper_grid_and_halves_around_the_peak():
+    """Hand-checked: accuracy peaks at k = 5 (λ = 10^(5/8)). Start at k = -48, -32, …, 48 (best 0, nearer 5 than
+    16), then 0±8 → 8, 8±4 → 4, 4±2 → 6 (|6-5| = |4-5|: tie on accuracy goes to the smaller λ, so 4), 4±1 → 5."""
+    accuracy = lambda lam: 1.0 - abs(np.log10(lam) * 8 - 5) / 100
+    found = probe.search(accuracy)
+    visited = [k for k, _ in found.curve]
+    assert visited[:7] == list(range(-48, 49, 16))
+    assert visited[7:] == [-8, 8, 4, 12, 2, 6, 3, 5]
+    assert found.best_k == 5 and found.best_lambda == pytest.approx(10 ** (5 / 8))
+    assert found.best_c == pytest.approx(1 / 10 ** (5 / 8))
+
+
+def test_ties_go_to_the_smaller_lambda():
+    found = probe.search(lambda lam: 0.5)
+    assert found.best_k == -48
+
+
+def test_search_matches_the_full_grid_on_a_real_single_peaked_case():
+    """Logistic regression on two noisy Gaussian blobs: every one of the 97 grid values fitted independently; the
+    search's λ has the grid's best validation accuracy, or one within 1/n_val of it."""
+    rng = np.random.default_rng(0)
+    n, dim = 120, 20
+    labels = rng.integers(0, 3, n)
+    centres = rng.normal(size=(3, dim))
+    features = centres[labels] * 0.6 + rng.normal(size=(n, dim))
+    train, val = (features[:80], labels[:80]), (features[80:], labels[80:])
+    accuracy_at = probe.validation_accuracy(train, val)
+    grid = {k: accuracy_at(probe.lam(k)) for k in range(-48, 49)}
+    found = probe.search(accuracy_at)
+    assert len(found.curve) < len(grid)
+    assert grid[found.best_k] >= max(grid.values()) - 1 / len(val[1])
