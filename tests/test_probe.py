@@ -36,3 +36,30 @@ def test_search_matches_the_full_grid_on_a_real_single_peaked_case():
     found = probe.search(accuracy_at)
     assert len(found.curve) < len(grid)
     assert grid[found.best_k] >= max(grid.values()) - 1 / len(val[1])
+
+
+def test_pre_projection_features_are_the_visual_towers_output_before_proj(tiny_checkpoint):
+    """Against open_clip's own model with the projection removed, and the embedding derived back from them."""
+    import copy
+
+    import open_clip
+    import torch
+
+    from pipeline.heads import features as heads_features
+    from pipeline.models import register_project_architectures
+
+    register_project_architectures()
+    model, _, _ = open_clip.create_model_and_transforms("tiny-clip", pretrained=str(tiny_checkpoint))
+    model.eval()
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    stripped = copy.deepcopy(model)
+    stripped.visual.proj = None
+    with torch.no_grad():
+        with heads_features.without_projection(model.visual) as visual:
+            pre = visual(images)
+        reference = stripped.encode_image(images)
+        embedding = model.encode_image(images)
+    assert model.visual.proj is not None  # restored
+    assert pre.shape[1] == model.visual.transformer.width and not torch.allclose(pre, embedding)
+    torch.testing.assert_close(pre, reference)
+    torch.testing.assert_close(heads_features.embed_from_pre_projection(pre, model.visual), embedding)
