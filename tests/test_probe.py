@@ -63,3 +63,38 @@ def test_pre_projection_features_are_the_visual_towers_output_before_proj(tiny_c
     assert pre.shape[1] == model.visual.transformer.width and not torch.allclose(pre, embedding)
     torch.testing.assert_close(pre, reference)
     torch.testing.assert_close(heads_features.embed_from_pre_projection(pre, model.visual), embedding)
+
+
+def test_probe_split_sets_validation_aside_then_draws_k_shots_per_class():
+    from pipeline.heads.splits import probe_split
+
+    labels = np.repeat(np.arange(4), 25)  # 4 classes x 25
+    split = probe_split(labels, k_shot=3, val_fraction=0.2, seed=7)
+    assert split.validation_source == "carved" and len(split.validation) == 20
+    assert np.bincount(labels[split.validation]).tolist() == [5, 5, 5, 5]  # stratified
+    assert np.bincount(labels[split.fit]).tolist() == [3, 3, 3, 3]
+    assert not set(split.fit) & set(split.validation)
+    again = probe_split(labels, k_shot=3, val_fraction=0.2, seed=7)
+    other = probe_split(labels, k_shot=3, val_fraction=0.2, seed=8)
+    assert np.array_equal(split.fit, again.fit) and not np.array_equal(split.fit, other.fit)
+    full = probe_split(labels, k_shot=None, val_fraction=0.2, seed=7)
+    assert len(full.fit) == 80 and np.array_equal(full.validation, split.validation)
+
+
+def test_probe_logits_cover_every_class_and_more_shots_help():
+    from pipeline.heads.splits import probe_split
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(5, 16)) * 1.5
+    labels = np.repeat(np.arange(5), 60)
+    features = centres[labels] + rng.normal(size=(300, 16))
+    test_labels = np.repeat(np.arange(5), 20)
+    test = centres[test_labels] + rng.normal(size=(100, 16))
+    accuracies = {}
+    for k in (1, 16):
+        runs = [probe.run(features, labels, test, 6, probe_split(labels, k, 0.2, seed), refit_on_validation=False,
+                          seed=seed) for seed in range(3)]
+        assert all(r.logits.shape == (100, 6) and np.isneginf(r.logits[:, 5]).all() for r in runs)
+        assert all(r.examples_per_class == k for r in runs)
+        accuracies[k] = np.mean([np.mean(r.logits.argmax(1) == test_labels) for r in runs])
+    assert accuracies[16] >= accuracies[1] + 0.05

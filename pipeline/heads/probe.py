@@ -81,3 +81,36 @@ def validation_accuracy(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndar
         return float(np.mean(model.predict(val[0]) == val[1]))
 
     return accuracy_at
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Test logits, one column per class of the dataset (-inf for a class the probe never saw), and the search."""
+
+    logits: np.ndarray
+    search: Search
+    examples_per_class: int
+
+
+def class_logits(model, features: np.ndarray, n_classes: int) -> np.ndarray:
+    """scikit-learn's decision values as a (n, n_classes) matrix over the dataset's class indices: a binary model's
+    single column becomes (-d, d), and classes absent from the fit get -inf."""
+    scores = model.decision_function(features)
+    if scores.ndim == 1:
+        scores = np.stack([-scores, scores], axis=1)
+    logits = np.full((len(features), n_classes), -np.inf, dtype=np.float64)
+    logits[:, model.classes_] = scores
+    return logits
+
+
+def run(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray, n_classes: int,
+        split, refit_on_validation: bool, seed: int = 0) -> ProbeResult:
+    """Search λ on `split` (a `heads.splits.ProbeSplit`), refit (on fit + validation for the full probe, on the
+    K shots alone for a k-shot probe), and score the test features."""
+    fit_set = (train_features[split.fit], train_labels[split.fit])
+    val_set = (train_features[split.validation], train_labels[split.validation])
+    found = search(validation_accuracy(fit_set, val_set, seed))
+    final = np.concatenate([split.fit, split.validation]) if refit_on_validation else split.fit
+    model = fit(train_features[final], train_labels[final], found.best_lambda, seed)
+    per_class = int(np.bincount(train_labels[final]).max())
+    return ProbeResult(class_logits(model, test_features, n_classes), found, per_class)
