@@ -98,3 +98,26 @@ def test_probe_logits_cover_every_class_and_more_shots_help():
         assert all(r.examples_per_class == k for r in runs)
         accuracies[k] = np.mean([np.mean(r.logits.argmax(1) == test_labels) for r in runs])
     assert accuracies[16] >= accuracies[1] + 0.05
+
+
+def test_the_probe_stage_caches_logits_and_records_its_search(store):
+    from pipeline.cache import StageCache
+    from pipeline.embed import Embedded
+    from pipeline.heads.linear_probe import linear_probe
+
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(3, 8)) * 2
+    train_y, test_y = np.repeat(np.arange(3), 30), np.repeat(np.arange(3), 10)
+    train = Embedded({"image_features": centres[train_y] + rng.normal(size=(90, 8)), "labels": train_y}, "train-k", "r1")
+    test = Embedded({"image_features": centres[test_y] + rng.normal(size=(30, 8)), "labels": test_y}, "test-k", "r2")
+    head = {"name": "linear_probe", "k_shot": 4, "seed": 1, "features": "pre_projection", "val_fraction": 0.2}
+    cache = StageCache(store)
+    first = linear_probe(cache, head, train, test, None, 3, tags={"model": "m", "dataset": "d"}, params={})
+    again = linear_probe(cache, head, train, test, None, 3, tags={"model": "m", "dataset": "d"}, params={})
+    assert first.run_id == again.run_id and first["logits"].shape == (30, 3)
+    run = store.client.get_run(first.run_id)
+    assert run.data.tags["validation_source"] == "carved" and run.data.tags["k_shot"] == "4"
+    assert run.data.metrics["examples_per_class"] == 4 and run.data.metrics["C"] == pytest.approx(1 / run.data.metrics["lambda"])
+    assert len(first["curve_lambda"]) == len(first["curve_accuracy"]) >= 7
+    other_seed = linear_probe(cache, {**head, "seed": 2}, train, test, None, 3, tags={}, params={})
+    assert other_seed.run_id != first.run_id
