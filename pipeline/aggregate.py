@@ -15,7 +15,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from pipeline import PipelineError, results, tables, tracking
+from pipeline import PipelineError, fewshot, results, tables, tracking
 from pipeline.cli import reported
 from pipeline.job import RESULT_FILE
 from pipeline.results import ScoreRecord
@@ -34,7 +34,8 @@ def plot(per_prompts: Mapping[str, pd.DataFrame], metric: str, path: Path) -> Pa
     series = {}
     for prompts, table in per_prompts.items():
         for _, row in table.iterrows():
-            series[f"{row['model']} / {row['pretrained']} / {row['protocol']} / {prompts}"] = row.drop(tables.ROW_KEYS)
+            name = f"{row['model']} / {row['pretrained']} / {row['protocol']} / {row['head']} / {prompts}"
+            series[name] = row.drop(tables.ROW_KEYS)
     frame = pd.DataFrame(series).astype(float)
     width = 1.5 + 0.25 * len(frame.index) * len(series)  # a bar is about a quarter inch wide
     fig, ax = plt.subplots(figsize=(min(30, max(5, width)), 4.5))
@@ -42,8 +43,9 @@ def plot(per_prompts: Mapping[str, pd.DataFrame], metric: str, path: Path) -> Pa
     label = "main metric of each dataset" if metric == "main" else metric
     ax.set_ylabel(label)
     ax.set_ylim(min(0.0, float(frame.min().min())), 1.0)
-    ax.set_title(f"zero-shot {label}")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), title="model / weights / protocol / prompts")
+    ax.set_title(label)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              title="model / weights / protocol / head / prompts")
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -88,6 +90,22 @@ def write_blog(records: list[ScoreRecord], metric: str, path: Path, mean_row: bo
     return [path, md_path], markdown
 
 
+def write_fewshot(records: list[ScoreRecord], metric: str, out_dir: Path) -> tuple[list[Path], str]:
+    """fewshot.csv, .md and .png: zero-shot against the k-shot probes (mean ± std over seeds) and the full probe."""
+    table = fewshot.comparison(records, metric)
+    if table.empty:
+        raise PipelineError("no linear-probe results to compare with zero-shot; run jobs with head=linear_probe")
+    csv_path, md_path = out_dir / "fewshot.csv", out_dir / "fewshot.md"
+    table.to_csv(csv_path, index=False, float_format="%.4f")
+    markdown = f"### zero-shot against linear probes — {metric}\n\n{table.to_markdown(index=False, floatfmt='.4f')}\n"
+    md_path.write_text(markdown)
+    return [csv_path, md_path, fewshot.plot(table, metric, out_dir / "fewshot.png")], markdown
+
+
+def has_probes(records: list[ScoreRecord]) -> bool:
+    return any(r.head == fewshot.LINEAR_PROBE for r in records)
+
+
 def write_layout(records: list[ScoreRecord], layout: str, metric: str, out_dir: Path,
                  output: Path | None = None, mean_row: bool = False) -> tuple[list[Path], str]:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -97,6 +115,8 @@ def write_layout(records: list[ScoreRecord], layout: str, metric: str, out_dir: 
         return write_openclip38(records, out_dir, output)
     if layout == "blog":
         return write_blog(records, metric, output or out_dir / f"blog_{metric}.csv", mean_row)
+    if layout == "fewshot":
+        return write_fewshot(records, metric, out_dir)
     raise PipelineError(f"unknown layout {layout!r}; use one of {tables.LAYOUTS}")
 
 
@@ -133,6 +153,10 @@ class AggregateCallback(Callback):
         if any(map(tables.openclip38_eligible, records)):
             more, _ = write_layout(records, "openclip38", config.metric.name, sweep_dir)
             files += more
+        if has_probes(records):
+            more, comparison = write_layout(records, "fewshot", config.metric.name, sweep_dir)
+            files += more
+            markdown += "\n" + comparison
         log_aggregate_run(store, files, {"sweep_dir": str(sweep_dir), "metric": config.metric.name})
         print(f"\n{markdown}\nTables written to {sweep_dir}", flush=True)
 

@@ -39,6 +39,8 @@ class StageOutput:
     arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
     metrics: Mapping[str, float] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)  # extra tags for the run (e.g. the inputs it used)
+    # Files for people (plots), logged beside the arrays but never read back, so they carry no checksum.
+    figures: Mapping[str, bytes] = field(default_factory=dict)
 
 
 class CorruptArtifact(RuntimeError):
@@ -107,6 +109,8 @@ def write_output(directory: Path, output: StageOutput) -> dict[str, str]:
         metrics = {k: (None if math.isnan(float(v)) else float(v)) for k, v in output.metrics.items()}
         path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
         checksums[path.name] = sha256_file(path)
+    for name, data in output.figures.items():
+        (directory / name).write_bytes(data)
     return checksums
 
 

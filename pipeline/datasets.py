@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import torch
 from omegaconf import OmegaConf
 
-from pipeline import PipelineError, remote
+from pipeline import PipelineError, remote, sources
 from pipeline.readers import Batch, hf, wds
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ class DatasetSpec:
     hf_config: str | None = None     # the config folder of a Hub parquet conversion holding several
     data_cache: str | None = None    # where remote data is cached (None: the Hub's own cache; HTTP under outputs/)
     http_cache: str | None = None
+    train_split: str | None = None       # what linear probes fit on (null: the dataset has none)
+    validation_split: str | None = None  # a provided validation split (null: probes carve one from train)
 
     @classmethod
     def from_cfg(cls, cfg: Any, data_cache: str | None = None, http_cache: str | None = None) -> "DatasetSpec":
@@ -52,14 +54,16 @@ class DatasetSpec:
             plain.get("format", "wds"), plain.get("column"), plain.get("source") or "local",
             tuple(plain.get("metadata_fields") or ()), tuple(plain.get("group_metrics") or ()),
             tuple(plain.get("extra_metrics") or ()), bool(plain.get("skip_corrupt", False)), plain.get("hf_config"),
-            data_cache, http_cache,
+            data_cache, http_cache, plain.get("train_split"), plain.get("validation_split"),
         )
         if spec.task not in TASKS:
             raise PipelineError(f"dataset.task={spec.task!r} is not one of {TASKS}")
         if spec.format not in FORMATS:
             raise PipelineError(f"dataset.format={spec.format!r} is not one of {FORMATS}")
-        if not spec.split or "/" in spec.split or spec.split.startswith("."):
-            raise PipelineError(f"dataset.split={spec.split!r} is not a split name (train, test, ...)")
+        for option in ("split", "train_split", "validation_split"):
+            value = getattr(spec, option)
+            if (option == "split" or value is not None) and not is_split_name(value):
+                raise PipelineError(f"dataset.{option}={value!r} is not a split name (train, test, ...)")
         if spec.skip_corrupt and spec.format != "wds":
             raise PipelineError(f"dataset.skip_corrupt=true applies to webdatasets (format wds), not {spec.format}")
         if spec.root_kind == "local":
@@ -82,6 +86,31 @@ class DatasetSpec:
         """The name clip_benchmark's builder dispatches on."""
         prefix = "tfds/" if self.format == "tfds" else "wds/"
         return self.name if self.name.startswith(prefix) else prefix + self.name.removeprefix("tfds/")
+
+
+def is_split_name(value: Any) -> bool:
+    return isinstance(value, str) and bool(value) and "/" not in value and not value.startswith(".")
+
+
+def probe_splits(spec: DatasetSpec) -> tuple[DatasetSpec, DatasetSpec | None]:
+    """The train (and provided validation) split of `spec` for a linear probe, or a one-line reason there is none."""
+    if spec.task != "zeroshot_classification":
+        raise PipelineError(f"head=linear_probe classifies images; dataset {spec.name} is a {spec.task} task")
+    if spec.train_split is None:
+        raise PipelineError(f"dataset {spec.name} has no train split (dataset.train_split is null), so no probe can "
+                            f"be fitted; use head=zeroshot, or set dataset.train_split to a split your copy holds")
+    if sources.holds_test_only(spec.source, spec.root):
+        raise PipelineError(f"dataset {spec.name}: DataComp's copy ({spec.root}) holds only the test split, and a "
+                            f"probe needs split {spec.train_split!r}; read CLIP_benchmark's copy with "
+                            f"dataset.source=clip_benchmark")
+    if spec.train_split in (spec.split, spec.validation_split):
+        raise PipelineError(f"dataset {spec.name}: dataset.train_split={spec.train_split!r} is also the split the "
+                            f"probe is scored on or validated with; pick distinct splits")
+    if spec.validation_split == spec.split:
+        raise PipelineError(f"dataset {spec.name}: dataset.validation_split={spec.validation_split!r} is the split "
+                            f"the probe is scored on; name another, or null to carve one from train")
+    validation = replace(spec, split=spec.validation_split) if spec.validation_split else None
+    return replace(spec, split=spec.train_split), validation
 
 
 @dataclass(frozen=True)

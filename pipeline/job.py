@@ -2,7 +2,6 @@
 run that labels the result with what this job asked for."""
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -14,6 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import PipelineError, classify, datasets, embed, precision, prompts, score, tracking
 from pipeline.cache import StageCache, log_params, mlflow_metric_name
+from pipeline.embed import projection
+from pipeline.heads import HeadSpec, linear_probe
 from pipeline.models import ModelLoader, ModelSpec, library_versions, resolve_device
 from pipeline.results import JOB_STAGE
 from pipeline.tracking import TrackingStore
@@ -64,6 +65,23 @@ def prompt_label(prompts_cfg: DictConfig) -> str:
     return str(prompts_cfg.name)
 
 
+def head_description(head: HeadSpec, prompt_tag: str) -> str:
+    if not head.is_probe:
+        return f"prompts={prompt_tag}"
+    shots = "all" if head.k_shot is None else f"{head.k_shot}-shot"
+    return f"linear probe ({shots}, seed {head.seed}, {head.features} features)"
+
+
+def described_like(split: datasets.DatasetSpec, test: datasets.DatasetInfo) -> datasets.DatasetInfo:
+    """Another split of the test split's dataset; its classes must be the test split's, since the probe's labels
+    index them."""
+    info = datasets.describe(split)
+    if info.classnames != test.classnames:
+        raise PipelineError(f"dataset {split.name}: split {split.split!r} lists other classes than split "
+                            f"{test.spec.split!r}; a probe needs one class list")
+    return info
+
+
 def log_job_run(store: TrackingStore, labels: Mapping[str, str], stage_runs: Mapping[str, str],
                 metrics: Mapping[str, float], params: Mapping[str, Any]) -> str:
     """The job's own run (tag `stage=job`, no artifacts): the request's labels, the score, and the stage runs used.
@@ -71,7 +89,10 @@ def log_job_run(store: TrackingStore, labels: Mapping[str, str], stage_runs: Map
     Stage runs are shared by every job whose keys match, so their tags name whoever computed them first;
     tables are built from job runs, which always name what was asked."""
     tags = {**labels, "stage": JOB_STAGE, **{f"run.{stage}": run_id for stage, run_id in stage_runs.items()}}
-    with tracking.finished_run(store, tags, f"job:{labels['model_name']}:{labels['dataset']}:{labels['prompts']}") as run_id:
+    name = f"job:{labels['model_name']}:{labels['dataset']}:{labels['prompts']}"
+    if labels.get("head", "zeroshot") != "zeroshot":
+        name += f":{labels['head']}:k={labels['k_shot']}:seed={labels['seed']}"
+    with tracking.finished_run(store, tags, name) as run_id:
         log_params(store.client, run_id, params)
         store.client.log_batch(run_id, metrics=[Metric(mlflow_metric_name(k), float(v), 0, 0) for k, v in metrics.items()])
     return run_id
@@ -81,13 +102,18 @@ def run_job(cfg: DictConfig, output_dir: Path | None = None) -> JobResult:
     """Evaluate cfg.model on cfg.dataset with cfg.prompts; writes `result.json` into `output_dir` if given."""
     # Everything that can be wrong with the inputs is checked before any MLflow run exists.
     spec = datasets.DatasetSpec.from_cfg(cfg.dataset, cfg.get("data_cache"), cfg.paths.get("data_cache"))
+    head = HeadSpec.from_cfg(cfg.get("head"))
     known = score.metric_names(spec)
     if spec.main_metric not in known:
         raise PipelineError(f"dataset.main_metric={spec.main_metric!r} is not computed for {spec.task}; use one of {known}")
+    probe_specs = datasets.probe_splits(spec) if head.is_probe else None
+    model_spec = ModelSpec.from_cfg(cfg.model, cfg.get("weights_dir"))
+    pre_is_embedding = (head.is_probe and head.features == "pre_projection"
+                        and projection.tower_kind(model_spec.arch) == projection.RESNET)
     info = datasets.describe(spec)
     class_prompts = (prompts.resolve(cfg.prompts, spec.name, info.templates, info.classnames)
-                     if spec.task == "zeroshot_classification" else None)
-    model_spec = ModelSpec.from_cfg(cfg.model, cfg.get("weights_dir"))
+                     if spec.task == "zeroshot_classification" and not head.is_probe else None)
+    probe_infos = [described_like(s, info) if s is not None else None for s in probe_specs] if probe_specs else []
     device = resolve_device(cfg.device)
     recipe = precision.recipe(OmegaConf.to_container(cfg.protocol), spec.task, device.type, model_spec.precision)
     loader = ModelLoader(model_spec, device)
@@ -98,7 +124,7 @@ def run_job(cfg: DictConfig, output_dir: Path | None = None) -> JobResult:
     store = tracking.connect_cfg(cfg.tracking)
     cache = StageCache(store, enabled=cfg.cache.enabled, force=cfg.cache.force,
                        claim_timeout_s=float(cfg.cache.claim_timeout_s))
-    # Prompt sets only shape classifiers; retrieval and WinoGAViL embed the dataset's own texts.
+    # Prompt sets only shape zero-shot classifiers; probes, retrieval and WinoGAViL use none.
     prompt_tag = prompt_label(cfg.prompts) if class_prompts is not None else "*"
     tags = {"model": loader.spec.arch, "pretrained": loader.spec.pretrained_label, "model_name": loader.spec.name,
             "dataset": spec.name, "source": spec.source, "prompts": prompt_tag, "task": spec.task}
@@ -111,14 +137,22 @@ def run_job(cfg: DictConfig, output_dir: Path | None = None) -> JobResult:
     # Score first: every key follows from fingerprints and configs, so the score is looked up before anything
     # else; the stages upstream of it run (or are served) only when it has to be computed.
     image_key = embed.image_key(image_model, info)
-    text_key = (embed.classifier_key(text_model, info.classnames, class_prompts) if class_prompts is not None
-                else embed.texts_key(text_model, info))
-    classify_key = classify.classify_key(spec.task, recipe.logits, image_key, text_key)
+    if head.is_probe:
+        train_key, validation_key = (embed.image_key(image_model, i) if i else None for i in probe_infos)
+        classify_key = linear_probe.probe_key(head, train_key, image_key, validation_key)
+    else:
+        text_key = (embed.classifier_key(text_model, info.classnames, class_prompts) if class_prompts is not None
+                    else embed.texts_key(text_model, info))
+        classify_key = classify.classify_key(spec.task, recipe.logits, image_key, text_key)
 
-    @functools.cache
-    def images() -> embed.Embedded:
-        return embed.embed_images(cache, loader, info, image_model, tags=tags, params=params,
-                                  batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+    embedded: dict[str, embed.Embedded] = {}  # by split: each is gathered once per job
+
+    def images(split_info: datasets.DatasetInfo = info) -> embed.Embedded:
+        split = split_info.spec.split
+        if split not in embedded:
+            embedded[split] = embed.embed_images(cache, loader, split_info, image_model, tags=tags, params=params,
+                                                 batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+        return embedded[split]
 
     def text() -> embed.Embedded:
         if class_prompts is not None:
@@ -127,22 +161,35 @@ def run_job(cfg: DictConfig, output_dir: Path | None = None) -> JobResult:
         texts = lambda: [str(t) for t in images()["captions" if spec.task == "zeroshot_retrieval" else "cues"]]
         return embed.embed_texts(cache, loader, info, texts, text_model, tags=tags, params=params)
 
+    def probed() -> dict[str, embed.Embedded]:
+        train_info, validation_info = probe_infos
+        stages = {"embed_image": images(), "embed_train": images(train_info)}
+        if validation_info is not None:
+            stages["embed_validation"] = images(validation_info)
+        predicted = linear_probe.linear_probe(cache, head, stages["embed_train"], stages["embed_image"],
+                                              stages.get("embed_validation"), len(info.classnames), tags=tags,
+                                              params=params, pre_is_embedding=pre_is_embedding)
+        return {**stages, "classify": predicted}
+
     def upstream() -> dict[str, embed.Embedded]:
+        if head.is_probe:
+            return probed()
         image_stage, text_stage = images(), text()
         predicted = classify.classify(cache, spec.task, image_stage, text_stage, recipe, device, tags=tags, params=params)
         return {"embed_image": image_stage, "text": text_stage, "classify": predicted}
 
     scores = score.score(cache, spec, score.score_key(spec, classify_key, image_key), upstream, tags=tags, params=params)
 
-    labels = {**tags, "protocol": protocol_label(cfg, model_spec.precision), "main_metric": spec.main_metric, "metric": metric,
+    labels = {**tags, **head.labels(), "protocol": protocol_label(cfg, model_spec.precision),
+              "main_metric": spec.main_metric, "metric": metric,
               **{f"precision.{tower}": getattr(recipe, tower) for tower in precision.TOWERS},
               **{f"lib.{name}": version for name, version in versions.items()}}
     stage_runs = {**scores.inputs, "score": scores.run_id}
     job_run_id = log_job_run(store, labels, stage_runs, scores.metrics, params)
 
     result = JobResult(job_run_id, scores.run_id, metric, scores.metrics.get(metric, float("nan")), dict(scores.metrics))
-    log.info("%s/%s on %s with prompts=%s, protocol=%s: %s = %.4f", loader.spec.arch, loader.spec.pretrained_label,
-             spec.name, prompt_tag, labels["protocol"], metric, result.value)
+    log.info("%s/%s on %s with %s, protocol=%s: %s = %.4f", loader.spec.arch, loader.spec.pretrained_label,
+             spec.name, head_description(head, prompt_tag), labels["protocol"], metric, result.value)
     if output_dir is not None:
         payload = {"job_run_id": job_run_id, "score_run_id": result.score_run_id, "tracking_uri": store.uri,
                    "metric": metric, "value": result.value}

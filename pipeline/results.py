@@ -10,6 +10,7 @@ from typing import Iterable, Mapping
 
 from pipeline import PipelineError, catalog
 from pipeline.cache import real_metric_name
+from pipeline.heads import ALL_SHOTS, LINEAR_PROBE, NOT_APPLICABLE, ZEROSHOT
 from pipeline.tracking import TrackingStore
 
 EXTERNAL_PROMPTS = "external"
@@ -32,11 +33,25 @@ class ScoreRecord:
     source: str = EXTERNAL_SOURCE
     protocol: str = ""
     task: str = ""
+    head: str = ZEROSHOT
+    k_shot: str = NOT_APPLICABLE  # "all", or the number of examples per class, for a probe
+    seed: str = NOT_APPLICABLE
+    features: str = ""            # a probe's features: pre_projection or embedding
 
     @property
     def identity(self) -> tuple[str, ...]:
-        """What makes two records the same cell of a table."""
-        return (self.model, self.pretrained, self.dataset, self.source, self.protocol, self.prompts)
+        """What tells two results apart: one seed of a probe is not another's."""
+        return (self.model, self.pretrained, self.dataset, self.source, self.protocol, self.prompts,
+                self.head_label, self.seed)
+
+    @property
+    def head_label(self) -> str:
+        """`zeroshot`, `linear_probe` (the full probe) or `linear_probe 4-shot`, with `(embedding)` when a probe
+        used CLIP_benchmark's features instead of the paper's: a table row, whatever the seed."""
+        if self.head != LINEAR_PROBE:
+            return self.head
+        label = self.head if self.k_shot in (ALL_SHOTS, NOT_APPLICABLE) else f"{self.head} {self.k_shot}-shot"
+        return f"{label} (embedding)" if self.features == "embedding" else label
 
     @property
     def is_external(self) -> bool:
@@ -54,7 +69,8 @@ def _from_job_run(run) -> ScoreRecord:
     values = {real_metric_name(name): value for name, value in run.data.metrics.items()}
     return ScoreRecord(tags["model"], tags["pretrained"], tags["dataset"], tags["prompts"],
                        tags.get("main_metric", "acc1"), values, run.info.run_id, tags.get("source", "local"),
-                       tags.get("protocol", ""), tags.get("task", ""))
+                       tags.get("protocol", ""), tags.get("task", ""), tags.get("head", ZEROSHOT),
+                       tags.get("k_shot", NOT_APPLICABLE), tags.get("seed", NOT_APPLICABLE), tags.get("features", ""))
 
 
 def from_runs(store: TrackingStore, run_ids: Iterable[str]) -> list[ScoreRecord]:
@@ -64,7 +80,7 @@ def from_runs(store: TrackingStore, run_ids: Iterable[str]) -> list[ScoreRecord]
 
 
 def latest_in_store(store: TrackingStore) -> list[ScoreRecord]:
-    """The newest FINISHED job run for each (model, pretrained, dataset, source, protocol, prompts) in the store."""
+    """The newest FINISHED job run for each (model, pretrained, dataset, source, protocol, prompts, head, seed)."""
     runs = store.client.search_runs(
         [store.experiment_id], filter_string=f"tags.stage = '{JOB_STAGE}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=50000,

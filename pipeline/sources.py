@@ -1,9 +1,17 @@
 """Where a catalog dataset lives: its public Hugging Face copy, or the same layout under a local mirror."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 HF_DATASETS = "https://huggingface.co/datasets"
+# DataComp's copies, djghosh/wds_<key>_test, hold the test split only; CLIP_benchmark's hold train too.
+TEST_ONLY_COPY = re.compile(r"(^|/)wds_[^/]+_test(/|$)")
+
+
+def holds_test_only(source: str, root: str) -> bool:
+    """Whether a dataset's copy is one of DataComp's test-only ones (by its source, or its folder's name)."""
+    return source == "datacomp" or bool(TEST_ONLY_COPY.search(root))
 
 
 def wds_folder(source: str, key: str) -> str:

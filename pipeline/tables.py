@@ -11,15 +11,16 @@ from typing import Iterable, Mapping
 import pandas as pd
 
 from pipeline import PipelineError, catalog
+from pipeline.heads import ZEROSHOT
 from pipeline.results import ScoreRecord
 
 log = logging.getLogger(__name__)
 
-ROW_KEYS = ["model", "pretrained", "protocol"]
+ROW_KEYS = ["model", "pretrained", "protocol", "head"]
 MEAN_COLUMN = "mean"
 OPENCLIP38_AVERAGE = "Average perf. on 38 datasets"
 OPENCLIP38_LEAD = ["name", "pretrained", "params (M)", "FLOPs (B)", OPENCLIP38_AVERAGE]
-LAYOUTS = ("per_prompts", "openclip38", "blog")
+LAYOUTS = ("per_prompts", "openclip38", "blog", "fewshot")
 
 
 # -- one table per prompt set: rows (model, pretrained), a column per dataset, the mean --------------------
@@ -34,20 +35,33 @@ def dataset_labels(records: Iterable[ScoreRecord]) -> dict[tuple[str, str], str]
 
 
 def build_table(records: Iterable[ScoreRecord], metric: str) -> pd.DataFrame:
-    """`metric="main"` takes each dataset's own main metric. The mean stays empty (NaN) for a row that lacks
-    a dataset or whose metric is undefined there, rather than averaging fewer."""
+    """`metric="main"` takes each dataset's own main metric; a probe's cell is its mean over the seeds swept
+    (`fewshot.comparison` gives their spread). The mean stays empty (NaN) for a row that lacks a dataset or whose
+    metric is undefined there, rather than averaging fewer."""
     records = list(records)
     labels = dataset_labels(records)
-    rows = [{"model": r.model, "pretrained": r.pretrained, "protocol": r.protocol,
+    rows = [{"model": r.model, "pretrained": r.pretrained, "protocol": r.protocol, "head": r.head_label,
              "dataset": labels[(r.dataset, r.source)], "value": r.value(metric)} for r in records]
     if not rows:
         return pd.DataFrame(columns=ROW_KEYS + [MEAN_COLUMN])
     long = pd.DataFrame(rows)
     datasets = list(dict.fromkeys(long["dataset"]))
-    table = long.pivot_table(index=ROW_KEYS, columns="dataset", values="value", aggfunc="first", dropna=False)
+    table = long.pivot_table(index=ROW_KEYS, columns="dataset", values="value", aggfunc="mean", dropna=False)
     table = table.reindex(columns=datasets)
     table[MEAN_COLUMN] = table[datasets].mean(axis=1, skipna=False)
-    return table.reset_index().rename_axis(columns=None)
+    table = table.reset_index().rename_axis(columns=None)
+    order = table["head"].map(head_order)
+    return table.assign(_order=order).sort_values(["model", "pretrained", "protocol", "_order"]) \
+        .drop(columns="_order").reset_index(drop=True)
+
+
+def head_order(label: str) -> tuple[int, int]:
+    """Zero-shot first, then k-shot probes by k, then the full probe: the order of the paper's comparisons."""
+    head, _, rest = label.partition(" ")
+    shots = rest.split("-shot")[0]
+    if head == ZEROSHOT:
+        return (0, 0)
+    return (1, int(shots)) if shots.isdigit() else (2, 0)
 
 
 def build_tables(records: Iterable[ScoreRecord], metric: str) -> dict[str, pd.DataFrame]:
@@ -132,8 +146,10 @@ def row_name(record: ScoreRecord) -> str:
 
 def openclip38_eligible(record: ScoreRecord) -> bool:
     """A result open_clip's table can hold: a datacomp38 dataset read from DataComp's own copy, under DataComp's
-    protocol, or a result file (whose producer chose both)."""
+    protocol, or a result file (whose producer chose both); zero-shot results only, as the table reports."""
     entry = catalog.lookup(record.dataset)
+    if record.head != ZEROSHOT:
+        return False
     if entry is None or entry.key not in catalog.suite("datacomp38"):
         return False
     return record.is_external or (record.source == entry.source and record.protocol == OPENCLIP38_PROTOCOL)
@@ -170,7 +186,8 @@ def blog(records: Iterable[ScoreRecord], metric: str, mean_row: bool = False) ->
     dataset (rows, sorted by key) and model (columns "arch pretrained" with published names, sorted), as the
     blog prints them; the column mean as a last row only when asked for."""
     rows = [{"dataset": r.dataset, "model": f"{row_name(r)} {r.pretrained}".strip(), "value": r.value(metric),
-             "variant": (r.source, r.protocol, r.prompts)} for r in records if r.task == "zeroshot_classification"]
+             "variant": (r.source, r.protocol, r.prompts)} for r in records
+            if r.task == "zeroshot_classification" and r.head == ZEROSHOT]
     if not rows:
         return pd.DataFrame(columns=["dataset"])
     long = pd.DataFrame(rows)

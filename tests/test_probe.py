@@ -45,7 +45,7 @@ def test_pre_projection_features_are_the_visual_towers_output_before_proj(tiny_c
     import open_clip
     import torch
 
-    from pipeline.heads import features as heads_features
+    from pipeline.embed import projection as heads_features
     from pipeline.models import register_project_architectures
 
     register_project_architectures()

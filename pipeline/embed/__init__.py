@@ -25,6 +25,8 @@ __all__ = ["Embedded", "ModelKey", "image_key", "classifier_key", "texts_key", "
            "encode_texts", "encode_strings"]
 
 VERSION = "2"
+# 3: image runs also hold pre-projection features (issue 10), so older image runs are never served to a probe.
+IMAGE_VERSION = "3"
 TEMPLATE_SET_TAG = "template_set"
 
 
@@ -55,7 +57,7 @@ class ModelKey:
 # -- keys: all computable from fingerprints and configs, before anything is read --------------------------
 def image_key(model: ModelKey, dataset: datasets.DatasetInfo) -> str:
     # Features that lack skipped samples are never served to a run that did not ask to skip.
-    return cache_key("embed/image", VERSION, {**model.material(), "dataset": dataset.fingerprint,
+    return cache_key("embed/image", IMAGE_VERSION, {**model.material(), "dataset": dataset.fingerprint,
                                               "task": dataset.spec.task, "skip_corrupt": dataset.spec.skip_corrupt})
 
 
@@ -85,8 +87,9 @@ def embed_images(cache: StageCache, loader: ModelLoader, dataset: datasets.Datas
     """Image-side arrays for (model, dataset); independent of the prompt set."""
     spec = dataset.spec
     key = image_key(model, dataset)
-    request = StageRequest("embed", key, {**tags, "modality": "image", "prompts": "*", "precision": model.precision},
-                           params, name=f"embed-image:{loader.spec.name}:{spec.name}")
+    request = StageRequest("embed", key, {**tags, "modality": "image", "prompts": "*", "precision": model.precision,
+                                          "split": spec.split},
+                           params, name=f"embed-image:{loader.spec.name}:{spec.name}/{spec.split}")
     encode = IMAGE_ENCODERS[spec.task]
     result = cache.get_or_compute(request, lambda: encode(loader, spec, model.precision, batch_size, num_workers))
     return Embedded(result.output.arrays, key, result.run_id)

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from pipeline import PipelineError, datasets, one_line
 from pipeline.cache import StageOutput
+from pipeline.embed.projection import image_encoder
 from pipeline.models import LoadedModel, ModelLoader
 from pipeline.precision import with_dtype
 from pipeline.readers import Batch, Unreadable
@@ -47,8 +48,11 @@ def encode_batches(loaded: LoadedModel, batches: Iterator[Batch], spec: datasets
 
     Only a failure to read a batch is reported as a data problem; the model's own failures (out of memory
     included) are reported as what they are. Features keep the dtype the tower produced (`with_dtype`).
-    One progress bar counts images (and their rate); features go back to the CPU as each batch is done."""
-    features: list[torch.Tensor] = []
+    One progress bar counts images (and their rate); features go back to the CPU as each batch is done. Where the
+    tower allows it, pre-projection features come from the same pass (`projection.image_encoder`), so a probe
+    added later never encodes this split again."""
+    features: dict[str, list[torch.Tensor]] = {}
+    encode = image_encoder(loaded.model)
     skipped: list[Unreadable] = []
     with torch.no_grad(), loaded.autocast(precision), \
             tqdm(desc=f"embed {spec.name}/{spec.split}", unit="img", disable=not progress) as bar:
@@ -68,14 +72,15 @@ def encode_batches(loaded: LoadedModel, batches: Iterator[Batch], spec: datasets
             if batch.images is not None:
                 try:
                     images = batch.images.to(loaded.device, non_blocking=True)
-                    features.append(loaded.model.encode_image(images).cpu())
+                    for name, encoded in encode(images).items():
+                        features.setdefault(name, []).append(encoded.cpu())
                 except Exception as exc:
                     raise _model_failure(loaded, spec, batch.images, exc) from exc
                 collect(batch)
                 bar.update(len(batch.images))
     if not features:
         raise PipelineError(f"dataset {spec.name} ({spec.root}, split {spec.split}) yielded no readable samples")
-    arrays = with_dtype("image_features", torch.cat(features))
+    arrays = {key: value for name, parts in features.items() for key, value in with_dtype(name, torch.cat(parts)).items()}
     if not spec.skip_corrupt:
         return StageOutput(arrays=arrays)
     if skipped:
