@@ -154,7 +154,8 @@ class AggregateCallback(Callback):
             more, _ = write_layout(records, "openclip38", config.metric.name, sweep_dir)
             files += more
         if has_probes(records):
-            more, comparison = write_layout(records, "fewshot", config.metric.name, sweep_dir)
+            compared = records + fewshot.zero_shot_partners(records, results.latest_in_store(store))
+            more, comparison = write_layout(compared, "fewshot", config.metric.name, sweep_dir)
             files += more
             markdown += "\n" + comparison
         log_aggregate_run(store, files, {"sweep_dir": str(sweep_dir), "metric": config.metric.name})

@@ -19,6 +19,20 @@ SHOTS = re.compile(r"\d+-shot")
 ZERO_SHOT_COLUMN, FULL_COLUMN, MATCH_COLUMN = "zero-shot", "full probe", "zero-shot matches"
 
 
+def setting(record: ScoreRecord) -> tuple[str, ...]:
+    """What a probe and a zero-shot result must share to be compared: the model, the protocol and the data."""
+    return (record.model, record.pretrained, record.protocol, record.dataset, record.source)
+
+
+def zero_shot_partners(records: Iterable[ScoreRecord], candidates: Iterable[ScoreRecord]) -> list[ScoreRecord]:
+    """The zero-shot results among `candidates` (e.g. a store's) in a setting where `records` hold probes and no
+    zero-shot result: a probe sweep is compared with the zero-shot runs made before it."""
+    records = list(records)
+    covered = {setting(r) for r in records if r.head == ZEROSHOT}
+    wanted = {setting(r) for r in records if r.head == LINEAR_PROBE} - covered
+    return [r for r in candidates if r.head == ZEROSHOT and setting(r) in wanted]
+
+
 def shots_column(k: int) -> str:
     return f"{k}-shot"
 
@@ -44,12 +58,12 @@ def comparison(records: Iterable[ScoreRecord], metric: str) -> pd.DataFrame:
     probes: dict[tuple, dict[str, list[float]]] = {}
     for r in records:
         if r.head == LINEAR_PROBE:
-            key = (r.model, r.pretrained, r.protocol, r.dataset, r.source, r.features)
+            key = (*setting(r), r.features)
             probes.setdefault(key, {}).setdefault(r.k_shot, []).append(r.value(metric))
     zero_shot: dict[tuple, tuple[float, str]] = {}
     for r in records:
         if r.head == ZEROSHOT and r.task == "zeroshot_classification":
-            key, value = (r.model, r.pretrained, r.protocol, r.dataset, r.source), r.value(metric)
+            key, value = setting(r), r.value(metric)
             if key not in zero_shot or value > zero_shot[key][0]:
                 zero_shot[key] = (value, r.prompts)
     all_shots = sorted({int(k) for runs in probes.values() for k in runs if k != ALL_SHOTS})

@@ -1,8 +1,11 @@
 """The paper's λ search and probe fit (pipeline/heads/probe.py)."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from pipeline.heads import probe
+from pipeline import PipelineError
+from pipeline.heads import HeadSpec, probe
 
 
 def test_search_visits_the_paper_grid_and_halves_around_the_peak():
@@ -108,9 +111,9 @@ def test_the_probe_stage_caches_logits_and_records_its_search(store):
     rng = np.random.default_rng(2)
     centres = rng.normal(size=(3, 8)) * 2
     train_y, test_y = np.repeat(np.arange(3), 30), np.repeat(np.arange(3), 10)
-    train = Embedded({"image_features": centres[train_y] + rng.normal(size=(90, 8)), "labels": train_y}, "train-k", "r1")
-    test = Embedded({"image_features": centres[test_y] + rng.normal(size=(30, 8)), "labels": test_y}, "test-k", "r2")
-    head = {"name": "linear_probe", "k_shot": 4, "seed": 1, "features": "pre_projection", "val_fraction": 0.2}
+    train = Embedded({"pre_projection_features": centres[train_y] + rng.normal(size=(90, 8)), "labels": train_y}, "train-k", "r1")
+    test = Embedded({"pre_projection_features": centres[test_y] + rng.normal(size=(30, 8)), "labels": test_y}, "test-k", "r2")
+    head = HeadSpec("linear_probe", k_shot=4, seed=1)
     cache = StageCache(store)
     first = linear_probe(cache, head, train, test, None, 3, tags={"model": "m", "dataset": "d"}, params={})
     again = linear_probe(cache, head, train, test, None, 3, tags={"model": "m", "dataset": "d"}, params={})
@@ -119,5 +122,141 @@ def test_the_probe_stage_caches_logits_and_records_its_search(store):
     assert run.data.tags["validation_source"] == "carved" and run.data.tags["k_shot"] == "4"
     assert run.data.metrics["examples_per_class"] == 4 and run.data.metrics["C"] == pytest.approx(1 / run.data.metrics["lambda"])
     assert len(first["curve_lambda"]) == len(first["curve_accuracy"]) >= 7
-    other_seed = linear_probe(cache, {**head, "seed": 2}, train, test, None, 3, tags={}, params={})
+    assert np.all(np.diff(first["curve_lambda"]) > 0)  # stored in λ order, ready to plot
+    assert "validation_curve.png" in {f.path for f in store.client.list_artifacts(first.run_id)}
+    other_seed = linear_probe(cache, replace(head, seed=2), train, test, None, 3, tags={}, params={})
     assert other_seed.run_id != first.run_id
+
+
+def test_head_configs_are_checked_before_anything_runs():
+    assert HeadSpec.from_cfg({"name": "zeroshot"}).labels() == {"head": "zeroshot", "k_shot": "-", "seed": "-"}
+    full = HeadSpec.from_cfg({"name": "linear_probe", "k_shot": None, "seed": 3})
+    assert full.labels() == {"head": "linear_probe", "k_shot": "all", "seed": "3", "features": "pre_projection"}
+    for bad, message in [({"k_shot": 0}, "head.k_shot=0"), ({"features": "logits"}, "head.features='logits'"),
+                         ({"val_fraction": 1.0}, "head.val_fraction=1.0"), ({"seed": "x"}, "head.seed='x'")]:
+        with pytest.raises(PipelineError, match=message.replace(".", r"\.").replace("(", r"\(")):
+            HeadSpec.from_cfg({"name": "linear_probe", **bad})
+
+
+def test_probes_need_a_train_split_and_refuse_test_only_copies(shapes_root):
+    from pipeline.datasets import DatasetSpec, probe_splits
+
+    base = {"name": "shapes", "task": "zeroshot_classification", "root": str(shapes_root), "split": "test",
+            "main_metric": "acc1", "train_split": "train"}
+    train, validation = probe_splits(DatasetSpec.from_cfg(base))
+    assert (train.split, validation) == ("train", None)
+    _, validation = probe_splits(DatasetSpec.from_cfg({**base, "validation_split": "val"}))
+    assert validation.split == "val"
+    refusals = [({"root": "/data/wds_cifar10_test"}, "source=clip_benchmark"),
+                ({"source": "datacomp", "root": "/data/x"}, "holds only the test split"),
+                ({"train_split": None}, "has no train split"),
+                ({"train_split": "test"}, "also the split the probe is scored on"),
+                ({"validation_split": "test"}, "validation_split='test' is the split"),
+                ({"task": "zeroshot_retrieval", "main_metric": "mean_recall@1"}, "is a zeroshot_retrieval task")]
+    for change, message in refusals:
+        with pytest.raises(PipelineError, match=message.replace(".", r"\.").replace("(", r"\(")):
+            probe_splits(DatasetSpec.from_cfg({**base, **change}))
+
+
+def test_the_catalog_says_which_splits_probes_can_use():
+    """DataComp's copies are refused, CLIP_benchmark's give the train split, test-only sets have none."""
+    from pipeline.datasets import DatasetSpec, probe_splits
+    from tests.conftest import compose_config
+
+    def spec(*overrides):
+        return DatasetSpec.from_cfg(compose_config(*overrides).dataset)
+
+    with pytest.raises(PipelineError, match="dataset.source=clip_benchmark"):
+        probe_splits(spec("dataset=cifar10"))
+    train, _ = probe_splits(spec("dataset=cifar10", "dataset.source=clip_benchmark"))
+    assert train.split == "train" and train.root.endswith("clip-benchmark/wds_cifar10/tree/main")
+    with pytest.raises(PipelineError, match="has no train split"):
+        probe_splits(spec("dataset=imagenet-a", "dataset.source=clip_benchmark"))
+
+
+def test_a_test_only_source_fails_in_one_line_before_any_run(tmp_path):
+    from tests.conftest import run_pipeline
+
+    proc = run_pipeline(tmp_path, "head=linear_probe", "dataset=vtab/cifar100")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr + proc.stdout
+    assert "holds only the test split" in proc.stderr and "dataset.source=clip_benchmark" in proc.stderr
+    assert not (tmp_path / "outputs" / "mlflow.db").exists()
+
+
+def test_pre_projection_features_are_refused_for_other_towers():
+    from pipeline.embed import projection
+
+    assert projection.tower_kind("ViT-B-32") == "vit" and projection.tower_kind("RN50") == "resnet"
+    with pytest.raises(PipelineError, match="head.features=embedding"):
+        projection.tower_kind("convnext_base")
+    with pytest.raises(PipelineError, match="head.features=embedding"):
+        projection.tower_kind("coca_ViT-B-32")
+
+
+@pytest.mark.slow
+def test_a_k_shot_sweep_on_the_tiny_model_end_to_end(tmp_path, shapes_root, tiny_checkpoint):
+    """Zero-shot first, then 1..16-shot and full probes over 3 seeds: the test split is never encoded again, the
+    train split once; mean accuracy grows with k; a repeat is served entirely from the cache."""
+    from collections import Counter
+
+    import pandas as pd
+
+    from pipeline import tracking
+    from tests.conftest import asset_overrides, run_pipeline
+
+    assets = asset_overrides(shapes_root, tiny_checkpoint)
+    sweep = ["-m", "head=linear_probe", "head.k_shot=1,2,4,8,16,null", "head.seed=0,1,2", *assets]
+
+    def finished():
+        store = tracking.connect(f"sqlite:///{tmp_path}/outputs/mlflow.db", "clip-tables")
+        return store, store.client.search_runs([store.experiment_id], "attributes.status = 'FINISHED'", max_results=1000)
+
+    def ok(proc):
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc
+
+    ok(run_pipeline(tmp_path, *assets))
+    ok(run_pipeline(tmp_path, *sweep))
+    store, runs = finished()
+    counts = Counter((r.data.tags["stage"], r.data.tags.get("split", "")) for r in runs)
+    assert counts[("embed", "test")] == 1 and counts[("embed", "train")] == 1
+    assert counts[("classify", "")] == 1 + 18 and counts[("job", "")] == 1 + 18
+    [test_images] = [r for r in runs if r.data.tags.get("split") == "test"]
+    stored = {name: np.load(store.client.download_artifacts(test_images.info.run_id, f"{name}.npy", str(tmp_path)))
+              for name in ("pre_projection_features", "image_features")}
+    assert stored["pre_projection_features"].shape[0] == stored["image_features"].shape[0] == 480
+    assert not np.allclose(stored["pre_projection_features"], stored["image_features"])  # both kept, from one pass
+    jobs = [r.data.tags for r in runs if r.data.tags["stage"] == "job" and r.data.tags["head"] == "linear_probe"]
+    assert Counter((t["k_shot"], t["seed"]) for t in jobs) == Counter(
+        (k, s) for k in ("1", "2", "4", "8", "16", "all") for s in ("0", "1", "2"))
+
+    [sweep_dir] = [p.parent for p in (tmp_path / "outputs" / "multirun").glob("*/*/fewshot.csv")]
+    [row] = pd.read_csv(sweep_dir / "fewshot.csv").to_dict("records")
+    means = [row[f"{k}-shot"] for k in (1, 2, 4, 8, 16)]
+    assert all(b >= a - 0.02 for a, b in zip(means, means[1:])), means
+    assert means[-1] >= means[0] + 0.05 and row["seeds"] == 3 and not np.isnan(row["zero-shot"])
+    assert (sweep_dir / "fewshot.png").stat().st_size > 10_000
+    table = pd.read_csv(sweep_dir / "table.csv")
+    assert set(table["head"]) == {"linear_probe", *(f"linear_probe {k}-shot" for k in (1, 2, 4, 8, 16))}
+
+    again = ok(run_pipeline(tmp_path, *sweep))
+    _, rerun = finished()
+    added = Counter(r.data.tags["stage"] for r in rerun) - Counter(r.data.tags["stage"] for r in runs)
+    assert added == Counter({"job": 18, "aggregate": 1})
+    assert " MISS " not in again.stderr and "loading tiny-clip" not in again.stderr
+
+
+def test_probe_features_are_the_papers_or_clip_benchmarks():
+    """pre_projection: the tower's stored penultimate features (a ResNet's embedding); embedding: CLIP_benchmark's
+    L2-normalized embedding."""
+    from pipeline.embed import Embedded
+    from pipeline.heads.linear_probe import probe_features
+
+    pre, emb = np.arange(6.0).reshape(2, 3), np.array([[3.0, 4.0], [0.0, 2.0]])
+    images = Embedded({"pre_projection_features": pre, "image_features": emb}, "k", "r")
+    assert np.array_equal(probe_features(images, HeadSpec("linear_probe")), pre)
+    assert np.allclose(probe_features(images, HeadSpec("linear_probe", features="embedding")), [[0.6, 0.8], [0, 1]])
+    resnet = Embedded({"image_features": emb}, "k", "r")
+    assert np.array_equal(probe_features(resnet, HeadSpec("linear_probe"), pre_is_embedding=True), emb)
+    with pytest.raises(PipelineError, match="no pre-projection features"):
+        probe_features(resnet, HeadSpec("linear_probe"))
