@@ -22,8 +22,9 @@ install: $(STAMP) ## Create .venv/ and install the project with its dev extras
 assets: $(STAMP) ## Build the bundled synthetic dataset and tiny checkpoint if missing
 	$(PY) -m pipeline.offline --outputs outputs
 
-demo: assets ## Sweep the tiny model over the synthetic data with several prompt sets; print the table
+demo: assets ## Sweep the tiny model over the synthetic data with several prompt sets, then its k-shot linear probes; print the tables
 	$(PY) -m pipeline -m model=tiny dataset=shapes prompts=$(PROMPTS)
+	$(PY) -m pipeline -m model=tiny dataset=shapes head=linear_probe head.k_shot=1,2,4,8,16,null head.seed=0,1,2
 
 test: assets ## Run every test, the slow end-to-end ones included
 	$(PY) -m pytest
