@@ -57,14 +57,14 @@ def comparison(records: Iterable[ScoreRecord], metric: str) -> pd.DataFrame:
     records = list(records)
     probes: dict[tuple, dict[str, list[float]]] = {}
     for r in records:
-        if r.head == LINEAR_PROBE:
+        if r.head == LINEAR_PROBE and not r.is_external:  # result files do not say how many shots they used
             key = (*setting(r), r.features)
             probes.setdefault(key, {}).setdefault(r.k_shot, []).append(r.value(metric))
     zero_shot: dict[tuple, tuple[float, str]] = {}
     for r in records:
         if r.head == ZEROSHOT and r.task == "zeroshot_classification":
             key, value = setting(r), r.value(metric)
-            if key not in zero_shot or value > zero_shot[key][0]:
+            if key not in zero_shot or value > zero_shot[key][0] or math.isnan(zero_shot[key][0]):
                 zero_shot[key] = (value, r.prompts)
     all_shots = sorted({int(k) for runs in probes.values() for k in runs if k != ALL_SHOTS})
     rows = []
@@ -104,15 +104,17 @@ def plot(table: pd.DataFrame, metric: str, path: Path) -> Path:
             name = f"{row['model']} / {row['pretrained']} / {row['protocol']} ({row['features']})"
             means = [row[shots_column(k)] for k in shots]
             stds = [row[shots_column(k) + " std"] for k in shots]
-            ax.errorbar(shots, means, yerr=stds, marker="o", capsize=3, color=colour, label=f"{name}: k-shot probe")
+            if shots:
+                ax.errorbar(shots, means, yerr=stds, marker="o", capsize=3, color=colour, label=f"{name}: k-shot probe")
             if not math.isnan(row[FULL_COLUMN]):
                 ax.axhline(row[FULL_COLUMN], color=colour, linestyle=":", label=f"{name}: full probe")
             if not math.isnan(row[ZERO_SHOT_COLUMN]):
                 ax.axhline(row[ZERO_SHOT_COLUMN], color=colour, linestyle="--",
                            label=f"{name}: zero-shot ({row['prompts']}), matches {row[MATCH_COLUMN]}-shot")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(shots, [str(k) for k in shots])
-        ax.set_xlabel("labelled examples per class")
+        if shots:  # full probes alone are horizontal lines, with no k axis
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(shots, [str(k) for k in shots])
+            ax.set_xlabel("labelled examples per class")
         ax.set_ylabel(label)
         ax.set_title(dataset)
     for ax in list(axes.flat)[len(datasets):]:

@@ -16,6 +16,7 @@ from pipeline.tracking import TrackingStore
 EXTERNAL_PROMPTS = "external"
 EXTERNAL_SOURCE = "external"  # results read from files: whoever produced them chose the data
 JOB_STAGE = "job"
+UNKNOWN_SHOTS = "unknown"  # a result file's probe, which does not record its shots
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class ScoreRecord:
         used CLIP_benchmark's features instead of the paper's: a table row, whatever the seed."""
         if self.head != LINEAR_PROBE:
             return self.head
+        if self.k_shot == UNKNOWN_SHOTS:
+            return f"{self.head} ({self.features})"
         label = self.head if self.k_shot in (ALL_SHOTS, NOT_APPLICABLE) else f"{self.head} {self.k_shot}-shot"
         return f"{label} (embedding)" if self.features == "embedding" else label
 
@@ -123,9 +126,12 @@ def read_clip_benchmark_json(path: Path) -> ScoreRecord:
         payload = json.loads(path.read_text())
         dataset = str(payload["dataset"]).removeprefix("wds/")
         metrics = _with_mean_recall(_numbers(payload["metrics"]))
+        probe = payload.get("task") == "linear_probe"  # CLIP_benchmark's own probe: its AdamW head, shots unknown
         return ScoreRecord(str(payload["model"]), str(payload["pretrained"]), dataset, EXTERNAL_PROMPTS,
                            _main_metric(dataset, metrics), metrics, run_id=str(path),
-                           task=_task(dataset, metrics, payload.get("task")))
+                           task="zeroshot_classification" if probe else _task(dataset, metrics, payload.get("task")),
+                           **({"head": LINEAR_PROBE, "k_shot": UNKNOWN_SHOTS, "features": "clip_benchmark"}
+                              if probe else {}))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise PipelineError(f"cannot read clip_benchmark result {path}: {exc!r}; expected JSON with dataset, model, "
                             f"pretrained and metrics") from exc

@@ -46,7 +46,9 @@ def build_table(records: Iterable[ScoreRecord], metric: str) -> pd.DataFrame:
         return pd.DataFrame(columns=ROW_KEYS + [MEAN_COLUMN])
     long = pd.DataFrame(rows)
     datasets = list(dict.fromkeys(long["dataset"]))
-    table = long.pivot_table(index=ROW_KEYS, columns="dataset", values="value", aggfunc="mean", dropna=False)
+    # groupby, not pivot_table: pivoting with dropna=False would add a row for every combination of row keys
+    # (a zero-shot-only model would get empty probe rows); a seed without the metric leaves its mean NaN.
+    table = long.groupby(ROW_KEYS + ["dataset"], sort=True)["value"].agg(lambda v: v.mean(skipna=False)).unstack("dataset")
     table = table.reindex(columns=datasets)
     table[MEAN_COLUMN] = table[datasets].mean(axis=1, skipna=False)
     table = table.reset_index().rename_axis(columns=None)

@@ -68,3 +68,33 @@ def test_a_probe_sweep_finds_its_zero_shot_partners_among_earlier_results():
     earlier = [result(0.5), result(0.6, dataset="mnist"), result(0.5, source="clip_benchmark"),
                result(0.1, dataset="stl10")]
     assert fewshot.zero_shot_partners(sweep, earlier) == [earlier[0]]
+
+
+def test_full_probes_alone_still_plot_and_nan_never_hides_a_result(tmp_path):
+    records = probes({"all": [0.9]}) + [result(math.nan, prompts="a"), result(0.4, prompts="b")]
+    table = fewshot.comparison(records, "acc1")
+    assert table.loc[0, "zero-shot"] == 0.4 and table.loc[0, "prompts"] == "b"
+    assert fewshot.plot(table, "acc1", tmp_path / "f.png").stat().st_size > 5_000
+
+
+def test_tables_hold_only_rows_that_have_results_and_nan_seeds_stay_nan():
+    records = probes({"4": [0.7, math.nan]}) + [result(0.5, prompts="*"),
+                                                 ScoreRecord("B", "x", "cifar10", "*", "acc1", {"acc1": 0.3},
+                                                             source="datacomp", protocol="datacomp")]
+    table = tables.build_table(records, "acc1")
+    assert sorted(zip(table["model"], table["head"])) == [("B", "zeroshot"), ("ViT-B-32", "linear_probe 4-shot"),
+                                                          ("ViT-B-32", "zeroshot")]
+    assert math.isnan(table.set_index("head").loc["linear_probe 4-shot", "cifar10"])
+
+
+def test_clip_benchmarks_own_probe_results_are_labelled_as_probes(tmp_path):
+    import json
+
+    from pipeline.results import read_clip_benchmark_json
+
+    path = tmp_path / "probe.json"
+    path.write_text(json.dumps({"dataset": "cifar10", "model": "ViT-B-32", "pretrained": "openai",
+                                "task": "linear_probe", "metrics": {"lp_acc1": 0.95, "acc1": 0.95}}))
+    record = read_clip_benchmark_json(path)
+    assert record.head_label == "linear_probe (clip_benchmark)" and not tables.openclip38_eligible(record)
+    assert fewshot.comparison([record], "acc1").empty

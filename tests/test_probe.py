@@ -260,3 +260,61 @@ def test_probe_features_are_the_papers_or_clip_benchmarks():
     assert np.array_equal(probe_features(resnet, HeadSpec("linear_probe"), pre_is_embedding=True), emb)
     with pytest.raises(PipelineError, match="no pre-projection features"):
         probe_features(resnet, HeadSpec("linear_probe"))
+
+
+def test_carving_keeps_single_example_classes_in_train_and_says_when_it_cannot():
+    from pipeline.heads.splits import carve_validation
+
+    labels = np.array([0] * 10 + [1] * 10 + [2])
+    train, val = carve_validation(labels, 0.2, seed=0)
+    assert 20 in train and np.bincount(labels[val], minlength=3).tolist() == [2, 2, 0]
+    assert sorted(np.concatenate([train, val])) == list(range(21))
+    with pytest.raises(PipelineError, match="head.val_fraction"):
+        carve_validation(np.array([0, 0, 1, 1, 2, 2, 3, 3]), 0.2, seed=0)  # 2 validation examples for 4 classes
+
+
+def test_a_provided_validation_split_is_never_fitted():
+    """Validation rows follow train's; they are only validated on, and the full probe refits on both once."""
+    from pipeline.heads.splits import probe_split
+
+    labels = np.array([0, 1] * 10 + [0, 1] * 3)
+    provided = np.arange(20, 26)
+    for k_shot in (None, 2):
+        split = probe_split(labels, k_shot, 0.2, seed=0, provided_validation=provided)
+        assert split.validation_source == "provided" and list(split.validation) == list(provided)
+        assert not set(split.fit) & set(provided) and split.fit.max() < 20
+    assert len(probe_split(labels, 2, 0.2, 0, provided).fit) == 4
+
+
+def test_a_seed_sweep_over_a_deterministic_full_probe_reuses_its_run():
+    """With a provided validation split the full probe draws nothing: its key ignores the seed (and the carved
+    share); k-shot probes and carved splits keep both."""
+    from pipeline.heads.linear_probe import probe_key
+
+    full, shots = HeadSpec("linear_probe"), HeadSpec("linear_probe", k_shot=4)
+    assert probe_key(full, "tr", "te", "va") == probe_key(replace(full, seed=1, val_fraction=0.3), "tr", "te", "va")
+    assert probe_key(shots, "tr", "te", "va") != probe_key(replace(shots, seed=1), "tr", "te", "va")
+    assert probe_key(full, "tr", "te", None) != probe_key(replace(full, seed=1), "tr", "te", None)
+    assert probe_key(full, "tr", "te", None) != probe_key(replace(full, val_fraction=0.3), "tr", "te", None)
+
+
+def test_the_embedding_from_the_probe_pass_is_encode_images_bit_for_bit(tiny_checkpoint):
+    """The zero-shot path's features are unchanged by the pass that also keeps pre-projection features: equal,
+    not close, in fp32 and under bfloat16 autocast."""
+    import open_clip
+    import torch
+
+    from pipeline.embed.projection import image_encoder
+    from pipeline.models import register_project_architectures
+
+    register_project_architectures()
+    model, _, _ = open_clip.create_model_and_transforms("tiny-clip", pretrained=str(tiny_checkpoint))
+    model.eval()
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    for autocast in (False, True):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            both = image_encoder(model)(images)
+            reference = model.encode_image(images)
+        assert both["image_features"].dtype == reference.dtype
+        assert torch.equal(both["image_features"], reference)
+        assert model.visual.proj is not None  # restored after the pass

@@ -58,5 +58,12 @@ class HeadSpec:
         return {"head": self.name, "k_shot": ALL_SHOTS if self.k_shot is None else str(self.k_shot),
                 "seed": str(self.seed), "features": self.features}
 
-    def key_material(self) -> dict[str, Any]:
-        return {"k_shot": self.k_shot, "seed": self.seed, "features": self.features, "val_fraction": self.val_fraction}
+    def key_material(self, provided_validation: bool) -> dict[str, Any]:
+        """What changes a probe's result: with a provided validation split the carved share never applies, and
+        the seed only draws shots (L-BFGS itself is deterministic), so sweeping it there reuses one run."""
+        material: dict[str, Any] = {"k_shot": self.k_shot, "features": self.features}
+        if not provided_validation:
+            material["val_fraction"] = self.val_fraction
+        if not provided_validation or self.k_shot is not None:
+            material["seed"] = self.seed
+        return material

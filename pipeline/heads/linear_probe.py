@@ -20,7 +20,8 @@ CURVE_PLOT = "validation_curve.png"
 
 
 def probe_key(head: HeadSpec, train_key: str, test_key: str, validation_key: str | None) -> str:
-    return cache_key("linear_probe", VERSION, head.key_material(), [train_key, test_key, validation_key or "-"])
+    return cache_key("linear_probe", VERSION, head.key_material(validation_key is not None),
+                     [train_key, test_key, validation_key or "-"])
 
 
 def probe_features(images: Embedded, head: HeadSpec, pre_is_embedding: bool = False) -> np.ndarray:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline import PipelineError
+
 
 @dataclass(frozen=True)
 class ProbeSplit:
@@ -18,13 +20,20 @@ class ProbeSplit:
 
 
 def carve_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified (train, validation) indices: `fraction` of every class, at least one example, goes to validation
-    (scikit-learn's splitter, which needs two examples of a class to put one on each side)."""
+    """Stratified (train, validation) indices: `fraction` of every class goes to validation (scikit-learn's
+    splitter). A class with a single example cannot be on both sides, so it stays in train."""
     from sklearn.model_selection import train_test_split
 
     indices = np.arange(len(labels))
-    train, val = train_test_split(indices, test_size=fraction, random_state=seed, stratify=labels)
-    return np.sort(train), np.sort(val)
+    single = np.isin(labels, np.flatnonzero(np.bincount(labels) == 1))
+    rest = indices[~single]
+    try:
+        train, val = train_test_split(rest, test_size=fraction, random_state=seed, stratify=labels[rest])
+    except ValueError as exc:
+        raise PipelineError(f"cannot carve a stratified {fraction:.0%} validation split from {len(labels)} training "
+                            f"examples of {len(np.unique(labels))} classes ({exc}); raise head.val_fraction, or name "
+                            f"the dataset's own validation split with dataset.validation_split") from exc
+    return np.sort(np.concatenate([train, indices[single]])), np.sort(val)
 
 
 def draw_shots(labels: np.ndarray, pool: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -40,7 +49,9 @@ def probe_split(train_labels: np.ndarray, k_shot: int | None, val_fraction: floa
     """The issue's protocol: validation set aside first (provided, or carved from train), then the K shots drawn
     from the rest of train; without K the whole rest of train is fitted."""
     if provided_validation is not None:
-        fit, validation, source = np.arange(len(train_labels)), provided_validation, "provided"
+        everything = np.arange(len(train_labels))
+        fit, validation = everything[~np.isin(everything, provided_validation)], np.sort(provided_validation)
+        source = "provided"
     else:
         (fit, validation), source = carve_validation(train_labels, val_fraction, seed), "carved"
     if k_shot is not None:
