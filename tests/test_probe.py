@@ -318,3 +318,27 @@ def test_the_embedding_from_the_probe_pass_is_encode_images_bit_for_bit(tiny_che
         assert both["image_features"].dtype == reference.dtype
         assert torch.equal(both["image_features"], reference)
         assert model.visual.proj is not None  # restored after the pass
+
+
+@pytest.mark.slow
+def test_a_job_validates_on_the_datasets_own_validation_split(tmp_path, shapes_root, tiny_checkpoint):
+    """A copy of shapes whose `val` split is a third folder: the job embeds it as its own cached split, and the
+    probe run says its validation was provided."""
+    from pipeline import tracking
+    from tests.conftest import run_pipeline
+
+    root = tmp_path / "shapes"
+    root.mkdir()
+    for entry in shapes_root.iterdir():
+        (root / entry.name).symlink_to(entry)
+    (root / "val").symlink_to(shapes_root / "test")
+    proc = run_pipeline(tmp_path, "head=linear_probe", "head.k_shot=2", "dataset.validation_split=val",
+                        f"dataset.root={root}", f"model.pretrained={tiny_checkpoint}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    store = tracking.connect(f"sqlite:///{tmp_path}/outputs/mlflow.db", "clip-tables")
+    runs = store.client.search_runs([store.experiment_id], "attributes.status = 'FINISHED'")
+    assert sorted(r.data.tags["split"] for r in runs if r.data.tags["stage"] == "embed") == ["test", "train", "val"]
+    [job] = [r for r in runs if r.data.tags["stage"] == "job"]
+    probe_run = store.client.get_run(job.data.tags["run.classify"])
+    assert "run.embed_validation" in job.data.tags and probe_run.data.tags["validation_source"] == "provided"
+    assert probe_run.data.metrics["validation_examples"] == 480 and probe_run.data.metrics["examples_per_class"] == 2
