@@ -202,7 +202,8 @@ def test_a_k_shot_sweep_on_the_tiny_model_end_to_end(tmp_path, shapes_root, tiny
     import pandas as pd
 
     from pipeline import tracking
-    from tests.conftest import asset_overrides, run_pipeline
+    from pipeline.job import run_job
+    from tests.conftest import asset_overrides, compose_config, run_pipeline
 
     assets = asset_overrides(shapes_root, tiny_checkpoint)
     sweep = ["-m", "head=linear_probe", "head.k_shot=1,2,4,8,16,null", "head.seed=0,1,2", *assets]
@@ -215,7 +216,9 @@ def test_a_k_shot_sweep_on_the_tiny_model_end_to_end(tmp_path, shapes_root, tiny
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc
 
-    ok(run_pipeline(tmp_path, *assets))
+    outputs = tmp_path / "outputs"
+    run_job(compose_config(*assets, f"tracking.uri=sqlite:///{outputs}/mlflow.db", "num_workers=0",
+                           f"tracking.artifact_location={outputs}/mlartifacts"))  # zero-shot, in this process
     ok(run_pipeline(tmp_path, *sweep))
     store, runs = finished()
     counts = Counter((r.data.tags["stage"], r.data.tags.get("split", "")) for r in runs)
@@ -325,17 +328,18 @@ def test_a_job_validates_on_the_datasets_own_validation_split(tmp_path, shapes_r
     """A copy of shapes whose `val` split is a third folder: the job embeds it as its own cached split, and the
     probe run says its validation was provided."""
     from pipeline import tracking
-    from tests.conftest import run_pipeline
+    from pipeline.job import run_job
+    from tests.conftest import compose_config
 
     root = tmp_path / "shapes"
     root.mkdir()
     for entry in shapes_root.iterdir():
         (root / entry.name).symlink_to(entry)
     (root / "val").symlink_to(shapes_root / "test")
-    proc = run_pipeline(tmp_path, "head=linear_probe", "head.k_shot=2", "dataset.validation_split=val",
-                        f"dataset.root={root}", f"model.pretrained={tiny_checkpoint}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    store = tracking.connect(f"sqlite:///{tmp_path}/outputs/mlflow.db", "clip-tables")
+    run_job(compose_config("head=linear_probe", "head.k_shot=2", "dataset.validation_split=val", f"dataset.root={root}",
+                           f"model.pretrained={tiny_checkpoint}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                           f"tracking.artifact_location={tmp_path}/artifacts", "num_workers=0"))
+    store = tracking.connect(f"sqlite:///{tmp_path}/mlflow.db", "clip-tables")
     runs = store.client.search_runs([store.experiment_id], "attributes.status = 'FINISHED'")
     assert sorted(r.data.tags["split"] for r in runs if r.data.tags["stage"] == "embed") == ["test", "train", "val"]
     [job] = [r for r in runs if r.data.tags["stage"] == "job"]

@@ -74,10 +74,11 @@ def test_undecodable_sample_stops_the_embed_with_one_line_or_is_skipped_on_reque
 
 
 def test_a_model_failure_is_reported_as_a_model_error(loader, shapes_root, monkeypatch):
-    def broken(images, normalize=False):
+    def broken(*args, **kwargs):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
-    monkeypatch.setattr(loader.get().model, "encode_image", broken)
+    # The image tower itself: the embed stage runs it directly to keep pre-projection features too.
+    monkeypatch.setattr(loader.get().model.visual, "forward", broken)
     with pytest.raises(PipelineError) as failure:
         encode_classification_images(loader, spec(shapes_root), "fp32", 8, 0)
     message = str(failure.value)
