@@ -13,9 +13,9 @@ from typing import Any, Mapping
 import hydra
 import pandas as pd
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from pipeline import PipelineError, fewshot, results, tables, tracking
+from pipeline import PipelineError, comparisons, fewshot, results, tables, tracking
 from pipeline.cli import reported
 from pipeline.job import RESULT_FILE
 from pipeline.results import ScoreRecord
@@ -51,16 +51,39 @@ def plot(per_prompts: Mapping[str, pd.DataFrame], metric: str, path: Path) -> Pa
     return path
 
 
-def write_per_prompts(records: list[ScoreRecord], metric: str, out_dir: Path) -> tuple[list[Path], str]:
-    """table.csv (all prompt sets, with a `prompts` column), table.md and table.png."""
+def write_per_prompts(records: list[ScoreRecord], metric: str, out_dir: Path,
+                      replicates: comparisons.Replicates | None = None) -> tuple[list[Path], str]:
+    """table.csv (all prompt sets, with a `prompts` column; cells `value [low, high]` when `replicates` are
+    given), table.md, table.png, and results.csv (every metric of every result with its interval)."""
     per_prompts = tables.build_tables(records, metric)
-    combined = pd.concat([t.assign(prompts=p) for p, t in per_prompts.items()], ignore_index=True)
+    shown = per_prompts if replicates is None else {
+        prompts: comparisons.interval_table(group, metric, replicates)
+        for prompts, group in tables.group_by_prompts(records).items()}
+    combined = pd.concat([t.assign(prompts=p) for p, t in shown.items()], ignore_index=True)
     combined = combined[["prompts"] + [c for c in combined.columns if c != "prompts"]]
-    csv_path, md_path = out_dir / "table.csv", out_dir / "table.md"
+    csv_path, md_path, results_path = out_dir / "table.csv", out_dir / "table.md", out_dir / "results.csv"
     combined.to_csv(csv_path, index=False, float_format="%.4f")
-    markdown = tables.to_markdown(per_prompts, metric)
+    comparisons.results_frame(records).to_csv(results_path, index=False, float_format="%.6g")
+    markdown = tables.to_markdown(shown, metric)
     md_path.write_text(markdown)
-    return [csv_path, md_path, plot(per_prompts, metric, out_dir / "table.png")], markdown
+    return [csv_path, md_path, plot(per_prompts, metric, out_dir / "table.png"), results_path], markdown
+
+
+def write_compare(records: list[ScoreRecord], metric: str, out_dir: Path, baseline: Any,
+                  replicates: comparisons.Replicates) -> tuple[list[Path], str]:
+    """compare.csv and compare.md: every result against the baseline, paired, with `significant` marked."""
+    table = comparisons.compare(records, metric, comparisons.parse_baseline(baseline), replicates)
+    if table.empty:
+        raise PipelineError("no result has a baseline partner (the same model, data and settings but for the "
+                            "baseline's fields); check baseline= against the results' labels")
+    csv_path, md_path = out_dir / "compare.csv", out_dir / "compare.md"
+    table.to_csv(csv_path, index=False, float_format="%.6g")
+    label = "main metric of each dataset" if metric == "main" else metric
+    markdown = (f"### paired comparison — {label}: difference = candidate − baseline, 95 % paired-bootstrap "
+                f"interval, two-sided p; significant where the interval excludes 0\n\n"
+                f"{table.to_markdown(index=False, floatfmt='.4f')}\n")
+    md_path.write_text(markdown)
+    return [csv_path, md_path], markdown
 
 
 def write_openclip38(records: list[ScoreRecord], out_dir: Path, output: Path | None) -> tuple[list[Path], str]:
@@ -107,10 +130,16 @@ def has_probes(records: list[ScoreRecord]) -> bool:
 
 
 def write_layout(records: list[ScoreRecord], layout: str, metric: str, out_dir: Path,
-                 output: Path | None = None, mean_row: bool = False) -> tuple[list[Path], str]:
+                 output: Path | None = None, mean_row: bool = False,
+                 replicates: comparisons.Replicates | None = None, baseline: Any = None) -> tuple[list[Path], str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     if layout == "per_prompts":
-        return write_per_prompts(records, metric, out_dir)
+        return write_per_prompts(records, metric, out_dir, replicates)
+    if layout == "compare":
+        if replicates is None:
+            raise PipelineError("layout=compare reads bootstrap replicates from the tracking store; it cannot "
+                                "compare result files (results_dir=)")
+        return write_compare(records, metric, out_dir, baseline, replicates)
     if layout == "openclip38":
         return write_openclip38(records, out_dir, output)
     if layout == "blog":
@@ -186,7 +215,11 @@ def main(cfg: DictConfig) -> None:
     if not records:
         raise PipelineError(f"no finished job runs found in {source}; run `python -m pipeline` first")
     output = Path(cfg.output).resolve() if cfg.output else None
-    files, markdown = write_layout(records, cfg.layout, cfg.metric.name, Path(cfg.output_dir), output, cfg.mean_row)
+    wants_replicates = (cfg.intervals or cfg.layout == "compare") and not cfg.results_dir
+    replicates = results.replicate_loader(store) if wants_replicates else None
+    baseline = OmegaConf.to_container(cfg.baseline) if OmegaConf.is_config(cfg.baseline) else cfg.baseline
+    files, markdown = write_layout(records, cfg.layout, cfg.metric.name, Path(cfg.output_dir), output, cfg.mean_row,
+                                   replicates, baseline)
     log_aggregate_run(store, files, {"source": source, "layout": cfg.layout, "metric": cfg.metric.name})
     print(f"\n{markdown}\nWritten: {', '.join(map(str, files))}", flush=True)
 

@@ -74,6 +74,20 @@ def load(run: Run, tracking_uri: str) -> StageOutput:
                 raise CorruptArtifact(f"{name} checksum {actual[:12]} != recorded {expected[:12]}")
         return read_output(Path(tmp), checksums)
 
+def load_arrays(run: Run, names: tuple[str, ...], tracking_uri: str) -> dict[str, np.ndarray] | None:
+    """Some of a run's arrays, each checked against its recorded checksum; None when the run has none of them."""
+    checksums = {k.removeprefix(CHECKSUM_TAG): v for k, v in run.data.tags.items() if k.startswith(CHECKSUM_TAG)}
+    files = [f"{name}.npy" for name in names]
+    if not all(f in checksums for f in files):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in files:
+            actual = sha256_file(download(run, name, Path(tmp), tracking_uri))
+            if actual != checksums[name]:
+                raise CorruptArtifact(f"{name} checksum {actual[:12]} != recorded {checksums[name][:12]}")
+        return read_output(Path(tmp), {f: checksums[f] for f in files}).arrays
+
+
 def download(run: Run, name: str, directory: Path, tracking_uri: str) -> Path:
     """One artifact, retried with backoff on failures that may pass; a definite "not found" is corrupt.
 

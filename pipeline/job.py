@@ -11,7 +11,7 @@ from typing import Any, Mapping
 from mlflow.entities import Metric
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import PipelineError, classify, datasets, embed, precision, prompts, score, tracking
+from pipeline import PipelineError, classify, datasets, embed, precision, prompts, score, tracking, uncertainty
 from pipeline.cache import StageCache, log_params, mlflow_metric_name
 from pipeline.embed import projection
 from pipeline.heads import HeadSpec, linear_probe
@@ -185,11 +185,14 @@ def run_job(cfg: DictConfig, output_dir: Path | None = None) -> JobResult:
               **{f"precision.{tower}": getattr(recipe, tower) for tower in precision.TOWERS},
               **{f"lib.{name}": version for name, version in versions.items()}}
     stage_runs = {**scores.inputs, "score": scores.run_id}
-    job_run_id = log_job_run(store, labels, stage_runs, scores.metrics, params)
+    headline = {bound: scores.metrics.get(prefix + metric, float("nan"))
+                for bound, prefix in (("ci_low", uncertainty.CI_LOW), ("ci_high", uncertainty.CI_HIGH))}
+    job_run_id = log_job_run(store, labels, stage_runs, {**scores.metrics, **headline}, params)
 
     result = JobResult(job_run_id, scores.run_id, metric, scores.metrics.get(metric, float("nan")), dict(scores.metrics))
-    log.info("%s/%s on %s with %s, protocol=%s: %s = %.4f", loader.spec.arch, loader.spec.pretrained_label,
-             spec.name, head_description(head, prompt_tag), labels["protocol"], metric, result.value)
+    log.info("%s/%s on %s with %s, protocol=%s: %s = %.4f [%.4f, %.4f]", loader.spec.arch,
+             loader.spec.pretrained_label, spec.name, head_description(head, prompt_tag), labels["protocol"], metric,
+             result.value, headline["ci_low"], headline["ci_high"])
     if output_dir is not None:
         payload = {"job_run_id": job_run_id, "score_run_id": result.score_run_id, "tracking_uri": store.uri,
                    "metric": metric, "value": result.value}

@@ -118,12 +118,15 @@ def winogavil_predictions(similarities: np.ndarray, n_associations: int) -> np.n
     return chosen
 
 
-def winogavil_scores(truths: list[np.ndarray], predictions: list[np.ndarray]) -> dict[str, float]:
-    """DataComp's WinoGAViL breakdown: Jaccard index per game, averaged by number of candidates."""
+def winogavil_jaccards(truths: list[np.ndarray], predictions: list[np.ndarray]) -> np.ndarray:
+    """The Jaccard index of each game's chosen candidates against its true associations."""
     from sklearn.metrics import jaccard_score
 
-    scores = np.array([jaccard_score(t, p) for t, p in zip(truths, predictions)])
-    sizes = np.array([len(t) for t in truths])
+    return np.array([jaccard_score(t, p) for t, p in zip(truths, predictions)])
+
+
+def winogavil_breakdown(scores: np.ndarray, sizes: np.ndarray) -> dict[str, float]:
+    """DataComp's WinoGAViL averages of per-game Jaccard scores, overall and by number of candidates."""
 
     def mean(mask: np.ndarray) -> float:
         return float(scores[mask].mean()) if mask.any() else math.nan
@@ -134,3 +137,8 @@ def winogavil_scores(truths: list[np.ndarray], predictions: list[np.ndarray]) ->
         "jaccard_score_5-6": mean(sizes <= 6),
         "jaccard_score_10-12": mean(sizes >= 10),
     }
+
+
+def winogavil_scores(truths: list[np.ndarray], predictions: list[np.ndarray]) -> dict[str, float]:
+    """DataComp's WinoGAViL breakdown: Jaccard index per game, averaged by number of candidates."""
+    return winogavil_breakdown(winogavil_jaccards(truths, predictions), np.array([len(t) for t in truths]))

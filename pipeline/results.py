@@ -6,9 +6,11 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
-from pipeline import PipelineError, catalog
+import numpy as np
+
+from pipeline import PipelineError, artifacts, catalog
 from pipeline.cache import real_metric_name
 from pipeline.heads import ALL_SHOTS, LINEAR_PROBE, NOT_APPLICABLE, ZEROSHOT
 from pipeline.tracking import TrackingStore
@@ -38,6 +40,7 @@ class ScoreRecord:
     k_shot: str = NOT_APPLICABLE  # "all", or the number of examples per class, for a probe
     seed: str = NOT_APPLICABLE
     features: str = ""            # a probe's features: pre_projection or embedding
+    score_run: str = ""           # the score run holding per-sample outcomes and bootstrap replicates
 
     @property
     def identity(self) -> tuple[str, ...]:
@@ -60,6 +63,14 @@ class ScoreRecord:
     def is_external(self) -> bool:
         return self.source == EXTERNAL_SOURCE
 
+    @property
+    def units(self) -> float:
+        """The number of resampled units (test samples, images, games); NaN for a result file that does not say."""
+        for name in ("n", "num_samples", "num_images", "num_games"):  # `n` since intervals; the others before
+            if name in self.metrics:
+                return float(self.metrics[name])
+        return math.nan
+
     def value(self, metric: str) -> float:
         """`metric`, or this dataset's main metric for `main`; NaN when absent."""
         name = self.main_metric if metric == "main" else metric
@@ -73,7 +84,8 @@ def _from_job_run(run) -> ScoreRecord:
     return ScoreRecord(tags["model"], tags["pretrained"], tags["dataset"], tags["prompts"],
                        tags.get("main_metric", "acc1"), values, run.info.run_id, tags.get("source", "local"),
                        tags.get("protocol", ""), tags.get("task", ""), tags.get("head", ZEROSHOT),
-                       tags.get("k_shot", NOT_APPLICABLE), tags.get("seed", NOT_APPLICABLE), tags.get("features", ""))
+                       tags.get("k_shot", NOT_APPLICABLE), tags.get("seed", NOT_APPLICABLE), tags.get("features", ""),
+                       tags.get("run.score", ""))
 
 
 def from_runs(store: TrackingStore, run_ids: Iterable[str]) -> list[ScoreRecord]:
@@ -168,3 +180,26 @@ def from_directory(results_dir: Path) -> list[ScoreRecord]:
     if not records:
         raise PipelineError(f"no *.json (clip_benchmark) or *.jsonl (DataComp) results under {results_dir}")
     return records
+
+
+# -- bootstrap replicates of a record's score ---------------------------------------------------------------
+def replicate_loader(store: TrackingStore) -> Callable[[ScoreRecord], dict[str, np.ndarray]]:
+    """`load(record)`: its score run's bootstrap replicates by metric name (checksums verified), each score run
+    downloaded once; empty for result files and for scores computed before intervals existed."""
+    loaded: dict[str, dict[str, np.ndarray]] = {}
+
+    def load(record: ScoreRecord) -> dict[str, np.ndarray]:
+        if not record.score_run:
+            return {}
+        if record.score_run not in loaded:
+            run = store.client.get_run(record.score_run)
+            try:
+                arrays = artifacts.load_arrays(run, ("bootstrap", "bootstrap_metrics"), store.uri)
+            except (artifacts.CorruptArtifact, artifacts.ArtifactUnavailable) as exc:
+                raise PipelineError(f"the bootstrap replicates of score run {record.score_run} cannot be read "
+                                    f"({exc}); rerun its job with cache.force=true") from exc
+            loaded[record.score_run] = ({} if arrays is None else
+                                        dict(zip(map(str, arrays["bootstrap_metrics"]), arrays["bootstrap"])))
+        return loaded[record.score_run]
+
+    return load

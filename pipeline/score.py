@@ -1,17 +1,19 @@
-"""Score stage: every metric that applies to the task, logged as MLflow metrics (clip_benchmark/DataComp names)."""
+"""Score stage: every metric that applies to the task, logged as MLflow metrics (clip_benchmark/DataComp names),
+each with its 95 % bootstrap interval (`pipeline/uncertainty.py`); the per-sample outcomes and the replicates are
+kept as small artifacts, so averages and paired comparisons never need the logits."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from pipeline import PipelineError, metrics
+from pipeline import PipelineError, metrics, uncertainty
 from pipeline.cache import StageCache, StageOutput, StageRequest, cache_key
 from pipeline.datasets import DatasetSpec
 from pipeline.embed import Embedded
 
-VERSION = "2"
+VERSION = "3"  # 3: per-sample outcomes, bootstrap replicates and intervals
 
 
 @dataclass(frozen=True)
@@ -23,28 +25,74 @@ class Scores:
     inputs: Mapping[str, str]  # stage -> the run id of the stage run this score was computed from
 
 
-def classification_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -> dict[str, float]:
+@dataclass(frozen=True)
+class Scored:
+    """A task's metrics, its per-sample outcomes, each metric's bootstrap replicates, and the resampled units."""
+
+    values: dict[str, float]
+    outcomes: dict[str, np.ndarray]
+    replicates: dict[str, np.ndarray]
+    units: int
+
+
+def group_array(field: str) -> str:
+    return f"group_{field}"
+
+
+def classification_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -> Scored:
     logits, labels = predicted["logits"], images["labels"]
     values = metrics.classification_metrics(logits, labels)
-    for name in spec.extra_metrics:
-        values[name] = metrics.EXTRA_METRICS[name](predicted["predictions"], labels)
+    n_classes = logits.shape[1]
+    predictions = logits.argmax(axis=1)
+    outcomes = {"labels": labels, "predictions": predictions,
+                "correct1": metrics.top_k_correct(logits, labels, 1)}
+    if n_classes >= 5:
+        outcomes["correct5"] = metrics.top_k_correct(logits, labels, 5)
+    extra = {name: metrics.EXTRA_METRICS[name] for name in spec.extra_metrics}
+    for name, metric in extra.items():
+        values[name] = metric(predictions, labels)
+    groups: dict[str, tuple[str, int]] = {}
     for group in spec.group_metrics:
-        field = spec.metadata_fields.index(group["field"])
-        values[group["name"]] = metrics.worst_group_accuracy(
-            logits, labels, images["metadata"][:, field], k=int(group.get("k", 1)))
-    return {**values, "num_samples": float(len(labels)), "num_classes": float(logits.shape[1])}
+        field, k = spec.metadata_fields.index(group["field"]), int(group.get("k", 1))
+        outcomes[group_array(group["field"])] = images["metadata"][:, field]
+        groups[group["name"]] = (group_array(group["field"]), k)
+        values[group["name"]] = metrics.worst_group_accuracy(logits, labels, images["metadata"][:, field], k=k)
+    replicates = uncertainty.classification_replicates(outcomes, n_classes, extra, groups)
+    values = {**values, "num_samples": float(len(labels)), "num_classes": float(n_classes)}
+    return Scored(values, outcomes, replicates, len(labels))
 
 
-def retrieval_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -> dict[str, float]:
+def retrieval_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -> Scored:
+    outcomes = {"image_rank": predicted["image_rank"], "text_rank": predicted["text_rank"],
+                "caption_image": images["caption_image"]}
     values = metrics.retrieval_metrics(predicted["image_rank"], predicted["text_rank"])
-    return {**values, "num_images": float(len(predicted["text_rank"])), "num_captions": float(len(predicted["image_rank"]))}
+    values = {**values, "num_images": float(len(predicted["text_rank"])),
+              "num_captions": float(len(predicted["image_rank"]))}
+    return Scored(values, outcomes, uncertainty.retrieval_replicates(outcomes), len(outcomes["text_rank"]))
 
 
-def winogavil_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -> dict[str, float]:
+def winogavil_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -> Scored:
     bounds = np.cumsum(images["game_sizes"])[:-1]
     truths = np.split(images["associations"], bounds)
     chosen = np.split(predicted["chosen"], bounds)
-    return {**metrics.winogavil_scores(truths, chosen), "num_games": float(len(truths))}
+    outcomes = {"game_scores": metrics.winogavil_jaccards(truths, chosen), "game_sizes": images["game_sizes"]}
+    values = {**metrics.winogavil_breakdown(outcomes["game_scores"], outcomes["game_sizes"]),
+              "num_games": float(len(truths))}
+    return Scored(values, outcomes, uncertainty.winogavil_replicates(outcomes), len(truths))
+
+
+def with_intervals(scored: Scored) -> StageOutput:
+    """The score's output: metrics with each one's interval bounds and the number of resampled units, the
+    per-sample outcomes, and the replicates (`bootstrap`, one row per name in `bootstrap_metrics`) that averages
+    and paired comparisons are computed from."""
+    names = sorted(scored.replicates)
+    bounds = {}
+    for name in names:
+        low, high = uncertainty.interval(scored.replicates[name])
+        bounds[uncertainty.CI_LOW + name], bounds[uncertainty.CI_HIGH + name] = low, high
+    arrays = {**scored.outcomes, "bootstrap": np.stack([scored.replicates[name] for name in names]),
+              "bootstrap_metrics": np.array(names, dtype=str)}
+    return StageOutput(arrays=arrays, metrics={**scored.values, **bounds, uncertainty.N_METRIC: float(scored.units)})
 
 
 def metric_names(spec: DatasetSpec) -> list[str]:
@@ -56,7 +104,7 @@ def metric_names(spec: DatasetSpec) -> list[str]:
     return list(metrics.CLASSIFICATION_METRICS) + list(spec.extra_metrics) + [g["name"] for g in spec.group_metrics]
 
 
-SCORERS: dict[str, Callable[[DatasetSpec, Embedded, Embedded], dict[str, float]]] = {
+SCORERS: dict[str, Callable[[DatasetSpec, Embedded, Embedded], Scored]] = {
     "zeroshot_classification": classification_scores,
     "zeroshot_retrieval": retrieval_scores,
     "winogavil": winogavil_scores,
@@ -65,7 +113,8 @@ SCORERS: dict[str, Callable[[DatasetSpec, Embedded, Embedded], dict[str, float]]
 
 def score_key(spec: DatasetSpec, classify_key: str, image_key: str) -> str:
     config = {"task": spec.task, "main_metric": spec.main_metric, "groups": list(spec.group_metrics),
-              "extra": list(spec.extra_metrics), "fields": list(spec.metadata_fields)}
+              "extra": list(spec.extra_metrics), "fields": list(spec.metadata_fields),
+              "bootstrap": [uncertainty.RESAMPLES, uncertainty.SEED, uncertainty.LEVEL]}
     return cache_key("score", VERSION, config, [classify_key, image_key])
 
 
@@ -79,8 +128,8 @@ def score(cache: StageCache, spec: DatasetSpec, key: str, inputs: Callable[[], M
     upstream: dict[str, Embedded] = {}
 
     def compute() -> StageOutput:
-        metrics = SCORERS[spec.task](spec, upstream["embed_image"], upstream["classify"])
-        return StageOutput(metrics=metrics, tags={INPUT_TAG + stage: e.run_id for stage, e in upstream.items()})
+        output = with_intervals(SCORERS[spec.task](spec, upstream["embed_image"], upstream["classify"]))
+        return replace(output, tags={INPUT_TAG + stage: e.run_id for stage, e in upstream.items()})
 
     request = StageRequest("score", key, {**tags, "main_metric": spec.main_metric}, params,
                            name=f"score:{tags.get('model')}:{tags.get('dataset')}:{tags.get('prompts')}")

@@ -18,9 +18,10 @@ log = logging.getLogger(__name__)
 
 ROW_KEYS = ["model", "pretrained", "protocol", "head"]
 MEAN_COLUMN = "mean"
+WEIGHTED_COLUMN = "size-weighted mean"
 OPENCLIP38_AVERAGE = "Average perf. on 38 datasets"
 OPENCLIP38_LEAD = ["name", "pretrained", "params (M)", "FLOPs (B)", OPENCLIP38_AVERAGE]
-LAYOUTS = ("per_prompts", "openclip38", "blog", "fewshot")
+LAYOUTS = ("per_prompts", "openclip38", "blog", "fewshot", "compare")
 
 
 # -- one table per prompt set: rows (model, pretrained), a column per dataset, the mean --------------------
@@ -41,16 +42,20 @@ def build_table(records: Iterable[ScoreRecord], metric: str) -> pd.DataFrame:
     records = list(records)
     labels = dataset_labels(records)
     rows = [{"model": r.model, "pretrained": r.pretrained, "protocol": r.protocol, "head": r.head_label,
-             "dataset": labels[(r.dataset, r.source)], "value": r.value(metric)} for r in records]
+             "dataset": labels[(r.dataset, r.source)], "value": r.value(metric), "n": r.units} for r in records]
     if not rows:
-        return pd.DataFrame(columns=ROW_KEYS + [MEAN_COLUMN])
+        return pd.DataFrame(columns=ROW_KEYS + [MEAN_COLUMN, WEIGHTED_COLUMN])
     long = pd.DataFrame(rows)
     datasets = list(dict.fromkeys(long["dataset"]))
     # groupby, not pivot_table: pivoting with dropna=False would add a row for every combination of row keys
     # (a zero-shot-only model would get empty probe rows); a seed without the metric leaves its mean NaN.
     table = long.groupby(ROW_KEYS + ["dataset"], sort=True)["value"].agg(lambda v: v.mean(skipna=False)).unstack("dataset")
     table = table.reindex(columns=datasets)
+    sizes = long.groupby(ROW_KEYS + ["dataset"], sort=True)["n"].first().unstack("dataset").reindex(columns=datasets)
     table[MEAN_COLUMN] = table[datasets].mean(axis=1, skipna=False)
+    # seed 000's other average: each dataset weighted by its number of test samples (images, games)
+    table[WEIGHTED_COLUMN] = (table[datasets] * sizes).sum(axis=1, min_count=len(datasets)) / sizes.sum(
+        axis=1, min_count=len(datasets))
     table = table.reset_index().rename_axis(columns=None)
     order = table["head"].map(head_order)
     return table.assign(_order=order).sort_values(["model", "pretrained", "protocol", "_order"]) \
@@ -66,12 +71,16 @@ def head_order(label: str) -> tuple[int, int]:
     return (1, int(shots)) if shots.isdigit() else (2, 0)
 
 
-def build_tables(records: Iterable[ScoreRecord], metric: str) -> dict[str, pd.DataFrame]:
-    """One table per prompt set."""
+def group_by_prompts(records: Iterable[ScoreRecord]) -> dict[str, list[ScoreRecord]]:
     by_prompts: dict[str, list[ScoreRecord]] = {}
     for record in records:
         by_prompts.setdefault(record.prompts, []).append(record)
-    return {prompts: build_table(group, metric) for prompts, group in by_prompts.items()}
+    return by_prompts
+
+
+def build_tables(records: Iterable[ScoreRecord], metric: str) -> dict[str, pd.DataFrame]:
+    """One table per prompt set."""
+    return {prompts: build_table(group, metric) for prompts, group in group_by_prompts(records).items()}
 
 
 def to_markdown(tables: Mapping[str, pd.DataFrame], metric: str) -> str:

@@ -22,7 +22,7 @@ def record(model, dataset, prompts="p", acc1=0.5, main="acc1", pretrained="tag",
 def test_rows_are_models_columns_datasets_plus_mean():
     table = tables.build_table([record("A", "d1", acc1=0.2), record("A", "d2", acc1=0.6), record("B", "d1", acc1=0.4),
                                 record("B", "d2", acc1=0.8)], "acc1")
-    assert list(table.columns) == ["model", "pretrained", "protocol", "head", "d1", "d2", "mean"]
+    assert list(table.columns) == ["model", "pretrained", "protocol", "head", "d1", "d2", "mean", "size-weighted mean"]
     assert table.set_index("model")["mean"].to_dict() == pytest.approx({"A": 0.4, "B": 0.6})
 
 
@@ -48,7 +48,7 @@ def test_per_prompts_files(tmp_path):
                                    tmp_path)
     assert [p.name for p in paths] == ["table.csv", "table.md", "table.png"]
     csv = pd.read_csv(tmp_path / "table.csv")
-    assert list(csv.columns) == ["prompts", "model", "pretrained", "protocol", "head", "d1", "mean"] and len(csv) == 2
+    assert list(csv.columns) == ["prompts", "model", "pretrained", "protocol", "head", "d1", "mean", "size-weighted mean"] and len(csv) == 2
     assert "### acc1 — prompts: x" in markdown and (tmp_path / "table.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -1,0 +1,148 @@
+"""Bootstrap intervals and paired comparisons (pipeline/uncertainty.py, pipeline/comparisons.py), checked against
+direct resampling written out here independently, and for coverage on simulated data."""
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score, f1_score
+
+from pipeline import comparisons, metrics, uncertainty
+from pipeline.results import ScoreRecord
+
+R = uncertainty.RESAMPLES
+
+
+def direct_interval(values: list[float]) -> tuple[float, float]:
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def test_the_interval_covers_the_true_accuracy_about_95_percent_of_the_time():
+    rng = np.random.default_rng(123)
+    covered = 0
+    for _ in range(500):
+        correct = rng.random(1000) < 0.7
+        outcomes = {"labels": np.zeros(1000, dtype=np.int64), "predictions": np.zeros(1000, dtype=np.int64),
+                    "correct1": correct}
+        low, high = uncertainty.interval(uncertainty.classification_replicates(outcomes, 2)["acc1"])
+        covered += low <= 0.7 <= high
+    assert 0.92 <= covered / 500 <= 0.98, covered / 500
+
+
+def classification_outcomes(n=300, classes=6, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    logits = rng.normal(size=(n, classes)) + 1.5 * np.eye(classes)[labels]
+    return {"labels": labels, "predictions": logits.argmax(1), "correct1": metrics.top_k_correct(logits, labels, 1),
+            "correct5": metrics.top_k_correct(logits, labels, 5), "group_region": rng.integers(0, 4, n)}
+
+
+def test_plain_metrics_equal_a_direct_resampling_of_the_outcomes():
+    outcomes = classification_outcomes()
+    extra = {"F1-macro_all": metrics.macro_f1_present}
+    replicates = uncertainty.classification_replicates(outcomes, 6, extra)
+    rng = np.random.default_rng(uncertainty.SEED)
+    acc1, recall, f1 = [], [], []
+    for _ in range(R):
+        idx = rng.integers(0, 300, 300)
+        labels, predictions = outcomes["labels"][idx], outcomes["predictions"][idx]
+        acc1.append(np.mean(labels == predictions))
+        recall.append(balanced_accuracy_score(labels, predictions))
+        f1.append(f1_score(labels, predictions, average="macro", labels=np.unique(labels)))
+    assert uncertainty.interval(replicates["acc1"]) == pytest.approx(direct_interval(acc1))
+    assert uncertainty.interval(replicates["mean_per_class_recall"]) == pytest.approx(direct_interval(recall))
+    assert uncertainty.interval(replicates["F1-macro_all"]) == pytest.approx(direct_interval(f1))
+    assert uncertainty.interval(replicates["acc1_adjusted"]) == pytest.approx(
+        tuple(v - 1 / 6 for v in direct_interval(acc1)))
+
+
+def test_worst_group_metrics_resample_within_each_group():
+    outcomes = classification_outcomes()
+    groups = outcomes["group_region"]
+    replicates = uncertainty.classification_replicates(outcomes, 6, groups={"acc_worst_region": ("group_region", 1)})
+    rng = np.random.default_rng(uncertainty.SEED)
+    members = [np.flatnonzero(groups == g) for g in range(4)]
+    direct = []
+    for _ in range(R):
+        drawn = [m[rng.integers(0, len(m), len(m))] for m in members]
+        direct.append(min(outcomes["correct1"][d].mean() for d in drawn))
+    assert uncertainty.interval(replicates["acc_worst_region"]) == pytest.approx(direct_interval(direct))
+
+
+def test_retrieval_resamples_images_with_all_their_captions():
+    rng = np.random.default_rng(4)
+    owner = np.repeat(np.arange(40), rng.integers(1, 6, 40))
+    rng.shuffle(owner)
+    outcomes = {"image_rank": rng.integers(1, 20, len(owner)), "text_rank": rng.integers(1, 8, 40),
+                "caption_image": owner}
+    replicates = uncertainty.retrieval_replicates(outcomes)
+    draw = np.random.default_rng(uncertainty.SEED)
+    direct = []
+    for _ in range(R):
+        images = draw.integers(0, 40, 40)
+        captions = [c for i in images for c in np.flatnonzero(owner == i)]
+        direct.append(0.5 * (np.mean(outcomes["image_rank"][captions] <= 1) + np.mean(outcomes["text_rank"][images] <= 1)))
+    assert uncertainty.interval(replicates["mean_recall@1"]) == pytest.approx(direct_interval(direct))
+
+
+def test_winogavil_resamples_games():
+    rng = np.random.default_rng(5)
+    outcomes = {"game_scores": rng.random(30), "game_sizes": rng.choice([5, 6, 10, 12], 30)}
+    replicates = uncertainty.winogavil_replicates(outcomes)
+    draw = np.random.default_rng(uncertainty.SEED)
+    direct = [outcomes["game_scores"][draw.integers(0, 30, 30)].mean() for _ in range(R)]
+    assert uncertainty.interval(replicates["avg_jaccard_score"]) == pytest.approx(direct_interval(direct))
+
+
+def test_the_paired_test_finds_nothing_against_itself_and_a_clear_difference_where_there_is_one():
+    outcomes = classification_outcomes()
+    a = uncertainty.classification_replicates(outcomes, 6)["acc1"]
+    assert uncertainty.paired(a, a) == (0.0, 0.0, 1.0)
+    better = dict(outcomes, correct1=outcomes["correct1"].copy())
+    wrong = np.flatnonzero(~better["correct1"])
+    better["correct1"][wrong[: len(wrong) // 2]] = True  # right wherever A is right, and on half of A's misses
+    b = uncertainty.classification_replicates(better, 6)["acc1"]
+    low, high, p = uncertainty.paired(b, a)
+    assert low > 0 and p < 0.01
+
+
+def record(prompts, dataset, value, n=300):
+    return ScoreRecord("M", "w", dataset, prompts, "acc1", {"acc1": value, "n": n}, run_id=f"{prompts}:{dataset}",
+                       source="local", protocol="datacomp", task="zeroshot_classification")
+
+
+def test_compare_pairs_each_result_with_its_baseline_per_dataset_and_for_both_averages():
+    rng = np.random.default_rng(9)
+    reps = {(p, d): rng.normal(v, 0.01, R) for p, d, v in [("a", "x", 0.5), ("b", "x", 0.6), ("a", "y", 0.4),
+                                                           ("b", "y", 0.4), ("*", "z", 0.3)]}
+    records = [record("a", "x", 0.5), record("b", "x", 0.6), record("a", "y", 0.4, n=100), record("b", "y", 0.4, n=100),
+               record("*", "z", 0.3, n=600)]
+    table = comparisons.compare(records, "acc1", {"prompts": "a"}, lambda r: {"acc1": reps[(r.prompts, r.dataset)]})
+    rows = table.set_index("dataset")
+    assert list(table["candidate"].unique()) == ["prompts=b"]
+    assert rows.loc["x", "difference"] == pytest.approx(0.1) and rows.loc["x", "significant"] == "yes"
+    assert rows.loc["z", "difference"] == 0 and rows.loc["z", "p"] == 1.0  # prompt-free: its own partner
+    assert rows.loc["mean (3 datasets)", "difference"] == pytest.approx(0.1 / 3)
+    assert rows.loc["size-weighted mean (3 datasets)", "difference"] == pytest.approx(0.1 * 300 / 1000)
+    direct = np.mean([reps[("b", "x")] - reps[("a", "x")], reps[("b", "y")] - reps[("a", "y")], np.zeros(R)], axis=0)
+    assert (rows.loc["mean (3 datasets)", "ci_low"], rows.loc["mean (3 datasets)", "ci_high"]) == pytest.approx(
+        direct_interval(direct))
+
+
+def test_results_csv_rows_and_interval_cells():
+    r = ScoreRecord("M", "w", "x", "a", "acc1", {"acc1": 0.5, "ci_low/acc1": 0.4, "ci_high/acc1": 0.6, "n": 10,
+                                                  "num_samples": 10}, source="local", protocol="datacomp")
+    frame = comparisons.results_frame([r]).set_index("metric")
+    assert list(frame.index) == ["acc1", "num_samples"]  # bounds and `n` are columns, not metrics
+    assert frame.loc["acc1", ["value", "ci_low", "ci_high", "n"]].tolist() == [0.5, 0.4, 0.6, 10.0]
+    assert frame.loc["acc1", ["head", "k_shot", "seed"]].tolist() == ["zeroshot", "-", "-"]
+    assert math.isnan(frame.loc["num_samples", "ci_low"])
+    cells = comparisons.interval_table([r], "acc1", lambda _: {"acc1": np.linspace(0.4, 0.6, R)})
+    assert cells.loc[0, "x"] == "0.5000 [0.4050, 0.5950]" and cells.loc[0, "mean"] == cells.loc[0, "x"]
+
+
+def test_a_baseline_is_named_as_hydra_passes_it():
+    assert comparisons.parse_baseline("prompts:dataset") == {"prompts": "dataset"}
+    assert comparisons.parse_baseline({"model": "A", "pretrained": "b"}) == {"model": "A", "pretrained": "b"}
+    with pytest.raises(Exception, match="baseline=prompts:dataset"):
+        comparisons.parse_baseline("colour:red")
