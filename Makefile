@@ -22,9 +22,11 @@ install: $(STAMP) ## Create .venv/ and install the project with its dev extras
 assets: $(STAMP) ## Build the bundled synthetic dataset and tiny checkpoint if missing
 	$(PY) -m pipeline.offline --outputs outputs
 
-demo: assets ## Sweep the tiny model over the synthetic data with several prompt sets, then its k-shot linear probes; print the tables
+demo: assets ## Sweep the tiny model over the synthetic data with several prompt sets, then its k-shot linear probes; print the tables with intervals and a paired comparison of the prompt sets
 	$(PY) -m pipeline -m model=tiny dataset=shapes prompts=$(PROMPTS)
 	$(PY) -m pipeline -m model=tiny dataset=shapes head=linear_probe head.k_shot=1,2,4,8,16,null head.seed=0,1,2
+	$(PY) -m pipeline.aggregate intervals=true
+	$(PY) -m pipeline.aggregate layout=compare baseline=prompts:dataset
 
 test: assets ## Run every test, the slow end-to-end ones included
 	$(PY) -m pytest

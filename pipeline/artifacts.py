@@ -63,10 +63,15 @@ def is_not_found(exc: BaseException) -> bool:
     return getattr(response, "status_code", None) == 404
 
 
-def load(run: Run, tracking_uri: str) -> StageOutput:
+def load(run: Run, tracking_uri: str, only: tuple[str, ...] | None = None) -> StageOutput:
+    """A run's output, every file checked against its recorded checksum; `only` names the files to read."""
     checksums = {k.removeprefix(CHECKSUM_TAG): v for k, v in run.data.tags.items() if k.startswith(CHECKSUM_TAG)}
     if not checksums:
         raise CorruptArtifact("no checksums recorded")
+    if only is not None:
+        checksums = {name: digest for name, digest in checksums.items() if name in only}
+        if set(only) - set(checksums):
+            raise CorruptArtifact(f"{', '.join(sorted(set(only) - set(checksums)))} not recorded")
     with tempfile.TemporaryDirectory() as tmp:
         for name, expected in checksums.items():
             actual = sha256_file(download(run, name, Path(tmp), tracking_uri))

@@ -61,6 +61,9 @@ class StageRequest:
     tags: Mapping[str, str]
     params: Mapping[str, Any]
     name: str
+    # What a hit downloads: every artifact, or only these files (a score's outcomes stay in the store until the
+    # aggregate asks for them; checksums are still checked for what is read).
+    serve_only: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -218,7 +221,8 @@ class StageCache:
         """The first of `runs` whose artifacts can be read and verified; a corrupt one is never served again."""
         for run in runs:
             try:
-                return StageResult(artifacts.load(run, self.store.uri), run.info.run_id, hit=True, tags=dict(run.data.tags))
+                output = artifacts.load(run, self.store.uri, request.serve_only)
+                return StageResult(output, run.info.run_id, hit=True, tags=dict(run.data.tags))
             except ArtifactUnavailable as exc:
                 log.warning("[%s] cached run %s could not be read now (%s); it stays servable",
                             request.stage, run.info.run_id, exc)

@@ -9,6 +9,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from pipeline import PipelineError, metrics, uncertainty
+from pipeline.artifacts import METRICS_FILE
 from pipeline.cache import StageCache, StageOutput, StageRequest, cache_key
 from pipeline.datasets import DatasetSpec
 from pipeline.embed import Embedded
@@ -132,7 +133,8 @@ def score(cache: StageCache, spec: DatasetSpec, key: str, inputs: Callable[[], M
         return replace(output, tags={INPUT_TAG + stage: e.run_id for stage, e in upstream.items()})
 
     request = StageRequest("score", key, {**tags, "main_metric": spec.main_metric}, params,
-                           name=f"score:{tags.get('model')}:{tags.get('dataset')}:{tags.get('prompts')}")
+                           name=f"score:{tags.get('model')}:{tags.get('dataset')}:{tags.get('prompts')}",
+                           serve_only=(METRICS_FILE,))
     result = cache.get_or_compute(request, compute, before=lambda: upstream.update(inputs()))
     if spec.main_metric not in result.output.metrics:
         raise PipelineError(f"main metric {spec.main_metric!r} of {spec.name} is not among {sorted(result.output.metrics)}")

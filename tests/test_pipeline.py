@@ -47,6 +47,26 @@ def assets(shapes_root, tiny_checkpoint) -> list[str]:
     return asset_overrides(shapes_root, tiny_checkpoint)
 
 
+def assert_intervals_are_the_stored_outcomes_resampled(workdir: Path, score_run) -> None:
+    """Every result of the sweep is in results.csv with an interval around its value; the score run's acc1
+    interval is a direct resampling of its stored outcomes; job runs log their headline metric's bounds."""
+    import numpy as np
+
+    results = pd.read_csv(sweep_dirs(workdir)[0] / "results.csv")
+    acc1 = results[results["metric"] == "acc1"]
+    assert sorted(acc1["prompts"]) == ["a_photo_of", "classname", "dataset"] and (acc1["n"] == 480).all()
+    assert ((acc1["ci_low"] <= acc1["value"]) & (acc1["value"] <= acc1["ci_high"]) & (acc1["ci_low"] < acc1["ci_high"])).all()
+    store = open_store(workdir)
+    correct = np.load(store.client.download_artifacts(score_run.info.run_id, "correct1.npy", str(workdir)))
+    rng = np.random.default_rng(0)
+    direct = np.percentile([correct[rng.integers(0, len(correct), len(correct))].mean() for _ in range(1000)],
+                           [2.5, 97.5])
+    metrics = score_run.data.metrics
+    assert (metrics["ci_low/acc1"], metrics["ci_high/acc1"]) == pytest.approx(tuple(direct))
+    job = next(r for r in runs(workdir) if r.data.tags["stage"] == "job")
+    assert job.data.metrics["ci_low"] <= job.data.metrics["acc1"] <= job.data.metrics["ci_high"]
+
+
 def test_sweep_encodes_images_once_and_repeats_from_cache(tmp_path, assets):
     assert_ok(run_pipeline(tmp_path, "-m", PROMPTS, *assets))
     first = stage_counts(tmp_path)
@@ -63,6 +83,7 @@ def test_sweep_encodes_images_once_and_repeats_from_cache(tmp_path, assets):
         assert score_run.data.tags[tag]
     assert score_run.data.tags["model"] == "tiny-clip" and score_run.data.params["model.arch"] == "tiny-clip"
     assert {"acc1", "acc5", "mean_per_class_recall", "acc1_adjusted"} <= set(score_run.data.metrics)
+    assert_intervals_are_the_stored_outcomes_resampled(tmp_path, score_run)
 
     repeat = run_pipeline(tmp_path, "-m", PROMPTS, *assets)
     assert_ok(repeat)

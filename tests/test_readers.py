@@ -118,4 +118,6 @@ def test_every_mirror_layout_gives_the_same_scores(tmp_path, tiny_checkpoint, da
         scores[layout] = run_job(cfg).metrics
     assert not (mirrors["hf_cache_dir"] / repo_id.split("/")[1]).exists()  # read from hf_cache beside it
     assert scores["parquet"] == scores["save_to_disk"] == scores["hf_cache_dir"]
-    assert np.isfinite(list(scores["parquet"].values())).all()
+    # With 8 synthetic games some resamples lack a game size, so only the metrics themselves are all defined.
+    values = {k: v for k, v in scores["parquet"].items() if not k.startswith(("ci_low/", "ci_high/"))}
+    assert np.isfinite(list(values.values())).all()
