@@ -104,7 +104,10 @@ def compare(records: Iterable[ScoreRecord], metric: str, baseline: Mapping[str, 
             rows.append({**common, "dataset": r.dataset, **paired_row(r, b, metric, replicates)})
         if len(pairs) > 1:
             rows.extend({**common, "dataset": name, **row} for name, row in averaged_rows(pairs, metric, replicates))
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    # Settings every row shares (no probe swept, one source) only widen the table; the model always stays.
+    constant = [f for f in fixed if f not in ("model", "pretrained", "protocol") and table[f].nunique() == 1]
+    return table.drop(columns=constant)
 
 
 def paired_row(candidate: ScoreRecord, baseline: ScoreRecord, metric: str, replicates: Replicates) -> dict:
@@ -133,7 +136,7 @@ def summary(value: float, base_value: float, a: np.ndarray | None, b: np.ndarray
     low, high, p = (math.nan,) * 3 if a is None or b is None else uncertainty.paired(a, b)
     significant = "" if math.isnan(low) else ("yes" if low > 0 or high < 0 else "no")
     return {"candidate value": value, "baseline value": base_value, "difference": value - base_value,
-            "ci_low": low, "ci_high": high, "p": p, "significant": significant, "n": n}
+            "ci_low": low, "ci_high": high, "p": p, "significant": significant, "n": n if math.isnan(n) else int(n)}
 
 
 # -- tables whose cells carry their interval --------------------------------------------------------------
