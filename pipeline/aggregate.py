@@ -191,6 +191,15 @@ class AggregateCallback(Callback):
         print(f"\n{markdown}\nTables written to {sweep_dir}", flush=True)
 
 
+def warn_without_replicates(records: list[ScoreRecord], replicates: comparisons.Replicates) -> None:
+    """Name the results whose intervals will stay empty, rather than leave blank cells unexplained."""
+    missing = [r for r in records if not r.is_external and not replicates(r).replicates]
+    if missing:
+        log.warning("%d result(s) were scored before intervals existed (e.g. %s on %s, job run %s): their intervals "
+                    "stay empty; rerun those jobs to add them (only the score stage is recomputed)", len(missing),
+                    missing[0].model, missing[0].dataset, missing[0].run_id)
+
+
 def select(records: list[ScoreRecord], prompts: str | None, protocol: str | None) -> list[ScoreRecord]:
     """One prompt set's results (with the prompt-free tasks' and result files'), one protocol's (and result files')."""
     if prompts:
@@ -218,6 +227,10 @@ def main(cfg: DictConfig) -> None:
     wants_replicates = (cfg.intervals or cfg.layout == "compare") and not cfg.results_dir
     replicates = results.replicate_loader(store) if wants_replicates else None
     baseline = OmegaConf.to_container(cfg.baseline) if OmegaConf.is_config(cfg.baseline) else cfg.baseline
+    if cfg.intervals and cfg.results_dir:
+        log.warning("intervals=true: result files (results_dir=) carry no bootstrap replicates; no interval is shown")
+    if replicates is not None:
+        warn_without_replicates(records, replicates)
     files, markdown = write_layout(records, cfg.layout, cfg.metric.name, Path(cfg.output_dir), output, cfg.mean_row,
                                    replicates, baseline)
     log_aggregate_run(store, files, {"source": source, "layout": cfg.layout, "metric": cfg.metric.name})

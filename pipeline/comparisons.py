@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 
 from pipeline import PipelineError, uncertainty
-from pipeline.results import ScoreRecord
+from pipeline.results import Bootstrap, ScoreRecord
 
-Replicates = Callable[[ScoreRecord], Mapping[str, np.ndarray]]
-RESULT_KEYS = ["model", "pretrained", "dataset", "source", "protocol", "prompts", "head", "k_shot", "seed"]
-BASELINE_FIELDS = ("model", "pretrained", "protocol", "prompts", "head", "k_shot", "seed", "source")
+Replicates = Callable[[ScoreRecord], Bootstrap]
+RESULT_KEYS = ["model", "pretrained", "dataset", "source", "protocol", "prompts", "head", "k_shot", "seed", "features"]
+BASELINE_FIELDS = ("model", "pretrained", "protocol", "prompts", "head", "k_shot", "seed", "features", "source")
 ANY = "*"  # a prompts value that belongs to every prompt set (retrieval, WinoGAViL)
 MEAN_ROW, WEIGHTED_ROW = "mean", "size-weighted mean"
 
@@ -30,7 +30,7 @@ def results_frame(records: Iterable[ScoreRecord]) -> pd.DataFrame:
     rows = []
     for r in records:
         labels = dict(zip(RESULT_KEYS, (r.model, r.pretrained, r.dataset, r.source, r.protocol, r.prompts,
-                                        r.head, r.k_shot, r.seed)))
+                                        r.head, r.k_shot, r.seed, r.features)))
         for metric in base_metrics(r):
             rows.append({**labels, "metric": metric, "value": r.metrics[metric],
                          "ci_low": r.metrics.get(uncertainty.CI_LOW + metric, math.nan),
@@ -40,7 +40,7 @@ def results_frame(records: Iterable[ScoreRecord]) -> pd.DataFrame:
 
 def replicates_of(record: ScoreRecord, metric: str, replicates: Replicates) -> np.ndarray | None:
     name = record.main_metric if metric == "main" else metric
-    found = replicates(record).get(name)
+    found = replicates(record).replicates.get(name)
     return None if found is None else np.asarray(found, dtype=np.float64)
 
 
@@ -105,6 +105,8 @@ def compare(records: Iterable[ScoreRecord], metric: str, baseline: Mapping[str, 
         if len(pairs) > 1:
             rows.extend({**common, "dataset": name, **row} for name, row in averaged_rows(pairs, metric, replicates))
     table = pd.DataFrame(rows)
+    if table.empty:
+        return table
     # Settings every row shares (no probe swept, one source) only widen the table; the model always stays.
     constant = [f for f in fixed if f not in ("model", "pretrained", "protocol") and table[f].nunique() == 1]
     return table.drop(columns=constant)
@@ -112,9 +114,11 @@ def compare(records: Iterable[ScoreRecord], metric: str, baseline: Mapping[str, 
 
 def paired_row(candidate: ScoreRecord, baseline: ScoreRecord, metric: str, replicates: Replicates) -> dict:
     a, b = replicates_of(candidate, metric, replicates), replicates_of(baseline, metric, replicates)
-    if candidate.units != baseline.units:
-        raise PipelineError(f"{candidate.dataset}: the two results were scored on different numbers of samples "
-                            f"({candidate.units:.0f} and {baseline.units:.0f}), so they cannot be paired")
+    orders = replicates(candidate).order, replicates(baseline).order
+    if candidate.units != baseline.units or (all(orders) and orders[0] != orders[1]):
+        raise PipelineError(f"{candidate.dataset}: {candidate.run_id} and {baseline.run_id} were scored on the test "
+                            f"samples in different orders (or numbers: {candidate.units:.0f}, {baseline.units:.0f}), so "
+                            f"they cannot be paired; embed both with the same batch_size and num_workers")
     return summary(candidate.value(metric), baseline.value(metric), a, b, candidate.units)
 
 

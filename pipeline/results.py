@@ -183,23 +183,35 @@ def from_directory(results_dir: Path) -> list[ScoreRecord]:
 
 
 # -- bootstrap replicates of a record's score ---------------------------------------------------------------
-def replicate_loader(store: TrackingStore) -> Callable[[ScoreRecord], dict[str, np.ndarray]]:
-    """`load(record)`: its score run's bootstrap replicates by metric name (checksums verified), each score run
-    downloaded once; empty for result files and for scores computed before intervals existed."""
-    loaded: dict[str, dict[str, np.ndarray]] = {}
+@dataclass(frozen=True)
+class Bootstrap:
+    """A score's bootstrap replicates by metric, and the digest of its sample order (pairs must share it)."""
 
-    def load(record: ScoreRecord) -> dict[str, np.ndarray]:
+    replicates: Mapping[str, np.ndarray]
+    order: str = ""
+
+
+NO_BOOTSTRAP = Bootstrap({})
+
+
+def replicate_loader(store: TrackingStore) -> Callable[[ScoreRecord], Bootstrap]:
+    """`load(record)`: its score run's bootstrap replicates (checksums verified), each score run downloaded once;
+    none for result files and for scores computed before intervals existed."""
+    loaded: dict[str, Bootstrap] = {}
+
+    def load(record: ScoreRecord) -> Bootstrap:
         if not record.score_run:
-            return {}
+            return NO_BOOTSTRAP
         if record.score_run not in loaded:
             run = store.client.get_run(record.score_run)
             try:
                 arrays = artifacts.load_arrays(run, ("bootstrap", "bootstrap_metrics"), store.uri)
             except (artifacts.CorruptArtifact, artifacts.ArtifactUnavailable) as exc:
                 raise PipelineError(f"the bootstrap replicates of score run {record.score_run} cannot be read "
-                                    f"({exc}); rerun its job with cache.force=true") from exc
-            loaded[record.score_run] = ({} if arrays is None else
-                                        dict(zip(map(str, arrays["bootstrap_metrics"]), arrays["bootstrap"])))
+                                    f"({exc}); rerun its job: the score is recomputed from its cached inputs") from exc
+            loaded[record.score_run] = NO_BOOTSTRAP if arrays is None else Bootstrap(
+                dict(zip(map(str, arrays["bootstrap_metrics"]), arrays["bootstrap"])),
+                run.data.tags.get("sample_order", ""))
         return loaded[record.score_run]
 
     return load

@@ -34,6 +34,7 @@ class Scored:
     outcomes: dict[str, np.ndarray]
     replicates: dict[str, np.ndarray]
     units: int
+    order: str  # `uncertainty.structure_digest`: results pair only when theirs agree
 
 
 def group_array(field: str) -> str:
@@ -56,11 +57,15 @@ def classification_scores(spec: DatasetSpec, images: Embedded, predicted: Embedd
     for group in spec.group_metrics:
         field, k = spec.metadata_fields.index(group["field"]), int(group.get("k", 1))
         outcomes[group_array(group["field"])] = images["metadata"][:, field]
+        if n_classes >= k:
+            outcomes.setdefault(f"correct{k}", metrics.top_k_correct(logits, labels, k))
         groups[group["name"]] = (group_array(group["field"]), k)
         values[group["name"]] = metrics.worst_group_accuracy(logits, labels, images["metadata"][:, field], k=k)
-    replicates = uncertainty.classification_replicates(outcomes, n_classes, extra, groups)
+    seed = uncertainty.dataset_seed(spec.name)
+    replicates = uncertainty.classification_replicates(outcomes, n_classes, extra, groups, seed=seed)
     values = {**values, "num_samples": float(len(labels)), "num_classes": float(n_classes)}
-    return Scored(values, outcomes, replicates, len(labels))
+    order = [labels, *(outcomes[group_array(g["field"])] for g in spec.group_metrics)]
+    return Scored(values, outcomes, replicates, len(labels), uncertainty.structure_digest(order))
 
 
 def retrieval_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -> Scored:
@@ -69,7 +74,9 @@ def retrieval_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -
     values = metrics.retrieval_metrics(predicted["image_rank"], predicted["text_rank"])
     values = {**values, "num_images": float(len(predicted["text_rank"])),
               "num_captions": float(len(predicted["image_rank"]))}
-    return Scored(values, outcomes, uncertainty.retrieval_replicates(outcomes), len(outcomes["text_rank"]))
+    replicates = uncertainty.retrieval_replicates(outcomes, seed=uncertainty.dataset_seed(spec.name))
+    return Scored(values, outcomes, replicates, len(outcomes["text_rank"]),
+                  uncertainty.structure_digest([outcomes["caption_image"]]))
 
 
 def winogavil_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -> Scored:
@@ -79,7 +86,9 @@ def winogavil_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -
     outcomes = {"game_scores": metrics.winogavil_jaccards(truths, chosen), "game_sizes": images["game_sizes"]}
     values = {**metrics.winogavil_breakdown(outcomes["game_scores"], outcomes["game_sizes"]),
               "num_games": float(len(truths))}
-    return Scored(values, outcomes, uncertainty.winogavil_replicates(outcomes), len(truths))
+    replicates = uncertainty.winogavil_replicates(outcomes, seed=uncertainty.dataset_seed(spec.name))
+    return Scored(values, outcomes, replicates, len(truths),
+                  uncertainty.structure_digest([outcomes["game_sizes"], images["associations"]]))
 
 
 def with_intervals(scored: Scored) -> StageOutput:
@@ -93,7 +102,8 @@ def with_intervals(scored: Scored) -> StageOutput:
         bounds[uncertainty.CI_LOW + name], bounds[uncertainty.CI_HIGH + name] = low, high
     arrays = {**scored.outcomes, "bootstrap": np.stack([scored.replicates[name] for name in names]),
               "bootstrap_metrics": np.array(names, dtype=str)}
-    return StageOutput(arrays=arrays, metrics={**scored.values, **bounds, uncertainty.N_METRIC: float(scored.units)})
+    return StageOutput(arrays=arrays, metrics={**scored.values, **bounds, uncertainty.N_METRIC: float(scored.units)},
+                       tags={ORDER_TAG: scored.order})
 
 
 def metric_names(spec: DatasetSpec) -> list[str]:
@@ -119,6 +129,10 @@ def score_key(spec: DatasetSpec, classify_key: str, image_key: str) -> str:
     return cache_key("score", VERSION, config, [classify_key, image_key])
 
 
+ORDER_TAG = "sample_order"
+# What a cached score serves: its metrics, and the replicates the aggregate reads (checked here, so a damaged file
+# is recomputed with the score alone); the per-sample outcomes stay in the store.
+BOOTSTRAP_FILES = ("bootstrap.npy", "bootstrap_metrics.npy")
 INPUT_TAG = "input."  # the stage runs a score was computed from, so a served score still names them
 
 
@@ -130,11 +144,11 @@ def score(cache: StageCache, spec: DatasetSpec, key: str, inputs: Callable[[], M
 
     def compute() -> StageOutput:
         output = with_intervals(SCORERS[spec.task](spec, upstream["embed_image"], upstream["classify"]))
-        return replace(output, tags={INPUT_TAG + stage: e.run_id for stage, e in upstream.items()})
+        return replace(output, tags={**output.tags, **{INPUT_TAG + stage: e.run_id for stage, e in upstream.items()}})
 
     request = StageRequest("score", key, {**tags, "main_metric": spec.main_metric}, params,
                            name=f"score:{tags.get('model')}:{tags.get('dataset')}:{tags.get('prompts')}",
-                           serve_only=(METRICS_FILE,))
+                           serve_only=(METRICS_FILE, *BOOTSTRAP_FILES))
     result = cache.get_or_compute(request, compute, before=lambda: upstream.update(inputs()))
     if spec.main_metric not in result.output.metrics:
         raise PipelineError(f"main metric {spec.main_metric!r} of {spec.name} is not among {sorted(result.output.metrics)}")

@@ -52,13 +52,15 @@ def assert_intervals_are_the_stored_outcomes_resampled(workdir: Path, score_run)
     interval is a direct resampling of its stored outcomes; job runs log their headline metric's bounds."""
     import numpy as np
 
+    from pipeline import uncertainty
+
     results = pd.read_csv(sweep_dirs(workdir)[0] / "results.csv")
     acc1 = results[results["metric"] == "acc1"]
     assert sorted(acc1["prompts"]) == ["a_photo_of", "classname", "dataset"] and (acc1["n"] == 480).all()
     assert ((acc1["ci_low"] <= acc1["value"]) & (acc1["value"] <= acc1["ci_high"]) & (acc1["ci_low"] < acc1["ci_high"])).all()
     store = open_store(workdir)
     correct = np.load(store.client.download_artifacts(score_run.info.run_id, "correct1.npy", str(workdir)))
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(uncertainty.dataset_seed("shapes"))
     direct = np.percentile([correct[rng.integers(0, len(correct), len(correct))].mean() for _ in range(1000)],
                            [2.5, 97.5])
     metrics = score_run.data.metrics

@@ -7,7 +7,8 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from pipeline import comparisons, metrics, uncertainty
-from pipeline.results import ScoreRecord
+from pipeline import PipelineError
+from pipeline.results import Bootstrap, ScoreRecord
 
 R = uncertainty.RESAMPLES
 
@@ -117,7 +118,8 @@ def test_compare_pairs_each_result_with_its_baseline_per_dataset_and_for_both_av
                                                            ("b", "y", 0.4), ("*", "z", 0.3)]}
     records = [record("a", "x", 0.5), record("b", "x", 0.6), record("a", "y", 0.4, n=100), record("b", "y", 0.4, n=100),
                record("*", "z", 0.3, n=600)]
-    table = comparisons.compare(records, "acc1", {"prompts": "a"}, lambda r: {"acc1": reps[(r.prompts, r.dataset)]})
+    table = comparisons.compare(records, "acc1", {"prompts": "a"},
+                                lambda r: Bootstrap({"acc1": reps[(r.prompts, r.dataset)]}, order=r.dataset))
     rows = table.set_index("dataset")
     assert list(table["candidate"].unique()) == ["prompts=b"]
     assert rows.loc["x", "difference"] == pytest.approx(0.1) and rows.loc["x", "significant"] == "yes"
@@ -137,7 +139,7 @@ def test_results_csv_rows_and_interval_cells():
     assert frame.loc["acc1", ["value", "ci_low", "ci_high", "n"]].tolist() == [0.5, 0.4, 0.6, 10.0]
     assert frame.loc["acc1", ["head", "k_shot", "seed"]].tolist() == ["zeroshot", "-", "-"]
     assert math.isnan(frame.loc["num_samples", "ci_low"])
-    cells = comparisons.interval_table([r], "acc1", lambda _: {"acc1": np.linspace(0.4, 0.6, R)})
+    cells = comparisons.interval_table([r], "acc1", lambda _: Bootstrap({"acc1": np.linspace(0.4, 0.6, R)}))
     assert cells.loc[0, "x"] == "0.5000 [0.4050, 0.5950]" and cells.loc[0, "mean"] == cells.loc[0, "x"]
 
 
@@ -146,3 +148,31 @@ def test_a_baseline_is_named_as_hydra_passes_it():
     assert comparisons.parse_baseline({"model": "A", "pretrained": "b"}) == {"model": "A", "pretrained": "b"}
     with pytest.raises(Exception, match="baseline=prompts:dataset"):
         comparisons.parse_baseline("colour:red")
+
+
+def test_results_pair_only_in_the_same_sample_order_and_a_compare_without_partners_says_so():
+    records = [record("a", "x", 0.5), record("b", "x", 0.6)]
+    orders = {"a": "1111", "b": "2222"}  # e.g. embedded with different batch sizes
+    with pytest.raises(PipelineError, match="different orders"):
+        comparisons.compare(records, "acc1", {"prompts": "a"},
+                            lambda r: Bootstrap({"acc1": np.zeros(R)}, order=orders[r.prompts]))
+    assert comparisons.compare([record("a", "x", 0.5), record("c", "y", 0.5)], "acc1", {"prompts": "a"},
+                               lambda r: Bootstrap({"acc1": np.zeros(R)})).empty
+
+
+def test_each_dataset_draws_its_own_resamples_the_same_for_every_model():
+    first, again = (next(uncertainty.draws(100, seed=uncertainty.dataset_seed("cifar10"))) for _ in range(2))
+    other = next(uncertainty.draws(100, seed=uncertainty.dataset_seed("mnist")))
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+
+
+def test_worst_group_intervals_use_the_groups_own_k():
+    outcomes = classification_outcomes()
+    outcomes["correct3"] = np.ones(300, dtype=bool)
+    replicates = uncertainty.classification_replicates(outcomes, 6, groups={"wg3": ("group_region", 3),
+                                                                          "wg1": ("group_region", 1)})
+    assert (replicates["wg3"] == 1).all() and (replicates["wg1"] < 1).all()
+
+
+def test_p_is_never_reported_below_one_resample():
+    assert uncertainty.paired(np.ones(R), np.zeros(R))[2] == 1 / R
