@@ -124,16 +124,24 @@ def paired_row(candidate: ScoreRecord, baseline: ScoreRecord, metric: str, repli
 
 def averaged_rows(pairs: list[tuple[ScoreRecord, ScoreRecord]], metric: str, replicates: Replicates):
     sizes = [r.units for r, _ in pairs]
-    reps = [(replicates_of(r, metric, replicates), replicates_of(b, metric, replicates)) for r, b in pairs]
-    complete = all(a is not None and b is not None for a, b in reps)
+    candidate = means_over_datasets([replicates_of(r, metric, replicates) for r, _ in pairs], sizes)
+    base = means_over_datasets([replicates_of(b, metric, replicates) for _, b in pairs], sizes)
     for name, weights in ((MEAN_ROW, None), (WEIGHTED_ROW, sizes)):
         if weights is not None and np.isnan(sizes).any():
             continue
-        values = [(np.average([r.value(metric) for r, _ in pairs], weights=weights),
-                   np.average([b.value(metric) for _, b in pairs], weights=weights))]
-        a = uncertainty.mean_replicates([x for x, _ in reps], weights) if complete else None
-        b = uncertainty.mean_replicates([y for _, y in reps], weights) if complete else None
-        yield f"{name} ({len(pairs)} datasets)", summary(*values[0], a, b, float(np.nansum(sizes)))
+        value = np.average([r.value(metric) for r, _ in pairs], weights=weights)
+        base_value = np.average([b.value(metric) for _, b in pairs], weights=weights)
+        yield f"{name} ({len(pairs)} datasets)", summary(value, base_value, candidate[name], base[name],
+                                                          float(np.nansum(sizes)))
+
+
+def means_over_datasets(per_dataset: list[np.ndarray | None], sizes: list[float]) -> dict[str, np.ndarray | None]:
+    """Replicates of the plain and the size-weighted mean over datasets; None where a dataset has no replicates
+    (or, weighted, no size)."""
+    complete = bool(per_dataset) and all(x is not None for x in per_dataset)
+    return {MEAN_ROW: uncertainty.mean_replicates(per_dataset) if complete else None,
+            WEIGHTED_ROW: (uncertainty.mean_replicates(per_dataset, sizes)
+                           if complete and not np.isnan(sizes).any() else None)}
 
 
 def summary(value: float, base_value: float, a: np.ndarray | None, b: np.ndarray | None, n: float) -> dict:
@@ -169,9 +177,8 @@ def interval_table(records: Iterable[ScoreRecord], metric: str, replicates: Repl
             out.at[i, dataset] = cell(row[dataset], low, high)
             per_dataset.append(joint)
             sizes.append(found[0].units if found else math.nan)
-        complete = all(x is not None for x in per_dataset) and bool(per_dataset)
-        for column, weights in ((tables.MEAN_COLUMN, None), (tables.WEIGHTED_COLUMN, sizes)):
-            bounds = (uncertainty.interval(uncertainty.mean_replicates(per_dataset, weights))
-                      if complete and (weights is None or not np.isnan(weights).any()) else (math.nan, math.nan))
+        means = means_over_datasets(per_dataset, sizes)
+        for column, name in ((tables.MEAN_COLUMN, MEAN_ROW), (tables.WEIGHTED_COLUMN, WEIGHTED_ROW)):
+            bounds = uncertainty.interval(means[name]) if means[name] is not None else (math.nan, math.nan)
             out.at[i, column] = cell(row[column], *bounds)
     return out

@@ -57,8 +57,8 @@ def classification_scores(spec: DatasetSpec, images: Embedded, predicted: Embedd
     for group in spec.group_metrics:
         field, k = spec.metadata_fields.index(group["field"]), int(group.get("k", 1))
         outcomes[group_array(group["field"])] = images["metadata"][:, field]
-        if n_classes >= k:
-            outcomes.setdefault(f"correct{k}", metrics.top_k_correct(logits, labels, k))
+        if n_classes >= k and f"correct{k}" not in outcomes:  # top-1/top-5 are already there
+            outcomes[f"correct{k}"] = metrics.top_k_correct(logits, labels, k)
         groups[group["name"]] = (group_array(group["field"]), k)
         values[group["name"]] = metrics.worst_group_accuracy(logits, labels, images["metadata"][:, field], k=k)
     seed = uncertainty.dataset_seed(spec.name)

@@ -125,24 +125,29 @@ def retrieval_replicates(outcomes: Mapping[str, np.ndarray], ks: tuple[int, ...]
     image_rank, text_rank, owner = outcomes["image_rank"], outcomes["text_rank"], outcomes["caption_image"]
     order = np.argsort(owner, kind="stable")
     starts = np.searchsorted(owner[order], np.arange(len(text_rank) + 1))
-    values: dict[str, list[float]] = {}
     counts = np.diff(starts)
-    for idx in draws(len(text_rank), resamples, seed):
+
+    def on(idx: np.ndarray) -> dict[str, float]:
         lengths = counts[idx]  # the captions of each drawn image, as one index vector without a Python loop
         offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         captions = order[np.repeat(starts[idx], lengths) + offsets]
-        for name, value in metrics.retrieval_metrics(image_rank[captions], text_rank[idx], ks).items():
-            values.setdefault(name, []).append(value)
-    return {name: np.array(v) for name, v in values.items()}
+        return metrics.retrieval_metrics(image_rank[captions], text_rank[idx], ks)
+
+    return collect(draws(len(text_rank), resamples, seed), on)
 
 
 def winogavil_replicates(outcomes: Mapping[str, np.ndarray], resamples: int = RESAMPLES,
                          seed: int | Sequence[int] = SEED) -> dict[str, np.ndarray]:
     """Games resampled: each WinoGAViL average over the drawn games' Jaccard scores."""
     scores, sizes = outcomes["game_scores"], outcomes["game_sizes"]
+    return collect(draws(len(scores), resamples, seed), lambda idx: metrics.winogavil_breakdown(scores[idx], sizes[idx]))
+
+
+def collect(indices: Iterable[np.ndarray], compute: Callable[[np.ndarray], Mapping[str, float]]) -> dict[str, np.ndarray]:
+    """Every metric `compute` gives on each resample, as one replicate array per metric."""
     values: dict[str, list[float]] = {}
-    for idx in draws(len(scores), resamples, seed):
-        for name, value in metrics.winogavil_breakdown(scores[idx], sizes[idx]).items():
+    for idx in indices:
+        for name, value in compute(idx).items():
             values.setdefault(name, []).append(value)
     return {name: np.array(v) for name, v in values.items()}
 

@@ -65,7 +65,10 @@ def test_pre_projection_features_are_the_visual_towers_output_before_proj(tiny_c
     assert model.visual.proj is not None  # restored
     assert pre.shape[1] == model.visual.transformer.width and not torch.allclose(pre, embedding)
     torch.testing.assert_close(pre, reference)
-    torch.testing.assert_close(heads_features.embed_from_pre_projection(pre, model.visual), embedding)
+    with torch.no_grad():
+        both = heads_features.image_encoder(model)(images)  # the embed stage's pass: the embedding derived from pre
+    torch.testing.assert_close(both["pre_projection_features"], reference)
+    torch.testing.assert_close(both["image_features"], embedding)
 
 
 def test_probe_split_sets_validation_aside_then_draws_k_shots_per_class():

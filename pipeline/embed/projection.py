@@ -65,12 +65,6 @@ def without_projection(visual: torch.nn.Module) -> Iterator[torch.nn.Module]:
         visual.proj = saved
 
 
-def embed_from_pre_projection(features: torch.Tensor, visual: torch.nn.Module) -> torch.Tensor:
-    """The embedding `encode_image` returns (unnormalized), from stored pre-projection features."""
-    matrix = projection(visual)
-    return features if matrix is None else features @ matrix.to(features.dtype)
-
-
 def image_encoder(model: torch.nn.Module) -> ImageEncoder:
     """What the embed stage runs on a batch: a plain CLIP ViT gives both features from one pass; every other model
     gives its embedding through its own `encode_image` (a ResNet's pre-projection features are that embedding)."""
