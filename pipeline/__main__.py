@@ -1,9 +1,12 @@
 """The Hydra app: `python -m pipeline [-m] model=... dataset=... prompts=... metric=...`."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.plugins import Plugins
+from hydra.types import RunMode
 from hydra_plugins.clip_tables.launcher import LocalLauncher, SlurmLauncher
 from omegaconf import DictConfig
 
@@ -19,7 +22,10 @@ for launcher in (LocalLauncher, SlurmLauncher):
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 @reported
 def main(cfg: DictConfig) -> float:
-    result = run_job(cfg, output_dir=HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    result = run_job(cfg, output_dir=hydra_cfg.runtime.output_dir,
+                     sweep_dir=Path(hydra_cfg.sweep.dir) if in_sweep else None)
     return result.value
 
 

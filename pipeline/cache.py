@@ -23,7 +23,7 @@ from mlflow.entities import Run
 from pipeline import artifacts
 from pipeline.artifacts import ArtifactUnavailable, CorruptArtifact, StageOutput
 from pipeline.claims import CLAIM_ID_TAG, MAX_KEYS, Claim, Claims
-from pipeline.tracking import TrackingStore, finished_run
+from pipeline.tracking import PARENT_TAG, TrackingStore, finished_run
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,9 @@ class StageCache:
     enabled: bool = True
     force: bool = False
     claim_timeout_s: float = 300.0  # a claim without a heartbeat for this long belongs to a killed worker
+    # The job run whose child every computed stage run becomes (MLflow's UI nests it there); a served run keeps
+    # the parent of the job that computed it, and the serving job links it by its `run.<stage>` tags.
+    parent_run_id: str | None = None
 
     def get_or_compute(self, request: StageRequest, compute: Callable[[], StageOutput],
                        before: Callable[[], None] | None = None) -> StageResult:
@@ -238,7 +241,8 @@ class StageCache:
                  ) -> StageResult:
         client = self.store.client
         tags = {**request.tags, "stage": request.stage, "cache_key": request.key,
-                "cache_store": "true" if self.enabled else "false", **({CLAIM_ID_TAG: claim_id} if claim_id else {})}
+                "cache_store": "true" if self.enabled else "false", **({CLAIM_ID_TAG: claim_id} if claim_id else {}),
+                **({PARENT_TAG: self.parent_run_id} if self.parent_run_id else {})}
         with finished_run(self.store, tags, request.name) as run_id:
             log_params(client, run_id, request.params)
             output = compute()

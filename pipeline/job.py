@@ -8,16 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from mlflow.entities import Metric
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import PipelineError, classify, datasets, embed, precision, prompts, score, tracking, uncertainty
-from pipeline.cache import StageCache, log_params, mlflow_metric_name
+from pipeline import (PipelineError, classify, datasets, embed, job_run, precision, prompts, score, sweep, tracking,
+                      uncertainty)
+from pipeline.cache import StageCache
 from pipeline.embed import projection
 from pipeline.heads import HeadSpec, linear_probe
 from pipeline.models import ModelLoader, ModelSpec, library_versions, resolve_device
-from pipeline.results import JOB_STAGE
-from pipeline.tracking import TrackingStore
 
 log = logging.getLogger(__name__)
 
@@ -82,25 +80,33 @@ def described_like(split: datasets.DatasetSpec, test: datasets.DatasetInfo) -> d
     return info
 
 
-def log_job_run(store: TrackingStore, labels: Mapping[str, str], stage_runs: Mapping[str, str],
-                metrics: Mapping[str, float], params: Mapping[str, Any]) -> str:
-    """The job's own run (tag `stage=job`, no artifacts): the request's labels, the score, and the stage runs used.
+@dataclass(frozen=True)
+class JobInputs:
+    """Everything a job resolved from its config, checked before any MLflow run exists."""
 
-    Stage runs are shared by every job whose keys match, so their tags name whoever computed them first;
-    tables are built from job runs, which always name what was asked."""
-    tags = {**labels, "stage": JOB_STAGE, **{f"run.{stage}": run_id for stage, run_id in stage_runs.items()}}
-    name = f"job:{labels['model_name']}:{labels['dataset']}:{labels['prompts']}"
-    if labels.get("head", "zeroshot") != "zeroshot":
-        name += f":{labels['head']}:k={labels['k_shot']}:seed={labels['seed']}"
-    with tracking.finished_run(store, tags, name) as run_id:
-        log_params(store.client, run_id, params)
-        store.client.log_batch(run_id, metrics=[Metric(mlflow_metric_name(k), float(v), 0, 0) for k, v in metrics.items()])
-    return run_id
+    cfg: DictConfig
+    spec: datasets.DatasetSpec
+    head: HeadSpec
+    info: datasets.DatasetInfo
+    probe_infos: list[datasets.DatasetInfo | None]
+    class_prompts: prompts.Prompts | None
+    loader: ModelLoader
+    recipe: precision.Recipe
+    device: Any
+    versions: Mapping[str, str]
+    metric: str
+    tags: Mapping[str, str]     # what every stage run of this job carries
+    labels: Mapping[str, str]   # what the job run carries
+    params: Mapping[str, Any]
+    pre_is_embedding: bool
+
+    @property
+    def prompt_tag(self) -> str:
+        return self.tags["prompts"]
 
 
-def run_job(cfg: DictConfig, output_dir: Path | None = None) -> JobResult:
-    """Evaluate cfg.model on cfg.dataset with cfg.prompts; writes `result.json` into `output_dir` if given."""
-    # Everything that can be wrong with the inputs is checked before any MLflow run exists.
+def resolve_inputs(cfg: DictConfig) -> JobInputs:
+    """Read and check the config: everything that can be wrong with the inputs fails here."""
     spec = datasets.DatasetSpec.from_cfg(cfg.dataset, cfg.get("data_cache"), cfg.paths.get("data_cache"))
     head = HeadSpec.from_cfg(cfg.get("head"))
     known = score.metric_names(spec)
@@ -120,30 +126,36 @@ def run_job(cfg: DictConfig, output_dir: Path | None = None) -> JobResult:
     loader.spec.fingerprint  # fails now, not mid-run, on a missing checkpoint
     metric = headline_metric(cfg.metric.name, spec.main_metric)
     versions = library_versions()
-
-    store = tracking.connect_cfg(cfg.tracking)
-    cache = StageCache(store, enabled=cfg.cache.enabled, force=cfg.cache.force,
-                       claim_timeout_s=float(cfg.cache.claim_timeout_s))
     # Prompt sets only shape zero-shot classifiers; probes, retrieval and WinoGAViL use none.
     prompt_tag = prompt_label(cfg.prompts) if class_prompts is not None else "*"
     tags = {"model": loader.spec.arch, "pretrained": loader.spec.pretrained_label, "model_name": loader.spec.name,
             "dataset": spec.name, "source": spec.source, "prompts": prompt_tag, "task": spec.task}
     if spec.column:
         tags["column"] = spec.column
-    params = flatten(cfg)
+    checkpoint = job_run.checkpoint_position(model_spec.pretrained) if model_spec.is_local_checkpoint else {}
+    labels = {**tags, **head.labels(), **checkpoint, "protocol": protocol_label(cfg, model_spec.precision),
+              "main_metric": spec.main_metric, "metric": metric,
+              **{f"precision.{tower}": getattr(recipe, tower) for tower in precision.TOWERS},
+              **{f"lib.{name}": version for name, version in versions.items()}}
+    return JobInputs(cfg, spec, head, info, probe_infos, class_prompts, loader, recipe, device, versions, metric,
+                     tags, labels, flatten(cfg), pre_is_embedding)
 
-    image_model = embed.ModelKey(loader.spec.fingerprint, recipe.image, versions)
-    text_model = embed.ModelKey(loader.spec.fingerprint, recipe.text, versions)
-    # Score first: every key follows from fingerprints and configs, so the score is looked up before anything
-    # else; the stages upstream of it run (or are served) only when it has to be computed.
+
+def run_stages(job: JobInputs, cache: StageCache) -> score.Scores:
+    """embed -> classify (or the probe) -> score, each through the cache. Every key follows from fingerprints and
+    configs, so the score is looked up first; the stages upstream of it run (or are served) only when it has to
+    be computed."""
+    cfg, spec, head, info, loader, tags, params = job.cfg, job.spec, job.head, job.info, job.loader, job.tags, job.params
+    image_model = embed.ModelKey(loader.spec.fingerprint, job.recipe.image, job.versions)
+    text_model = embed.ModelKey(loader.spec.fingerprint, job.recipe.text, job.versions)
     image_key = embed.image_key(image_model, info)
     if head.is_probe:
-        train_key, validation_key = (embed.image_key(image_model, i) if i else None for i in probe_infos)
+        train_key, validation_key = (embed.image_key(image_model, i) if i else None for i in job.probe_infos)
         classify_key = linear_probe.probe_key(head, train_key, image_key, validation_key)
     else:
-        text_key = (embed.classifier_key(text_model, info.classnames, class_prompts) if class_prompts is not None
-                    else embed.texts_key(text_model, info))
-        classify_key = classify.classify_key(spec.task, recipe.logits, image_key, text_key)
+        text_key = (embed.classifier_key(text_model, info.classnames, job.class_prompts)
+                    if job.class_prompts is not None else embed.texts_key(text_model, info))
+        classify_key = classify.classify_key(spec.task, job.recipe.logits, image_key, text_key)
 
     embedded: dict[str, embed.Embedded] = {}  # by split: each is gathered once per job
 
@@ -155,46 +167,56 @@ def run_job(cfg: DictConfig, output_dir: Path | None = None) -> JobResult:
         return embedded[split]
 
     def text() -> embed.Embedded:
-        if class_prompts is not None:
-            return embed.embed_classifier(cache, loader, info.classnames, class_prompts, text_model, tags=tags,
+        if job.class_prompts is not None:
+            return embed.embed_classifier(cache, loader, info.classnames, job.class_prompts, text_model, tags=tags,
                                           params=params)
         texts = lambda: [str(t) for t in images()["captions" if spec.task == "zeroshot_retrieval" else "cues"]]
         return embed.embed_texts(cache, loader, info, texts, text_model, tags=tags, params=params)
 
     def probed() -> dict[str, embed.Embedded]:
-        train_info, validation_info = probe_infos
+        train_info, validation_info = job.probe_infos
         stages = {"embed_image": images(), "embed_train": images(train_info)}
         if validation_info is not None:
             stages["embed_validation"] = images(validation_info)
         predicted = linear_probe.linear_probe(cache, head, stages["embed_train"], stages["embed_image"],
                                               stages.get("embed_validation"), len(info.classnames), tags=tags,
-                                              params=params, pre_is_embedding=pre_is_embedding)
+                                              params=params, pre_is_embedding=job.pre_is_embedding)
         return {**stages, "classify": predicted}
 
     def upstream() -> dict[str, embed.Embedded]:
         if head.is_probe:
             return probed()
         image_stage, text_stage = images(), text()
-        predicted = classify.classify(cache, spec.task, image_stage, text_stage, recipe, device, tags=tags, params=params)
+        predicted = classify.classify(cache, spec.task, image_stage, text_stage, job.recipe, job.device, tags=tags,
+                                      params=params)
         return {"embed_image": image_stage, "text": text_stage, "classify": predicted}
 
-    scores = score.score(cache, spec, score.score_key(spec, classify_key, image_key), upstream, tags=tags, params=params)
+    return score.score(cache, spec, score.score_key(spec, classify_key, image_key), upstream, tags=tags, params=params)
 
-    labels = {**tags, **head.labels(), "protocol": protocol_label(cfg, model_spec.precision),
-              "main_metric": spec.main_metric, "metric": metric,
-              **{f"precision.{tower}": getattr(recipe, tower) for tower in precision.TOWERS},
-              **{f"lib.{name}": version for name, version in versions.items()}}
-    stage_runs = {**scores.inputs, "score": scores.run_id}
-    headline = {bound: scores.metrics.get(prefix + metric, float("nan"))
-                for bound, prefix in (("ci_low", uncertainty.CI_LOW), ("ci_high", uncertainty.CI_HIGH))}
-    job_run_id = log_job_run(store, labels, stage_runs, {**scores.metrics, **headline}, params)
 
-    result = JobResult(job_run_id, scores.run_id, metric, scores.metrics.get(metric, float("nan")), dict(scores.metrics))
-    log.info("%s/%s on %s with %s, protocol=%s: %s = %.4f [%.4f, %.4f]", loader.spec.arch,
-             loader.spec.pretrained_label, spec.name, head_description(head, prompt_tag), labels["protocol"], metric,
-             result.value, headline["ci_low"], headline["ci_high"])
+def run_job(cfg: DictConfig, output_dir: Path | None = None, sweep_dir: Path | None = None) -> JobResult:
+    """Evaluate cfg.model on cfg.dataset with cfg.prompts; writes `result.json` into `output_dir` if given. A job
+    of a multirun (`sweep_dir`) logs its run as a child of the sweep's run."""
+    job = resolve_inputs(cfg)
+    store = tracking.connect_cfg(cfg.tracking)
+    inputs = [job_run.dataset_input(info, context)
+              for info, context in zip([job.info, *job.probe_infos], ("test", "train", "validation")) if info is not None]
+    with job_run.job_run(store, job.labels, job.params, sweep.parent_of(sweep_dir, store)) as job_run_id:
+        cache = StageCache(store, enabled=cfg.cache.enabled, force=cfg.cache.force,
+                           claim_timeout_s=float(cfg.cache.claim_timeout_s), parent_run_id=job_run_id)
+        scores = run_stages(job, cache)
+        headline = {bound: scores.metrics.get(prefix + job.metric, float("nan"))
+                    for bound, prefix in (("ci_low", uncertainty.CI_LOW), ("ci_high", uncertainty.CI_HIGH))}
+        job_run.record(store, job_run_id, {**scores.inputs, "score": scores.run_id},
+                       {**scores.metrics, **headline}, inputs)
+
+    result = JobResult(job_run_id, scores.run_id, job.metric, scores.metrics.get(job.metric, float("nan")),
+                       dict(scores.metrics))
+    log.info("%s/%s on %s with %s, protocol=%s: %s = %.4f [%.4f, %.4f]", job.loader.spec.arch,
+             job.loader.spec.pretrained_label, job.spec.name, head_description(job.head, job.prompt_tag),
+             job.labels["protocol"], job.metric, result.value, headline["ci_low"], headline["ci_high"])
     if output_dir is not None:
         payload = {"job_run_id": job_run_id, "score_run_id": result.score_run_id, "tracking_uri": store.uri,
-                   "metric": metric, "value": result.value}
+                   "metric": job.metric, "value": result.value}
         (Path(output_dir) / RESULT_FILE).write_text(json.dumps(payload, indent=2))
     return result

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -41,6 +41,8 @@ class ScoreRecord:
     seed: str = NOT_APPLICABLE
     features: str = ""            # a probe's features: pre_projection or embedding
     score_run: str = ""           # the score run holding per-sample outcomes and bootstrap replicates
+    # The job run's tags: the stage runs it used (`run.<stage>`), a checkpoint's position (`checkpoint_*`).
+    tags: Mapping[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def identity(self) -> tuple[str, ...]:
@@ -85,7 +87,7 @@ def _from_job_run(run) -> ScoreRecord:
                        tags.get("main_metric", "acc1"), values, run.info.run_id, tags.get("source", "local"),
                        tags.get("protocol", ""), tags.get("task", ""), tags.get("head", ZEROSHOT),
                        tags.get("k_shot", NOT_APPLICABLE), tags.get("seed", NOT_APPLICABLE), tags.get("features", ""),
-                       tags.get("run.score", ""))
+                       tags.get("run.score", ""), dict(tags))
 
 
 def from_runs(store: TrackingStore, run_ids: Iterable[str]) -> list[ScoreRecord]:

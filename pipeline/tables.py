@@ -21,7 +21,7 @@ MEAN_COLUMN = "mean"
 WEIGHTED_COLUMN = "size-weighted mean"
 OPENCLIP38_AVERAGE = "Average perf. on 38 datasets"
 OPENCLIP38_LEAD = ["name", "pretrained", "params (M)", "FLOPs (B)", OPENCLIP38_AVERAGE]
-LAYOUTS = ("per_prompts", "openclip38", "blog", "fewshot", "compare")
+LAYOUTS = ("per_prompts", "openclip38", "blog", "fewshot", "compare", "prompt_gains", "robustness", "training_curves")
 
 
 # -- one table per prompt set: rows (model, pretrained), a column per dataset, the mean --------------------

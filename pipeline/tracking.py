@@ -18,6 +18,9 @@ from pipeline import PipelineError
 
 log = logging.getLogger(__name__)
 
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests a run under the run it names
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview; ours holds classic runs.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 # A real API call, cheap on any store.
 API_PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
 
@@ -79,7 +82,8 @@ def connect(uri: str, experiment: str, artifact_location: str | None = None, att
             found = client.get_experiment_by_name(experiment)
             if found is not None:
                 return TrackingStore(uri, found.experiment_id)
-            experiment_id = client.create_experiment(experiment, artifact_location=_artifact_uri(artifact_location))
+            experiment_id = client.create_experiment(experiment, artifact_location=_artifact_uri(artifact_location),
+                                                     tags=dict([EXPERIMENT_KIND]))
             return TrackingStore(uri, experiment_id)
         except MlflowException as exc:
             if attempt == attempts - 1:

@@ -69,12 +69,60 @@ def assert_intervals_are_the_stored_outcomes_resampled(workdir: Path, score_run)
     assert job.data.metrics["ci_low"] <= job.data.metrics["acc1"] <= job.data.metrics["ci_high"]
 
 
+def assert_runs_nest_under_the_sweep(workdir: Path) -> None:
+    """Job runs and the aggregate run are children of the sweep's run; every stage run a job computed is a child
+    of that job run, and the job links all its stage runs by tags; job runs record the dataset they read."""
+    found = runs(workdir)
+    by_stage = {stage: [r for r in found if r.data.tags["stage"] == stage] for stage in ("sweep", "job", "aggregate")}
+    [sweep_run] = by_stage["sweep"]
+    parent = lambda r: r.data.tags.get("mlflow.parentRunId")
+    assert {parent(r) for r in by_stage["job"] + by_stage["aggregate"]} == {sweep_run.info.run_id}
+    jobs = {r.info.run_id for r in by_stage["job"]}
+    stage_runs = [r for r in found if r.data.tags["stage"] in ("embed", "classify", "score")]
+    assert all(parent(r) in jobs for r in stage_runs)
+    linked = {v for job in by_stage["job"] for k, v in job.data.tags.items() if k.startswith("run.")}
+    assert {r.info.run_id for r in stage_runs if r.data.tags.get("modality") != "template"} <= linked
+    store = open_store(workdir)
+    assert store.client.get_experiment(store.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    for job in by_stage["job"]:
+        [used] = job.inputs.dataset_inputs
+        assert used.dataset.name == "shapes" and used.dataset.digest
+        assert {(t.key, t.value) for t in used.tags} == {("mlflow.data.context", "test")}
+
+
+def assert_reports_of_the_sweep(workdir: Path) -> None:
+    """The sweep folder holds the heatmap, the prompt-engineering gains and ensembling curves, and report.html;
+    the aggregate run has them all as artifacts. The ensembling curve of `dataset` (4 templates) ends at the
+    job's own accuracy: it averages the same cached embeddings."""
+    folder = sweep_dirs(workdir)[0]
+    gains = pd.read_csv(folder / "prompt_gains.csv")
+    table = pd.read_csv(folder / "table.csv").set_index("prompts")["shapes"]
+    assert sorted(gains["prompts"]) == ["a_photo_of", "dataset"]
+    for _, row in gains.iterrows():
+        assert row["gain"] == pytest.approx(table[row["prompts"]] - table["classname"], abs=1e-4)
+        assert row["ci_low"] <= row["gain"] <= row["ci_high"]
+    curves = pd.read_csv(folder / "ensembling.csv")
+    assert set(curves["prompts"]) == {"dataset"} and list(curves["templates"]) == [1, 2, 3, 4]
+    assert curves["listed_order"].iloc[-1] == pytest.approx(table["dataset"], abs=1.5 / 480)  # at most one sample
+    page = (folder / "report.html").read_text()
+    for section in ("Results per prompt set", "Prompt engineering", "Job runs"):
+        assert f"<h2>{section}</h2>" in page
+    assert page.count("data:image/png;base64,") >= 4  # bars, heatmap, gains, ensembling
+    store = open_store(workdir)
+    [aggregate] = [r for r in runs(workdir) if r.data.tags["stage"] == "aggregate"]
+    logged = {f.path for f in store.client.list_artifacts(aggregate.info.run_id)}
+    assert {"heatmap.png", "prompt_gains.png", "ensembling.png", "report.html", "results.csv"} <= logged
+    assert f"#/experiments/{store.experiment_id}/runs/{aggregate.info.run_id}" in page
+
+
 def test_sweep_encodes_images_once_and_repeats_from_cache(tmp_path, assets):
     assert_ok(run_pipeline(tmp_path, "-m", PROMPTS, *assets))
     first = stage_counts(tmp_path)
     # 5 distinct templates: `{c}`, and the dataset's 4, of which `a photo of a {c}.` is a_photo_of's one
     assert first == Counter({("embed", "image"): 1, ("embed", "template"): 5, ("embed", "text"): 3, ("classify", ""): 3,
-                             ("score", ""): 3, ("job", ""): 3, ("aggregate", ""): 1})
+                             ("score", ""): 3, ("job", ""): 3, ("aggregate", ""): 1, ("sweep", ""): 1})
+    assert_runs_nest_under_the_sweep(tmp_path)
+    assert_reports_of_the_sweep(tmp_path)
 
     table = pd.read_csv(sweep_dirs(tmp_path)[0] / "table.csv")
     assert sorted(table["prompts"]) == ["a_photo_of", "classname", "dataset"]
@@ -90,12 +138,12 @@ def test_sweep_encodes_images_once_and_repeats_from_cache(tmp_path, assets):
     repeat = run_pipeline(tmp_path, "-m", PROMPTS, *assets)
     assert_ok(repeat)
     assert "MISS" not in repeat.stderr + repeat.stdout and "[score] HIT" in repeat.stderr + repeat.stdout
-    assert stage_counts(tmp_path) == first + Counter({("job", ""): 3, ("aggregate", ""): 1})
+    assert stage_counts(tmp_path) == first + Counter({("job", ""): 3, ("aggregate", ""): 1, ("sweep", ""): 1})
 
     # A different headline metric reuses the logits and the scores; only the table changes.
     other_metric = run_pipeline(tmp_path, "-m", PROMPTS, "metric=acc5", *assets)
     assert_ok(other_metric)
-    assert stage_counts(tmp_path) == first + Counter({("job", ""): 6, ("aggregate", ""): 2})
+    assert stage_counts(tmp_path) == first + Counter({("job", ""): 6, ("aggregate", ""): 2, ("sweep", ""): 2})
     assert "### acc5" in other_metric.stdout
 
     rebuilt = run_pipeline(tmp_path, "metric=mean_per_class_recall", module="pipeline.aggregate")

@@ -5,7 +5,7 @@ Zero-shot classifiers are assembled from per-template embeddings, each cached on
 share templates encode each shared template once (`template_embeddings`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -141,9 +141,16 @@ def embed_classifier(cache: StageCache, loader: ModelLoader, classnames: list[st
         if not isinstance(class_prompts, dict):
             gathered.update(template_embeddings(cache, loader, classnames, class_prompts, model, tags=tags))
 
-    result = cache.get_or_compute(
-        request, lambda: encode_classifier(loader, classnames, class_prompts, model.precision, gathered or None),
-        before=gather)
+    def compute() -> StageOutput:
+        output = encode_classifier(loader, classnames, class_prompts, model.precision, gathered or None)
+        if isinstance(class_prompts, dict):
+            return output
+        # Which templates, in which order, and where their embeddings are cached: the aggregate step draws the
+        # ensembling curve of this prompt set from them without encoding anything.
+        return replace(output, arrays={**output.arrays, "templates": np.array(class_prompts, dtype=str)},
+                       tags={TEMPLATE_SET_TAG: template_set(model, classnames)})
+
+    result = cache.get_or_compute(request, compute, before=gather)
     return Embedded(result.output.arrays, key, result.run_id)
 
 
