@@ -22,11 +22,19 @@ install: $(STAMP) ## Create .venv/ and install the project with its dev extras
 assets: $(STAMP) ## Build the bundled synthetic dataset and tiny checkpoint if missing
 	$(PY) -m pipeline.offline --outputs outputs
 
-demo: assets ## Sweep the tiny model over the synthetic data with several prompt sets, then its k-shot linear probes; print the tables with intervals and a paired comparison of the prompt sets
+comma := ,
+empty :=
+space := $(empty) $(empty)
+# The bundled tiny model's training run, a checkpoint every 300 steps (expanded when the recipe runs, after `assets`).
+CHECKPOINTS = $(subst $(space),$(comma),$(sort $(wildcard $(CURDIR)/outputs/models/tiny-clip-run/checkpoints/step_*.pt)))
+
+demo: assets ## Sweep the tiny model over the synthetic data with 5 prompt sets, its k-shot linear probes and its training checkpoints; write each sweep's report.html (tables with intervals, heatmap, prompt gains, ensembling, few-shot and training curves)
 	$(PY) -m pipeline -m model=tiny dataset=shapes prompts=$(PROMPTS)
 	$(PY) -m pipeline -m model=tiny dataset=shapes head=linear_probe head.k_shot=1,2,4,8,16,null head.seed=0,1,2
+	$(PY) -m pipeline -m model=tiny dataset=shapes prompts=dataset model.pretrained=$(CHECKPOINTS)
 	$(PY) -m pipeline.aggregate intervals=true
 	$(PY) -m pipeline.aggregate layout=compare baseline=prompts:dataset
+	@echo "Reports: $$(ls -d $(CURDIR)/outputs/multirun/*/*/report.html | tail -3 | tr '\n' ' ')"
 
 test: assets ## Run every test, the slow end-to-end ones included
 	$(PY) -m pytest
@@ -34,8 +42,9 @@ test: assets ## Run every test, the slow end-to-end ones included
 test-fast: assets ## Run the fast unit tests only
 	$(PY) -m pytest -m "not slow"
 
-ui: $(STAMP) ## Open the MLflow UI on the local store (http://127.0.0.1:5000)
-	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000
+PORT ?= 5000
+ui: $(STAMP) ## Serve the MLflow UI on the local store and print (and open) its runs view (PORT=5000)
+	$(PY) -m pipeline.ui port=$(PORT) $(ARGS)
 
 server: $(STAMP) ## The lab's MLflow tracking server: PostgreSQL backend, proxied artifacts, on 127.0.0.1:5000 (ARGS=key=value ...)
 	$(PY) -m pipeline.server $(ARGS)

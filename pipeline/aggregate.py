@@ -16,7 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import (PipelineError, comparisons, fewshot, layouts, prompt_gains, report, results, robustness, sweep,
-                      tables, tracking, training_curves)
+                      tables, tracking, training_curves, ui)
 from pipeline.cli import reported
 from pipeline.job import RESULT_FILE
 from pipeline.results import ScoreRecord
@@ -60,11 +60,21 @@ def sweep_layouts(records: list[ScoreRecord]) -> list[str]:
     return [name for name, applies in wanted if applies]
 
 
+def jobs_view(store: TrackingStore, sweep_run: str) -> str:
+    """A saved view of the runs table listing this sweep's job runs with their metric columns (a link alone cannot
+    choose columns)."""
+    client = store.client
+    search = f"{ui.JOB_FILTER} and tags.`{PARENT_TAG}` = '{sweep_run}'"
+    return ui.share_view(client, store.experiment_id, f"sweep-{sweep_run}", search,
+                         ui.job_metric_columns(client, store.experiment_id))
+
+
 def write_report(out_dir: Path, title: str, written: Mapping[str, list[Path]], records: list[ScoreRecord],
                  store: TrackingStore, ui_url: str, sweep_run: str | None, aggregate: str) -> Path:
     sections = [report.Section(layouts.TITLES[name], [f for f in files if f.suffix in (".csv", ".png")])
                 for name, files in written.items()]
-    links = report.Links(ui_url, store.experiment_id, sweep_run, aggregate)
+    view = jobs_view(store, sweep_run) if sweep_run else None
+    links = report.Links(ui_url, store.experiment_id, sweep_run, aggregate, view)
     return report.write(out_dir / report.REPORT_FILE, title, sections, records, links)
 
 

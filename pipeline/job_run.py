@@ -33,6 +33,8 @@ _POSITION = {"epoch": re.compile(r"epoch[_-]?(\d+)", re.IGNORECASE),
 
 def run_name(labels: Mapping[str, str]) -> str:
     name = f"job:{labels['model_name']}:{labels['dataset']}:{labels['prompts']}"
+    if "checkpoint_run" in labels:  # the checkpoints of one training run share a model name
+        name += f":{labels['pretrained']}"
     if labels.get("head", "zeroshot") != "zeroshot":
         name += f":{labels['head']}:k={labels['k_shot']}:seed={labels['seed']}"
     return name

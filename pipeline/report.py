@@ -16,13 +16,7 @@ import pandas as pd
 
 from pipeline.results import ScoreRecord
 
-
-def runs_url(base: str, experiment_id: str) -> str:  # TEMP until pipeline.ui lands
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-
-
-def run_url(base: str, experiment_id: str, run_id: str) -> str:  # TEMP
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+from pipeline.ui import run_url, runs_url
 
 REPORT_FILE = "report.html"
 
@@ -53,6 +47,7 @@ class Links:
     experiment_id: str
     sweep_run: str | None = None
     aggregate_run: str | None = None
+    jobs_view: str | None = None  # a saved view of the sweep's job runs with their metric columns (`ui.share_view`)
 
 
 def _file_html(path: Path) -> str:
@@ -81,6 +76,9 @@ def _runs_html(records: Sequence[ScoreRecord], links: Links) -> str:
 def write(path: Path, title: str, sections: Sequence[Section], records: Sequence[ScoreRecord], links: Links) -> Path:
     parts = [f"<h1>{html.escape(title)}</h1>"]
     navigation = [f'<a href="{html.escape(runs_url(links.ui_url, links.experiment_id))}">all runs in the MLflow UI</a>']
+    if links.jobs_view:
+        url = runs_url(links.ui_url, links.experiment_id, view=links.jobs_view)
+        navigation.append(f'<a href="{html.escape(url)}">this sweep\'s jobs with their metrics</a>')
     for label, run in (("this sweep's run", links.sweep_run), ("the aggregate run (these files)", links.aggregate_run)):
         if run:
             navigation.append(f'<a href="{html.escape(run_url(links.ui_url, links.experiment_id, run))}">{label}</a>')

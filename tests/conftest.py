@@ -24,9 +24,12 @@ def shapes_root() -> Path:
     return ensure_shapes(ASSETS / "data" / "shapes")
 
 
+TRAINING_RUN = ASSETS / "models" / "tiny-clip-run" / "checkpoints"  # its checkpoints every 300 steps
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint() -> Path:
-    return ensure_checkpoint(ASSETS / "models" / "tiny-clip.pt")
+    return ensure_checkpoint(ASSETS / "models" / "tiny-clip.pt", snapshots=TRAINING_RUN)
 
 
 @pytest.fixture

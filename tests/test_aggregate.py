@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from pipeline import PipelineError, catalog, results, tables
-from pipeline.aggregate import log_aggregate_run, select, write_layout
+from pipeline.aggregate import log_aggregate_run, select
+from pipeline.layouts import write_layout
 from pipeline.results import ScoreRecord
 from tests.conftest import REPO, run_pipeline
 
@@ -46,7 +47,7 @@ def test_one_table_per_prompt_set():
 def test_per_prompts_files(tmp_path):
     paths, markdown = write_layout([record("A", "d1", "x", 0.1), record("B", "d1", "y", 0.9)], "per_prompts", "acc1",
                                    tmp_path)
-    assert [p.name for p in paths] == ["table.csv", "table.md", "table.png", "results.csv"]
+    assert [p.name for p in paths] == ["table.csv", "table.md", "table.png", "heatmap.png", "results.csv"]
     csv = pd.read_csv(tmp_path / "table.csv")
     assert list(csv.columns) == ["prompts", "model", "pretrained", "protocol", "head", "d1", "mean", "size-weighted mean"] and len(csv) == 2
     assert "### acc1 — prompts: x" in markdown and (tmp_path / "table.png").read_bytes()[:4] == b"\x89PNG"
@@ -257,4 +258,4 @@ def test_latest_records_and_the_aggregate_run(store, tmp_path):
     log_aggregate_run(store, files, {"source": "test"})
     [run] = client.search_runs([store.experiment_id], "tags.stage = 'aggregate'")
     assert run.info.status == "FINISHED"
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"table.csv", "table.md", "table.png", "results.csv"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"table.csv", "table.md", "table.png", "heatmap.png", "results.csv"}

@@ -92,7 +92,8 @@ def test_parallel_jobs_on_a_postgres_backed_server_compute_each_key_once(server_
     again = run_pipeline(tmp_path, "-m", "tracking=server", f"tracking.uri={server}", PROMPTS, *assets)
     assert_ok(again)
     assert "MISS" not in again.stdout + again.stderr
-    assert counts(store) == first + Counter({("job", "", "FINISHED"): 4, ("aggregate", "", "FINISHED"): 1})
+    assert counts(store) == first + Counter({("job", "", "FINISHED"): 4, ("aggregate", "", "FINISHED"): 1,
+                                            ("sweep", "", "FINISHED"): 1})
 
 
 @pytest.mark.slow

@@ -215,8 +215,12 @@ def test_failed_stage_is_not_served_on_the_next_run(tmp_path, shapes_root, tiny_
     assert "corrupt or truncated" in last_line and f"sample {key} in shard 1.tar" in last_line
     assert "Traceback" not in failed.stderr + failed.stdout  # it is in the job's log file instead
     assert "Traceback" in next((tmp_path / "outputs" / "multirun").rglob("*.log")).read_text()
-    [failed_run] = runs(tmp_path, "FAILED")
+    # the image stage's run, the job's run and the sweep's run all end FAILED; nothing is FINISHED
+    failed_runs = {r.data.tags["stage"]: r for r in runs(tmp_path, "FAILED")}
+    assert sorted(failed_runs) == ["embed", "job", "sweep"]
+    failed_run = failed_runs["embed"]
     assert failed_run.data.tags["modality"] == "image"
+    assert failed_run.data.tags["mlflow.parentRunId"] == failed_runs["job"].info.run_id
     assert runs(tmp_path) == []
 
     skipping = run_pipeline(tmp_path, *overrides, "dataset.skip_corrupt=true")
@@ -273,3 +277,21 @@ def test_bad_input_fails_clearly_and_leaves_no_finished_run(tmp_path, assets, ov
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "MARKER").exists()
     assert runs(tmp_path) == []
+
+
+def test_a_sweep_over_a_training_runs_checkpoints_draws_its_curve(tmp_path, shapes_root, tiny_checkpoint):
+    """The bundled tiny model's own training run: its checkpoints every 300 steps, read in step order from their
+    file names, each a point of the curve; the sweep's run is FINISHED with its aggregate run under it."""
+    from tests.conftest import TRAINING_RUN
+
+    checkpoints = [TRAINING_RUN / "step_300.pt", TRAINING_RUN / "step_1500.pt"]
+    sweep = run_pipeline(tmp_path, "-m", "prompts=dataset", f"dataset.root={shapes_root}",
+                         f"model.pretrained={','.join(map(str, reversed(checkpoints)))}")
+    assert_ok(sweep)
+    folder = sweep_dirs(tmp_path)[0]
+    curve = pd.read_csv(folder / "training_curves.csv")
+    assert list(curve["step"]) == [300, 1500] and list(curve["checkpoint"]) == ["step_300.pt", "step_1500.pt"]
+    assert set(curve["checkpoint_run"]) == {"tiny-clip-run"}
+    assert curve["shapes"].iloc[1] > curve["shapes"].iloc[0]  # training helps
+    assert "<h2>Over training</h2>" in (folder / "report.html").read_text()
+    assert (folder / "training_curves.png").stat().st_size > 1000

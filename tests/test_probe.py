@@ -248,7 +248,7 @@ def test_a_k_shot_sweep_on_the_tiny_model_end_to_end(tmp_path, shapes_root, tiny
     again = ok(run_pipeline(tmp_path, *sweep))
     _, rerun = finished()
     added = Counter(r.data.tags["stage"] for r in rerun) - Counter(r.data.tags["stage"] for r in runs)
-    assert added == Counter({"job": 18, "aggregate": 1})
+    assert added == Counter({"job": 18, "aggregate": 1, "sweep": 1})
     assert " MISS " not in again.stderr and "loading tiny-clip" not in again.stderr
 
 

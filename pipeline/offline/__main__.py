@@ -15,7 +15,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print("dataset:", ensure_shapes(args.outputs / "data" / "shapes"))
-    print("checkpoint:", ensure_checkpoint(args.outputs / "models" / "tiny-clip.pt"))
+    models = args.outputs / "models"
+    print("checkpoint:", ensure_checkpoint(models / "tiny-clip.pt", snapshots=models / "tiny-clip-run" / "checkpoints"))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import math
 import os
 import random
 from pathlib import Path
+from typing import Callable
 
 import open_clip
 import torch
@@ -17,12 +18,15 @@ from pipeline.offline import shapes
 log = logging.getLogger(__name__)
 
 ARCH = "tiny-clip"
+SNAPSHOT_EVERY = 300
 # Captions the model learns from; the zero-shot prompt sets then probe how well it generalises.
 TRAIN_TEMPLATES: list[str] = shapes.TEMPLATES + ["{c}", "a {c}.", "an image of a {c}.", "a small {c}.", "a big {c}."]
 
 
-def train(steps: int = 1500, seed: int = 0, lr: float = 2e-3, pool_per_class: int = 300) -> torch.nn.Module:
-    """Each batch holds one image per class with a random caption, so no caption is a false negative."""
+def train(steps: int = 1500, seed: int = 0, lr: float = 2e-3, pool_per_class: int = 300,
+          snapshot: Callable[[int, torch.nn.Module], None] | None = None, every: int = SNAPSHOT_EVERY) -> torch.nn.Module:
+    """Each batch holds one image per class with a random caption, so no caption is a false negative.
+    `snapshot(step, model)` is called every `every` steps (the checkpoints a training-curve sweep evaluates)."""
     register_project_architectures()
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -45,7 +49,7 @@ def train(steps: int = 1500, seed: int = 0, lr: float = 2e-3, pool_per_class: in
                         for label in range(len(classes))])
     labels = list(range(len(classes)))
     model.train()
-    for _ in tqdm(range(steps), desc="training tiny-clip", unit="step", mininterval=2):
+    for step in tqdm(range(1, steps + 1), desc="training tiny-clip", unit="step", mininterval=2):
         images = pool[labels, [rng.randrange(pool_per_class) for _ in labels]]
         captions = tokenizer([rng.choice(TRAIN_TEMPLATES).format(c=classes[label]) for label in labels])
         image_features, text_features, logit_scale = model(images, captions)
@@ -56,18 +60,37 @@ def train(steps: int = 1500, seed: int = 0, lr: float = 2e-3, pool_per_class: in
         schedule.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
+        if snapshot is not None and step % every == 0:
+            snapshot(step, model.eval())
+            model.train()
     return model.eval()
 
 
-def ensure_checkpoint(path: Path, steps: int = 1500) -> Path:
-    """Train once and save atomically; later calls find the finished file."""
+def snapshot_paths(folder: Path, steps: int = 1500, every: int = SNAPSHOT_EVERY) -> list[Path]:
+    """The training run's checkpoints, named as a training-curve sweep reads them (`step_<n>.pt`)."""
+    return [Path(folder) / f"step_{step}.pt" for step in range(every, steps + 1, every)]
+
+
+def _save(state: dict, path: Path) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def ensure_checkpoint(path: Path, steps: int = 1500, snapshots: Path | None = None) -> Path:
+    """Train once and save atomically; later calls find the finished file. With `snapshots`, the same training
+    also saves its checkpoints every SNAPSHOT_EVERY steps there (trained again only if they are missing; the
+    final checkpoint is never overwritten, since every cache key holds its hash)."""
     path = Path(path)
-    if path.exists():
+    wanted = snapshot_paths(snapshots, steps) if snapshots is not None else []
+    if path.exists() and all(p.exists() for p in wanted):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = train(steps=steps)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"state_dict": model.state_dict()}, tmp)
-    tmp.replace(path)
-    log.info("saved tiny-clip checkpoint to %s", path)
+    if snapshots is not None:
+        Path(snapshots).mkdir(parents=True, exist_ok=True)
+    save_step = lambda step, model: _save({"step": step, "state_dict": model.state_dict()}, Path(snapshots) / f"step_{step}.pt")
+    model = train(steps=steps, snapshot=save_step if snapshots is not None else None)
+    if not path.exists():
+        _save({"state_dict": model.state_dict()}, path)
+        log.info("saved tiny-clip checkpoint to %s", path)
     return path
