@@ -59,6 +59,8 @@ def plot(table: pd.DataFrame, metric: str, path: Path) -> Path:
 
     axis = "step" if "step" in table.columns and table["step"].notna().all() else "epoch"
     value_columns = [c for c in table.columns if c not in GROUP + ["checkpoint", "epoch", "step"]]
+    if len(value_columns) == 2:  # one dataset: its mean is the same line
+        value_columns.remove(tables.MEAN_COLUMN)
     panels = list(table.groupby(GROUP, sort=False))
     fig, axes = plt.subplots(len(panels), 1, squeeze=False, figsize=(8, 3.8 * len(panels)))
     for ax, (group, rows) in zip(axes[:, 0], panels):
