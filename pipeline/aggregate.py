@@ -38,13 +38,6 @@ def log_files(store: TrackingStore, run_id: str, files: list[Path]) -> None:
         store.client.log_artifact(run_id, str(path))
 
 
-def log_aggregate_run(store: TrackingStore, files: list[Path], tags: Mapping[str, str],
-                      parent_run_id: str | None = None) -> str:
-    with aggregate_run(store, tags, parent_run_id) as run_id:
-        log_files(store, run_id, files)
-    return run_id
-
-
 def sweep_run_ids(sweep_dir: Path) -> list[str]:
     """Job run ids recorded by the jobs of one sweep (Hydra gives the callback no job results)."""
     return [json.loads(path.read_text())["job_run_id"] for path in sorted(Path(sweep_dir).glob(f"*/{RESULT_FILE}"))]
@@ -66,7 +59,7 @@ def jobs_view(store: TrackingStore, sweep_run: str) -> str:
     client = store.client
     search = f"{ui.JOB_FILTER} and tags.`{PARENT_TAG}` = '{sweep_run}'"
     return ui.share_view(client, store.experiment_id, f"sweep-{sweep_run}", search,
-                         ui.job_metric_columns(client, store.experiment_id))
+                         ui.job_metric_columns(client, store.experiment_id, search))
 
 
 def write_report(out_dir: Path, title: str, written: Mapping[str, list[Path]], records: list[ScoreRecord],
@@ -90,7 +83,7 @@ class AggregateCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         store = tracking.connect_cfg(config.tracking)
-        sweep_run = sweep.recorded(sweep_dir)
+        sweep_run = sweep.recorded(sweep_dir, store)
         run_ids = sweep_run_ids(sweep_dir)
         if not run_ids:
             log.warning("no job of sweep %s finished; no table written", sweep_dir)
@@ -108,8 +101,12 @@ class AggregateCallback(Callback):
                 compared = records
                 if layout == "fewshot":
                     compared = records + fewshot.zero_shot_partners(records, results.latest_in_store(store))
-                files, more = layouts.write_layout(compared, layout, metric, sweep_dir, replicates=replicates,
-                                                   store=store)
+                try:
+                    files, more = layouts.write_layout(compared, layout, metric, sweep_dir, replicates=replicates,
+                                                       store=store)
+                except PipelineError as exc:  # a report the results cannot make costs that report, not the others
+                    log.warning("no %s report for this sweep: %s", layout, exc)
+                    continue
                 written[layout] = files
                 markdown += "\n" + more
             page = write_report(sweep_dir, f"Sweep {sweep_dir.parent.name}/{sweep_dir.name}", written, records, store,

@@ -133,6 +133,8 @@ def resolve_inputs(cfg: DictConfig) -> JobInputs:
     if spec.column:
         tags["column"] = spec.column
     checkpoint = job_run.checkpoint_position(model_spec.pretrained) if model_spec.is_local_checkpoint else {}
+    if checkpoint:  # every training run writes epoch_1.pt: its checkpoints are told apart by the run
+        checkpoint["pretrained"] = f"{checkpoint['checkpoint_run']}/{tags['pretrained']}"
     labels = {**tags, **head.labels(), **checkpoint, "protocol": protocol_label(cfg, model_spec.precision),
               "main_metric": spec.main_metric, "metric": metric,
               **{f"precision.{tower}": getattr(recipe, tower) for tower in precision.TOWERS},

@@ -27,8 +27,8 @@ CONTEXT_TAG = "mlflow.data.context"
 _SOURCE_TYPES = {"local": "local", "http": "http", "hub_id": "hugging_face"}
 # Where a checkpoint's position in its training run can be read from its file name (open_clip writes
 # `epoch_<n>.pt`; other trainers `step_<n>`, `checkpoint-<n>` or `iter_<n>`).
-_POSITION = {"epoch": re.compile(r"epoch[_-]?(\d+)", re.IGNORECASE),
-             "step": re.compile(r"(?:step|checkpoint|iter|iteration)[_-]?(\d+)", re.IGNORECASE)}
+_POSITION = {"epoch": re.compile(r"(?:^|[_.-])epoch[_-]?(\d+)(?=$|[_.-])", re.IGNORECASE),
+             "step": re.compile(r"(?:^|[_.-])(?:step|checkpoint|iter|iteration)[_-]?(\d+)(?=$|[_.-])", re.IGNORECASE)}
 
 
 def run_name(labels: Mapping[str, str]) -> str:
@@ -65,7 +65,9 @@ def dataset_input(info: datasets.DatasetInfo, context: str) -> DatasetInput:
     cache keys use (so two copies of one dataset, or two revisions, are two entries)."""
     spec = info.spec
     kind = spec.root_kind if spec.format != "tfds" else "local"
-    source = {"uri": spec.root, "split": spec.split, "format": spec.format, "copy": spec.source}
+    # MLflow's own sources name the location `url` (http), `path` (Hugging Face) and `uri` (local files).
+    where = {"http": "url", "hub_id": "path"}.get(kind, "uri")
+    source = {where: spec.root, "split": spec.split, "format": spec.format, "copy": spec.source}
     digest = hashlib.sha256(json.dumps(info.fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
     dataset = Dataset(name=spec.name, digest=digest, source_type=_SOURCE_TYPES.get(kind, kind),
                       source=json.dumps(source))
@@ -85,6 +87,8 @@ def checkpoint_position(path: str | Path) -> dict[str, str]:
         if isinstance(saved, dict):
             found = {name: int(saved[key]) for name, key in (("epoch", "epoch"), ("step", "step"), ("step", "global_step"))
                      if isinstance(saved.get(key), int)}
+    if not found:
+        return {}
     labels = {f"checkpoint_{name}": str(value) for name, value in found.items()}
     # The training run it belongs to: open_clip keeps checkpoints in `logs/<run name>/checkpoints/`.
     folder = path.resolve().parent

@@ -59,8 +59,14 @@ def write_per_prompts(records: list[ScoreRecord], metric: str, out_dir: Path,
     markdown = tables.to_markdown(shown, metric)
     md_path.write_text(markdown)
     plots = [bar_plot(per_prompts, metric, out_dir / "table.png"),
-             heatmap.plot(heatmap.matrix(per_prompts), metric, out_dir / "heatmap.png")]
+             heatmap.plot(heatmap.matrix(heatmap_rows(records, metric)), metric, out_dir / "heatmap.png")]
     return [csv_path, md_path, *plots, results_path], markdown
+
+
+def heatmap_rows(records: list[ScoreRecord], metric: str) -> dict[str, pd.DataFrame]:
+    """Per prompt set, the table with the prompt-free results (retrieval, WinoGAViL) in every row, as open_clip's
+    table holds them, so a suite's row has one mean over all its datasets."""
+    return {prompts: tables.build_table(group, metric) for prompts, group in tables.by_prompt_set(records).items()}
 
 
 def write_compare(records: list[ScoreRecord], metric: str, out_dir: Path, baseline: Any,

@@ -6,13 +6,14 @@ The gains are `comparisons.compare` against `prompts=classname` on the zero-shot
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
-from pipeline import PipelineError, comparisons
+from pipeline import PipelineError, comparisons, tables
 from pipeline.heads import ZEROSHOT
 from pipeline.results import ScoreRecord
 
@@ -37,15 +38,18 @@ def gains(records: Iterable[ScoreRecord], metric: str, replicates: comparisons.R
     if not applies(records):
         raise PipelineError(f"the prompt-engineering report compares prompt sets with prompts={BASELINE}: run the "
                             f"same models and datasets with prompts={BASELINE} and at least one other prompt set")
+    # One average over every dataset, whichever copy each was read from: the copy goes into the dataset's label
+    # (as in the tables) rather than into the grouping.
+    labels = tables.dataset_labels(records)
+    records = [replace(r, dataset=labels[(r.dataset, r.source)], source="") for r in records]
     table = comparisons.compare(records, metric, {"prompts": BASELINE}, replicates)
+    if table.empty:
+        raise PipelineError(f"no result has a prompts={BASELINE} partner (the same model, weights, protocol and "
+                            f"dataset); run prompts={BASELINE} on the datasets and models the other prompt sets ran on")
     table = table.rename(columns={"candidate": "prompts", "difference": "gain", "candidate value": "value",
                                   "baseline value": f"{BASELINE} value"})
     table["prompts"] = table["prompts"].str.removeprefix("prompts=")
-    return table.drop(columns=["baseline"])
-
-
-def is_average(dataset: str) -> bool:
-    return dataset.startswith((comparisons.MEAN_ROW, comparisons.WEIGHTED_ROW))
+    return table.drop(columns=["baseline", "source"], errors="ignore")
 
 
 def plot(table: pd.DataFrame, path: Path) -> Path:

@@ -36,7 +36,6 @@ class Section:
 
     title: str
     files: Sequence[Path]
-    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -86,8 +85,7 @@ def write(path: Path, title: str, sections: Sequence[Section], records: Sequence
     for section in sections:
         body = "".join(_file_html(Path(f)) for f in section.files)
         if body:
-            note = f"<p>{html.escape(section.note)}</p>" if section.note else ""
-            parts.append(f"<h2>{html.escape(section.title)}</h2>{note}{body}")
+            parts.append(f"<h2>{html.escape(section.title)}</h2>{body}")
     runs = _runs_html(records, links)
     if runs:
         parts.append(f"<h2>Job runs</h2><div class=\"scroll\">{runs}</div>")

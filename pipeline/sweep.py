@@ -48,17 +48,14 @@ def _end_if_running(store: TrackingStore, run_id: str) -> None:
 def parent_of(sweep_dir: Path | None, store: TrackingStore) -> str | None:
     """The sweep run a job of `sweep_dir` belongs to; None outside a multirun, for a sweep started by a version
     without sweep runs, or when the job writes to another store than its sweep's run."""
-    if sweep_dir is None:
-        return None
+    return recorded(sweep_dir, store) if sweep_dir is not None else None
+
+
+def recorded(sweep_dir: Path, store: TrackingStore) -> str | None:
+    """The sweep run id recorded in `sweep_dir`, if it is in `store`."""
     path = Path(sweep_dir) / SWEEP_FILE
     if not path.is_file():
         return None
-    recorded = json.loads(path.read_text())
-    return recorded["run_id"] if recorded.get("tracking_uri") == store.uri else None
-
-
-def recorded(sweep_dir: Path) -> str | None:
-    """The sweep run id recorded in `sweep_dir`, if any."""
-    path = Path(sweep_dir) / SWEEP_FILE
-    return json.loads(path.read_text())["run_id"] if path.is_file() else None
+    found = json.loads(path.read_text())
+    return found["run_id"] if found.get("tracking_uri") == store.uri else None
 

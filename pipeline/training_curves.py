@@ -46,8 +46,12 @@ def frame(records: Iterable[ScoreRecord], metric: str) -> pd.DataFrame:
     wide = long.groupby(index + ["dataset"], dropna=False)["value"].mean().unstack("dataset")
     wide[tables.MEAN_COLUMN] = wide.mean(axis=1, skipna=False)
     wide = wide.reset_index()
-    axis = "step" if "step" in wide.columns and wide["step"].notna().all() else "epoch"
-    return wide.sort_values(GROUP + [axis]).reset_index(drop=True)
+    return wide.sort_values(GROUP + [axis_of(wide)]).reset_index(drop=True)
+
+
+def axis_of(table: pd.DataFrame) -> str:
+    """The step where every checkpoint has one (finer than epochs), else the epoch."""
+    return "step" if "step" in table.columns and table["step"].notna().all() else "epoch"
 
 
 def plot(table: pd.DataFrame, metric: str, path: Path) -> Path:
@@ -57,7 +61,7 @@ def plot(table: pd.DataFrame, metric: str, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    axis = "step" if "step" in table.columns and table["step"].notna().all() else "epoch"
+    axis = axis_of(table)
     value_columns = [c for c in table.columns if c not in GROUP + ["checkpoint", "epoch", "step"]]
     if len(value_columns) == 2:  # one dataset: its mean is the same line
         value_columns.remove(tables.MEAN_COLUMN)

@@ -88,9 +88,11 @@ def share_view(client: MlflowClient, experiment_id: str, name: str, search_filte
     return name
 
 
-def job_metric_columns(client: MlflowClient, experiment_id: str, runs: int = 100) -> list[str]:
-    """The metric columns of the latest job runs (their headline metrics, intervals and `n`)."""
-    found = client.search_runs([experiment_id], JOB_FILTER, max_results=runs, order_by=["attributes.start_time DESC"])
+def job_metric_columns(client: MlflowClient, experiment_id: str, search_filter: str = JOB_FILTER,
+                       runs: int = 1000) -> list[str]:
+    """The metric columns of the latest job runs `search_filter` matches (their headline metrics, intervals, `n`)."""
+    found = client.search_runs([experiment_id], search_filter, max_results=runs,
+                               order_by=["attributes.start_time DESC"])
     keys = {key for run in found for key in run.data.metrics}
     # Values first, then their intervals (`ci_low/acc1`): the table shows the first columns without scrolling.
     return [f"metrics.`{key}`" for key in sorted(keys, key=lambda key: ("/" in key, key))]

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from pipeline import PipelineError, catalog, results, tables
-from pipeline.aggregate import log_aggregate_run, select
+from pipeline.aggregate import aggregate_run, log_files, select
 from pipeline.layouts import write_layout
 from pipeline.results import ScoreRecord
 from tests.conftest import REPO, run_pipeline
@@ -255,7 +255,8 @@ def test_latest_records_and_the_aggregate_run(store, tmp_path):
     assert [r.metrics["acc1"] for r in records] == [0.75]
     assert records[0].metrics["image_retrieval_recall@1"] == 0.75  # MLflow's name mapped back
     files, _ = write_layout(records, "per_prompts", "acc1", tmp_path)
-    log_aggregate_run(store, files, {"source": "test"})
+    with aggregate_run(store, {"source": "test"}) as run_id:
+        log_files(store, run_id, files)
     [run] = client.search_runs([store.experiment_id], "tags.stage = 'aggregate'")
     assert run.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"table.csv", "table.md", "table.png", "heatmap.png", "results.csv"}

@@ -290,7 +290,8 @@ def test_a_sweep_over_a_training_runs_checkpoints_draws_its_curve(tmp_path, shap
     assert_ok(sweep)
     folder = sweep_dirs(tmp_path)[0]
     curve = pd.read_csv(folder / "training_curves.csv")
-    assert list(curve["step"]) == [300, 1500] and list(curve["checkpoint"]) == ["step_300.pt", "step_1500.pt"]
+    assert list(curve["step"]) == [300, 1500]
+    assert list(curve["checkpoint"]) == ["tiny-clip-run/step_300.pt", "tiny-clip-run/step_1500.pt"]
     assert set(curve["checkpoint_run"]) == {"tiny-clip-run"}
     assert curve["shapes"].iloc[1] > curve["shapes"].iloc[0]  # training helps
     assert "<h2>Over training</h2>" in (folder / "report.html").read_text()

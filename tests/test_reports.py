@@ -3,6 +3,7 @@ matrix, metrics over training, and the HTML report."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -67,11 +68,12 @@ def test_prompt_gains_plot_is_written(tmp_path: Path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_ensembling_curve_matches_a_hand_computation():
+def test_ensembling_curve_matches_a_hand_computation(monkeypatch):
     rng = np.random.default_rng(0)
     images, labels = rng.normal(size=(40, 8)), rng.integers(0, 3, 40)
     templates = [rng.normal(size=(3, 8)) for _ in range(4)]
-    curve = ensembling.accuracy_curve(images, labels, templates, [2, 0, 3, 1])
+    monkeypatch.setattr(ensembling, "IMAGE_CHUNK_ELEMENTS", 4 * 3 * 7)  # chunks of 7 images must change nothing
+    [curve] = ensembling.accuracy_curves(images, labels, templates, [[2, 0, 3, 1]])
     for n in range(1, 5):
         chosen = [templates[i] / np.linalg.norm(templates[i], axis=1, keepdims=True) for i in [2, 0, 3, 1][:n]]
         mean = np.mean(chosen, axis=0)
@@ -107,7 +109,8 @@ def test_checkpoint_position_from_the_file_name_or_the_checkpoint(tmp_path: Path
                                                   "checkpoint_run": tmp_path.name}
     plain = tmp_path / "weights.pt"
     torch.save({"w": torch.zeros(2)}, plain)
-    assert job_run.checkpoint_position(plain) == {"checkpoint_run": tmp_path.name}
+    assert job_run.checkpoint_position(plain) == {}
+    assert job_run.checkpoint_position(tmp_path / "clip_multistep2.pt") == {}  # a name, not a position
 
 
 def test_training_curves_table_and_plot(tmp_path: Path):
@@ -140,3 +143,16 @@ def test_report_embeds_tables_and_plots_and_links_runs(tmp_path: Path):
     assert "data:image/png;base64," in text
     assert "#/experiments/7/runs/agg1" in text and "#/experiments/7/runs/sweep1" in text
     assert "#/experiments/7/runs/cars-dataset" in text  # the job run's own link
+
+
+def test_prompt_gains_average_over_every_copy_of_every_dataset(tmp_path: Path):
+    """A dataset read from two copies is two datasets of one average, not two averages."""
+    records = [replace(record(d, p, v), source=s) for d, s in (("cars", "datacomp"), ("cars", "clip_benchmark"),
+                                                                ("pets", "datacomp"))
+               for p, v in (("classname", 0.5), ("dataset", 0.6))]
+    records = [replace(r, score_run=f"{r.score_run}-{r.source}") for r in records]
+    reps = {r.score_run: np.full(1000, r.value("acc1")) for r in records}
+    table = prompt_gains.gains(records, "acc1", replicates_from(reps))
+    assert list(table["dataset"]) == ["cars (clip_benchmark)", "cars (datacomp)", "pets", "mean (3 datasets)",
+                                      "size-weighted mean (3 datasets)"]
+    assert prompt_gains.plot(table, tmp_path / "gains.png").stat().st_size > 1000
