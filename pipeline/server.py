@@ -150,7 +150,7 @@ def lab_server(cfg: DictConfig) -> Iterator[Running]:
 @hydra.main(config_path="../conf", config_name="server", version_base="1.3")
 @reported
 def main(cfg: DictConfig) -> None:
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C: server, then PostgreSQL
+    stop_on_sigterm()  # `kill` stops it as cleanly as Ctrl-C: server, then PostgreSQL
     with lab_server(cfg) as server:
         print(f"MLflow tracking server ready: {server.url}  (UI and API; backend: "
               f"{cfg.backend_store_uri or 'private PostgreSQL in ' + str(cfg.folder)}; log: {server.log_path})",
@@ -160,20 +160,30 @@ def main(cfg: DictConfig) -> None:
             print("Note: MLflow refuses requests addressed to a name that is not loopback or a private IP; workers "
                   "use this machine's private IP, or restart with allowed_hosts=<the name they use>", flush=True)
         print("Ctrl-C stops it.", flush=True)
-        try:
-            status = server.process.wait()
-        except KeyboardInterrupt:
-            status = None
-        # Stopping takes a moment (the server, then PostgreSQL); a second Ctrl-C must not cut it short.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        status = wait_until_stopped(server.process)
         print("stopping the tracking server", flush=True)
     if status is not None:
         raise PipelineError(f"mlflow server exited with status {status}; see {server.log_path}")
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def stop_on_sigterm() -> None:
+    """`kill` stops a served process as cleanly as Ctrl-C does."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def wait_until_stopped(process: subprocess.Popen) -> int | None:
+    """The served process's exit status, or None once Ctrl-C (or SIGTERM) stopped the wait. Stopping takes a
+    moment (the server, then PostgreSQL for `make server`); a second signal must not cut it short."""
+    try:
+        status = process.wait()
+    except KeyboardInterrupt:
+        status = None
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return status
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import urllib.parse
 import webbrowser
@@ -22,7 +21,7 @@ from omegaconf import DictConfig
 from pipeline import PipelineError, tracking
 from pipeline.cli import reported
 from pipeline.results import JOB_STAGE
-from pipeline.server import ServerSettings, ensure_port_free, serving
+from pipeline.server import ServerSettings, ensure_port_free, serving, stop_on_sigterm, wait_until_stopped
 from pipeline.tracking import TrackingStore
 
 WORKFLOW_TYPE = "machine_learning"
@@ -144,22 +143,12 @@ def main(cfg: DictConfig) -> None:
         return
     artifacts = cfg.tracking.get("artifact_location") or str(Path(cfg.paths.outputs) / "mlartifacts")
     settings = ServerSettings(store.uri, str(artifacts), "127.0.0.1", int(cfg.port), workers=1, env=UI_SERVER_ENV)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the UI as cleanly as Ctrl-C
+    stop_on_sigterm()
     with serving(settings, Path(cfg.log)) as server:
         announce(server.url, store.experiment_id, cfg.open)
-        try:
-            status = server.process.wait()
-        except KeyboardInterrupt:
-            status = None
-        # A second Ctrl-C must not cut short the UI's own shutdown.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        status = wait_until_stopped(server.process)
     if status is not None:
         raise PipelineError(f"the MLflow UI exited with status {status}; see {cfg.log}")
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
