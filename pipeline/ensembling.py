@@ -121,7 +121,7 @@ def from_store(store: TrackingStore, records: Iterable[ScoreRecord]) -> pd.DataF
     templates."""
     frames, skipped = [], []
     arrays = CachedArrays(store)
-    for record in records:
+    for record in records:  # the caller picked zero-shot classification results (`prompt_gains.eligible`)
         try:
             inputs = cached_inputs(arrays, record)
         except (artifacts.CorruptArtifact, artifacts.ArtifactUnavailable) as exc:

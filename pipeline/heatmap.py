@@ -46,7 +46,7 @@ def plot(values: pd.DataFrame, metric: str, path: Path) -> Path:
         if not np.isnan(value):
             ax.text(j, i, f"{100 * value:.0f}", ha="center", va="center", fontsize=6.5,
                     color="black" if value > 0.6 else "white")
-    label = "main metric of each dataset" if metric == "main" else metric
+    label = tables.metric_label(metric)
     fig.colorbar(image, ax=ax, fraction=0.025, pad=0.01, label=label)
     ax.set_title(f"{label} (%), model × dataset; last column: mean over datasets")
     fig.savefig(path, dpi=130, bbox_inches="tight")

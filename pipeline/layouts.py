@@ -32,7 +32,7 @@ def bar_plot(per_prompts: Mapping[str, pd.DataFrame], metric: str, path: Path) -
     width = 1.5 + 0.25 * len(frame.index) * len(series)  # a bar is about a quarter inch wide
     fig, ax = plt.subplots(figsize=(min(30, max(5, width)), 4.5))
     frame.plot.bar(ax=ax, rot=30)
-    label = "main metric of each dataset" if metric == "main" else metric
+    label = tables.metric_label(metric)
     ax.set_ylabel(label)
     ax.set_ylim(min(0.0, float(frame.min().min())), 1.0)
     ax.set_title(label)
@@ -78,7 +78,7 @@ def write_compare(records: list[ScoreRecord], metric: str, out_dir: Path, baseli
                             "baseline's fields); check baseline= against the results' labels")
     csv_path, md_path = out_dir / "compare.csv", out_dir / "compare.md"
     table.to_csv(csv_path, index=False, float_format="%.6g")
-    label = "main metric of each dataset" if metric == "main" else metric
+    label = tables.metric_label(metric)
     markdown = (f"### paired comparison — {label}: difference = candidate − baseline, 95 % paired-bootstrap "
                 f"interval, two-sided p; significant where the interval excludes 0\n\n"
                 f"{table.to_markdown(index=False, floatfmt='.4f')}\n")
@@ -132,7 +132,7 @@ def write_prompt_gains(records: list[ScoreRecord], metric: str, out_dir: Path, r
     table = prompt_gains.gains(records, metric, replicates)
     csv_path, md_path = out_dir / "prompt_gains.csv", out_dir / "prompt_gains.md"
     table.to_csv(csv_path, index=False, float_format="%.6g")
-    label = "main metric of each dataset" if metric == "main" else metric
+    label = tables.metric_label(metric)
     markdown = (f"### prompt engineering — {label}: gain over prompts={prompt_gains.BASELINE}, 95 % paired-bootstrap "
                 f"interval\n\n{table.to_markdown(index=False, floatfmt='.4f')}\n")
     md_path.write_text(markdown)

@@ -24,6 +24,11 @@ OPENCLIP38_LEAD = ["name", "pretrained", "params (M)", "FLOPs (B)", OPENCLIP38_A
 LAYOUTS = ("per_prompts", "openclip38", "blog", "fewshot", "compare", "prompt_gains", "robustness", "training_curves")
 
 
+def metric_label(metric: str) -> str:
+    """How a plot or heading names the metric: `main` stands for each dataset's own."""
+    return "main metric of each dataset" if metric == "main" else metric
+
+
 # -- one table per prompt set: rows (model, pretrained), a column per dataset, the mean --------------------
 def dataset_labels(records: Iterable[ScoreRecord]) -> dict[tuple[str, str], str]:
     """Column label per (dataset, source): the dataset key, with the source appended only where one dataset

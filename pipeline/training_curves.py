@@ -73,7 +73,7 @@ def plot(table: pd.DataFrame, metric: str, path: Path) -> Path:
             ax.plot(rows[axis], rows[column], marker="o", markersize=3, label=column,
                     linewidth=2.5 if mean else 1.2, color="black" if mean else None)
         ax.set_xlabel(axis)
-        ax.set_ylabel("main metric of each dataset" if metric == "main" else metric)
+        ax.set_ylabel(tables.metric_label(metric))
         ax.set_title(" / ".join(map(str, group)))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
