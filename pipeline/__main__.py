@@ -11,6 +11,7 @@ from hydra_plugins.clip_tables.launcher import LocalLauncher, SlurmLauncher
 from omegaconf import DictConfig
 
 from pipeline.cli import reported
+from pipeline.explain.job import requested, run_explain_job
 from pipeline.job import run_job
 
 # Hydra 1.3 finds plugins by walking the hydra_plugins namespace, which a PEP 660 editable install (`pip install
@@ -21,12 +22,14 @@ for launcher in (LocalLauncher, SlurmLauncher):
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 @reported
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    result = run_job(cfg, output_dir=hydra_cfg.runtime.output_dir,
-                     sweep_dir=Path(hydra_cfg.sweep.dir) if in_sweep else None)
-    return result.value
+    sweep_dir = Path(hydra_cfg.sweep.dir) if in_sweep else None
+    if requested(cfg):
+        run_explain_job(cfg, output_dir=Path(hydra_cfg.runtime.output_dir), sweep_dir=sweep_dir)
+        return None
+    return run_job(cfg, output_dir=hydra_cfg.runtime.output_dir, sweep_dir=sweep_dir).value
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import (PipelineError, comparisons, fewshot, layouts, prompt_gains, report, results, robustness, sweep,
                       tables, tracking, training_curves, ui)
 from pipeline.cli import reported
+from pipeline.explain import grids
 from pipeline.job import RESULT_FILE
 from pipeline.results import ScoreRecord
 from pipeline.tracking import PARENT_TAG, TrackingStore
@@ -39,8 +40,9 @@ def log_files(store: TrackingStore, run_id: str, files: list[Path]) -> None:
 
 
 def sweep_run_ids(sweep_dir: Path) -> list[str]:
-    """Job run ids recorded by the jobs of one sweep (Hydra gives the callback no job results)."""
-    return [json.loads(path.read_text())["job_run_id"] for path in sorted(Path(sweep_dir).glob(f"*/{RESULT_FILE}"))]
+    """Job run ids recorded by the scoring jobs of one sweep (Hydra gives the callback no job results)."""
+    found = [json.loads(path.read_text()) for path in sorted(Path(sweep_dir).glob(f"*/{RESULT_FILE}"))]
+    return [job["job_run_id"] for job in found if job.get("kind", "score") == "score"]
 
 
 def sweep_layouts(records: list[ScoreRecord]) -> list[str]:
@@ -84,37 +86,46 @@ class AggregateCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         store = tracking.connect_cfg(config.tracking)
         sweep_run = sweep.recorded(sweep_dir, store)
-        run_ids = sweep_run_ids(sweep_dir)
-        if not run_ids:
+        run_ids, explained = sweep_run_ids(sweep_dir), grids.sweep_jobs(sweep_dir)
+        if not run_ids and not explained:
             log.warning("no job of sweep %s finished; no table written", sweep_dir)
             if sweep_run:
                 sweep.finish(store, sweep_run, "FAILED")
             return
         records = results.from_runs(store, run_ids)
         metric = config.metric.name
-        replicates = results.replicate_loader(store)
         with aggregate_run(store, {"sweep_dir": str(sweep_dir), "metric": metric}, sweep_run) as run_id:
-            written: dict[str, list[Path]] = {}
-            files, markdown = layouts.write_layout(records, "per_prompts", metric, sweep_dir)
-            written["per_prompts"] = files
-            for layout in sweep_layouts(records):
-                compared = records
-                if layout == "fewshot":
-                    compared = records + fewshot.zero_shot_partners(records, results.latest_in_store(store))
-                try:
-                    files, more = layouts.write_layout(compared, layout, metric, sweep_dir, replicates=replicates,
-                                                       store=store)
-                except PipelineError as exc:  # a report the results cannot make costs that report, not the others
-                    log.warning("no %s report for this sweep: %s", layout, exc)
-                    continue
-                written[layout] = files
-                markdown += "\n" + more
+            written, markdown = sweep_tables(records, metric, sweep_dir, store) if records else ({}, "")
+            if explained:
+                written["relevance"] = grids.write_grids(store, explained, sweep_dir)
             page = write_report(sweep_dir, f"Sweep {sweep_dir.parent.name}/{sweep_dir.name}", written, records, store,
                                 str(config.tracking.get("ui_url") or store.uri), sweep_run, run_id)
             log_files(store, run_id, [f for files in written.values() for f in files] + [page])
         if sweep_run:
             sweep.finish(store, sweep_run)
         print(f"\n{markdown}\nTables, plots and {page.name} written to {sweep_dir}", flush=True)
+
+
+def sweep_tables(records: list[ScoreRecord], metric: str, sweep_dir: Path, store: TrackingStore
+                 ) -> tuple[dict[str, list[Path]], str]:
+    """The per-prompt-set tables and every layout the sweep's results call for: their files by layout, and the
+    markdown printed at the end."""
+    replicates = results.replicate_loader(store)
+    written: dict[str, list[Path]] = {}
+    files, markdown = layouts.write_layout(records, "per_prompts", metric, sweep_dir)
+    written["per_prompts"] = files
+    for layout in sweep_layouts(records):
+        compared = records
+        if layout == "fewshot":
+            compared = records + fewshot.zero_shot_partners(records, results.latest_in_store(store))
+        try:
+            files, more = layouts.write_layout(compared, layout, metric, sweep_dir, replicates=replicates, store=store)
+        except PipelineError as exc:  # a report the results cannot make costs that report, not the others
+            log.warning("no %s report for this sweep: %s", layout, exc)
+            continue
+        written[layout] = files
+        markdown += "\n" + more
+    return written, markdown
 
 
 def warn_without_replicates(records: list[ScoreRecord], replicates: comparisons.Replicates) -> None:

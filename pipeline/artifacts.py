@@ -129,6 +129,7 @@ def write_output(directory: Path, output: StageOutput) -> dict[str, str]:
         path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
         checksums[path.name] = sha256_file(path)
     for name, data in output.figures.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
         (directory / name).write_bytes(data)
     return checksums
 

@@ -128,13 +128,10 @@ def resolve_inputs(cfg: DictConfig) -> JobInputs:
     versions = library_versions()
     # Prompt sets only shape zero-shot classifiers; probes, retrieval and WinoGAViL use none.
     prompt_tag = prompt_label(cfg.prompts) if class_prompts is not None else "*"
-    tags = {"model": loader.spec.arch, "pretrained": loader.spec.pretrained_label, "model_name": loader.spec.name,
-            "dataset": spec.name, "source": spec.source, "prompts": prompt_tag, "task": spec.task}
+    model_tags, checkpoint = job_run.model_labels(loader.spec)
+    tags = {**model_tags, "dataset": spec.name, "source": spec.source, "prompts": prompt_tag, "task": spec.task}
     if spec.column:
         tags["column"] = spec.column
-    checkpoint = job_run.checkpoint_position(model_spec.pretrained) if model_spec.is_local_checkpoint else {}
-    if checkpoint:  # every training run writes epoch_1.pt: its checkpoints are told apart by the run
-        checkpoint["pretrained"] = f"{checkpoint['checkpoint_run']}/{tags['pretrained']}"
     labels = {**tags, **head.labels(), **checkpoint, "protocol": protocol_label(cfg, model_spec.precision),
               "main_metric": spec.main_metric, "metric": metric,
               **{f"precision.{tower}": getattr(recipe, tower) for tower in precision.TOWERS},

@@ -19,6 +19,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, RunTag
 
 from pipeline import datasets, tracking
 from pipeline.cache import log_params, mlflow_metric_name
+from pipeline.models import ModelSpec
 from pipeline.results import JOB_STAGE
 from pipeline.tracking import PARENT_TAG, TrackingStore
 
@@ -42,10 +43,11 @@ def run_name(labels: Mapping[str, str]) -> str:
 
 @contextmanager
 def job_run(store: TrackingStore, labels: Mapping[str, str], params: Mapping[str, Any],
-            parent_run_id: str | None = None) -> Iterator[str]:
-    """The job run, FINISHED only once `record` has logged its score (see `tracking.finished_run`)."""
-    tags = {**labels, "stage": JOB_STAGE, **({PARENT_TAG: parent_run_id} if parent_run_id else {})}
-    with tracking.finished_run(store, tags, run_name(labels)) as run_id:
+            parent_run_id: str | None = None, stage: str = JOB_STAGE, name: str | None = None) -> Iterator[str]:
+    """The job run, FINISHED only once `record` has logged its score (see `tracking.finished_run`). Tables read
+    the runs tagged `stage=job`; a job that scores nothing (an explain job) names another stage."""
+    tags = {**labels, "stage": stage, **({PARENT_TAG: parent_run_id} if parent_run_id else {})}
+    with tracking.finished_run(store, tags, name or run_name(labels)) as run_id:
         log_params(store.client, run_id, params)
         yield run_id
 
@@ -58,6 +60,16 @@ def record(store: TrackingStore, run_id: str, stage_runs: Mapping[str, str], met
                            tags=[RunTag(f"run.{stage}", stage_run) for stage, stage_run in stage_runs.items()])
     if inputs:
         store.client.log_inputs(run_id, datasets=list(inputs))
+
+
+def model_labels(spec: ModelSpec) -> tuple[dict[str, str], dict[str, str]]:
+    """The tags every stage run of a job on this model carries, and the checkpoint labels its job run adds (a
+    training run's checkpoint is named by its run, since every training run writes `epoch_1.pt`)."""
+    tags = {"model": spec.arch, "pretrained": spec.pretrained_label, "model_name": spec.name}
+    checkpoint = checkpoint_position(spec.pretrained) if spec.is_local_checkpoint else {}
+    if checkpoint:
+        checkpoint["pretrained"] = f"{checkpoint['checkpoint_run']}/{tags['pretrained']}"
+    return tags, checkpoint
 
 
 def dataset_input(info: datasets.DatasetInfo, context: str) -> DatasetInput:

@@ -176,7 +176,7 @@ def has_probes(records: list[ScoreRecord]) -> bool:
 TITLES = {"per_prompts": "Results per prompt set", "compare": "Paired comparison", "openclip38":
           "open_clip's 38-dataset table", "blog": "The blog's table", "fewshot": "Zero-shot against linear probes",
           "prompt_gains": "Prompt engineering", "robustness": "Effective robustness",
-          "training_curves": "Over training"}
+          "training_curves": "Over training", "relevance": "Relevance maps (images × models)"}
 
 
 def write_layout(records: list[ScoreRecord], layout: str, metric: str, out_dir: Path,

@@ -36,8 +36,10 @@ class ShapeSample:
     label: int
 
 
-def draw_shape(label: int, rng: random.Random, size: int = IMAGE_SIZE) -> Image.Image:
-    """Draw one sample of class `label`: jittered colour, position and size on a noisy light background."""
+def draw_shape(label: int, rng: random.Random, size: int = IMAGE_SIZE,
+               region: tuple[int, int, int] | None = None) -> Image.Image:
+    """Draw one sample of class `label`: jittered colour, position and size on a noisy light background.
+    `region` (left, top, side) confines the object to that square, its size scaled to the square's side."""
     shape = SHAPES[label // len(COLOURS)]
     colour = list(COLOURS.values())[label % len(COLOURS)]
     background = tuple(rng.randint(180, 245) for _ in range(3))
@@ -47,9 +49,10 @@ def draw_shape(label: int, rng: random.Random, size: int = IMAGE_SIZE) -> Image.
         x, y = rng.randrange(size), rng.randrange(size)
         draw.point((x, y), fill=tuple(max(0, c - rng.randint(20, 60)) for c in background))
     fill = tuple(min(255, max(0, c + rng.randint(-25, 25))) for c in colour)
-    radius = rng.uniform(0.22, 0.38) * size
-    cx = rng.uniform(radius, size - radius)
-    cy = rng.uniform(radius, size - radius)
+    left, top, side = region or (0, 0, size)
+    radius = rng.uniform(0.22, 0.38) * side
+    cx = left + rng.uniform(radius, side - radius)
+    cy = top + rng.uniform(radius, side - radius)
     box = (cx - radius, cy - radius, cx + radius, cy + radius)
     if shape == "circle":
         draw.ellipse(box, fill=fill)

@@ -1,0 +1,89 @@
+"""Explain stage: relevance maps of a ViT CLIP model for (image, caption) pairs, cached by key like every stage.
+
+The key holds the model's fingerprint, the towers' effective precisions (the image tower's dtype shapes the
+gradients), the images' content (file bytes, or the dataset's fingerprint and the sample indices), the captions
+(or the template and class names they come from) and the method with its setting. The run (`stage=explain`)
+holds the maps as arrays, each map as its own `.npy` and a PNG overlay for people."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline import PipelineError, one_line
+from pipeline.artifacts import StageOutput
+from pipeline.cache import StageCache, StageRequest, cache_key
+from pipeline.embed import ModelKey
+from pipeline.explain import figures, inputs
+from pipeline.explain.attention import vit_blocks
+from pipeline.explain.inputs import ExplainSpec, Source
+from pipeline.explain.relevance import encode_captions, relevance_maps
+from pipeline.models import LoadedModel, ModelLoader
+
+STAGE = "explain"
+# 1: gradient-weighted attention rollout (Chefer et al., 2021) from the class token, logit = scale · cosine.
+VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Explained:
+    arrays: Mapping[str, np.ndarray]
+    key: str
+    run_id: str
+    hit: bool
+
+
+def explain_key(image_model: ModelKey, text_precision: str, spec: ExplainSpec, source: Source) -> str:
+    return cache_key(STAGE, VERSION, {**image_model.material(), "text_precision": text_precision,
+                                      "images": source.identity, "captions": inputs.captions_material(spec, source),
+                                      "method": spec.method_material()})
+
+
+def compute(loaded: LoadedModel, spec: ExplainSpec, source: Source, model_label: str, image_precision: str,
+            text_precision: str) -> StageOutput:
+    """Every pair's map, a batch of pairs at a time under one progress bar."""
+    vit_blocks(loaded.model.visual, model_label)  # refuses other towers before any image is read
+    view, normalize = inputs.split_preprocess(loaded.preprocess)
+    seen, labels = inputs.read(source, view)
+    classnames = source.dataset.classnames if source.dataset is not None else []
+    captions, pairs = inputs.pairs(spec, len(seen), labels, classnames)
+    texts = encode_captions(loaded, captions, text_precision)
+    relevance, logits = [], []
+    with tqdm(total=len(pairs), desc=f"explain {model_label}", unit="map") as bar:
+        for start in range(0, len(pairs), spec.batch_size):
+            chunk = pairs[start:start + spec.batch_size]
+            images = normalize(seen[[image for image, _ in chunk]])
+            try:
+                maps = relevance_maps(loaded, images, texts[[caption for _, caption in chunk]], model_label,
+                                      image_precision, spec.start_layer)
+            except torch.OutOfMemoryError as exc:
+                raise PipelineError(f"out of memory on {loaded.device} explaining {len(chunk)} pairs with "
+                                    f"{model_label}; lower explain.batch_size") from exc
+            except IndexError as exc:
+                raise PipelineError(f"explain.start_layer={spec.start_layer} is not a block of {model_label}'s "
+                                    f"image tower: {one_line(exc)}") from exc
+            relevance.append(maps.relevance)
+            logits.append(maps.logits)
+            bar.update(len(chunk))
+    arrays = {"relevance": np.concatenate(relevance), "logits": np.concatenate(logits),
+              "pair_image": np.array([image for image, _ in pairs], dtype=np.int64),
+              "pair_caption": np.array([caption for _, caption in pairs], dtype=np.int64),
+              "captions": np.array(captions, dtype=str), "image_names": np.array(source.names, dtype=str),
+              "images": (seen.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().to(torch.uint8).numpy()}
+    return StageOutput(arrays=arrays, metrics={"maps": float(len(pairs))}, figures=figures.pair_files(arrays))
+
+
+def explain(cache: StageCache, loader: ModelLoader, spec: ExplainSpec, source: Source, image_model: ModelKey,
+            text_precision: str, *, tags: Mapping[str, str], params: Mapping[str, Any]) -> Explained:
+    """The maps for `spec` on `source` with the loader's model: served by key, or computed in a `stage=explain` run."""
+    key = explain_key(image_model, text_precision, spec, source)
+    label = f"{loader.spec.name}:{tags.get('pretrained', '')}"
+    request = StageRequest(STAGE, key, {**tags, "method": spec.method, "precision": image_model.precision,
+                                        "images": ", ".join(source.names)[:500]}, params,
+                           name=f"explain:{label}")
+    result = cache.get_or_compute(request, lambda: compute(loader.get(), spec, source, label,
+                                                           image_model.precision, text_precision))
+    return Explained(result.output.arrays, key, result.run_id, result.hit)

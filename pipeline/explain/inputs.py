@@ -1,0 +1,194 @@
+"""What the explain stage is asked about: its config (`conf/explain/`), the images (files, or samples of the job's
+dataset by index) and the captions (strings, or the class prompt of each image's label)."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import Compose, Normalize
+
+from pipeline import PipelineError, datasets
+
+NONE = "none"
+METHODS = ("relevance",)
+LABEL_PROMPTS = "label prompts"  # how a job whose captions are each image's class prompt labels them
+
+
+@dataclass(frozen=True)
+class ExplainSpec:
+    """`explain.*`: the method and its setting, the images and the captions."""
+
+    method: str
+    images: tuple[str, ...] | tuple[int, ...]  # file paths, or sample indices of the job's dataset
+    captions: tuple[str, ...] | None           # None: each image's class prompt (`template`)
+    template: str
+    start_layer: int
+    batch_size: int
+
+    @classmethod
+    def from_cfg(cls, cfg: DictConfig | None) -> "ExplainSpec | None":
+        """None when `explain=none`; a one-line refusal for every malformed value."""
+        if cfg is None or cfg.get("name", NONE) == NONE:
+            return None
+        if cfg.name not in METHODS:
+            raise PipelineError(f"explain={cfg.name!r} is not known; use one of {(NONE, *METHODS)}")
+        images = _images(cfg.get("images"))
+        captions = _captions(cfg.get("captions"))
+        template = str(cfg.get("template") or "")
+        if captions is None and "{c}" not in template:
+            raise PipelineError(f"explain.template={template!r} has no {{c}} for the class name; write it like "
+                                f"'a photo of a {{c}}.'")
+        if captions is None and isinstance(images[0], str):
+            raise PipelineError("explain.captions=null asks for each image's class prompt, and image files carry no "
+                                "label: give explain.captions=[...] (strings), or explain.images=N to explain samples "
+                                "of the dataset")
+        batch_size = int(cfg.get("batch_size", 8))
+        if batch_size < 1:
+            raise PipelineError(f"explain.batch_size={batch_size} must be at least 1")
+        return cls(str(cfg.name), images, captions, template, int(cfg.get("start_layer", 0)), batch_size)
+
+    @property
+    def from_dataset(self) -> bool:
+        return isinstance(self.images[0], int)
+
+    def method_material(self) -> dict[str, Any]:
+        return {"method": self.method, "start_layer": self.start_layer}
+
+
+def _images(value: Any) -> tuple[str, ...] | tuple[int, ...]:
+    hint = "set explain.images to image paths ([a.jpg, b.png]), a count N (the dataset's first N samples) or sample " \
+           "indices ([0, 7])"
+    if isinstance(value, bool) or value is None:
+        raise PipelineError(f"explain.images={value!r}: {hint}")
+    if isinstance(value, int):
+        if value < 1:
+            raise PipelineError(f"explain.images={value}: {hint}")
+        return tuple(range(value))
+    if isinstance(value, str):
+        value = [value]
+    items = OmegaConf.to_container(value) if isinstance(value, ListConfig) else list(value)
+    if not items:
+        raise PipelineError(f"explain.images is empty: {hint}")
+    if all(isinstance(item, int) and not isinstance(item, bool) and item >= 0 for item in items):
+        return tuple(items)
+    if all(isinstance(item, str) and item for item in items):
+        return tuple(items)
+    raise PipelineError(f"explain.images={items!r} mixes kinds or holds a negative index: {hint}")
+
+
+def _captions(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else OmegaConf.to_container(value) if isinstance(value, ListConfig) \
+        else list(value)
+    if not items or not all(isinstance(item, str) and item.strip() for item in items):
+        raise PipelineError(f"explain.captions={items!r}: give non-empty strings, or null for each image's class "
+                            f"prompt")
+    return tuple(items)
+
+
+# -- images ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Source:
+    """The images to explain: files, or samples of a dataset by index. `identity` is what the cache key holds."""
+
+    names: tuple[str, ...]
+    identity: dict[str, Any]
+    paths: tuple[Path, ...] = ()
+    dataset: datasets.DatasetInfo | None = None
+    indices: tuple[int, ...] = ()
+
+
+def file_source(paths: tuple[str, ...]) -> Source:
+    """Image files, keyed by their bytes; every one is opened now, so a bad path fails before any run exists."""
+    resolved, digests = [], []
+    for given in paths:
+        path = Path(given).expanduser().resolve()
+        try:
+            with Image.open(path) as image:
+                image.verify()
+            digests.append(hashlib.sha256(path.read_bytes()).hexdigest())
+        except FileNotFoundError:
+            raise PipelineError(f"explain.images: {given} does not exist; give paths to image files") from None
+        except (UnidentifiedImageError, OSError) as exc:
+            raise PipelineError(f"explain.images: {given} is not a readable image ({exc}); give PNG or JPEG "
+                                f"files") from None
+        resolved.append(path)
+    names = tuple(_unique([path.stem for path in resolved]))
+    return Source(names, {"files": digests}, paths=tuple(resolved))
+
+
+def dataset_source(info: datasets.DatasetInfo, indices: tuple[int, ...]) -> Source:
+    if info.spec.task != "zeroshot_classification":
+        raise PipelineError(f"explain.images={list(indices)} takes samples of a classification dataset, and "
+                            f"{info.spec.name} is {info.spec.task}; give image paths instead")
+    names = tuple(f"{info.spec.name}#{index}" for index in indices)
+    return Source(names, {"dataset": info.fingerprint, "indices": list(indices)}, dataset=info, indices=indices)
+
+
+def _unique(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}~{seen[name]}")
+    return out
+
+
+def split_preprocess(preprocess: Callable) -> tuple[Callable, Normalize]:
+    """open_clip's image transform as (what the model sees, in [0, 1]; the normalization after it), so maps are
+    drawn over exactly the crop the tower was given."""
+    steps = list(getattr(preprocess, "transforms", []))
+    if not steps or not isinstance(steps[-1], Normalize):
+        raise PipelineError("the model's image transform does not end with a normalization; relevance maps need "
+                            "open_clip's standard preprocessing")
+    return Compose(steps[:-1]), steps[-1]
+
+
+def read(source: Source, view: Callable) -> tuple[torch.Tensor, list[int] | None]:
+    """The images as the model sees them, (n, 3, H, W) in [0, 1], and their labels (dataset samples only)."""
+    if source.paths:
+        return torch.stack([view(_rgb(path)) for path in source.paths]), None
+    wanted = set(source.indices)
+    found: dict[int, tuple[torch.Tensor, int]] = {}
+    position = 0
+    for batch in datasets.classification_batches(source.dataset.spec, view, batch_size=64, num_workers=0):
+        for image, label in zip(batch.images, batch.fields["cls"]):
+            if position in wanted:
+                found[position] = (image, int(label))
+            position += 1
+        if len(found) == len(wanted):
+            break
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise PipelineError(f"explain.images asks for sample {missing[0]} of {source.dataset.spec.name}, which has "
+                            f"{position} samples in split {source.dataset.spec.split!r}")
+    return torch.stack([found[i][0] for i in source.indices]), [found[i][1] for i in source.indices]
+
+
+def _rgb(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def captions_material(spec: ExplainSpec, source: Source) -> dict[str, Any]:
+    """What decides the captions: the strings, or the template and the class names it is filled with."""
+    if spec.captions is not None:
+        return {"captions": list(spec.captions)}
+    return {"template": spec.template, "classnames": source.dataset.classnames}
+
+
+def pairs(spec: ExplainSpec, count: int, labels: list[int] | None, classnames: list[str]
+          ) -> tuple[list[str], list[tuple[int, int]]]:
+    """The captions and the (image, caption) pairs to explain: every image with every caption, caption by caption;
+    or each image with its own label's prompt."""
+    if spec.captions is not None:
+        return list(spec.captions), [(image, caption) for caption in range(len(spec.captions)) for image in range(count)]
+    captions = list(dict.fromkeys(spec.template.format(c=classnames[label]) for label in labels))
+    return captions, [(image, captions.index(spec.template.format(c=classnames[label])))
+                      for image, label in enumerate(labels)]
