@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROMPTS ?= classname,a_photo_of,dataset,simple_imagenet,openai_imagenet
 
 .DEFAULT_GOAL := help
-.PHONY: help install assets demo test test-fast ui server clean bench table
+.PHONY: help install assets demo explain test test-fast ui server clean bench table
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -28,13 +28,21 @@ space := $(empty) $(empty)
 # The bundled tiny model's training run, a checkpoint every 300 steps (expanded when the recipe runs, after `assets`).
 CHECKPOINTS = $(subst $(space),$(comma),$(sort $(wildcard $(CURDIR)/outputs/models/tiny-clip-run/checkpoints/step_*.pt)))
 
-demo: assets ## Sweep the tiny model over the synthetic data with 5 prompt sets, its k-shot linear probes and its training checkpoints; write each sweep's report.html (tables with intervals, heatmap, prompt gains, ensembling, few-shot and training curves)
+demo: assets ## Sweep the tiny model over the synthetic data with 5 prompt sets, its k-shot linear probes and its training checkpoints, then draw its relevance maps; write each sweep's report.html (tables with intervals, heatmap, prompt gains, ensembling, few-shot and training curves, relevance grid)
 	$(PY) -m pipeline -m model=tiny dataset=shapes prompts=$(PROMPTS)
 	$(PY) -m pipeline -m model=tiny dataset=shapes head=linear_probe head.k_shot=1,2,4,8,16,null head.seed=0,1,2
 	$(PY) -m pipeline -m model=tiny dataset=shapes prompts=dataset model.pretrained=$(CHECKPOINTS)
 	$(PY) -m pipeline.aggregate intervals=true
 	$(PY) -m pipeline.aggregate layout=compare baseline=prompts:dataset
-	@echo "Reports: $$(ls -d $(CURDIR)/outputs/multirun/*/*/report.html | tail -3 | tr '\n' ' ')"
+	$(MAKE) --no-print-directory explain
+	@echo "Reports: $$(ls -d $(CURDIR)/outputs/multirun/*/*/report.html | tail -4 | tr '\n' ' ')"
+
+# Four checkpoints of the bundled model's training run, in training order: the grid's columns.
+EXPLAIN_MODELS = $(subst $(space),$(comma),$(foreach step,300 600 900 1500,$(CURDIR)/outputs/models/tiny-clip-run/checkpoints/step_$(step).pt))
+EXPLAIN_IMAGES ?= 6
+explain: assets ## Relevance maps of the tiny model over training on the first EXPLAIN_IMAGES shapes test images, each for its class prompt: the grid of images x checkpoints (relevance.png) in the sweep's folder
+	$(PY) -m pipeline -m explain=relevance explain.images=$(EXPLAIN_IMAGES) model=tiny dataset=shapes model.pretrained=$(EXPLAIN_MODELS)
+	@echo "Relevance grid: $$(ls -d $(CURDIR)/outputs/multirun/*/*/relevance.png | tail -1)"
 
 test: assets ## Run every test, the slow end-to-end ones included
 	$(PY) -m pytest

@@ -90,6 +90,24 @@ def write_image_folder(root: Path, per_class: int = 3, seed: int = 0) -> Path:
     return root
 
 
+QUADRANT = 16  # the side of a quadrant of the 32×32 shapes
+
+
+def write_quadrant_folder(root: Path, seed: int = 7) -> dict[str, tuple[int, int]]:
+    """One image per class in image-folder layout, its object inside one 16×16 quadrant (class by class, each
+    quadrant three times); returns each class's quadrant as (column, row)."""
+    rng = random.Random(seed)
+    quadrants = {}
+    for label, name in enumerate(CLASSES):
+        column, row = label % 2, (label // 2) % 2
+        image = shapes.draw_shape(label, rng, region=(column * QUADRANT, row * QUADRANT, QUADRANT))
+        folder = root / "test" / name.replace(" ", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / "0.png")
+        quadrants[name] = (column, row)
+    return quadrants
+
+
 def write_mirror(data_root: Path, datasets: list[dict]) -> Path:
     """A local mirror of catalog datasets, each at the path `dataset_root` gives it (what data_root= points at)."""
     for seed, spec in enumerate(datasets):
