@@ -13,10 +13,12 @@ from typing import Any, Iterator, Mapping
 
 import hydra
 from hydra.experimental.callback import Callback
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import (PipelineError, comparisons, fewshot, layouts, prompt_gains, report, results, robustness, sweep,
-                      tables, tracking, training_curves, ui)
+from pipeline import (PipelineError, comparisons, fewshot, layouts, one_line, prompt_gains, report, results,
+                      robustness, sweep, tables, tracking, training_curves, ui)
+from pipeline.artifacts import ArtifactUnavailable, CorruptArtifact
 from pipeline.cli import reported
 from pipeline.explain import grids
 from pipeline.job import RESULT_FILE
@@ -68,7 +70,7 @@ def write_report(out_dir: Path, title: str, written: Mapping[str, list[Path]], r
                  store: TrackingStore, ui_url: str, sweep_run: str | None, aggregate: str) -> Path:
     sections = [report.Section(layouts.TITLES[name], [f for f in files if f.suffix in (".csv", ".png")])
                 for name, files in written.items()]
-    view = jobs_view(store, sweep_run) if sweep_run else None
+    view = jobs_view(store, sweep_run) if sweep_run and records else None  # explain jobs have no metric columns
     links = report.Links(ui_url, store.experiment_id, sweep_run, aggregate, view)
     return report.write(out_dir / report.REPORT_FILE, title, sections, records, links)
 
@@ -97,7 +99,10 @@ class AggregateCallback(Callback):
         with aggregate_run(store, {"sweep_dir": str(sweep_dir), "metric": metric}, sweep_run) as run_id:
             written, markdown = sweep_tables(records, metric, sweep_dir, store) if records else ({}, "")
             if explained:
-                written["relevance"] = grids.write_grids(store, explained, sweep_dir)
+                try:
+                    written["relevance"] = grids.write_grids(store, explained, sweep_dir)
+                except (PipelineError, CorruptArtifact, ArtifactUnavailable, MlflowException) as exc:
+                    log.warning("no relevance grid for this sweep: %s", one_line(exc))
             page = write_report(sweep_dir, f"Sweep {sweep_dir.parent.name}/{sweep_dir.name}", written, records, store,
                                 str(config.tracking.get("ui_url") or store.uri), sweep_run, run_id)
             log_files(store, run_id, [f for files in written.values() for f in files] + [page])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from torch import nn
 
 from pipeline import PipelineError, results, tracking
 from pipeline.explain import STAGE, figures, inputs
-from pipeline.explain.attention import ExposedAttention, check_architecture, rerouted, vit_blocks
+from pipeline.explain.attention import ExposedAttention, rerouted, vit_blocks, vit_depth
 from pipeline.explain.job import EXPLAIN_JOB_STAGE, run_explain_job
 from pipeline.explain.relevance import rollout
 from pipeline.models import ModelSpec, load_model
@@ -69,9 +71,8 @@ def test_probabilities_are_on_the_autograd_path_unlike_multihead_attention_weigh
     """The reason for rerouting: the weights nn.MultiheadAttention returns do not lead to its output."""
     block = tiny.model.visual.transformer.resblocks[0]
     tokens = torch.randn(1, 17, 64)
-    _, weights = block.attn(tokens, tokens, tokens, need_weights=True)
-    output = block.attn(tokens, tokens, tokens, need_weights=False)[0]
-    with pytest.raises(RuntimeError):
+    output, weights = block.attn(tokens, tokens, tokens, need_weights=True)
+    with pytest.raises(RuntimeError, match="not have been used in the graph"):
         torch.autograd.grad(output.sum(), weights)
     with rerouted([block]) as (exposed,):
         gradient, = torch.autograd.grad(block(tokens).sum(), exposed.probs)
@@ -92,26 +93,58 @@ def test_rollout_is_chefer_et_al_rule():
 
 
 def test_other_towers_are_refused_with_a_clear_message(tiny):
-    for arch, kind in (("RN50-quickgelu", "ResNet"), ("convnext_base", "timm")):
-        with pytest.raises(PipelineError, match=f"{kind} image tower: relevance maps .* do not apply"):
-            check_architecture(arch, arch)
-    with pytest.raises(PipelineError, match="ResNet image tower"):
+    for arch, why in (("RN50-quickgelu", "image tower is a ResNet"), ("convnext_base", "image tower is a timm model"),
+                      ("ViT-L-14-CLIPA", "pools with an attentional pooler or by averaging"),
+                      ("coca_ViT-B-32", "pools with an attentional pooler")):
+        with pytest.raises(PipelineError, match=f"{why}.*do not apply"):
+            vit_depth(arch, arch)
+    assert vit_depth("ViT-B-32-quickgelu", "b32") == 12 and vit_depth("tiny-clip", "tiny") == 2
+    with pytest.raises(PipelineError, match="image tower is a ResNet"):
         vit_blocks(nn.Module.__new__(type("ModifiedResNet", (nn.Module,), {})), "rn")
     assert len(vit_blocks(tiny.model.visual, "tiny")) == 2
 
 
-@pytest.mark.parametrize("images, captions, template, message", [
-    (0, None, "a {c}", "explain.images=0"),
-    (["a.png", 3], None, "a {c}", "mixes kinds"),
-    (["a.png"], None, "a {c}", "carry no label"),
-    (4, [""], "a {c}", "non-empty strings"),
-    (4, None, "a photo", "has no {c}"),
+@pytest.mark.parametrize("setting, message", [
+    ({"images": 0}, "explain.images=0"),
+    ({"images": 6.0}, "explain.images=6.0"),
+    ({"images": ["a.png", 3]}, "mixes kinds"),
+    ({"images": [2, 5, 2]}, "sample 2 more than once"),
+    ({"images": ["a.png"]}, "carry no label"),
+    ({"captions": [""]}, "non-empty strings"),
+    ({"captions": 5}, "a list of strings"),
+    ({"template": "a photo"}, "must hold {c}"),
+    ({"template": "a {c} of {}"}, "no other braces"),
+    ({"start_layer": "last"}, "must be a whole number"),
+    ({"batch_size": 0}, "at least 1"),
 ])
-def test_malformed_explain_settings_are_refused(images, captions, template, message):
+def test_malformed_explain_settings_are_refused(setting, message):
     cfg = compose_config("explain=relevance").explain
-    cfg.images, cfg.captions, cfg.template = images, captions, template
-    with pytest.raises(PipelineError, match=message):
+    for key, value in setting.items():
+        cfg[key] = value
+    with pytest.raises(PipelineError, match=re.escape(message)):
         inputs.ExplainSpec.from_cfg(cfg)
+
+
+def test_start_layer_is_a_block_of_the_tower_and_negative_counts_from_the_last():
+    spec = inputs.ExplainSpec.from_cfg(compose_config("explain=relevance", "explain.start_layer=-1").explain)
+    assert spec.for_depth(12, "b32").start_layer == 11  # one setting, one cache key
+    with pytest.raises(PipelineError, match="has 2 blocks"):
+        replace(spec, start_layer=2).for_depth(2, "tiny")
+
+
+def test_files_are_keyed_by_their_bytes_and_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image = Image.new("RGB", (8, 8), (200, 10, 10))
+    for name in ("cat.png", "kitten.png"):
+        image.save(tmp_path / name)
+    (tmp_path / "truncated.png").write_bytes((tmp_path / "cat.png").read_bytes()[:40])
+    cat, kitten = inputs.file_source(("cat.png",)), inputs.file_source(("kitten.png",))
+    assert cat.identity["files"] == kitten.identity["files"] and cat.identity != kitten.identity
+    assert inputs.file_source(("cat.png", "cat.png")).names == ("cat", "cat-2")
+    with pytest.raises(PipelineError, match="truncated.png is not a readable image"):
+        inputs.file_source(("truncated.png",))
+    with pytest.raises(PipelineError, match="nope.png does not exist"):
+        inputs.file_source(("nope.png",))
 
 
 # -- the tiny model on objects in one quadrant ----------------------------------------------------------------
@@ -149,6 +182,11 @@ def test_tiny_models_maps_point_at_the_object_and_a_second_run_is_served(tmp_pat
                      (tmp_path / "again" / "relevance").rglob("*.*"))
     assert written == ["maps"] * 12 + ["overlays"] * 12
     assert json.loads((tmp_path / "again" / "result.json").read_text())["explain_run_id"] == first.explained.run_id
+
+    with pytest.raises(PipelineError, match="asks for sample 99 of shapes, which has 12 samples"):
+        run_explain_job(compose_config(*overrides, "explain.images=[3,99]"))
+    explain_runs = store.client.search_runs([store.experiment_id], f"tags.stage = '{STAGE}'")
+    assert len(explain_runs) == 1  # the refused miss left no stage run behind
 
 
 def test_overlay_marks_the_most_relevant_patch():
@@ -194,6 +232,7 @@ def test_a_resnet_model_is_refused_before_any_run(tmp_path):
     proc = run_pipeline(tmp_path, "explain=relevance", "model=rn50_openai", "explain.images=[x.png]",
                         "explain.captions=[a dog]")
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith("Error: model rn50_openai (RN50-quickgelu) has a ResNet")
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "Error: model rn50_openai (RN50-quickgelu): its image tower is a ResNet, so relevance maps")
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "outputs" / "mlflow.db").exists()

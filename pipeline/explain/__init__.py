@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline import PipelineError, one_line
+from pipeline import PipelineError
 from pipeline.artifacts import StageOutput
 from pipeline.cache import StageCache, StageRequest, cache_key
 from pipeline.embed import ModelKey
@@ -42,37 +42,49 @@ def explain_key(image_model: ModelKey, text_precision: str, spec: ExplainSpec, s
                                       "method": spec.method_material()})
 
 
-def compute(loaded: LoadedModel, spec: ExplainSpec, source: Source, model_label: str, image_precision: str,
-            text_precision: str) -> StageOutput:
-    """Every pair's map, a batch of pairs at a time under one progress bar."""
+@dataclass(frozen=True)
+class Prepared:
+    """What a miss reads before its run exists: the images as the model sees them, the captions and their
+    embeddings, and the (image, caption) pairs."""
+
+    seen: torch.Tensor
+    captions: list[str]
+    pairs: list[tuple[int, int]]
+    texts: torch.Tensor
+
+
+def prepare(loaded: LoadedModel, spec: ExplainSpec, source: Source, model_label: str, text_precision: str) -> Prepared:
     vit_blocks(loaded.model.visual, model_label)  # refuses other towers before any image is read
-    view, normalize = inputs.split_preprocess(loaded.preprocess)
+    view, _ = inputs.split_preprocess(loaded.preprocess)
     seen, labels = inputs.read(source, view)
     classnames = source.dataset.classnames if source.dataset is not None else []
     captions, pairs = inputs.pairs(spec, len(seen), labels, classnames)
-    texts = encode_captions(loaded, captions, text_precision)
-    relevance, logits = [], []
+    return Prepared(seen, captions, pairs, encode_captions(loaded, captions, text_precision))
+
+
+def compute(loaded: LoadedModel, spec: ExplainSpec, source: Source, prepared: Prepared, model_label: str,
+            image_precision: str) -> StageOutput:
+    """Every pair's map, a batch of pairs at a time under one progress bar."""
+    _, normalize = inputs.split_preprocess(loaded.preprocess)
+    pairs, relevance, logits = prepared.pairs, [], []
     with tqdm(total=len(pairs), desc=f"explain {model_label}", unit="map") as bar:
         for start in range(0, len(pairs), spec.batch_size):
             chunk = pairs[start:start + spec.batch_size]
-            images = normalize(seen[[image for image, _ in chunk]])
+            images = normalize(prepared.seen[[image for image, _ in chunk]])
             try:
-                maps = relevance_maps(loaded, images, texts[[caption for _, caption in chunk]], model_label,
+                maps = relevance_maps(loaded, images, prepared.texts[[caption for _, caption in chunk]], model_label,
                                       image_precision, spec.start_layer)
             except torch.OutOfMemoryError as exc:
                 raise PipelineError(f"out of memory on {loaded.device} explaining {len(chunk)} pairs with "
                                     f"{model_label}; lower explain.batch_size") from exc
-            except IndexError as exc:
-                raise PipelineError(f"explain.start_layer={spec.start_layer} is not a block of {model_label}'s "
-                                    f"image tower: {one_line(exc)}") from exc
             relevance.append(maps.relevance)
             logits.append(maps.logits)
             bar.update(len(chunk))
     arrays = {"relevance": np.concatenate(relevance), "logits": np.concatenate(logits),
               "pair_image": np.array([image for image, _ in pairs], dtype=np.int64),
               "pair_caption": np.array([caption for _, caption in pairs], dtype=np.int64),
-              "captions": np.array(captions, dtype=str), "image_names": np.array(source.names, dtype=str),
-              "images": (seen.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().to(torch.uint8).numpy()}
+              "captions": np.array(prepared.captions, dtype=str), "image_names": np.array(source.names, dtype=str),
+              "images": (prepared.seen.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().to(torch.uint8).numpy()}
     return StageOutput(arrays=arrays, metrics={"maps": float(len(pairs))}, figures=figures.pair_files(arrays))
 
 
@@ -84,6 +96,11 @@ def explain(cache: StageCache, loader: ModelLoader, spec: ExplainSpec, source: S
     request = StageRequest(STAGE, key, {**tags, "method": spec.method, "precision": image_model.precision,
                                         "images": ", ".join(source.names)[:500]}, params,
                            name=f"explain:{label}")
-    result = cache.get_or_compute(request, lambda: compute(loader.get(), spec, source, label,
-                                                           image_model.precision, text_precision))
+    prepared: list[Prepared] = []
+
+    def before() -> None:  # on a miss, reading fails before the stage's run exists
+        prepared.append(prepare(loader.get(), spec, source, label, text_precision))
+
+    result = cache.get_or_compute(request, lambda: compute(loader.get(), spec, source, prepared[0], label,
+                                                           image_model.precision), before=before)
     return Explained(result.output.arrays, key, result.run_id, result.hit)

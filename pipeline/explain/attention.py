@@ -1,8 +1,8 @@
 """Attention probabilities on the autograd path: open_clip's ViT blocks rerouted through an equivalent module.
 
 open_clip's `ResidualAttentionBlock` calls `nn.MultiheadAttention` with `need_weights=False`, and the weights that
-module returns with `need_weights=True` are a detached-from-the-output copy (PyTorch computes the output through
-a fused kernel), so their gradient with respect to the image–text similarity cannot be taken. `ExposedAttention`
+module returns with `need_weights=True` are a new tensor (reshaped and head-averaged) made after the output was
+computed from the probabilities, so the output does not depend on it and its gradient cannot be taken. `ExposedAttention`
 computes the same function itself, `softmax(QKᵀ/√d)·V` with the wrapped module's own parameters, and keeps the
 probability tensor it multiplies V by. `rerouted` swaps it into each block of a tower for the duration of a
 `with` block and puts the original modules back, so the installed package and the model shared by the process's
@@ -92,8 +92,24 @@ def _as_additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask.to(dtype)
 
 
-def check_architecture(arch: str, model_label: str) -> None:
-    """Refuse towers the method does not apply to from open_clip's model config, before any weights load."""
+# open_clip's vision config flags that switch its blocks to `CustomResidualAttentionBlock` (its own attention).
+CUSTOM_BLOCK_FLAGS = ("qk_norm", "scaled_cosine_attn", "scale_heads", "scale_attn_inner", "scale_attn", "scale_fc")
+
+
+RESNET, TIMM, HUGGING_FACE = "its image tower is a ResNet", "its image tower is a timm model", \
+    "its image tower is a Hugging Face model"
+POOLED = "its ViT pools with an attentional pooler or by averaging, not from its class token"
+CUSTOM = "its ViT blocks use open_clip's custom attention (qk-norm, scaled cosine attention)"
+
+
+def refusal(model_label: str, why: str) -> PipelineError:
+    return PipelineError(f"model {model_label}: {why}, so relevance maps (gradient-weighted attention rollout from the "
+                         f"class token) do not apply; choose a ViT model that pools its class token")
+
+
+def vit_depth(arch: str, model_label: str) -> int:
+    """The number of blocks of `arch`'s ViT tower, read from open_clip's model config before any weights load;
+    a refusal for every tower the method does not apply to."""
     import open_clip
 
     from pipeline.models import register_project_architectures
@@ -103,14 +119,16 @@ def check_architecture(arch: str, model_label: str) -> None:
     if config is None:
         raise PipelineError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
     vision = config.get("vision_cfg") or {}
+    label = f"{model_label} ({arch})"
     if isinstance(vision.get("layers"), (list, tuple)):
-        kind = "a ResNet"
-    elif vision.get("timm_model_name") or vision.get("hf_model_name"):
-        kind = "a timm" if vision.get("timm_model_name") else "a Hugging Face"
-    else:
-        return
-    raise PipelineError(f"model {model_label} ({arch}) has {kind} image tower: relevance maps (gradient-weighted "
-                        f"attention rollout) need a ViT tower's self-attention and do not apply; choose a ViT model")
+        raise refusal(label, RESNET)
+    if vision.get("timm_model_name") or vision.get("hf_model_name"):
+        raise refusal(label, TIMM if vision.get("timm_model_name") else HUGGING_FACE)
+    if vision.get("attentional_pool") or vision.get("pool_type", "tok") != "tok":
+        raise refusal(label, POOLED)
+    if vision.get("block_type") == "custom" or any(vision.get(flag) for flag in CUSTOM_BLOCK_FLAGS):
+        raise refusal(label, CUSTOM)
+    return int(vision.get("layers", 12))
 
 
 def vit_blocks(visual: nn.Module, model_label: str) -> list[nn.Module]:
@@ -120,17 +138,12 @@ def vit_blocks(visual: nn.Module, model_label: str) -> list[nn.Module]:
 
     kind = type(visual).__name__
     if not isinstance(visual, VisionTransformer):
-        what = "a ResNet" if "ResNet" in kind else "a timm" if "Timm" in kind else f"a {kind}"
-        raise PipelineError(f"model {model_label} has {what} image tower: relevance maps (gradient-weighted attention "
-                            f"rollout) need a ViT tower's self-attention and do not apply; choose a ViT model")
+        raise refusal(model_label, RESNET if "ResNet" in kind else TIMM if "Timm" in kind else f"its image tower is a {kind}")
     if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
-        raise PipelineError(f"model {model_label}'s ViT tower pools with {getattr(visual, 'pool_type', '?')!r} or an "
-                            f"attentional pooler, not its class token; the relevance rollout reads the class token's "
-                            f"row and does not apply")
+        raise refusal(model_label, POOLED)
     blocks = list(visual.transformer.resblocks)
     if not all(isinstance(getattr(block, "attn", None), nn.MultiheadAttention) for block in blocks):
-        raise PipelineError(f"model {model_label}'s ViT blocks use open_clip's custom attention (qk-norm or scaled "
-                            f"cosine attention), which relevance maps do not support yet")
+        raise refusal(model_label, CUSTOM)
     return blocks
 
 

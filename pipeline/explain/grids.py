@@ -11,6 +11,7 @@ import numpy as np
 
 from pipeline import artifacts
 from pipeline.explain.figures import Column, grid, slug
+from pipeline.explain.inputs import distinct
 from pipeline.explain.job import KIND
 from pipeline.job import RESULT_FILE
 from pipeline.tracking import TrackingStore
@@ -42,8 +43,8 @@ def figures_for(columns: Sequence[Column]) -> list[tuple[str, list[tuple[str, st
     images = {name for name, _ in rows}
     if len(rows) == len(images) and len(captions) > 1:  # each image with its own caption
         return [("relevance", rows, "Relevance of each image's caption (gradient-weighted attention rollout)")]
-    return [(f"relevance_{slug(caption)}", [row for row in rows if row[1] == caption], f"“{caption}”")
-            for caption in captions]
+    stems = distinct([f"relevance_{slug(caption)}" for caption in captions])  # "A dog." and "a dog" slug alike
+    return [(stem, [row for row in rows if row[1] == caption], f"“{caption}”") for stem, caption in zip(stems, captions)]
 
 
 def write_grids(store: TrackingStore, jobs: Sequence[dict], out_dir: Path) -> list[Path]:

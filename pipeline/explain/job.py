@@ -14,7 +14,7 @@ from pipeline import datasets, job_run, precision, sweep, tracking
 from pipeline.cache import StageCache
 from pipeline.embed import ModelKey
 from pipeline.explain import Explained, explain, figures, inputs
-from pipeline.explain.attention import check_architecture
+from pipeline.explain.attention import vit_depth
 from pipeline.job import RESULT_FILE, flatten
 from pipeline.models import ModelLoader, ModelSpec, library_versions, resolve_device
 
@@ -36,9 +36,11 @@ def requested(cfg: DictConfig) -> bool:
     return inputs.ExplainSpec.from_cfg(cfg.get("explain")) is not None
 
 
-def column_label(labels: dict[str, str]) -> str:
-    """How the grid names a model: its config name and its weights (a checkpoint with its training run)."""
-    return f"{labels['model_name']}\n{labels['pretrained']}"
+def column_label(labels: dict[str, str], spec: inputs.ExplainSpec) -> str:
+    """How the grid names a model: its config name and its weights (a checkpoint with its training run), and the
+    first block of the rollout when it is not every block."""
+    label = f"{labels['model_name']}\n{labels['pretrained']}"
+    return label if spec.start_layer == 0 else f"{label}\nfrom block {spec.start_layer}"
 
 
 def resolve_source(cfg: DictConfig, spec: inputs.ExplainSpec) -> inputs.Source:
@@ -50,9 +52,9 @@ def resolve_source(cfg: DictConfig, spec: inputs.ExplainSpec) -> inputs.Source:
 
 def run_explain_job(cfg: DictConfig, output_dir: Path | None = None, sweep_dir: Path | None = None) -> ExplainResult:
     """Everything that can be wrong with the inputs fails before a run exists: the method, the tower, the images."""
-    spec = inputs.ExplainSpec.from_cfg(cfg.explain)
     model_spec = ModelSpec.from_cfg(cfg.model, cfg.get("weights_dir"))
-    check_architecture(model_spec.arch, model_spec.name)
+    depth = vit_depth(model_spec.arch, model_spec.name)
+    spec = inputs.ExplainSpec.from_cfg(cfg.explain).for_depth(depth, model_spec.name)
     source = resolve_source(cfg, spec)
     device = resolve_device(cfg.device)
     # The image tower runs as it does for zero-shot classification under the protocol.
@@ -62,7 +64,8 @@ def run_explain_job(cfg: DictConfig, output_dir: Path | None = None, sweep_dir: 
     versions = library_versions()
     image_model = ModelKey(loader.spec.fingerprint, recipe.image, versions)
     tags, checkpoint = job_run.model_labels(loader.spec)
-    labels = {**tags, **checkpoint, "explain": spec.method, "images": ", ".join(source.names)[:500],
+    labels = {**tags, **checkpoint, "explain": spec.method, "start_layer": str(spec.start_layer),
+              "images": ", ".join(source.names)[:500],
               "captions": "; ".join(spec.captions)[:500] if spec.captions else inputs.LABEL_PROMPTS,
               "precision.image": recipe.image, "precision.text": recipe.text,
               **{f"lib.{name}": version for name, version in versions.items()}}
@@ -76,7 +79,7 @@ def run_explain_job(cfg: DictConfig, output_dir: Path | None = None, sweep_dir: 
         used = [job_run.dataset_input(source.dataset, "explain")] if source.dataset is not None else []
         maps = len(explained.arrays["pair_image"])
         job_run.record(store, run_id, {"explain": explained.run_id}, {"maps": float(maps)}, used)
-    result = ExplainResult(run_id, explained, column_label(labels))
+    result = ExplainResult(run_id, explained, column_label(labels, spec))
     log.info("%s: %d relevance maps (%s), run %s", name, maps,
              "served from the cache" if explained.hit else "computed", explained.run_id)
     if output_dir is not None:
