@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import (PipelineError, comparisons, fewshot, layouts, one_line, prompt_gains, report, results,
                       robustness, sweep, tables, tracking, training_curves, ui)
 from pipeline.artifacts import ArtifactUnavailable, CorruptArtifact
-from pipeline.cli import reported
+from pipeline.cli import reported, reported_hook
 from pipeline.explain import grids
 from pipeline.job import RESULT_FILE
 from pipeline.results import ScoreRecord
@@ -79,11 +79,13 @@ class AggregateCallback(Callback):
     """Hydra callback: prepare the tracking store and the sweep's run before a multirun; write its tables, plots
     and report after, as artifacts of an aggregate run under the sweep's run."""
 
+    @reported_hook("preparing the sweep")
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Created once here, so parallel jobs never race to create the schema or experiment.
         store = tracking.connect_cfg(config.tracking)
         sweep.start(store, Path(config.hydra.sweep.dir))
 
+    @reported_hook("the sweep's aggregate step")
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         store = tracking.connect_cfg(config.tracking)

@@ -47,3 +47,27 @@ def reported(task: Callable[..., Any]) -> Callable[..., Any]:
                        f"and rerun; every stage that finished is served from the cache")
 
     return wrapper
+
+
+def reported_hook(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Wrap a Hydra callback hook so that its failure ends the command with status 1. Hydra turns an exception a
+    callback raises into a warning and exits 0, so a sweep whose aggregate step failed would pass for a success
+    (SystemExit is not an Exception, so it gets through). A bad input reads as one line; anything else is a bug,
+    shown with its traceback."""
+
+    def decorate(hook: Callable[..., Any]) -> Callable[..., Any]:
+        checked = reported(hook)
+
+        @functools.wraps(hook)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return checked(*args, **kwargs)
+            except Exception as exc:
+                log.error("%s failed", what, exc_info=exc)
+                print(f"Error: {what} failed: {type(exc).__name__}: {one_line(exc)[:300]}", file=sys.stderr,
+                      flush=True)
+                raise SystemExit(1) from None
+
+        return wrapper
+
+    return decorate

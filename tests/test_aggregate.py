@@ -260,3 +260,25 @@ def test_latest_records_and_the_aggregate_run(store, tmp_path):
     [run] = client.search_runs([store.experiment_id], "tags.stage = 'aggregate'")
     assert run.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"table.csv", "table.md", "table.png", "heatmap.png", "results.csv"}
+
+
+def test_a_failing_aggregate_step_ends_the_sweep_with_status_1(tmp_path, capsys):
+    """Hydra turns a callback's exception into a warning and exits 0; the sweep's aggregate step exits 1 instead."""
+    from pipeline.aggregate import AggregateCallback
+    from tests.conftest import compose_config
+
+    sweep_dir = tmp_path / "sweep"
+    config = compose_config(f"hydra.sweep.dir={sweep_dir}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                            f"tracking.artifact_location={tmp_path}/artifacts", return_hydra_config=True)
+    callback = AggregateCallback()
+    callback.on_multirun_start(config)
+    (sweep_dir / "0").mkdir()
+    (sweep_dir / "0" / "result.json").write_text(json.dumps({"job_run_id": "0" * 32}))  # no such run in the store
+    with pytest.raises(SystemExit) as stopped:
+        callback.on_multirun_end(config)
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("Error: the MLflow tracking store failed")
+    (sweep_dir / "0" / "result.json").write_text("{not json")  # a bug, not an input: said with its traceback
+    with pytest.raises(SystemExit):
+        callback.on_multirun_end(config)
+    assert "Error: the sweep's aggregate step failed: JSONDecodeError" in capsys.readouterr().err
