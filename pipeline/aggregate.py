@@ -5,7 +5,6 @@ rebuilds any layout from the tracking store, or from result files produced elsew
 """
 from __future__ import annotations
 
-import json
 import logging
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +20,7 @@ from pipeline import (PipelineError, comparisons, fewshot, layouts, one_line, pr
 from pipeline.artifacts import ArtifactUnavailable, CorruptArtifact
 from pipeline.cli import reported, reported_hook
 from pipeline.explain import grids
-from pipeline.job import RESULT_FILE
+from pipeline.explain.job import KIND
 from pipeline.results import ScoreRecord
 from pipeline.tracking import PARENT_TAG, TrackingStore
 
@@ -42,9 +41,8 @@ def log_files(store: TrackingStore, run_id: str, files: list[Path]) -> None:
 
 
 def sweep_run_ids(sweep_dir: Path) -> list[str]:
-    """Job run ids recorded by the scoring jobs of one sweep (Hydra gives the callback no job results)."""
-    found = [json.loads(path.read_text()) for path in sorted(Path(sweep_dir).glob(f"*/{RESULT_FILE}"))]
-    return [job["job_run_id"] for job in found if job.get("kind", "score") == "score"]
+    """Job run ids recorded by the scoring jobs of one sweep."""
+    return [job["job_run_id"] for job in sweep.job_results(sweep_dir, "score")]
 
 
 def sweep_layouts(records: list[ScoreRecord]) -> list[str]:
@@ -90,7 +88,7 @@ class AggregateCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         store = tracking.connect_cfg(config.tracking)
         sweep_run = sweep.recorded(sweep_dir, store)
-        run_ids, explained = sweep_run_ids(sweep_dir), grids.sweep_jobs(sweep_dir)
+        run_ids, explained = sweep_run_ids(sweep_dir), sweep.job_results(sweep_dir, KIND)
         if not run_ids and not explained:
             log.warning("no job of sweep %s finished; no table written", sweep_dir)
             if sweep_run:

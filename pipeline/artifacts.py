@@ -128,10 +128,15 @@ def write_output(directory: Path, output: StageOutput) -> dict[str, str]:
         metrics = {k: (None if math.isnan(float(v)) else float(v)) for k, v in output.metrics.items()}
         path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
         checksums[path.name] = sha256_file(path)
-    for name, data in output.figures.items():
+    write_files(directory, output.figures)
+    return checksums
+
+
+def write_files(directory: Path, files: Mapping[str, bytes]) -> None:
+    """Files named by relative paths (`overlays/a.png`) under `directory`."""
+    for name, data in files.items():
         (directory / name).parent.mkdir(parents=True, exist_ok=True)
         (directory / name).write_bytes(data)
-    return checksums
 
 
 def read_output(directory: Path, names: Mapping[str, str]) -> StageOutput:

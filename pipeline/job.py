@@ -19,7 +19,7 @@ from pipeline.models import ModelLoader, ModelSpec, library_versions, resolve_de
 
 log = logging.getLogger(__name__)
 
-RESULT_FILE = "result.json"
+RESULT_FILE = sweep.RESULT_FILE
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ def plot(table: pd.DataFrame, path: Path) -> Path:
         ax.set_title(" / ".join(map(str, group)))
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].legend(title="prompt set", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.suptitle(f"Prompt engineering: gain over the class name alone, with 95 % paired-bootstrap intervals")
+    fig.suptitle("Prompt engineering: gain over the class name alone, with 95 % paired-bootstrap intervals")
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 SWEEP_STAGE = "sweep"
 SWEEP_FILE = "sweep_run.json"
+# What each job leaves in its folder for the aggregate step (Hydra gives the multirun callback no job results).
+RESULT_FILE = "result.json"
 
 
 def start(store: TrackingStore, sweep_dir: Path) -> str:
@@ -49,6 +51,17 @@ def parent_of(sweep_dir: Path | None, store: TrackingStore) -> str | None:
     """The sweep run a job of `sweep_dir` belongs to; None outside a multirun, for a sweep started by a version
     without sweep runs, or when the job writes to another store than its sweep's run."""
     return recorded(sweep_dir, store) if sweep_dir is not None else None
+
+
+def job_results(sweep_dir: Path, kind: str) -> list[dict]:
+    """The `result.json` of every job of one kind (`score`, or `explain`) in `sweep_dir`, in job order."""
+    paths = sorted(Path(sweep_dir).glob(f"*/{RESULT_FILE}"), key=lambda path: _job_number(path.parent.name))
+    found = [json.loads(path.read_text()) for path in paths]
+    return [job for job in found if job.get("kind", "score") == kind]
+
+
+def _job_number(name: str) -> tuple[int, str]:
+    return (int(name), "") if name.isdigit() else (1 << 30, name)
 
 
 def recorded(sweep_dir: Path, store: TrackingStore) -> str | None:

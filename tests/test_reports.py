@@ -2,7 +2,6 @@
 matrix, metrics over training, and the HTML report."""
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 

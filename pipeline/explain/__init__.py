@@ -7,7 +7,7 @@ holds the maps as arrays, each map as its own `.npy` and a PNG overlay for peopl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -44,10 +44,11 @@ def explain_key(image_model: ModelKey, text_precision: str, spec: ExplainSpec, s
 
 @dataclass(frozen=True)
 class Prepared:
-    """What a miss reads before its run exists: the images as the model sees them, the captions and their
-    embeddings, and the (image, caption) pairs."""
+    """What a miss reads before its run exists: the images as the model sees them and the normalization the model
+    applies after, the captions and their embeddings, and the (image, caption) pairs."""
 
     seen: torch.Tensor
+    normalize: Callable[[torch.Tensor], torch.Tensor]
     captions: list[str]
     pairs: list[tuple[int, int]]
     texts: torch.Tensor
@@ -55,22 +56,21 @@ class Prepared:
 
 def prepare(loaded: LoadedModel, spec: ExplainSpec, source: Source, model_label: str, text_precision: str) -> Prepared:
     vit_blocks(loaded.model.visual, model_label)  # refuses other towers before any image is read
-    view, _ = inputs.split_preprocess(loaded.preprocess)
+    view, normalize = inputs.split_preprocess(loaded.preprocess)
     seen, labels = inputs.read(source, view)
     classnames = source.dataset.classnames if source.dataset is not None else []
     captions, pairs = inputs.pairs(spec, len(seen), labels, classnames)
-    return Prepared(seen, captions, pairs, encode_captions(loaded, captions, text_precision))
+    return Prepared(seen, normalize, captions, pairs, encode_captions(loaded, captions, text_precision))
 
 
 def compute(loaded: LoadedModel, spec: ExplainSpec, source: Source, prepared: Prepared, model_label: str,
             image_precision: str) -> StageOutput:
     """Every pair's map, a batch of pairs at a time under one progress bar."""
-    _, normalize = inputs.split_preprocess(loaded.preprocess)
     pairs, relevance, logits = prepared.pairs, [], []
     with tqdm(total=len(pairs), desc=f"explain {model_label}", unit="map") as bar:
         for start in range(0, len(pairs), spec.batch_size):
             chunk = pairs[start:start + spec.batch_size]
-            images = normalize(prepared.seen[[image for image, _ in chunk]])
+            images = prepared.normalize(prepared.seen[[image for image, _ in chunk]])
             try:
                 maps = relevance_maps(loaded, images, prepared.texts[[caption for _, caption in chunk]], model_label,
                                       image_precision, spec.start_layer)

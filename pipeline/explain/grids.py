@@ -2,7 +2,6 @@
 sweep's jobs used (each job names its run in its `result.json`)."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -12,22 +11,9 @@ import numpy as np
 from pipeline import artifacts
 from pipeline.explain.figures import Column, grid, slug
 from pipeline.explain.inputs import distinct
-from pipeline.explain.job import KIND
-from pipeline.job import RESULT_FILE
 from pipeline.tracking import TrackingStore
 
 log = logging.getLogger(__name__)
-
-
-def sweep_jobs(sweep_dir: Path) -> list[dict]:
-    """The explain jobs of a sweep, in job order: their labels and explain runs."""
-    found = [json.loads(path.read_text()) for path in sorted(Path(sweep_dir).glob(f"*/{RESULT_FILE}"),
-                                                             key=lambda p: _job_number(p.parent.name))]
-    return [job for job in found if job.get("kind") == KIND]
-
-
-def _job_number(name: str) -> tuple[int, str]:
-    return (int(name), "") if name.isdigit() else (1 << 30, name)
 
 
 def rows_of(arrays: Mapping[str, np.ndarray]) -> list[tuple[str, str]]:

@@ -239,6 +239,6 @@ def pairs(spec: ExplainSpec, count: int, labels: list[int] | None, classnames: l
     or each image with its own label's prompt."""
     if spec.captions is not None:
         return list(spec.captions), [(image, caption) for caption in range(len(spec.captions)) for image in range(count)]
-    captions = list(dict.fromkeys(spec.template.format(c=classnames[label]) for label in labels))
-    return captions, [(image, captions.index(spec.template.format(c=classnames[label])))
-                      for image, label in enumerate(labels)]
+    prompts = [spec.template.format(c=classnames[label]) for label in labels]
+    captions = list(dict.fromkeys(prompts))
+    return captions, [(image, captions.index(prompt)) for image, prompt in enumerate(prompts)]

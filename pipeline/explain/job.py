@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import datasets, job_run, precision, sweep, tracking
+from pipeline import artifacts, datasets, job_run, precision, sweep, tracking
 from pipeline.cache import StageCache
 from pipeline.embed import ModelKey
 from pipeline.explain import Explained, explain, figures, inputs
@@ -69,13 +69,13 @@ def run_explain_job(cfg: DictConfig, output_dir: Path | None = None, sweep_dir: 
               "captions": "; ".join(spec.captions)[:500] if spec.captions else inputs.LABEL_PROMPTS,
               "precision.image": recipe.image, "precision.text": recipe.text,
               **{f"lib.{name}": version for name, version in versions.items()}}
+    params = flatten(cfg)
     store = tracking.connect_cfg(cfg.tracking)
     name = f"explain:{labels['model_name']}:{labels['pretrained']}"
-    with job_run.job_run(store, labels, flatten(cfg), sweep.parent_of(sweep_dir, store), EXPLAIN_JOB_STAGE,
-                         name) as run_id:
+    with job_run.job_run(store, labels, params, sweep.parent_of(sweep_dir, store), EXPLAIN_JOB_STAGE, name) as run_id:
         cache = StageCache(store, enabled=cfg.cache.enabled, force=cfg.cache.force,
                            claim_timeout_s=float(cfg.cache.claim_timeout_s), parent_run_id=run_id)
-        explained = explain(cache, loader, spec, source, image_model, recipe.text, tags=tags, params=flatten(cfg))
+        explained = explain(cache, loader, spec, source, image_model, recipe.text, tags=tags, params=params)
         used = [job_run.dataset_input(source.dataset, "explain")] if source.dataset is not None else []
         maps = len(explained.arrays["pair_image"])
         job_run.record(store, run_id, {"explain": explained.run_id}, {"maps": float(maps)}, used)
@@ -90,9 +90,7 @@ def run_explain_job(cfg: DictConfig, output_dir: Path | None = None, sweep_dir: 
 def write_files(output_dir: Path, result: ExplainResult, tracking_uri: str) -> None:
     """The maps and overlays beside the job's log, and `result.json` for the aggregate step."""
     folder = output_dir / FIGURES_DIR
-    for name, data in figures.pair_files(result.explained.arrays).items():
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(data)
+    artifacts.write_files(folder, figures.pair_files(result.explained.arrays))
     payload = {"kind": KIND, "job_run_id": result.job_run_id, "explain_run_id": result.explained.run_id,
                "label": result.label, "tracking_uri": tracking_uri}
     (output_dir / RESULT_FILE).write_text(json.dumps(payload, indent=2))
