@@ -52,10 +52,10 @@ test-fast: assets ## Run the fast unit tests only
 
 PORT ?= 5000
 ui: $(STAMP) ## Serve the MLflow UI on the local store and print (and open) its runs view (PORT=5000)
-	$(PY) -m pipeline.ui port=$(PORT) $(ARGS)
+	$(PY) -m pipeline.lab.ui port=$(PORT) $(ARGS)
 
 server: $(STAMP) ## The lab's MLflow tracking server: PostgreSQL backend, proxied artifacts, on 127.0.0.1:5000 (ARGS=key=value ...)
-	$(PY) -m pipeline.server $(ARGS)
+	$(PY) -m pipeline.lab.server $(ARGS)
 
 clean: ## Remove generated outputs (runs, store, bundled assets); keeps .venv/
 	find outputs -mindepth 1 ! -name README.md -exec rm -rf {} +

@@ -1,16 +1,41 @@
-"""Zero-shot CLIP benchmark tables: Hydra configs, embed -> classify -> score -> aggregate, cached in MLflow."""
+"""CLIP benchmark tables as an experiment pipeline: Hydra configs -> stages -> artifacts cached in MLflow -> reports.
+
+The package is grouped by role; a group imports only from the groups listed before it (`tests/test_package.py`
+checks it):
+
+    errors          PipelineError and one-line reporting: what every part shares
+    data, store     datasets, readers, remote copies, the catalog, prompt sets | the tracking store, the
+                    content-keyed cache, artifacts, claims, links into the MLflow UI (neither imports the other)
+    models          open_clip models, their fingerprints and the precision recipes
+    stages          embed -> heads (zero-shot classifier, linear probe) / classify -> score (metrics, intervals),
+                    and the explain stage
+    reports         score records, tables, layouts, plots and report.html, and the published reference data
+    jobs, lab,      one job of a sweep, its job run and the sweep run (and the Hydra launchers in hydra_plugins/) |
+    offline         the lab's tracking server, its PostgreSQL cluster and the UI | the bundled offline assets
+                    (none imports another)
+    entry points    `python -m pipeline`, `python -m pipeline.aggregate`, and bench/ (`make bench`)
+
+This module only wires the config: it registers the OmegaConf resolvers the configs use.
+"""
 import os
 import warnings
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from pipeline.sources import dataset_root
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _dataset_root(data_root: str | None, source: str, key: str) -> str:
+    from pipeline.data.sources import dataset_root
+
+    return dataset_root(data_root, source, key)
+
 
 # Lets conf/paths/default.yaml make every location absolute once, relative to the launch directory.
 OmegaConf.register_new_resolver("abspath", lambda path: str(Path(path).expanduser().resolve()), replace=True)
 # Lets each catalog dataset point at its public copy, or at a local mirror when `data_root` is set.
-OmegaConf.register_new_resolver("dataset_root", dataset_root, replace=True)
+OmegaConf.register_new_resolver("dataset_root", _dataset_root, replace=True)
 # How many GPUs this process sees: the submitit_local launcher gives its jobs that many (it hides them otherwise).
 OmegaConf.register_new_resolver("visible_gpus", lambda: __import__("torch").cuda.device_count(), replace=True)
 # conf/hydra/launcher/submitit_{slurm,local}.yaml replace the plugin's presets of the same name, so Hydra 1.3
@@ -19,17 +44,3 @@ OmegaConf.register_new_resolver("visible_gpus", lambda: __import__("torch").cuda
 warnings.filterwarnings("ignore", message=r"\n'hydra/launcher/submitit_\w+' is validated against ConfigStore schema")
 # A cache hit downloads a few small files; MLflow's per-download progress bars would bury the one line per stage.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
-class PipelineError(RuntimeError):
-    """A bad input or environment: the message says what was wrong and what to do."""
-
-
-def one_line(error: BaseException | str) -> str:
-    """An error's message on one line: a DataLoader worker's re-raised error carries the worker's whole
-    traceback, whose last line is the actual error; other multi-line messages keep their first line."""
-    text = str(error).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    return lines[-1] if "Traceback" in text else lines[0]

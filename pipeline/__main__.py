@@ -10,9 +10,10 @@ from hydra.types import RunMode
 from hydra_plugins.clip_tables.launcher import LocalLauncher, SlurmLauncher
 from omegaconf import DictConfig
 
-from pipeline.cli import reported
-from pipeline.explain.job import requested, run_explain_job
-from pipeline.job import run_job
+from pipeline import CONF_DIR
+from pipeline.errors import reported
+from pipeline.jobs.explaining import requested, run_explain_job
+from pipeline.jobs.scoring import run_job
 
 # Hydra 1.3 finds plugins by walking the hydra_plugins namespace, which a PEP 660 editable install (`pip install
 # -e`) hides from it (facebookresearch/hydra#3252); registering the launchers by hand works for every install.
@@ -20,7 +21,7 @@ for launcher in (LocalLauncher, SlurmLauncher):
     Plugins.instance().register(launcher)
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 @reported
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()

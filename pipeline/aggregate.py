@@ -15,14 +15,16 @@ from hydra.experimental.callback import Callback
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import (PipelineError, comparisons, fewshot, layouts, one_line, prompt_gains, report, results,
-                      robustness, sweep, tables, tracking, training_curves, ui)
-from pipeline.artifacts import ArtifactUnavailable, CorruptArtifact
-from pipeline.cli import reported, reported_hook
-from pipeline.explain import grids
-from pipeline.explain.job import KIND
-from pipeline.results import ScoreRecord
-from pipeline.tracking import PARENT_TAG, TrackingStore
+from pipeline import CONF_DIR
+from pipeline.data.prompts import PROMPT_FREE
+from pipeline.errors import PipelineError, one_line, reported, reported_hook
+from pipeline.jobs import sweep
+from pipeline.jobs.explaining import KIND
+from pipeline.reports import comparisons, fewshot, layouts, page, relevance, results, robustness
+from pipeline.reports.results import ScoreRecord
+from pipeline.store import links, tracking
+from pipeline.store.artifacts import ArtifactUnavailable, CorruptArtifact
+from pipeline.store.tracking import PARENT_TAG, TrackingStore
 
 log = logging.getLogger(__name__)
 
@@ -45,32 +47,20 @@ def sweep_run_ids(sweep_dir: Path) -> list[str]:
     return [job["job_run_id"] for job in sweep.job_results(sweep_dir, "score")]
 
 
-def sweep_layouts(records: list[ScoreRecord]) -> list[str]:
-    """The layouts a sweep's results call for, beyond the per-prompt-set tables."""
-    wanted = [("openclip38", any(map(tables.openclip38_eligible, records))),
-              ("fewshot", layouts.has_probes(records)),
-              ("prompt_gains", prompt_gains.applies(records)),
-              ("robustness", robustness.covers(records)),
-              ("training_curves", training_curves.applies(records))]
-    return [name for name, applies in wanted if applies]
-
-
 def jobs_view(store: TrackingStore, sweep_run: str) -> str:
     """A saved view of the runs table listing this sweep's job runs with their metric columns (a link alone cannot
     choose columns)."""
     client = store.client
-    search = f"{ui.JOB_FILTER} and tags.`{PARENT_TAG}` = '{sweep_run}'"
-    return ui.share_view(client, store.experiment_id, f"sweep-{sweep_run}", search,
-                         ui.job_metric_columns(client, store.experiment_id, search))
+    search = f"{links.JOB_FILTER} and tags.`{PARENT_TAG}` = '{sweep_run}'"
+    return links.share_view(client, store.experiment_id, f"sweep-{sweep_run}", search,
+                            links.job_metric_columns(client, store.experiment_id, search))
 
 
-def write_report(out_dir: Path, title: str, written: Mapping[str, list[Path]], records: list[ScoreRecord],
+def write_report(out_dir: Path, title: str, sections: list[page.Section], records: list[ScoreRecord],
                  store: TrackingStore, ui_url: str, sweep_run: str | None, aggregate: str) -> Path:
-    sections = [report.Section(layouts.TITLES[name], [f for f in files if f.suffix in (".csv", ".png")])
-                for name, files in written.items()]
     view = jobs_view(store, sweep_run) if sweep_run and records else None  # explain jobs have no metric columns
-    links = report.Links(ui_url, store.experiment_id, sweep_run, aggregate, view)
-    return report.write(out_dir / report.REPORT_FILE, title, sections, records, links)
+    found = page.Links(ui_url, store.experiment_id, sweep_run, aggregate, view)
+    return page.write(out_dir / page.REPORT_FILE, title, sections, records, found)
 
 
 class AggregateCallback(Callback):
@@ -97,40 +87,40 @@ class AggregateCallback(Callback):
         records = results.from_runs(store, run_ids)
         metric = config.metric.name
         with aggregate_run(store, {"sweep_dir": str(sweep_dir), "metric": metric}, sweep_run) as run_id:
-            written, markdown = sweep_tables(records, metric, sweep_dir, store) if records else ({}, "")
+            written = sweep_tables(records, metric, sweep_dir, store) if records else {}
             if explained:
                 try:
-                    written["relevance"] = grids.write_grids(store, explained, sweep_dir)
+                    grids = relevance.write_grids(store, explained, sweep_dir)
+                    written[relevance.TITLE] = layouts.Written(grids, "")
                 except (PipelineError, CorruptArtifact, ArtifactUnavailable, MlflowException) as exc:
                     log.warning("no relevance grid for this sweep: %s", one_line(exc))
-            page = write_report(sweep_dir, f"Sweep {sweep_dir.parent.name}/{sweep_dir.name}", written, records, store,
-                                str(config.tracking.get("ui_url") or store.uri), sweep_run, run_id)
-            log_files(store, run_id, [f for files in written.values() for f in files] + [page])
+            sections = [page.Section(title, done.on_page) for title, done in written.items()]
+            report = write_report(sweep_dir, f"Sweep {sweep_dir.parent.name}/{sweep_dir.name}", sections, records,
+                                  store, str(config.tracking.get("ui_url") or store.uri), sweep_run, run_id)
+            log_files(store, run_id, [f for done in written.values() for f in done.files] + [report])
         if sweep_run:
             sweep.finish(store, sweep_run)
-        print(f"\n{markdown}\nTables, plots and {page.name} written to {sweep_dir}", flush=True)
+        markdown = "\n".join(done.markdown for done in written.values() if done.markdown)
+        print(f"\n{markdown}\nTables, plots and {report.name} written to {sweep_dir}", flush=True)
 
 
 def sweep_tables(records: list[ScoreRecord], metric: str, sweep_dir: Path, store: TrackingStore
-                 ) -> tuple[dict[str, list[Path]], str]:
-    """The per-prompt-set tables and every layout the sweep's results call for: their files by layout, and the
-    markdown printed at the end."""
+                 ) -> dict[str, layouts.Written]:
+    """Every layout the sweep's results call for, by title, the per-prompt-set tables first."""
     replicates = results.replicate_loader(store)
-    written: dict[str, list[Path]] = {}
-    files, markdown = layouts.write_layout(records, "per_prompts", metric, sweep_dir)
-    written["per_prompts"] = files
-    for layout in sweep_layouts(records):
+    written: dict[str, layouts.Written] = {}
+    for layout in layouts.sweep_layouts(records):
         compared = records
-        if layout == "fewshot":
+        if layout.name == "fewshot":  # a probe sweep is compared with the zero-shot runs made before it
             compared = records + fewshot.zero_shot_partners(records, results.latest_in_store(store))
+        request = layouts.Request(compared, metric, sweep_dir, replicates=replicates, store=store)
         try:
-            files, more = layouts.write_layout(compared, layout, metric, sweep_dir, replicates=replicates, store=store)
+            written[layout.title] = layouts.write_layout(layout.name, request)
         except PipelineError as exc:  # a report the results cannot make costs that report, not the others
-            log.warning("no %s report for this sweep: %s", layout, exc)
-            continue
-        written[layout] = files
-        markdown += "\n" + more
-    return written, markdown
+            if layout.name == "per_prompts":
+                raise
+            log.warning("no %s report for this sweep: %s", layout.name, exc)
+    return written
 
 
 def warn_without_replicates(records: list[ScoreRecord], replicates: comparisons.Replicates) -> None:
@@ -145,13 +135,13 @@ def warn_without_replicates(records: list[ScoreRecord], replicates: comparisons.
 def select(records: list[ScoreRecord], prompts: str | None, protocol: str | None) -> list[ScoreRecord]:
     """One prompt set's results (with the prompt-free tasks' and result files'), one protocol's (and result files')."""
     if prompts:
-        records = [r for r in records if r.prompts in (prompts, tables.ANY_PROMPTS, results.EXTERNAL_PROMPTS)]
+        records = [r for r in records if r.prompts in (prompts, PROMPT_FREE, results.EXTERNAL_PROMPTS)]
     if protocol:
         records = [r for r in records if r.protocol == protocol or r.is_external]
     return records
 
 
-@hydra.main(config_path="../conf", config_name="aggregate", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="aggregate", version_base="1.3")
 @reported
 def main(cfg: DictConfig) -> None:
     store = tracking.connect_cfg(cfg.tracking)
@@ -166,8 +156,8 @@ def main(cfg: DictConfig) -> None:
                      cfg.protocol.name if cfg.get("protocol") else None)
     if not records:
         raise PipelineError(f"no finished job runs found in {source}; run `python -m pipeline` first")
-    output = Path(cfg.output).resolve() if cfg.output else None
-    wants_replicates = (cfg.intervals or cfg.layout in ("compare", "prompt_gains")) and not cfg.results_dir
+    layout = layouts.get(cfg.layout)
+    wants_replicates = (cfg.intervals or layout.needs_replicates) and not cfg.results_dir
     replicates = results.replicate_loader(store) if wants_replicates else None
     if cfg.intervals and cfg.results_dir:
         log.warning("intervals=true: result files (results_dir=) carry no bootstrap replicates; no interval is shown")
@@ -176,13 +166,14 @@ def main(cfg: DictConfig) -> None:
     baseline = (robustness_baseline(cfg) if cfg.layout == "robustness" else
                 OmegaConf.to_container(cfg.baseline) if OmegaConf.is_config(cfg.baseline) else cfg.baseline)
     out_dir = Path(cfg.output_dir)
+    request = layouts.Request(records, cfg.metric.name, out_dir, Path(cfg.output).resolve() if cfg.output else None,
+                              cfg.mean_row, cfg.intervals, replicates, baseline, store)
     with aggregate_run(store, {"source": source, "layout": cfg.layout, "metric": cfg.metric.name}) as run_id:
-        files, markdown = layouts.write_layout(records, cfg.layout, cfg.metric.name, out_dir, output, cfg.mean_row,
-                                               replicates, baseline, store)
-        page = write_report(out_dir, f"{layouts.TITLES[cfg.layout]} ({source})", {cfg.layout: files}, records, store,
-                            str(cfg.tracking.get("ui_url") or store.uri), None, run_id)
-        log_files(store, run_id, files + [page])
-    print(f"\n{markdown}\nWritten: {', '.join(map(str, files + [page]))}", flush=True)
+        written = layouts.write_layout(cfg.layout, request)
+        report = write_report(out_dir, f"{layout.title} ({source})", [page.Section(layout.title, written.on_page)],
+                              records, store, str(cfg.tracking.get("ui_url") or store.uri), None, run_id)
+        log_files(store, run_id, written.files + [report])
+    print(f"\n{written.markdown}\nWritten: {', '.join(map(str, written.files + [report]))}", flush=True)
 
 
 def robustness_baseline(cfg: DictConfig) -> robustness.Baseline:

@@ -10,12 +10,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import pipeline  # noqa: F401  (registers the `abspath` resolver)
-from pipeline import tracking
 from pipeline.offline.shapes import ensure_shapes
 from pipeline.offline.tiny_clip import ensure_checkpoint
+from pipeline.store import tracking
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
+FIXTURES = REPO / "tests" / "fixtures"  # small files the tests read (see its README)
 ASSETS = REPO / "outputs"
 
 

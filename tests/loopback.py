@@ -263,7 +263,7 @@ def postgres_mlflow_server() -> Iterator[str]:
     The folder is made under /tmp rather than pytest's tmp_path, whose 0700 parents the `postgres` user cannot enter."""
     folder = Path(tempfile.mkdtemp(prefix="clip-tables-lab-"))
     folder.chmod(0o755)
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.server", f"folder={folder}/server",
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.lab.server", f"folder={folder}/server",
                                 f"port={free_port()}", f"postgres.port={free_port()}", "workers=2"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

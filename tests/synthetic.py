@@ -12,8 +12,8 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
+from pipeline.data.sources import dataset_root
 from pipeline.offline import shapes
-from pipeline.sources import dataset_root
 
 CLASSES = shapes.CLASSNAMES
 

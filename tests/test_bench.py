@@ -1,8 +1,15 @@
-"""The benchmarks' fixtures (`make bench` is too long for `make test`): the data they generate is readable and in
-the layout the pipeline reads, and generating it prints nothing."""
+"""`make bench`'s parts (the benchmarks themselves are too long for `make test`): the data they generate is
+readable and in the layout the pipeline reads, the processes they time are the commands a user runs, the embedding
+benchmark times both loops, and `python -m pipeline.bench` starts."""
+import subprocess
+import sys
 import tarfile
 
-from pipeline.bench import fixtures
+import pytest
+import torch
+
+from pipeline.bench import embedding, fixtures, processes
+from pipeline.models.loading import ModelLoader, ModelSpec
 
 
 def test_bench_fixtures_write_quiet_webdatasets(tmp_path, capsys):
@@ -15,3 +22,32 @@ def test_bench_fixtures_write_quiet_webdatasets(tmp_path, capsys):
                           if name.endswith((".png", ".jpg", ".webp")))
         assert shards and with_images == samples
     assert (named / "classnames.txt").read_text().split() == ["tench", "goldfish"]
+
+
+def test_a_failing_benchmarked_command_says_why_and_timing_needs_a_clean_exit():
+    assert processes.seconds([sys.executable, "-c", "pass"]) > 0
+    with pytest.raises(processes.BenchFailure, match=r"exited 3:\nboom"):
+        processes.seconds([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"])
+
+
+def test_the_sweep_is_one_multirun_over_datasets_and_prompt_sets(tmp_path):
+    sets = [processes.Dataset("bench0", tmp_path / "bench0"), processes.Dataset("bench1", tmp_path / "bench1")]
+    conf = processes.dataset_configs(tmp_path, sets)
+    assert (conf / "dataset" / "bench1.yaml").read_text().startswith("name: bench1\n")
+    arguments = processes.pipeline_arguments(processes.Model("ViT-B-32", tmp_path / "ckpt.pt"), sets,
+                                             ["dataset", "classname"], processes.Settings(64, 2), conf)
+    assert arguments[0] == "-m" and "dataset=bench0,bench1" in arguments and "prompts=dataset,classname" in arguments
+    assert processes.pipeline_command(arguments)[1:3] == ["-m", "pipeline"]
+
+
+def test_the_embedding_benchmark_measures_both_loops_on_the_same_images(tmp_path, tiny_checkpoint):
+    loaded = ModelLoader(ModelSpec("tiny", "tiny-clip", str(tiny_checkpoint), "fp32"), torch.device("cpu")).get()
+    root = fixtures.named_classes(tmp_path / "embed", ["tench", "goldfish"], per_class=8, seed=4, size=32)
+    bare, ours = embedding.compare(loaded, root, batch_size=4, workers=0, repeats=1)
+    assert bare.images == ours.images == 16 and bare.per_second > 0 and ours.per_second > 0
+
+
+def test_the_benchmark_command_describes_its_figures():
+    done = subprocess.run([sys.executable, "-m", "pipeline.bench", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "Targets: (1) >= 4x" in done.stdout

@@ -5,7 +5,7 @@ import pytest
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
-from tests.conftest import CONF, compose_config
+from tests.conftest import CONF, FIXTURES, compose_config
 
 GROUPS = {"model": 19, "dataset": 65, "prompts": 10, "metric": 5, "tracking": 2}
 
@@ -50,7 +50,7 @@ def test_one_override_repoints_every_dataset_at_a_mirror(tmp_path):
 
 
 def test_suites_sweep_their_datasets():
-    from pipeline import catalog
+    from pipeline.data import catalog
 
     assert len(catalog.suite("datacomp38")) == 38 and len(catalog.suite("vtab_plus")) == 35
     assert len(catalog.suite("tfds17")) == 17
@@ -95,12 +95,12 @@ def test_aggregate_config_composes():
 
 def test_tfds_configs_use_the_split_the_blog_used():
     """The blog's TFDS tables (Tables 3-4) were computed on `train`: ten of the 17 sets have no other split, and
-    where one exists every value is a multiple of 1/|train| (tests/data/tfds_splits.csv, from the TFDS catalog)."""
+    where one exists every value is a multiple of 1/|train| (tests/fixtures/tfds_splits.csv, from the TFDS catalog)."""
     import pandas as pd
 
-    from pipeline import catalog
+    from pipeline.data import catalog
 
-    splits = pd.read_csv(Path(__file__).parent / "data" / "tfds_splits.csv").set_index("dataset")
+    splits = pd.read_csv(FIXTURES / "tfds_splits.csv").set_index("dataset")
     keys = catalog.suite("tfds17")
     assert sorted(k.removeprefix("tfds/") for k in keys) == sorted(splits.index)
     for key in keys:

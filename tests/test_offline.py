@@ -1,7 +1,12 @@
-"""The bundled assets: the tiny model trains deterministically, and its checkpoint loads through open_clip."""
+"""The bundled assets: the tiny model trains deterministically, its checkpoint loads through open_clip, and
+`python -m pipeline.offline` rebuilds nothing that is there."""
+import shutil
+import subprocess
+import sys
+
 import torch
 
-from pipeline.models import ModelSpec, load_model
+from pipeline.models.loading import ModelSpec, load_model
 from pipeline.offline.tiny_clip import train
 
 
@@ -16,3 +21,17 @@ def test_checkpoint_loads_with_open_clips_loader(tiny_checkpoint):
     saved = torch.load(tiny_checkpoint, weights_only=True)["state_dict"]
     for name, value in loaded.model.state_dict().items():
         assert torch.equal(value, saved[name]), name
+
+
+def test_the_command_builds_only_what_is_missing(tmp_path, shapes_root, tiny_checkpoint):
+    """`python -m pipeline.offline` (`make assets`) on a folder that holds the assets already finds them there."""
+    outputs = tmp_path / "outputs"
+    shutil.copytree(shapes_root, outputs / "data" / "shapes")
+    shutil.copytree(tiny_checkpoint.parent, outputs / "models")
+    before = {path: path.stat().st_mtime_ns for path in outputs.rglob("*") if path.is_file()}
+    done = subprocess.run([sys.executable, "-m", "pipeline.offline", "--outputs", str(outputs)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"dataset: {outputs / 'data' / 'shapes'}" in done.stdout
+    assert f"checkpoint: {outputs / 'models' / 'tiny-clip.pt'}" in done.stdout
+    assert {path: path.stat().st_mtime_ns for path in outputs.rglob("*") if path.is_file()} == before

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from omegaconf import OmegaConf
 
-from pipeline import catalog, tracking
-from pipeline.datasets import FINGERPRINT_HEAD_BYTES
+from pipeline.data import catalog
+from pipeline.data.datasets import FINGERPRINT_HEAD_BYTES
+from pipeline.store import tracking
 from tests import synthetic
 from tests.conftest import CONF, asset_overrides, run_pipeline
 
@@ -52,7 +52,7 @@ def assert_intervals_are_the_stored_outcomes_resampled(workdir: Path, score_run)
     interval is a direct resampling of its stored outcomes; job runs log their headline metric's bounds."""
     import numpy as np
 
-    from pipeline import uncertainty
+    from pipeline.stages import uncertainty
 
     results = pd.read_csv(sweep_dirs(workdir)[0] / "results.csv")
     acc1 = results[results["metric"] == "acc1"]

@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from pipeline import datasets, prompts
+from pipeline import CONF_DIR
 from pipeline.bench import embedding, fixtures
 from pipeline.bench.processes import (BenchFailure, Dataset, Model, Settings, bare_command, clip_benchmark_command,
                                       dataset_configs, pipeline_arguments, pipeline_command, recording_command, seconds)
-from pipeline.models import ModelLoader, ModelSpec, resolve_device
+from pipeline.data import datasets, prompts
+from pipeline.models.loading import ModelLoader, ModelSpec, resolve_device
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 SWEEP_PROMPTS = ["dataset", "classname", "a_photo_of", "simple_imagenet"]
 
 
@@ -33,7 +33,7 @@ def templates_of(prompt_set: str, dataset: Dataset) -> list[str]:
     """The templates a prompt set resolves to on `dataset`, as this pipeline resolves them."""
     spec = datasets.DatasetSpec(dataset.name, "zeroshot_classification", str(dataset.root), "test", "acc1")
     info = datasets.describe(spec)
-    with initialize_config_dir(str(CONF), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"prompts={prompt_set}"]).prompts
     resolved = prompts.resolve(cfg, dataset.name, info.templates, info.classnames)
     assert isinstance(resolved, list), f"{prompt_set} is not a template list"

@@ -10,9 +10,10 @@ from typing import Iterator
 
 import torch
 
-from pipeline import datasets, embed
-from pipeline.models import LoadedModel
-from pipeline.readers import Batch
+from pipeline.data import datasets
+from pipeline.data.readers import Batch
+from pipeline.models.loading import LoadedModel
+from pipeline.stages import embed
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import open_clip
 import torch
 from tqdm import tqdm
 
-from pipeline.models import register_project_architectures
+from pipeline.models.loading import register_project_architectures
 from pipeline.offline import shapes
 
 log = logging.getLogger(__name__)

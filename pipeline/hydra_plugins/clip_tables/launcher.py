@@ -18,7 +18,7 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 
-from pipeline import one_line
+from pipeline.errors import one_line
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,42 @@
+"""The dataset catalog as data: each conf/dataset config's key, table column, task and main metric, and the suites."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from omegaconf import OmegaConf
+
+from pipeline import CONF_DIR
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    key: str
+    column: str | None
+    task: str
+    main_metric: str
+    source: str | None = None  # whose copy the config reads by default: DataComp's evaluation reads this one
+
+
+@lru_cache(maxsize=1)
+def entries() -> dict[str, CatalogEntry]:
+    """Every dataset config by key (its `name`), read without resolving roots."""
+    found: dict[str, CatalogEntry] = {}
+    for path in sorted((CONF_DIR / "dataset").rglob("*.yaml")):
+        node = OmegaConf.load(path)
+        if OmegaConf.is_missing(node, "name"):
+            continue
+        found[node.name] = CatalogEntry(node.name, node.get("column"), node.task, node.main_metric, node.get("source"))
+    return found
+
+
+@lru_cache(maxsize=None)
+def suite(name: str) -> tuple[str, ...]:
+    """The dataset keys a suite sweeps, in its order (read once: tables ask for every record)."""
+    node = OmegaConf.load(CONF_DIR / "suite" / f"{name}.yaml")
+    return tuple(str(node.hydra.sweeper.params.dataset).split(","))
+
+
+def lookup(dataset: str) -> CatalogEntry | None:
+    """A catalog entry by key, accepting clip_benchmark's `wds/` prefix."""
+    return entries().get(dataset.removeprefix("wds/"))

@@ -1,0 +1,321 @@
+"""Datasets: what a dataset config names, where its files are (remote roots fetched into local folders first),
+what identifies its content, and batches of images from the reader for its format (`pipeline/readers/`)."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing
+import os
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from omegaconf import OmegaConf
+
+from pipeline.data import remote, sources
+from pipeline.data.readers import Batch, hf, wds
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT_HEAD_BYTES = 1 << 16
+TASKS = ("zeroshot_classification", "zeroshot_retrieval", "winogavil")
+FORMATS = ("wds", "hf", "tfds", "folder")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset config: what it is, where it is, how it is scored."""
+
+    name: str
+    task: str
+    root: str
+    split: str
+    main_metric: str
+    format: str = "wds"
+    column: str | None = None
+    source: str = "local"  # whose copy: datacomp, clip_benchmark, nlphuji, tfds, or local for your own data
+    metadata_fields: tuple[str, ...] = ()
+    group_metrics: tuple[dict, ...] = ()
+    extra_metrics: tuple[str, ...] = ()
+    skip_corrupt: bool = False       # skip undecodable samples (changes the number: part of the image key)
+    hf_config: str | None = None     # the config folder of a Hub parquet conversion holding several
+    data_cache: str | None = None    # where remote data is cached (None: the Hub's own cache; HTTP under outputs/)
+    http_cache: str | None = None
+    train_split: str | None = None       # what linear probes fit on (null: the dataset has none)
+    validation_split: str | None = None  # a provided validation split (null: probes carve one from train)
+
+    @classmethod
+    def from_cfg(cls, cfg: Any, data_cache: str | None = None, http_cache: str | None = None) -> "DatasetSpec":
+        plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+        spec = cls(
+            plain["name"], plain["task"], str(plain["root"]), plain["split"], plain["main_metric"],
+            plain.get("format", "wds"), plain.get("column"), plain.get("source") or "local",
+            tuple(plain.get("metadata_fields") or ()), tuple(plain.get("group_metrics") or ()),
+            tuple(plain.get("extra_metrics") or ()), bool(plain.get("skip_corrupt", False)), plain.get("hf_config"),
+            data_cache, http_cache, plain.get("train_split"), plain.get("validation_split"),
+        )
+        if spec.task not in TASKS:
+            raise PipelineError(f"dataset.task={spec.task!r} is not one of {TASKS}")
+        if spec.format not in FORMATS:
+            raise PipelineError(f"dataset.format={spec.format!r} is not one of {FORMATS}")
+        for option in ("split", "train_split", "validation_split"):
+            value = getattr(spec, option)
+            if (option == "split" or value is not None) and not is_split_name(value):
+                raise PipelineError(f"dataset.{option}={value!r} is not a split name (train, test, ...)")
+        if spec.skip_corrupt and spec.format != "wds":
+            raise PipelineError(f"dataset.skip_corrupt=true applies to webdatasets (format wds), not {spec.format}")
+        if spec.root_kind == "local":
+            # Absolute from here on: a relative root never reaches a reader, where `./pipe:cmd` would turn into
+            # webdataset's `pipe:` handler and `x://y` into clip_benchmark's `curl`.
+            spec = replace(spec, root=str(Path(spec.root).expanduser().resolve()))
+        return spec
+
+    @property
+    def root_kind(self) -> str:
+        """`local`, `http` or `hub_id` (see `remote.check_root`); TFDS roots are data_dir folders."""
+        return remote.check_root(self.root, self.format)
+
+    @property
+    def is_remote(self) -> bool:
+        return self.root_kind != "local"
+
+    @property
+    def benchmark_name(self) -> str:
+        """The name clip_benchmark's builder dispatches on."""
+        prefix = "tfds/" if self.format == "tfds" else "wds/"
+        return self.name if self.name.startswith(prefix) else prefix + self.name.removeprefix("tfds/")
+
+
+def is_split_name(value: Any) -> bool:
+    return isinstance(value, str) and bool(value) and "/" not in value and not value.startswith(".")
+
+
+def probe_splits(spec: DatasetSpec) -> tuple[DatasetSpec, DatasetSpec | None]:
+    """The train (and provided validation) split of `spec` for a linear probe, or a one-line reason there is none."""
+    if spec.task != "zeroshot_classification":
+        raise PipelineError(f"head=linear_probe classifies images; dataset {spec.name} is a {spec.task} task")
+    if spec.train_split is None:
+        raise PipelineError(f"dataset {spec.name} has no train split (dataset.train_split is null), so no probe can "
+                            f"be fitted; use head=zeroshot, or set dataset.train_split to a split your copy holds")
+    if sources.holds_test_only(spec.source, spec.root):
+        raise PipelineError(f"dataset {spec.name}: DataComp's copy ({spec.root}) holds only the test split, and a "
+                            f"probe needs split {spec.train_split!r}; read CLIP_benchmark's copy with "
+                            f"dataset.source=clip_benchmark")
+    if spec.train_split in (spec.split, spec.validation_split):
+        raise PipelineError(f"dataset {spec.name}: dataset.train_split={spec.train_split!r} is also the split the "
+                            f"probe is scored on or validated with; pick distinct splits")
+    if spec.validation_split == spec.split:
+        raise PipelineError(f"dataset {spec.name}: dataset.validation_split={spec.validation_split!r} is the split "
+                            f"the probe is scored on; name another, or null to carve one from train")
+    validation = replace(spec, split=spec.validation_split) if spec.validation_split else None
+    return replace(spec, split=spec.train_split), validation
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What later stages need to know about a dataset before reading any image."""
+
+    spec: DatasetSpec
+    classnames: list[str]
+    templates: list[str]
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+
+# -- remote roots -----------------------------------------------------------------------------------------
+def fetched(spec: DatasetSpec, shards: bool) -> tuple[DatasetSpec, remote.LocalCopy | None]:
+    """`spec` pointing at a local copy of its remote webdataset root (fetched once, then served from the cache),
+    with that copy (what identifies the remote content, and the root pinned to it); no copy for a local root."""
+    if spec.root_kind != "http" or spec.format != "wds":
+        return spec, None
+    http_cache = Path(spec.data_cache or spec.http_cache or remote.DEFAULT_HTTP_CACHE).expanduser()
+    copy = remote.fetch_webdataset(spec.root, spec.split, hub_cache(spec), http_cache, shards)
+    return replace(spec, root=str(copy.folder)), copy
+
+
+def hub_cache(spec: DatasetSpec) -> str | None:
+    """The Hub cache to use: `<data_cache>/hub` when a data_cache is set, else the Hub's own (HF_HOME)."""
+    return str(Path(spec.data_cache) / "hub") if spec.data_cache else None
+
+
+# -- checks and fingerprints -----------------------------------------------------------------------------
+def check_local_layout(spec: DatasetSpec, shards: bool = True) -> None:
+    """Fail early, naming the path, when a local dataset is missing or incomplete (its shards too, with `shards`)."""
+    if spec.is_remote or spec.format == "tfds":
+        return
+    root = Path(spec.root)
+    if spec.format == "hf":
+        if not root.is_dir() and not (root.parent / hf.HF_CACHE).is_dir():
+            raise PipelineError(f"dataset root {root} does not exist (nor DataComp's {hf.HF_CACHE} beside it). Set "
+                                f"dataset.root (or data_root for the catalog) to a local mirror of the dataset.")
+        return
+    if not root.is_dir():
+        raise PipelineError(
+            f"dataset root {root} does not exist. Set dataset.root (or data_root for the catalog) to a directory in "
+            f"the dataset's layout (for the bundled data run `python -m pipeline.offline` or `make assets`)."
+        )
+    if spec.format == "folder":
+        if not (root / spec.split).is_dir():
+            raise PipelineError(f"{root / spec.split} is missing: an image folder needs <root>/<split>/<class>/<image>")
+        return
+    nshards = root / spec.split / "nshards.txt"
+    if not nshards.is_file():
+        raise PipelineError(f"{nshards} is missing: {root} has no split {spec.split!r} in webdataset layout")
+    if not shards:
+        return
+    missing = [str(path) for path in wds.shard_paths(root, spec.split) if not path.is_file()]
+    if missing:
+        raise PipelineError(f"dataset {spec.name}: shards missing: {', '.join(missing)}")
+
+
+def fingerprint(spec: DatasetSpec, remote_identity: dict | None = None) -> dict[str, Any]:
+    """Identify a dataset's content cheaply: a remote one by its address (and Hub commit), a local one by its
+    files' names, sizes and heads. Hashing every byte of ImageNet on each run would cost more than the
+    embedding it saves."""
+    identity = {"name": spec.name, "split": spec.split, "format": spec.format, "metadata": list(spec.metadata_fields)}
+    if remote_identity:
+        return {**identity, **remote_identity}
+    if spec.is_remote or spec.format == "tfds":
+        return {**identity, "root": spec.root}
+    root = Path(spec.root)
+    if spec.format == "hf" and not root.is_dir():
+        root = root.parent / hf.HF_CACHE
+    digest = hashlib.sha256()
+    files = sorted(p for p in root.rglob("*") if p.is_file() and (p.parent == root or spec.split in p.relative_to(root).parts
+                                                                   or spec.format == "hf"))
+    for path in files:
+        with open(path, "rb") as handle:
+            head = handle.read(FINGERPRINT_HEAD_BYTES)
+        digest.update(f"{path.relative_to(root)}:{path.stat().st_size}:".encode())
+        digest.update(hashlib.sha256(head).digest())
+    return {**identity, "content": digest.hexdigest()}
+
+
+# -- clip_benchmark's builder: metadata of local webdatasets, and TFDS ----------------------------------------
+def build(spec: DatasetSpec, transform: Callable | None = None, shards: bool = True):
+    """clip_benchmark's dataset for a local `spec`, with `.classes` and `.templates` from its metadata files
+    (`shards=False`: for those alone, before a remote root's shards are fetched)."""
+    from clip_benchmark.datasets.builder import build_dataset
+
+    check_local_layout(spec, shards)
+    if spec.is_remote or "://" in spec.root:
+        # clip_benchmark reads a root containing "://" with `curl` through a shell: it only ever gets local folders.
+        raise PipelineError(f"dataset.root={spec.root!r}: clip_benchmark's builder is only given local folders")
+    try:
+        with warnings.catch_warnings():
+            # clip_benchmark leaves shardshuffle unset; evaluation order does not matter, the warning is noise.
+            warnings.filterwarnings("ignore", message=r"WebDataset\(shardshuffle")
+            return build_dataset(spec.benchmark_name, root=spec.root, transform=transform, split=spec.split,
+                                 download=spec.format == "tfds", task=spec.task)
+    except FileNotFoundError as exc:
+        raise PipelineError(f"cannot read dataset {spec.name} at {spec.root}: {exc}") from exc
+
+
+def non_blank(lines: list[str]) -> list[str]:
+    """Drop blank lines of classnames.txt and templates files, as clip-benchmark 1.4.0 (DataComp's pin) did
+    (datasets/builder.py:630); 1.6.2 keeps them, turning a blank line into a phantom class named ""."""
+    return [line.strip() for line in lines if line.strip()]
+
+
+def _folder_classnames(spec: DatasetSpec) -> list[str]:
+    from torchvision.datasets.folder import find_classes
+
+    classes, _ = find_classes(str(Path(spec.root) / spec.split))
+    return [c.replace("_", " ") for c in classes]
+
+
+def _folder_templates(spec: DatasetSpec) -> list[str]:
+    file = Path(spec.root) / "zeroshot_classification_templates.txt"
+    return non_blank(file.read_text().splitlines()) if file.is_file() else []
+
+
+# -- what the stages call ---------------------------------------------------------------------------------
+def describe(spec: DatasetSpec) -> DatasetInfo:
+    """Class names and shipped templates (classification), with the content fingerprint for cache keys.
+    A remote webdataset's metadata is fetched here; its shards only when images are read."""
+    local, copy = fetched(spec, shards=False)
+    check_local_layout(local, shards=copy is None)
+    remote_identity = copy.identity if copy else None
+    if spec.root_kind == "hub_id":
+        remote_identity = {"root": spec.root, "hf_config": spec.hf_config,
+                           "commit": hf.hub_commit(spec.root, hub_cache(spec))}
+    content = fingerprint(local, remote_identity)
+    if copy is not None:
+        spec = replace(spec, root=copy.pinned_root)  # later reads fetch the version keyed here
+    if spec.task != "zeroshot_classification":
+        return DatasetInfo(spec, [], [], content)
+    if spec.format == "folder":
+        return DatasetInfo(spec, _folder_classnames(spec), _folder_templates(spec), content)
+    dataset = build(local, shards=copy is None)
+    classnames = non_blank(dataset.classes or [])
+    if not classnames:
+        raise PipelineError(f"dataset {spec.name} at {spec.root} has no classnames.txt")
+    return DatasetInfo(spec, classnames, non_blank(getattr(dataset, "templates", None) or []), content)
+
+
+def worker_count(num_workers: int) -> int:
+    if multiprocessing.current_process().name != "MainProcess":
+        # Inside a launcher's worker (e.g. Hydra's joblib launcher) nested DataLoader workers fail to start.
+        return 0
+    # torch warns when a DataLoader asks for more workers than the CPUs this process may run on.
+    return min(num_workers, usable_cpus())
+
+
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _torch_batches(dataset, batch_size: int, num_workers: int, field_name: str, collate=None,
+                   pin_memory: bool = False) -> Iterator[Batch]:
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=worker_count(num_workers),
+                                         shuffle=False, collate_fn=collate, pin_memory=pin_memory)
+    return (Batch(images, {field_name: list(values)}) for images, values in loader)
+
+
+def _wds_batches(spec: DatasetSpec, fields: tuple[str, ...], transform: Callable, batch_size: int,
+                 num_workers: int, pin_memory: bool) -> Iterator[Batch]:
+    local, _ = fetched(spec, shards=True)
+    check_local_layout(local)
+    return wds.batches(wds.shard_paths(Path(local.root), local.split), fields, transform, batch_size,
+                       worker_count(num_workers), pin_memory)
+
+
+def classification_batches(spec: DatasetSpec, transform: Callable, batch_size: int, num_workers: int,
+                           pin_memory: bool = False) -> Iterator[Batch]:
+    """Batches with a `cls` field (and `npy` group metadata for WILDS/fairness) for a classification dataset."""
+    if spec.format == "folder":
+        from torchvision.datasets import ImageFolder
+
+        check_local_layout(spec)
+        folder = ImageFolder(str(Path(spec.root) / spec.split), transform=transform)
+        return _torch_batches(folder, batch_size, num_workers, "cls", pin_memory=pin_memory)
+    if spec.format == "tfds":
+        return _torch_batches(build(spec, transform), batch_size, num_workers, "cls", pin_memory=pin_memory)
+    fields = ("cls", "npy") if spec.metadata_fields else ("cls",)
+    return _wds_batches(spec, fields, transform, batch_size, num_workers, pin_memory)
+
+
+def retrieval_batches(spec: DatasetSpec, transform: Callable, batch_size: int, num_workers: int,
+                      pin_memory: bool = False) -> Iterator[Batch]:
+    """Batches with a `txt` field (the captions of each image), from a retrieval webdataset or an nlphuji dataset."""
+    if spec.format == "hf":
+        from clip_benchmark.datasets.builder import image_captions_collate_fn
+
+        return _torch_batches(hf.Pairs(load_hf(spec), transform), batch_size, num_workers, "txt",
+                              image_captions_collate_fn, pin_memory)
+    return _wds_batches(spec, ("txt",), transform, batch_size, num_workers, pin_memory)
+
+
+def load_hf(spec: DatasetSpec) -> hf.Rows:
+    """nlphuji's datasets as DataComp reads them (`load_dataset(id, split)`), from the Hub or a local mirror."""
+    if spec.root_kind == "hub_id":
+        return hf.load_hub(spec.root, spec.split, spec.hf_config, hub_cache(spec))
+    check_local_layout(spec)
+    return hf.load_local(Path(spec.root), spec.split, repo_name=Path(spec.root).name)
+
+
+def winogavil_instances(spec: DatasetSpec) -> Iterator[hf.WinoInstance]:
+    """WinoGAViL games from nlphuji/winogavil: a cue, candidate images, and the associated candidates."""
+    return hf.winogavil_games(load_hf(spec))

@@ -1,0 +1,93 @@
+"""Prompt sets: templates with `{c}` where the class name goes, or per-class sentences (CuPL)."""
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Union
+
+from pipeline.errors import PipelineError
+
+PLACEHOLDER = "{c}"
+# The `prompts` label of results and stage runs that use no prompt set (image features, retrieval, WinoGAViL, probes).
+PROMPT_FREE = "*"
+# A list of templates shared by every class, or sentences written for each class.
+Prompts = Union[list[str], dict[str, list[str]]]
+
+
+def _from_open_clip(attribute: str) -> list[str]:
+    # open_clip's templates are lambdas; applying them to the placeholder recovers the template text.
+    import open_clip
+
+    templates = getattr(open_clip, attribute, None)
+    if templates is None:
+        raise PipelineError(f"open_clip has no template list {attribute!r}")
+    return [template(PLACEHOLDER) for template in templates]
+
+
+def _from_file(path: str) -> list[str]:
+    file = Path(path)
+    if not file.is_file():
+        raise PipelineError(f"prompt file {file} does not exist (set prompts.path to a text file, one template per line)")
+    return [line.strip() for line in file.read_text().splitlines() if line.strip()]
+
+
+def _clip_benchmark_json(name: str) -> dict:
+    return json.loads(resources.files("clip_benchmark.datasets").joinpath(name).read_text())
+
+
+def _lookup(mapping: dict, dataset_key: str, fallback: str | None = None):
+    """CLIP_benchmark's lookup order: the full key, the key without its `vtab/`-style prefix, then the fallback."""
+    for key in (dataset_key, dataset_key.split("/", 1)[-1], fallback):
+        if key is not None and key in mapping:
+            return mapping[key]
+    return None
+
+
+def _cupl(dataset_key: str, classnames: list[str]) -> dict[str, list[str]]:
+    per_class = _clip_benchmark_json("cupl_prompts.json").get(dataset_key)
+    if per_class is None:
+        raise PipelineError(f"clip_benchmark's cupl_prompts.json has no prompts for {dataset_key!r}")
+    missing = [c for c in classnames if c not in per_class]
+    if missing:
+        raise PipelineError(f"CuPL prompts for {dataset_key} lack {len(missing)} classes of this dataset, e.g. {missing[0]!r}")
+    return {c: list(per_class[c]) for c in classnames}
+
+
+def resolve(prompts_cfg: Any, dataset_key: str, dataset_templates: list[str], classnames: list[str]) -> Prompts:
+    """The prompts for a prompt-set config on one dataset, validated."""
+    source = prompts_cfg.source
+    if source == "dataset":
+        templates = list(dataset_templates)
+        if not templates:
+            raise PipelineError("prompts=dataset, but the dataset ships no zeroshot_classification_templates.txt")
+    elif source == "list":
+        templates = list(prompts_cfg.templates)
+    elif source == "open_clip":
+        templates = _from_open_clip(prompts_cfg.attribute)
+    elif source == "file":
+        templates = _from_file(prompts_cfg.path)
+    elif source == "clip_benchmark":
+        templates = list(_lookup(_clip_benchmark_json("en_zeroshot_classification_templates.json"), dataset_key, "imagenet1k"))
+    elif source == "per_dataset":
+        templates = list(_lookup(prompts_cfg.by_dataset, dataset_key) or prompts_cfg.default)
+    elif source == "clip_benchmark_cupl":
+        return _cupl(prompts_cfg.dataset_key, classnames)
+    else:
+        raise PipelineError(f"unknown prompts.source {source!r}; use dataset, list, open_clip, file, clip_benchmark, "
+                            f"per_dataset or clip_benchmark_cupl")
+    validate(templates, prompts_cfg.name)
+    return templates
+
+
+def validate(templates: list[str], name: str) -> None:
+    if not templates:
+        raise PipelineError(f"prompt set {name!r} is empty")
+    bad = [t for t in templates if PLACEHOLDER not in t]
+    if bad:
+        raise PipelineError(f"prompt set {name!r}: template {bad[0]!r} has no {PLACEHOLDER} placeholder for the class name")
+
+
+def fillers(templates: list[str]) -> list[Callable[[str], str]]:
+    """Callables for open_clip's build_zero_shot_classifier, filling `{c}` by name as clip_benchmark does."""
+    return [lambda classname, template=template: template.format(c=classname) for template in templates]

@@ -1,0 +1,113 @@
+"""Tar shards in CLIP_benchmark's webdataset layout, read with webdataset from local files only.
+
+It decodes as clip_benchmark's `build_wds_dataset` does (webdataset's PIL image handler, the first of webp, png,
+jpg, jpeg, then `cls`, `txt` or `npy`), but per sample: an undecodable sample travels on as an `Unreadable` that
+names its shard and key, so the caller can fail with one clear line or skip it, even from a DataLoader worker.
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from pipeline.data.readers import Batch, Unreadable
+
+IMAGE_EXTENSIONS = ["webp", "png", "jpg", "jpeg"]
+FIELD_VALUES: dict[str, Callable[[Any], Any]] = {
+    "cls": int,
+    "txt": str.splitlines,   # retrieval: one caption per line
+    "npy": lambda value: np.asarray(value, dtype=np.int64).reshape(-1),  # WILDS/fairness group metadata
+}
+
+
+def shard_paths(folder: Path, split: str) -> list[Path]:
+    """Absolute paths of a split's shards, as `nshards.txt` counts them."""
+    from pipeline.data.remote import read_nshards
+
+    folder = folder.resolve()
+    nshards = read_nshards(folder / split / "nshards.txt", str(folder))
+    return [folder / split / f"{index}.tar" for index in range(nshards)]
+
+
+def _decoder():
+    import webdataset as wds
+
+    return wds.autodecode.Decoder([wds.autodecode.ImageHandler("pil", extensions=IMAGE_EXTENSIONS)])
+
+
+def read_sample(sample: dict, fields: tuple[str, ...], transform: Callable, decoder) -> tuple:
+    """(image, field values, None) for a good sample; (None, None, Unreadable) for one that cannot be decoded."""
+    key, shard = str(sample.get("__key__")), Path(str(sample.get("__url__", "?"))).name
+    try:
+        decoded = decoder(sample)
+        extension = next((e for e in IMAGE_EXTENSIONS if e in decoded), None)
+        if extension is None:
+            return None, None, Unreadable(shard, key, f"it has no image ({', '.join(IMAGE_EXTENSIONS)})", missing=True)
+    except Exception as exc:  # whatever a damaged image raises (PIL, zlib, a truncated tar member)
+        cause = exc.__cause__ or exc  # webdataset's DecodingError carries no message of its own
+        return None, None, Unreadable(shard, key, f"{type(cause).__name__}: {cause}".strip())
+    missing = [f for f in fields if f not in decoded]
+    if missing:
+        return None, None, Unreadable(shard, key, f"it has no {', '.join(missing)} field", missing=True)
+    return transform(decoded[extension]), tuple(FIELD_VALUES[f](decoded[f]) for f in fields), None
+
+
+def collate(samples: list[tuple], fields: tuple[str, ...]) -> Batch:
+    good = [s for s in samples if s[2] is None]
+    images = torch.stack([s[0] for s in good]) if good else None
+    columns = {name: [s[1][i] for s in good] for i, name in enumerate(fields)}
+    return Batch(images, columns, [s[2] for s in samples if s[2] is not None])
+
+
+def open_local(sources: Iterator[dict]) -> Iterator[dict]:
+    """Open each shard with plain `open()`. webdataset's own opener parses the name as a URL (a `;` or `#` in a
+    folder name would cut it, `pipe:` would start a shell, GOPEN_REWRITE may rewrite it); a local file needs none."""
+    for source in sources:
+        with open(source["url"], "rb") as stream:
+            check_end_of_archive(stream, source["url"])
+            yield {**source, "stream": stream}
+
+
+TAR_END = 1024  # a tar archive ends with two 512-byte blocks of zeros
+
+
+def check_end_of_archive(stream, url: str) -> None:
+    """A shard cut at a member boundary reads as a shorter, valid tar and would silently lose samples; its
+    missing end-of-archive marker gives it away."""
+    stream.seek(0, 2)
+    size = stream.tell()
+    stream.seek(max(0, size - TAR_END))
+    tail = stream.read(TAR_END)
+    stream.seek(0)
+    if size < TAR_END or tail.count(0) != len(tail):
+        raise OSError(f"shard {Path(url).name} is truncated (no tar end-of-archive marker)")
+
+
+def shard_failure(exc: Exception) -> bool:
+    """webdataset's handler for a shard that is not a readable tar: name the shard (its URL is the last arg)."""
+    shard = Path(str(exc.args[-1])).name if exc.args else "?"
+    raise OSError(f"shard {shard} is not a readable tar file ({type(exc).__name__}: {exc.args[0] if exc.args else ''})")
+
+
+def batches(shards: list[Path], fields: tuple[str, ...], transform: Callable, batch_size: int,
+            num_workers: int, pin_memory: bool = False) -> Iterator[Batch]:
+    """The samples of `shards` in order (split across DataLoader workers by shard, as clip_benchmark's
+    WebDataset does), decoded one by one, in batches."""
+    import webdataset as wds
+    from webdataset import tariterators
+
+    local = [str(path.resolve()) for path in shards]
+    samples = wds.DataPipeline(
+        wds.SimpleShardList(local),
+        wds.split_by_worker,
+        open_local,
+        partial(tariterators.tar_file_expander, handler=shard_failure),
+        partial(tariterators.group_by_keys, handler=shard_failure),
+        wds.map(partial(read_sample, fields=fields, transform=transform, decoder=_decoder())),
+        wds.batched(batch_size, collation_fn=partial(collate, fields=fields)),
+    )
+    workers = min(num_workers, len(local))
+    return iter(torch.utils.data.DataLoader(samples, batch_size=None, num_workers=workers, pin_memory=pin_memory))

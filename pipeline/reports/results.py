@@ -1,0 +1,220 @@
+"""Score records, the aggregate stage's input: from score runs in MLflow, from `clip_benchmark eval` JSON files,
+or from DataComp's `eval_results.jsonl`."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+
+from pipeline.data import catalog
+from pipeline.errors import PipelineError
+from pipeline.stages.heads import ALL_SHOTS, LINEAR_PROBE, NOT_APPLICABLE, ZEROSHOT
+from pipeline.store import artifacts
+from pipeline.store.cache import real_metric_name
+from pipeline.store.tracking import JOB_STAGE, TrackingStore
+
+EXTERNAL_PROMPTS = "external"
+EXTERNAL_SOURCE = "external"  # results read from files: whoever produced them chose the data
+UNKNOWN_SHOTS = "unknown"  # a result file's probe, which does not record its shots
+
+
+@dataclass(frozen=True)
+class ScoreRecord:
+    """One result with every metric it has, labelled by what its job asked for: (model, pretrained, dataset,
+    source of the data, protocol, prompts)."""
+
+    model: str
+    pretrained: str
+    dataset: str
+    prompts: str
+    main_metric: str
+    metrics: Mapping[str, float]
+    run_id: str = ""
+    source: str = EXTERNAL_SOURCE
+    protocol: str = ""
+    task: str = ""
+    head: str = ZEROSHOT
+    k_shot: str = NOT_APPLICABLE  # "all", or the number of examples per class, for a probe
+    seed: str = NOT_APPLICABLE
+    features: str = ""            # a probe's features: pre_projection or embedding
+    score_run: str = ""           # the score run holding per-sample outcomes and bootstrap replicates
+    # The job run's tags: the stage runs it used (`run.<stage>`), a checkpoint's position (`checkpoint_*`).
+    tags: Mapping[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def identity(self) -> tuple[str, ...]:
+        """What tells two results apart: one seed of a probe is not another's."""
+        return (self.model, self.pretrained, self.dataset, self.source, self.protocol, self.prompts,
+                self.head_label, self.seed)
+
+    @property
+    def head_label(self) -> str:
+        """`zeroshot`, `linear_probe` (the full probe) or `linear_probe 4-shot`, with `(embedding)` when a probe
+        used CLIP_benchmark's features instead of the paper's: a table row, whatever the seed."""
+        if self.head != LINEAR_PROBE:
+            return self.head
+        if self.k_shot == UNKNOWN_SHOTS:
+            return f"{self.head} ({self.features})"
+        label = self.head if self.k_shot in (ALL_SHOTS, NOT_APPLICABLE) else f"{self.head} {self.k_shot}-shot"
+        return f"{label} (embedding)" if self.features == "embedding" else label
+
+    @property
+    def is_external(self) -> bool:
+        return self.source == EXTERNAL_SOURCE
+
+    @property
+    def units(self) -> float:
+        """The number of resampled units (test samples, images, games); NaN for a result file that does not say."""
+        for name in ("n", "num_samples", "num_images", "num_games"):  # `n` since intervals; the others before
+            if name in self.metrics:
+                return float(self.metrics[name])
+        return math.nan
+
+    def value(self, metric: str) -> float:
+        """`metric`, or this dataset's main metric for `main`; NaN when absent."""
+        name = self.main_metric if metric == "main" else metric
+        return float(self.metrics.get(name, math.nan))
+
+
+# -- MLflow: job runs ------------------------------------------------------------------------------------
+def _from_job_run(run) -> ScoreRecord:
+    tags = run.data.tags
+    values = {real_metric_name(name): value for name, value in run.data.metrics.items()}
+    return ScoreRecord(tags["model"], tags["pretrained"], tags["dataset"], tags["prompts"],
+                       tags.get("main_metric", "acc1"), values, run.info.run_id, tags.get("source", "local"),
+                       tags.get("protocol", ""), tags.get("task", ""), tags.get("head", ZEROSHOT),
+                       tags.get("k_shot", NOT_APPLICABLE), tags.get("seed", NOT_APPLICABLE), tags.get("features", ""),
+                       tags.get("run.score", ""), dict(tags))
+
+
+def from_runs(store: TrackingStore, run_ids: Iterable[str]) -> list[ScoreRecord]:
+    """Records from the job runs of one sweep."""
+    client = store.client
+    return [_from_job_run(client.get_run(run_id)) for run_id in run_ids]
+
+
+def latest_in_store(store: TrackingStore) -> list[ScoreRecord]:
+    """The newest FINISHED job run for each (model, pretrained, dataset, source, protocol, prompts, head, seed)."""
+    runs = store.client.search_runs(
+        [store.experiment_id], filter_string=f"tags.stage = '{JOB_STAGE}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=50000,
+    )
+    newest: dict[tuple[str, ...], ScoreRecord] = {}
+    for record in map(_from_job_run, runs):
+        newest.setdefault(record.identity, record)
+    return list(newest.values())
+
+
+# -- files written elsewhere ------------------------------------------------------------------------------
+def _task(dataset: str, metrics: Mapping[str, float], stated: str | None = None) -> str:
+    entry = catalog.lookup(dataset)
+    if stated or entry is not None:
+        return str(stated or entry.task)
+    return "zeroshot_retrieval" if "mean_recall@1" in metrics else "zeroshot_classification"
+
+
+def _main_metric(dataset: str, metrics: Mapping[str, float]) -> str:
+    entry = catalog.lookup(dataset)
+    if entry is not None:
+        return entry.main_metric
+    return "mean_recall@1" if "mean_recall@1" in metrics else "acc1"
+
+
+def _with_mean_recall(metrics: dict[str, float]) -> dict[str, float]:
+    # clip_benchmark logs recall@k only; DataComp's main retrieval metric is the mean of the two at k=1.
+    if "mean_recall@1" not in metrics and {"image_retrieval_recall@1", "text_retrieval_recall@1"} <= set(metrics):
+        metrics["mean_recall@1"] = 0.5 * (metrics["image_retrieval_recall@1"] + metrics["text_retrieval_recall@1"])
+    return metrics
+
+
+def _numbers(metrics: Mapping) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def read_clip_benchmark_json(path: Path) -> ScoreRecord:
+    """One `clip_benchmark eval` output: {"dataset", "model", "pretrained", "task", "metrics", ...}."""
+    try:
+        payload = json.loads(path.read_text())
+        dataset = str(payload["dataset"]).removeprefix("wds/")
+        metrics = _with_mean_recall(_numbers(payload["metrics"]))
+        probe = payload.get("task") == "linear_probe"  # CLIP_benchmark's own probe: its AdamW head, shots unknown
+        return ScoreRecord(str(payload["model"]), str(payload["pretrained"]), dataset, EXTERNAL_PROMPTS,
+                           _main_metric(dataset, metrics), metrics, run_id=str(path),
+                           task="zeroshot_classification" if probe else _task(dataset, metrics, payload.get("task")),
+                           **({"head": LINEAR_PROBE, "k_shot": UNKNOWN_SHOTS, "features": "clip_benchmark"}
+                              if probe else {}))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise PipelineError(f"cannot read clip_benchmark result {path}: {exc!r}; expected JSON with dataset, model, "
+                            f"pretrained and metrics") from exc
+
+
+def read_datacomp_jsonl(path: Path, model: str, pretrained: str = "") -> list[ScoreRecord]:
+    """DataComp's `eval_results.jsonl`: one {"key", "dataset", "metrics"} line per task, for one model."""
+    records = []
+    try:
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            payload = json.loads(line)
+            metrics = _with_mean_recall(_numbers(payload["metrics"]))
+            key = str(payload["key"])
+            records.append(ScoreRecord(model, pretrained, key, EXTERNAL_PROMPTS, _main_metric(key, metrics), metrics,
+                                       run_id=f"{path}:{number}", task=_task(key, metrics)))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise PipelineError(f"cannot read DataComp results {path}: {exc!r}; expected JSON lines with key, dataset "
+                            f"and metrics") from exc
+    return records
+
+
+def from_directory(results_dir: Path) -> list[ScoreRecord]:
+    """Every `*.json` (clip_benchmark) and `*.jsonl` (DataComp; the model is its folder's name) below `results_dir`."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise PipelineError(f"results_dir {results_dir} is not a directory")
+    records: list[ScoreRecord] = []
+    for path in sorted(results_dir.rglob("*.json")):
+        records.append(read_clip_benchmark_json(path))
+    for path in sorted(results_dir.rglob("*.jsonl")):
+        records.extend(read_datacomp_jsonl(path, model=path.parent.name))
+    if not records:
+        raise PipelineError(f"no *.json (clip_benchmark) or *.jsonl (DataComp) results under {results_dir}")
+    return records
+
+
+# -- bootstrap replicates of a record's score ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Bootstrap:
+    """A score's bootstrap replicates by metric, and the digest of its sample order (pairs must share it)."""
+
+    replicates: Mapping[str, np.ndarray]
+    order: str = ""
+
+
+NO_BOOTSTRAP = Bootstrap({})
+
+
+def replicate_loader(store: TrackingStore) -> Callable[[ScoreRecord], Bootstrap]:
+    """`load(record)`: its score run's bootstrap replicates (checksums verified), each score run downloaded once;
+    none for result files and for scores computed before intervals existed."""
+    loaded: dict[str, Bootstrap] = {}
+
+    def load(record: ScoreRecord) -> Bootstrap:
+        if not record.score_run:
+            return NO_BOOTSTRAP
+        if record.score_run not in loaded:
+            run = store.client.get_run(record.score_run)
+            try:
+                arrays = artifacts.load_arrays(run, ("bootstrap", "bootstrap_metrics"), store.uri)
+            except (artifacts.CorruptArtifact, artifacts.ArtifactUnavailable) as exc:
+                raise PipelineError(f"the bootstrap replicates of score run {record.score_run} cannot be read "
+                                    f"({exc}); rerun its job: the score is recomputed from its cached inputs") from exc
+            loaded[record.score_run] = NO_BOOTSTRAP if arrays is None else Bootstrap(
+                dict(zip(map(str, arrays["bootstrap_metrics"]), arrays["bootstrap"])),
+                run.data.tags.get("sample_order", ""))
+        return loaded[record.score_run]
+
+    return load

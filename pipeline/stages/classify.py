@@ -1,0 +1,105 @@
+"""Classify stage: turn embeddings into predictions — zero-shot logits, retrieval ranks, WinoGAViL choices.
+
+Features come back in the dtype their tower produced, and each product runs under the autocast the
+protocol puts it in, so the logits are the ones the reference code computes (see `pipeline/precision.py`).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from pipeline.models.precision import FP32_RECIPE, Recipe, autocast, normalized, restored
+from pipeline.stages import metrics
+from pipeline.stages.embed import Embedded
+from pipeline.store.artifacts import StageOutput
+from pipeline.store.cache import StageCache, StageRequest, cache_key
+
+VERSION = "2"
+LOGIT_SCALE = 100.0
+CPU = torch.device("cpu")
+
+
+def normalize(features: np.ndarray) -> np.ndarray:
+    return features / np.linalg.norm(features, axis=1, keepdims=True)
+
+
+def zero_shot_logits(images: Mapping[str, np.ndarray], classifier: Mapping[str, np.ndarray],
+                     recipe: Recipe = FP32_RECIPE, device: torch.device = CPU) -> np.ndarray:
+    """`100 * normalize(image_features) @ classifier`, in the recipe's logits precision (clip_benchmark's
+    run_classification: the normalization and the product share one autocast block)."""
+    features = restored(images, "image_features", device)
+    weights = restored(classifier, "classifier", device)
+    with torch.no_grad(), autocast(device, recipe.logits):
+        logits = promoted_matmul(LOGIT_SCALE * normalized(features), weights)
+    return logits.float().cpu().numpy()
+
+
+def promoted_matmul(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """`left @ right` in the dtype both operands promote to: outside autocast, torch refuses to multiply a
+    bfloat16 matrix by a float32 one (a protocol may put one tower under autocast and leave the product in fp32)."""
+    dtype = torch.promote_types(left.dtype, right.dtype)
+    return left.to(dtype) @ right.to(dtype)
+
+
+def _normalized_pair(images: Mapping[str, np.ndarray], text: Mapping[str, np.ndarray], recipe: Recipe,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image, text) embeddings as the references multiply them: images normalized inside the image tower's
+    autocast; texts were normalized when embedded."""
+    with torch.no_grad(), autocast(device, recipe.image):
+        image_features = normalized(restored(images, "image_features", device))
+    return image_features, restored(text, "text_features", device)
+
+
+def _product(left: torch.Tensor, right: torch.Tensor, recipe: Recipe, device: torch.device) -> np.ndarray:
+    """`left @ right` under the logits' autocast; a float16 result stays float16, as DataComp's WinoGAViL hands a
+    float16 array to `np.argsort` (whose tie order depends on the dtype); bfloat16, which numpy lacks, widens."""
+    with torch.no_grad(), autocast(device, recipe.logits):
+        product = promoted_matmul(left, right)
+    return product.cpu().numpy() if product.dtype == torch.float16 else product.float().cpu().numpy()
+
+
+def classification_outputs(images: Embedded, text: Embedded, recipe: Recipe, device: torch.device) -> StageOutput:
+    logits = zero_shot_logits(images.arrays, text.arrays, recipe, device)
+    return StageOutput(arrays={"logits": logits, "predictions": logits.argmax(axis=1).astype(np.int64)})
+
+
+def retrieval_outputs(images: Embedded, text: Embedded, recipe: Recipe, device: torch.device) -> StageOutput:
+    # The caption x image similarity matrix (25k x 5k for MSCOCO) is not stored; the ranks carry every metric.
+    image_features, text_features = _normalized_pair(images.arrays, text.arrays, recipe, device)
+    scores = _product(text_features, image_features.T, recipe, device)
+    image_rank, text_rank = metrics.retrieval_ranks_from_scores(scores, images["caption_image"])
+    return StageOutput(arrays={"image_rank": image_rank, "text_rank": text_rank})
+
+
+def winogavil_outputs(images: Embedded, text: Embedded, recipe: Recipe, device: torch.device) -> StageOutput:
+    image_features, cue_features = _normalized_pair(images.arrays, text.arrays, recipe, device)
+    chosen, start = [], 0
+    truth = images["associations"]
+    for game, size in enumerate(images["game_sizes"]):
+        # wino_eval.py:79: `text_features @ image_features.T` for one cue against its candidates
+        similarities = _product(cue_features[game][None], image_features[start:start + size].T, recipe, device)[0]
+        chosen.append(metrics.winogavil_predictions(similarities, int(truth[start:start + size].sum())))
+        start += size
+    return StageOutput(arrays={"chosen": np.concatenate(chosen)})
+
+
+OUTPUTS: dict[str, Callable[[Embedded, Embedded, Recipe, torch.device], StageOutput]] = {
+    "zeroshot_classification": classification_outputs,
+    "zeroshot_retrieval": retrieval_outputs,
+    "winogavil": winogavil_outputs,
+}
+
+
+def classify_key(task: str, logits_precision: str, image_key: str, text_key: str) -> str:
+    return cache_key("classify", VERSION, {"task": task, "precision": logits_precision}, [image_key, text_key])
+
+
+def classify(cache: StageCache, task: str, images: Embedded, text: Embedded, recipe: Recipe, device: torch.device, *,
+             tags: Mapping[str, str], params: Mapping[str, Any]) -> Embedded:
+    key = classify_key(task, recipe.logits, images.key, text.key)
+    request = StageRequest("classify", key, {**tags, "precision": recipe.logits}, params,
+                           name=f"classify:{tags.get('model')}:{tags.get('dataset')}:{tags.get('prompts')}")
+    result = cache.get_or_compute(request, lambda: OUTPUTS[task](images, text, recipe, device))
+    return Embedded(result.output.arrays, key, result.run_id)

@@ -1,0 +1,167 @@
+"""Embed stage: image features (with labels, captions or game layout) for (model, dataset), and text
+embeddings for (model, strings): zero-shot classifiers, retrieval captions, WinoGAViL cues.
+
+Zero-shot classifiers are assembled from per-template embeddings, each cached on its own, so prompt sets that
+share templates encode each shared template once (`template_embeddings`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from pipeline.data import datasets, prompts
+from pipeline.models import precision
+from pipeline.models.loading import ModelLoader
+from pipeline.stages.embed.images import (IMAGE_ENCODERS, encode_batches, encode_classification_images,
+                                          encode_retrieval_images, encode_winogavil_images, winogavil_cue_text)
+from pipeline.stages.embed.texts import (assemble_classifier, encode_strings, encode_templates, encode_texts,
+                                         per_class_classifier)
+from pipeline.store.artifacts import StageOutput
+from pipeline.store.cache import StageCache, StageRequest, cache_key
+
+__all__ = ["Embedded", "ModelKey", "image_key", "classifier_key", "texts_key", "template_key", "template_set",
+           "embed_images", "embed_classifier", "embed_texts", "encode_batches", "encode_classification_images",
+           "encode_retrieval_images", "encode_winogavil_images", "winogavil_cue_text", "encode_classifier",
+           "encode_texts", "encode_strings"]
+
+VERSION = "2"
+# 3: image runs also hold pre-projection features (issue 10), so older image runs are never served to a probe.
+IMAGE_VERSION = "3"
+TEMPLATE_SET_TAG = "template_set"
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """A stage's arrays with the cache key and MLflow run that produced them."""
+
+    arrays: Mapping[str, np.ndarray]
+    key: str
+    run_id: str
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.arrays[name]
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """What every embed key shares: the model's fingerprint, the effective precision, the feature libraries."""
+
+    model: Mapping[str, Any]
+    precision: str
+    libraries: Mapping[str, str]
+
+    def material(self) -> dict[str, Any]:
+        return {"model": dict(self.model), "precision": self.precision, "libraries": dict(self.libraries)}
+
+
+# -- keys: all computable from fingerprints and configs, before anything is read --------------------------
+def image_key(model: ModelKey, dataset: datasets.DatasetInfo) -> str:
+    # Features that lack skipped samples are never served to a run that did not ask to skip.
+    return cache_key("embed/image", IMAGE_VERSION, {**model.material(), "dataset": dataset.fingerprint,
+                                              "task": dataset.spec.task, "skip_corrupt": dataset.spec.skip_corrupt})
+
+
+def classifier_key(model: ModelKey, classnames: list[str], class_prompts: prompts.Prompts) -> str:
+    return cache_key("embed/text", VERSION, {**model.material(), "classnames": classnames, "prompts": class_prompts})
+
+
+def template_set(model: ModelKey, classnames: list[str]) -> str:
+    """The tag every per-template embedding of one (model, class list) shares."""
+    return cache_key("embed/template-set", VERSION, {**model.material(), "classnames": classnames})
+
+
+def template_key(model: ModelKey, classnames: list[str], template: str) -> str:
+    return cache_key("embed/template", VERSION, {**model.material(), "classnames": classnames, "template": template})
+
+
+def texts_key(model: ModelKey, dataset: datasets.DatasetInfo) -> str:
+    """A dataset's own texts (captions, cues) are a function of its content, so they are keyed by it: the key is
+    known before any image is read."""
+    return cache_key("embed/texts", VERSION, {**model.material(), "dataset": dataset.fingerprint,
+                                              "task": dataset.spec.task, "skip_corrupt": dataset.spec.skip_corrupt})
+
+
+# -- the stage entry points ---------------------------------------------------------------------------
+def embed_images(cache: StageCache, loader: ModelLoader, dataset: datasets.DatasetInfo, model: ModelKey, *,
+                 tags: Mapping[str, str], params: Mapping[str, Any], batch_size: int, num_workers: int) -> Embedded:
+    """Image-side arrays for (model, dataset); independent of the prompt set."""
+    spec = dataset.spec
+    key = image_key(model, dataset)
+    request = StageRequest("embed", key, {**tags, "modality": "image", "prompts": prompts.PROMPT_FREE, "precision": model.precision,
+                                          "split": spec.split},
+                           params, name=f"embed-image:{loader.spec.name}:{spec.name}/{spec.split}")
+    encode = IMAGE_ENCODERS[spec.task]
+    result = cache.get_or_compute(request, lambda: encode(loader, spec, model.precision, batch_size, num_workers))
+    return Embedded(result.output.arrays, key, result.run_id)
+
+
+def template_embeddings(cache: StageCache, loader: ModelLoader, classnames: list[str], templates: list[str],
+                        model: ModelKey, *, tags: Mapping[str, str]) -> dict[str, Mapping[str, np.ndarray]]:
+    """Each distinct template's (classes, dim) embeddings: served from its own run, or encoded with the others
+    that are missing in one pass."""
+    group = template_set(model, classnames)
+    distinct = list(dict.fromkeys(templates))
+    by_key = {template_key(model, classnames, template): template for template in distinct}
+    run_tags = {**tags, "modality": "template", "prompts": prompts.PROMPT_FREE, "precision": model.precision, TEMPLATE_SET_TAG: group}
+    requests = [StageRequest("embed", key, {**run_tags, "template": template}, {},
+                             name=f"embed-template:{loader.spec.name}:{template}") for key, template in by_key.items()]
+    results = cache.get_or_compute_many(
+        requests, (TEMPLATE_SET_TAG, group), f"embed-templates:{loader.spec.name}:{tags.get('dataset')}",
+        lambda missing: encode_templates(loader.get(), classnames, [by_key[r.key] for r in missing], model.precision))
+    return {by_key[request.key]: result.output.arrays for request, result in zip(requests, results)}
+
+
+def encode_classifier(loader: ModelLoader, classnames: list[str], class_prompts: prompts.Prompts, text_precision: str,
+                      per_template: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> StageOutput:
+    """Classifier weights, (dim, classes): assembled from per-template embeddings (encoded here when not given)
+    under the text tower's autocast, as open_clip's builder computes them; CuPL's per-class sentences directly."""
+    if isinstance(class_prompts, dict):
+        return StageOutput(arrays=precision.with_dtype(
+            "classifier", per_class_classifier(loader, classnames, class_prompts, text_precision)))
+    if per_template is None:
+        distinct = list(dict.fromkeys(class_prompts))
+        encoded = encode_templates(loader.get(), classnames, distinct, text_precision)
+        per_template = {template: output.arrays for template, output in zip(distinct, encoded)}
+    with torch.no_grad(), precision.autocast(loader.device, text_precision):
+        weights = assemble_classifier([precision.restored(per_template[t], "embeddings", loader.device)
+                                       for t in class_prompts])
+    return StageOutput(arrays=precision.with_dtype("classifier", weights))
+
+
+def embed_classifier(cache: StageCache, loader: ModelLoader, classnames: list[str], class_prompts: prompts.Prompts,
+                     model: ModelKey, *, tags: Mapping[str, str], params: Mapping[str, Any]) -> Embedded:
+    """Zero-shot classifier weights, (dim, classes), one normalized column per class. On a miss its templates'
+    embeddings are gathered first, so a new combination of known templates encodes nothing."""
+    key = classifier_key(model, classnames, class_prompts)
+    request = StageRequest("embed", key, {**tags, "modality": "text", "precision": model.precision}, params,
+                           name=f"embed-text:{loader.spec.name}:{tags.get('dataset')}:{tags.get('prompts')}")
+    gathered: dict[str, Mapping[str, np.ndarray]] = {}
+
+    def gather() -> None:
+        if not isinstance(class_prompts, dict):
+            gathered.update(template_embeddings(cache, loader, classnames, class_prompts, model, tags=tags))
+
+    def compute() -> StageOutput:
+        output = encode_classifier(loader, classnames, class_prompts, model.precision, gathered or None)
+        if isinstance(class_prompts, dict):
+            return output
+        # Which templates, in which order, and where their embeddings are cached: the aggregate step draws the
+        # ensembling curve of this prompt set from them without encoding anything.
+        return replace(output, arrays={**output.arrays, "templates": np.array(class_prompts, dtype=str)},
+                       tags={TEMPLATE_SET_TAG: template_set(model, classnames)})
+
+    result = cache.get_or_compute(request, compute, before=gather)
+    return Embedded(result.output.arrays, key, result.run_id)
+
+
+def embed_texts(cache: StageCache, loader: ModelLoader, dataset: datasets.DatasetInfo, texts: Callable[[], list[str]],
+                model: ModelKey, *, tags: Mapping[str, str], params: Mapping[str, Any]) -> Embedded:
+    """Embeddings of a dataset's own texts (retrieval captions, WinoGAViL cues), cached like classifiers;
+    `texts` is only called when they have to be encoded."""
+    key = texts_key(model, dataset)
+    request = StageRequest("embed", key, {**tags, "modality": "text", "precision": model.precision}, params,
+                           name=f"embed-text:{loader.spec.name}:{tags.get('dataset')}")
+    result = cache.get_or_compute(request, lambda: encode_texts(loader, texts(), model.precision))
+    return Embedded(result.output.arrays, key, result.run_id)

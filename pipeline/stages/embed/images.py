@@ -1,0 +1,168 @@
+"""Image encoders of the embed stage: every image of a dataset through the image tower once, with what the
+task needs beside it (labels and group metadata, caption owners, WinoGAViL's game layout)."""
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.data import datasets
+from pipeline.data.readers import Batch, Unreadable
+from pipeline.errors import PipelineError, one_line
+from pipeline.models.loading import LoadedModel, ModelLoader
+from pipeline.models.precision import with_dtype
+from pipeline.stages.embed.projection import image_encoder
+from pipeline.store.artifacts import StageOutput
+
+log = logging.getLogger(__name__)
+
+
+def _read_failure(spec: datasets.DatasetSpec, exc: Exception) -> PipelineError:
+    return PipelineError(f"reading dataset {spec.name} ({spec.root}, split {spec.split}) failed: {one_line(exc)}. "
+                         f"A shard may be corrupt or truncated; re-download or regenerate it.")
+
+
+def _unreadable_sample(spec: datasets.DatasetSpec, sample: Unreadable) -> PipelineError:
+    if sample.missing:
+        return PipelineError(f"dataset {spec.name}: sample {sample.key} in shard {sample.shard}: {sample.error}; "
+                             f"is dataset.task={spec.task} right for this dataset?")
+    return PipelineError(f"dataset {spec.name}: sample {sample.key} in shard {sample.shard} cannot be decoded "
+                         f"({one_line(sample.error)}); the shard is corrupt or truncated: re-download it, "
+                         f"or set dataset.skip_corrupt=true to skip such samples")
+
+
+def _model_failure(loaded: LoadedModel, spec: datasets.DatasetSpec, images: torch.Tensor, exc: Exception) -> PipelineError:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return PipelineError(f"out of memory on {loaded.device} encoding a batch of {len(images)} images of "
+                             f"{spec.name}; lower batch_size")
+    return PipelineError(f"the model failed encoding images of {spec.name} (a model error, not a data problem): "
+                         f"{type(exc).__name__}: {one_line(exc)}")
+
+
+def encode_batches(loaded: LoadedModel, batches: Iterator[Batch], spec: datasets.DatasetSpec, precision: str,
+                   collect: Callable[[Batch], None], progress: bool = True) -> StageOutput:
+    """Encode the images of every batch and hand each batch to `collect` for its other fields.
+
+    Only a failure to read a batch is reported as a data problem; the model's own failures (out of memory
+    included) are reported as what they are. Features keep the dtype the tower produced (`with_dtype`).
+    One progress bar counts images (and their rate); features go back to the CPU as each batch is done. Where the
+    tower allows it, pre-projection features come from the same pass (`projection.image_encoder`), so a probe
+    added later never encodes this split again."""
+    features: dict[str, list[torch.Tensor]] = {}
+    encode = image_encoder(loaded.model)
+    skipped: list[Unreadable] = []
+    with torch.no_grad(), loaded.autocast(precision), \
+            tqdm(desc=f"embed {spec.name}/{spec.split}", unit="img", disable=not progress) as bar:
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except PipelineError:
+                raise
+            except Exception as exc:
+                raise _read_failure(spec, exc) from exc
+            missing = [sample for sample in batch.unreadable if sample.missing]
+            if missing or (batch.unreadable and not spec.skip_corrupt):
+                raise _unreadable_sample(spec, (missing or batch.unreadable)[0])
+            skipped.extend(batch.unreadable)
+            if batch.images is not None:
+                try:
+                    images = batch.images.to(loaded.device, non_blocking=True)
+                    for name, encoded in encode(images).items():
+                        features.setdefault(name, []).append(encoded.cpu())
+                except Exception as exc:
+                    raise _model_failure(loaded, spec, batch.images, exc) from exc
+                collect(batch)
+                bar.update(len(batch.images))
+    if not features:
+        raise PipelineError(f"dataset {spec.name} ({spec.root}, split {spec.split}) yielded no readable samples")
+    arrays = {key: value for name, parts in features.items() for key, value in with_dtype(name, torch.cat(parts)).items()}
+    if not spec.skip_corrupt:
+        return StageOutput(arrays=arrays)
+    if skipped:
+        log.warning("dataset %s: skipped %d undecodable sample(s) (dataset.skip_corrupt=true), e.g. %s",
+                    spec.name, len(skipped), skipped[0].describe())
+    listed = np.array([f"{sample.shard}:{sample.key}" for sample in skipped], dtype=str)
+    return StageOutput(arrays={**arrays, "skipped_samples": listed}, metrics={"skipped_samples": float(len(skipped))})
+
+
+def pinned(loaded: LoadedModel) -> bool:
+    """Page-locked batches let the copy to a GPU overlap the next batch's loading; on CPU they only cost."""
+    return loaded.device.type == "cuda"
+
+
+def encode_classification_images(loader: ModelLoader, spec: datasets.DatasetSpec, precision: str, batch_size: int,
+                                 num_workers: int) -> StageOutput:
+    loaded = loader.get()
+    labels: list[int] = []
+    metadata: list[np.ndarray] = []
+
+    def collect(batch: Batch) -> None:
+        labels.extend(int(label) for label in batch.fields["cls"])
+        metadata.extend(batch.fields.get("npy", ()))
+
+    batches = datasets.classification_batches(spec, loaded.preprocess, batch_size, num_workers, pinned(loaded))
+    encoded = encode_batches(loaded, batches, spec, precision, collect)
+    arrays = {**encoded.arrays, "labels": np.array(labels, dtype=np.int64)}
+    if metadata:
+        arrays["metadata"] = np.stack(metadata).astype(np.int64)
+    return StageOutput(arrays=arrays, metrics=encoded.metrics)
+
+
+def encode_retrieval_images(loader: ModelLoader, spec: datasets.DatasetSpec, precision: str, batch_size: int,
+                            num_workers: int) -> StageOutput:
+    """Image features plus every caption and the index of its image (captions are embedded as text later)."""
+    loaded = loader.get()
+    captions: list[str] = []
+    caption_image: list[int] = []
+    image_ids = itertools.count()
+
+    def collect(batch: Batch) -> None:
+        for per_image in batch.fields["txt"]:
+            image_id = next(image_ids)
+            captions.extend(per_image)
+            caption_image.extend([image_id] * len(per_image))
+
+    batches = datasets.retrieval_batches(spec, loaded.preprocess, batch_size, num_workers, pinned(loaded))
+    encoded = encode_batches(loaded, batches, spec, precision, collect)
+    return StageOutput(arrays={**encoded.arrays, "captions": np.array(captions, dtype=str),
+                               "caption_image": np.array(caption_image, dtype=np.int64)}, metrics=encoded.metrics)
+
+
+def winogavil_cue_text(cue: str) -> str:
+    """DataComp's WinoGAViL prompt: "A {cue}" or "An {cue}", lower-cased."""
+    cue = cue.lower()
+    return f"An {cue}" if cue[:1] in "aeiou" else f"A {cue}"
+
+
+def encode_winogavil_images(loader: ModelLoader, spec: datasets.DatasetSpec, precision: str, batch_size: int,
+                            num_workers: int) -> StageOutput:
+    """Every game's candidate images, flattened, with each game's size, true associations and cue text."""
+    loaded = loader.get()
+    sizes, truth, cues = [], [], []
+
+    def collect(batch: Batch) -> None:
+        [game] = batch.fields["game"]
+        sizes.append(len(game.candidates))
+        truth.extend(np.isin(game.candidates, game.associations))
+        cues.append(winogavil_cue_text(game.cue))
+
+    # One game per batch: its candidates are the images DataComp encodes together.
+    games = (Batch(torch.stack([loaded.preprocess(image) for image in game.images]), {"game": [game]})
+             for game in datasets.winogavil_instances(spec))
+    encoded = encode_batches(loaded, games, spec, precision, collect)
+    return StageOutput(arrays={**encoded.arrays, "game_sizes": np.array(sizes, dtype=np.int64),
+                               "associations": np.array(truth, dtype=bool), "cues": np.array(cues, dtype=str)},
+                       metrics=encoded.metrics)
+
+
+IMAGE_ENCODERS: dict[str, Callable[..., StageOutput]] = {
+    "zeroshot_classification": encode_classification_images,
+    "zeroshot_retrieval": encode_retrieval_images,
+    "winogavil": encode_winogavil_images,
+}

@@ -1,0 +1,158 @@
+"""Score stage: every metric that applies to the task, logged as MLflow metrics (clip_benchmark/DataComp names),
+each with its 95 % bootstrap interval (`pipeline/uncertainty.py`); the per-sample outcomes and the replicates are
+kept as small artifacts, so averages and paired comparisons never need the logits."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from pipeline.data.datasets import DatasetSpec
+from pipeline.errors import PipelineError
+from pipeline.stages import metrics, uncertainty
+from pipeline.stages.embed import Embedded
+from pipeline.store.artifacts import METRICS_FILE
+from pipeline.store.artifacts import StageOutput
+from pipeline.store.cache import StageCache, StageRequest, cache_key
+
+VERSION = "3"  # 3: per-sample outcomes, bootstrap replicates and intervals
+
+
+@dataclass(frozen=True)
+class Scores:
+    metrics: Mapping[str, float]
+    main_metric: str
+    key: str
+    run_id: str
+    inputs: Mapping[str, str]  # stage -> the run id of the stage run this score was computed from
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A task's metrics, its per-sample outcomes, each metric's bootstrap replicates, and the resampled units."""
+
+    values: dict[str, float]
+    outcomes: dict[str, np.ndarray]
+    replicates: dict[str, np.ndarray]
+    units: int
+    order: str  # `uncertainty.structure_digest`: results pair only when theirs agree
+
+
+def group_array(field: str) -> str:
+    return f"group_{field}"
+
+
+def classification_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -> Scored:
+    logits, labels = predicted["logits"], images["labels"]
+    values = metrics.classification_metrics(logits, labels)
+    n_classes = logits.shape[1]
+    predictions = logits.argmax(axis=1)
+    outcomes = {"labels": labels, "predictions": predictions,
+                "correct1": metrics.top_k_correct(logits, labels, 1)}
+    if n_classes >= 5:
+        outcomes["correct5"] = metrics.top_k_correct(logits, labels, 5)
+    extra = {name: metrics.EXTRA_METRICS[name] for name in spec.extra_metrics}
+    for name, metric in extra.items():
+        values[name] = metric(predictions, labels)
+    groups: dict[str, tuple[str, int]] = {}
+    for group in spec.group_metrics:
+        field, k = spec.metadata_fields.index(group["field"]), int(group.get("k", 1))
+        outcomes[group_array(group["field"])] = images["metadata"][:, field]
+        if n_classes >= k and f"correct{k}" not in outcomes:  # top-1/top-5 are already there
+            outcomes[f"correct{k}"] = metrics.top_k_correct(logits, labels, k)
+        groups[group["name"]] = (group_array(group["field"]), k)
+        values[group["name"]] = metrics.worst_group_accuracy(logits, labels, images["metadata"][:, field], k=k)
+    seed = uncertainty.dataset_seed(spec.name)
+    replicates = uncertainty.classification_replicates(outcomes, n_classes, extra, groups, seed=seed)
+    values = {**values, "num_samples": float(len(labels)), "num_classes": float(n_classes)}
+    order = [labels, *(outcomes[group_array(g["field"])] for g in spec.group_metrics)]
+    return Scored(values, outcomes, replicates, len(labels), uncertainty.structure_digest(order))
+
+
+def retrieval_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -> Scored:
+    outcomes = {"image_rank": predicted["image_rank"], "text_rank": predicted["text_rank"],
+                "caption_image": images["caption_image"]}
+    values = metrics.retrieval_metrics(predicted["image_rank"], predicted["text_rank"])
+    values = {**values, "num_images": float(len(predicted["text_rank"])),
+              "num_captions": float(len(predicted["image_rank"]))}
+    replicates = uncertainty.retrieval_replicates(outcomes, seed=uncertainty.dataset_seed(spec.name))
+    return Scored(values, outcomes, replicates, len(outcomes["text_rank"]),
+                  uncertainty.structure_digest([outcomes["caption_image"]]))
+
+
+def winogavil_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -> Scored:
+    bounds = np.cumsum(images["game_sizes"])[:-1]
+    truths = np.split(images["associations"], bounds)
+    chosen = np.split(predicted["chosen"], bounds)
+    outcomes = {"game_scores": metrics.winogavil_jaccards(truths, chosen), "game_sizes": images["game_sizes"]}
+    values = {**metrics.winogavil_breakdown(outcomes["game_scores"], outcomes["game_sizes"]),
+              "num_games": float(len(truths))}
+    replicates = uncertainty.winogavil_replicates(outcomes, seed=uncertainty.dataset_seed(spec.name))
+    return Scored(values, outcomes, replicates, len(truths),
+                  uncertainty.structure_digest([outcomes["game_sizes"], images["associations"]]))
+
+
+def with_intervals(scored: Scored) -> StageOutput:
+    """The score's output: metrics with each one's interval bounds and the number of resampled units, the
+    per-sample outcomes, and the replicates (`bootstrap`, one row per name in `bootstrap_metrics`) that averages
+    and paired comparisons are computed from."""
+    names = sorted(scored.replicates)
+    bounds = {}
+    for name in names:
+        low, high = uncertainty.interval(scored.replicates[name])
+        bounds[uncertainty.CI_LOW + name], bounds[uncertainty.CI_HIGH + name] = low, high
+    arrays = {**scored.outcomes, "bootstrap": np.stack([scored.replicates[name] for name in names]),
+              "bootstrap_metrics": np.array(names, dtype=str)}
+    return StageOutput(arrays=arrays, metrics={**scored.values, **bounds, uncertainty.N_METRIC: float(scored.units)},
+                       tags={ORDER_TAG: scored.order})
+
+
+def metric_names(spec: DatasetSpec) -> list[str]:
+    """The metrics the score stage logs for `spec`, known before anything runs."""
+    if spec.task == "zeroshot_retrieval":
+        return list(metrics.retrieval_metrics(np.ones(1), np.ones(1)))
+    if spec.task == "winogavil":
+        return list(metrics.winogavil_scores([np.array([True, False])], [np.array([True, False])]))
+    return list(metrics.CLASSIFICATION_METRICS) + list(spec.extra_metrics) + [g["name"] for g in spec.group_metrics]
+
+
+SCORERS: dict[str, Callable[[DatasetSpec, Embedded, Embedded], Scored]] = {
+    "zeroshot_classification": classification_scores,
+    "zeroshot_retrieval": retrieval_scores,
+    "winogavil": winogavil_scores,
+}
+
+
+def score_key(spec: DatasetSpec, classify_key: str, image_key: str) -> str:
+    config = {"task": spec.task, "main_metric": spec.main_metric, "groups": list(spec.group_metrics),
+              "extra": list(spec.extra_metrics), "fields": list(spec.metadata_fields),
+              "bootstrap": [uncertainty.RESAMPLES, uncertainty.SEED, uncertainty.LEVEL]}
+    return cache_key("score", VERSION, config, [classify_key, image_key])
+
+
+ORDER_TAG = "sample_order"
+# What a cached score serves: its metrics, and the replicates the aggregate reads (checked here, so a damaged file
+# is recomputed with the score alone); the per-sample outcomes stay in the store.
+BOOTSTRAP_FILES = ("bootstrap.npy", "bootstrap_metrics.npy")
+INPUT_TAG = "input."  # the stage runs a score was computed from, so a served score still names them
+
+
+def score(cache: StageCache, spec: DatasetSpec, key: str, inputs: Callable[[], Mapping[str, Embedded]], *,
+          tags: Mapping[str, str], params: Mapping[str, Any]) -> Scores:
+    """Looked up by `key` first: on a hit nothing upstream is read. `inputs` gives the `images` (the ground truth:
+    labels, metadata, caption owners, associations), `text` and `predicted` stages, only when scores are computed."""
+    upstream: dict[str, Embedded] = {}
+
+    def compute() -> StageOutput:
+        output = with_intervals(SCORERS[spec.task](spec, upstream["embed_image"], upstream["classify"]))
+        return replace(output, tags={**output.tags, **{INPUT_TAG + stage: e.run_id for stage, e in upstream.items()}})
+
+    request = StageRequest("score", key, {**tags, "main_metric": spec.main_metric}, params,
+                           name=f"score:{tags.get('model')}:{tags.get('dataset')}:{tags.get('prompts')}",
+                           serve_only=(METRICS_FILE, *BOOTSTRAP_FILES))
+    result = cache.get_or_compute(request, compute, before=lambda: upstream.update(inputs()))
+    if spec.main_metric not in result.output.metrics:
+        raise PipelineError(f"main metric {spec.main_metric!r} of {spec.name} is not among {sorted(result.output.metrics)}")
+    inputs_used = {k.removeprefix(INPUT_TAG): v for k, v in result.tags.items() if k.startswith(INPUT_TAG)}
+    return Scores(dict(result.output.metrics), spec.main_metric, key, result.run_id, inputs_used)

@@ -1,0 +1,150 @@
+"""A stage's output on disk and in the artifact store: plain `.npy` arrays and `metrics.json`, each with the
+SHA-256 recorded as a run tag when it was written and checked when it is read back."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import mlflow.artifacts
+import numpy as np
+from mlflow.entities import Run
+
+from pipeline.errors import one_line
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+CHECKSUM_TAG = "checksum."
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    """What a stage produces: named arrays (saved as plain .npy) and scalar metrics."""
+
+    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)  # extra tags for the run (e.g. the inputs it used)
+    # Files for people (plots), logged beside the arrays but never read back, so they carry no checksum.
+    figures: Mapping[str, bytes] = field(default_factory=dict)
+
+
+class CorruptArtifact(RuntimeError):
+    """A cached file is missing or does not match the checksum recorded when it was written."""
+
+
+class ArtifactUnavailable(RuntimeError):
+    """A cached file could not be downloaded for a reason that may pass (network error, server 5xx)."""
+
+
+DOWNLOAD_ATTEMPTS = 4
+DOWNLOAD_BACKOFF_S = 0.5
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """A definite "this artifact does not exist" from the store, as opposed to a failure that may pass."""
+    if isinstance(exc, FileNotFoundError) or getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None) == 404
+
+
+def load(run: Run, tracking_uri: str, only: tuple[str, ...] | None = None) -> StageOutput:
+    """A run's output, every file checked against its recorded checksum; `only` names the files to read."""
+    checksums = {k.removeprefix(CHECKSUM_TAG): v for k, v in run.data.tags.items() if k.startswith(CHECKSUM_TAG)}
+    if not checksums:
+        raise CorruptArtifact("no checksums recorded")
+    if only is not None:
+        checksums = {name: digest for name, digest in checksums.items() if name in only}
+        if set(only) - set(checksums):
+            raise CorruptArtifact(f"{', '.join(sorted(set(only) - set(checksums)))} not recorded")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, expected in checksums.items():
+            actual = sha256_file(download(run, name, Path(tmp), tracking_uri))
+            if actual != expected:
+                raise CorruptArtifact(f"{name} checksum {actual[:12]} != recorded {expected[:12]}")
+        return read_output(Path(tmp), checksums)
+
+def load_arrays(run: Run, names: tuple[str, ...], tracking_uri: str) -> dict[str, np.ndarray] | None:
+    """Some of a run's arrays, each checked against its recorded checksum; None when the run has none of them."""
+    checksums = {k.removeprefix(CHECKSUM_TAG): v for k, v in run.data.tags.items() if k.startswith(CHECKSUM_TAG)}
+    files = [f"{name}.npy" for name in names]
+    if not all(f in checksums for f in files):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in files:
+            actual = sha256_file(download(run, name, Path(tmp), tracking_uri))
+            if actual != checksums[name]:
+                raise CorruptArtifact(f"{name} checksum {actual[:12]} != recorded {checksums[name][:12]}")
+        return read_output(Path(tmp), {f: checksums[f] for f in files}).arrays
+
+
+def download(run: Run, name: str, directory: Path, tracking_uri: str) -> Path:
+    """One artifact, retried with backoff on failures that may pass; a definite "not found" is corrupt.
+
+    It is addressed by the run's artifact URI, not `runs:/`, whose resolver reports every failure as
+    "does not exist" and so would hide a passing network error."""
+    run_id = run.info.run_id
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        try:
+            return Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{run.info.artifact_uri.rstrip('/')}/{name}", dst_path=str(directory),
+                tracking_uri=tracking_uri))
+        except Exception as exc:  # MLflow raises MlflowException, requests' and OS errors, depending on the store
+            if is_not_found(exc):
+                raise CorruptArtifact(f"{name} is missing from the artifact store: {exc}") from exc
+            if attempt == DOWNLOAD_ATTEMPTS:
+                raise ArtifactUnavailable(f"{name}: {DOWNLOAD_ATTEMPTS} attempts failed, last: {exc}") from exc
+            log.warning("downloading %s of run %s failed (%s); retrying (%d/%d)", name, run_id,
+                        one_line(exc)[:200], attempt + 1, DOWNLOAD_ATTEMPTS)
+            time.sleep(DOWNLOAD_BACKOFF_S * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+
+def write_output(directory: Path, output: StageOutput) -> dict[str, str]:
+    checksums: dict[str, str] = {}
+    for name, array in output.arrays.items():
+        path = directory / f"{name}.npy"
+        np.save(path, np.asarray(array), allow_pickle=False)
+        checksums[path.name] = sha256_file(path)
+    if output.metrics:
+        path = directory / METRICS_FILE
+        # NaN (e.g. acc5 with < 5 classes) is kept as null so the file stays strict JSON.
+        metrics = {k: (None if math.isnan(float(v)) else float(v)) for k, v in output.metrics.items()}
+        path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        checksums[path.name] = sha256_file(path)
+    write_files(directory, output.figures)
+    return checksums
+
+
+def write_files(directory: Path, files: Mapping[str, bytes]) -> None:
+    """Files named by relative paths (`overlays/a.png`) under `directory`."""
+    for name, data in files.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_bytes(data)
+
+
+def read_output(directory: Path, names: Mapping[str, str]) -> StageOutput:
+    arrays = {Path(n).stem: np.load(directory / n, allow_pickle=False) for n in names if n.endswith(".npy")}
+    metrics: dict[str, float] = {}
+    if METRICS_FILE in names:
+        raw = json.loads((directory / METRICS_FILE).read_text())
+        metrics = {k: (math.nan if v is None else float(v)) for k, v in raw.items()}
+    return StageOutput(arrays, metrics)
+
+

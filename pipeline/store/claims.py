@@ -1,0 +1,195 @@
+"""Claims on cache keys, kept in the tracking store itself, so that jobs missing the same key at once compute it
+once: one computes, the others wait and are served its run. They work the same on SQLite and on a tracking server.
+
+MLflow has no compare-and-set, so a claim is an ordinary run (tag `stage=claim`, the keys it claims, a
+heartbeat), ordered as in Lamport's bakery algorithm: after creating its claim a job lists the group's claims and
+takes a ticket one above the highest it saw; a claim without a ticket yet is still choosing, and nobody decides
+while one is. Then, for each key, the live claim with the lowest (ticket, run id) owns it. Start times would not
+do: a claim stamped earlier can be committed after a later one has already looked and found itself alone, and
+both would compute. Every store here is linearizable per request, which is all the bakery needs. Claims are
+deleted on release.
+
+A claim whose heartbeat value has not changed for `timeout_s`, as the observer's own monotonic clock measures it
+(so workers' clocks need not agree), belongs to a killed worker: the observer marks the stage runs it left RUNNING
+as KILLED, deletes it, and the next claim in order takes its keys over. Stage runs carry `claim_id`, the claim
+they were computed under, which is how a dead claim's runs are found. A claimant that finds its own claim gone
+(taken over while its heartbeats could not reach the store) stops relying on it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+from mlflow.entities import Run, RunTag
+
+from pipeline.errors import one_line
+from pipeline.store.tracking import TrackingStore
+
+log = logging.getLogger(__name__)
+
+CLAIM_STAGE = "claim"
+CLAIM_ID_TAG = "claim_id"  # on a stage run: the claim it was computed under
+_GROUP, _KEYS, _HEARTBEAT, _TICKET = "claim_group", "claim_keys", "claim_heartbeat", "claim_ticket"
+# MLflow keeps tag values up to 8000 characters; keys are 24 characters and a comma.
+MAX_KEYS = 300
+
+
+@dataclass(frozen=True)
+class ClaimInfo:
+    run_id: str
+    keys: frozenset[str]
+    heartbeat: float
+    ticket: int | None  # None while the claimant is still choosing it
+
+    @property
+    def order(self) -> tuple[int, str]:
+        return self.ticket or 0, self.run_id
+
+    @classmethod
+    def from_run(cls, run: Run) -> "ClaimInfo":
+        tags = run.data.tags
+        ticket = tags.get(_TICKET)
+        return cls(run.info.run_id, frozenset(filter(None, tags.get(_KEYS, "").split(","))),
+                   float(tags.get(_HEARTBEAT, 0.0)), int(ticket) if ticket else None)
+
+
+@dataclass
+class Claim:
+    """A claim this process holds; its heartbeat thread runs until it is released."""
+
+    claims: "Claims"
+    info: ClaimInfo
+    group: str
+    lost: threading.Event = field(default_factory=threading.Event)  # set when another job took it over
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _seen: dict[str, tuple[float, float]] = field(default_factory=dict)  # other claim -> (heartbeat, first seen)
+
+    @property
+    def run_id(self) -> str:
+        return self.info.run_id
+
+    def owners(self) -> dict[str, str] | None:
+        """The run id of the claim that owns each of this claim's keys (expired claims reaped first), or None while
+        another claim of the group is still choosing its ticket."""
+        live, choosing = [self.info], False
+        for other in self.claims.listed(self.group):
+            if other.run_id == self.run_id:
+                continue
+            if self._stale(other):
+                self.claims.reap(other, time.monotonic() - self._seen[other.run_id][1])
+            elif other.ticket is None:
+                choosing = True
+            else:
+                live.append(other)
+        if choosing:
+            return None
+        live.sort(key=lambda claim: claim.order)
+        return {key: next(claim.run_id for claim in live if key in claim.keys) for key in self.info.keys}
+
+    def _stale(self, other: ClaimInfo) -> bool:
+        """Whether `other`'s heartbeat has stood still for the timeout, by this process's monotonic clock."""
+        now = time.monotonic()
+        seen = self._seen.get(other.run_id)
+        if seen is None or seen[0] != other.heartbeat:
+            self._seen[other.run_id] = (other.heartbeat, now)
+            return False
+        return now - seen[1] > self.claims.timeout_s
+
+    def _beat(self) -> None:
+        client = self.claims.store.client
+        failing = False
+        while not self._stop.wait(self.claims.heartbeat_s):
+            try:
+                client.set_tag(self.run_id, _HEARTBEAT, f"{time.time():.3f}")
+                failing = False
+            except Exception as exc:  # the store may be down for a while: keep trying, unless the claim is gone
+                if self._taken_over():
+                    log.warning("claim %s was taken over by another job (its heartbeats did not reach the store for "
+                                "%.0f s); this job no longer counts on it", self.run_id, self.claims.timeout_s)
+                    self.lost.set()
+                    return
+                if not failing:
+                    log.warning("claim %s: heartbeat failed (%s); retrying", self.run_id, one_line(exc)[:200])
+                failing = True
+
+    def _taken_over(self) -> bool:
+        try:
+            run = self.claims.store.client.get_run(self.run_id)
+        except Exception:  # unreachable, or already gone: only a definite answer counts
+            return False
+        return run.info.lifecycle_stage == "deleted" or run.info.status != "RUNNING"
+
+
+@dataclass(frozen=True)
+class Claims:
+    """Claims in one tracking store; a heartbeat standing still for `timeout_s` makes a claim expired."""
+
+    store: TrackingStore
+    timeout_s: float = 300.0
+
+    @property
+    def heartbeat_s(self) -> float:
+        return self.timeout_s / 5
+
+    @property
+    def poll_s(self) -> float:
+        """The longest wait between two looks at the store while another job computes."""
+        return min(5.0, self.timeout_s / 4)
+
+    @contextmanager
+    def hold(self, keys: Sequence[str], group: str, label: str) -> Iterator[Claim]:
+        """Create a claim on `keys` (all of one `group`), heartbeat it, and delete it when the block ends."""
+        if not 0 < len(keys) <= MAX_KEYS:
+            raise ValueError(f"a claim holds 1 to {MAX_KEYS} keys, not {len(keys)}")
+        client = self.store.client
+        now = time.time()
+        tags = {"stage": CLAIM_STAGE, _GROUP: group, _KEYS: ",".join(keys), _HEARTBEAT: f"{now:.3f}",
+                "claim_host": socket.gethostname(), "claim_pid": str(os.getpid())}
+        run_id = client.create_run(self.store.experiment_id, start_time=int(now * 1000), tags=tags,
+                                   run_name=f"claim:{label}").info.run_id
+        try:
+            ticket = 1 + max((other.ticket or 0 for other in self.listed(group) if other.run_id != run_id), default=0)
+            client.set_tag(run_id, _TICKET, str(ticket))
+        except BaseException:
+            self._remove(run_id, "FAILED")
+            raise
+        claim = Claim(self, ClaimInfo(run_id, frozenset(keys), now, ticket), group)
+        beat = threading.Thread(target=claim._beat, name=f"claim-heartbeat-{claim.run_id}", daemon=True)
+        beat.start()
+        try:
+            yield claim
+        finally:
+            claim._stop.set()
+            beat.join()
+            self._remove(claim.run_id, "FINISHED")
+
+    def listed(self, group: str) -> list[ClaimInfo]:
+        query = f"tags.stage = '{CLAIM_STAGE}' and tags.{_GROUP} = '{group}' and attributes.status = 'RUNNING'"
+        runs = self.store.client.search_runs([self.store.experiment_id], filter_string=query, max_results=1000)
+        return [ClaimInfo.from_run(run) for run in runs]
+
+    def reap(self, claim: ClaimInfo, silent_s: float) -> None:
+        """A killed worker's claim: the stage runs it left RUNNING become KILLED, so the UI says what happened."""
+        client = self.store.client
+        query = f"tags.{CLAIM_ID_TAG} = '{claim.run_id}' and attributes.status = 'RUNNING'"
+        for run in client.search_runs([self.store.experiment_id], filter_string=query, max_results=1000):
+            log.warning("run %s (%s) was left running by a worker whose claim expired; marking it KILLED",
+                        run.info.run_id, run.info.run_name)
+            client.log_batch(run.info.run_id, tags=[RunTag("killed_by", "expired claim")])
+            client.set_terminated(run.info.run_id, "KILLED")
+        log.warning("claim %s expired (no heartbeat for %.0f s); taking its keys over", claim.run_id, silent_s)
+        self._remove(claim.run_id, "KILLED")
+
+    def _remove(self, run_id: str, status: str) -> None:
+        client = self.store.client
+        try:
+            client.set_terminated(run_id, status)
+            client.delete_run(run_id)
+        except Exception as exc:  # another job reaped it first, or the store is down: an orphan expires anyway
+            log.debug("claim %s not removed: %s", run_id, exc)

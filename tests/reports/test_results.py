@@ -1,0 +1,42 @@
+"""Tables from score records: layouts, means, missing cells, external result files, and the MLflow aggregate run."""
+import json
+
+import pytest
+
+from pipeline.data import catalog
+from pipeline.errors import PipelineError
+from pipeline.reports import results, tables
+from tests.records import PUBLISHED, write_clip_benchmark_jsons
+
+
+def test_clip_benchmark_json_folder_reproduces_published_averages(tmp_path):
+    for _, row in PUBLISHED.iterrows():
+        write_clip_benchmark_jsons(tmp_path, row)
+    table = tables.openclip38(results.from_directory(tmp_path)).set_index(["name", "pretrained"])
+    for _, published in PUBLISHED.iterrows():
+        average = float(table.loc[(published["name"], published["pretrained"]), "Average perf. on 38 datasets"])
+        assert average == pytest.approx(float(published.iloc[2]), abs=6e-5)
+
+
+def test_datacomp_jsonl_reproduces_published_average(tmp_path):
+    row = PUBLISHED.iloc[1]
+    folder = tmp_path / "ViT-B-16"
+    folder.mkdir()
+    lines = []
+    for key in catalog.suite("datacomp38"):
+        entry = catalog.lookup(key)
+        value = float(row[entry.column])
+        lines.append(json.dumps({"key": key, "dataset": entry.column, "metrics": {entry.main_metric: value,
+                                                                                 "main_metric": value}}))
+    (folder / "eval_results.jsonl").write_text("\n".join(lines) + "\n")
+    [ours] = tables.openclip38(results.from_directory(tmp_path)).to_dict("records")
+    assert ours["name"] == "ViT-B-16"
+    assert float(ours["Average perf. on 38 datasets"]) == pytest.approx(float(row.iloc[2]), abs=6e-5)
+
+
+def test_unreadable_result_file_is_named(tmp_path):
+    write_clip_benchmark_jsons(tmp_path, PUBLISHED.iloc[0])
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"dataset": "cifar10", "model": "x"')
+    with pytest.raises(PipelineError, match="broken.json"):
+        results.from_directory(tmp_path)

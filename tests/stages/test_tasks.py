@@ -1,0 +1,184 @@
+"""Every task type: metric definitions on worked examples, the reference where one runs offline, and a real
+job per task on a synthetic stand-in in the source's on-disk layout."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from clip_benchmark.metrics import zeroshot_retrieval
+from sklearn.metrics import f1_score
+
+from pipeline.data import datasets
+from pipeline.jobs.scoring import run_job
+from pipeline.models.loading import ModelLoader, ModelSpec
+from pipeline.stages import metrics
+from pipeline.stages.classify import normalize
+from pipeline.stages.embed import encode_retrieval_images, encode_texts, winogavil_cue_text
+from tests import synthetic
+from tests.conftest import compose_config
+
+
+# -- group metrics (WILDS, fairness) -------------------------------------------------------------------
+def one_hot_logits(predictions, classes=4):
+    return np.eye(classes, dtype=np.float32)[predictions]
+
+
+def test_worst_group_accuracy_worked_example():
+    labels = np.array([0, 1, 2, 3, 0, 1])
+    predictions = np.array([0, 1, 0, 0, 0, 0])   # right: 1 1 0 0 1 0
+    groups = np.array([0, 0, 1, 1, 2, 2])        # group acc: 1.0, 0.0, 0.5
+    logits = one_hot_logits(predictions)
+    assert metrics.worst_group_accuracy(logits, labels, groups) == 0.0
+    # a group id with no samples (3) is ignored rather than counted as 0 or NaN
+    assert metrics.group_accuracies(metrics.top_k_correct(logits, labels, 1), groups) == {0: 1.0, 1: 0.0, 2: 0.5}
+
+
+def test_fmow_worst_region_keeps_other_as_datacomps_code_does():
+    """DataComp's eval_utils/wilds_eval.py (mlfoundations/datacomp@4a8df19) builds the regions' group names with
+    `region_grouper.group_field_str(group_idx)` (l.208), which, with no metadata map set on its WILDSEvaluator
+    (l.112-114), reads `region = 5` (wilds 2.0.0, common/grouper.py:161-179). So its test
+    `... == 0 or "Other" in group_str: continue` (l.213-217) only skips empty regions, and `acc_worst_region` is
+    the minimum over every region with samples (l.223-226), "Other" (5) included."""
+    from omegaconf import OmegaConf
+
+    from pipeline.stages.embed import Embedded
+    from pipeline.stages.score import classification_scores
+    from tests.conftest import CONF
+
+    spec = datasets.DatasetSpec.from_cfg(OmegaConf.merge(OmegaConf.load(CONF / "dataset" / "wilds" / "fmow.yaml"),
+                                                         {"root": "unused"}))
+    labels = np.array([0, 1, 2, 3, 0, 1, 2, 3, 0])
+    predictions = labels.copy()
+    predictions[8] = 1                                # the single "Other" image is wrong
+    regions = np.array([0, 0, 1, 1, 2, 2, 4, 4, 5])   # region 3 (Americas) has no image
+    metadata = np.stack([regions, np.zeros(9, int), labels], axis=1)
+    images = Embedded({"labels": labels, "metadata": metadata}, "k", "r")
+    predicted = Embedded({"logits": one_hot_logits(predictions), "predictions": predictions}, "k", "r")
+    scores = classification_scores(spec, images, predicted).values
+    assert scores["acc_worst_region"] == 0.0          # "Other" alone decides it
+    assert scores["acc1"] == pytest.approx(8 / 9) and scores["acc_worst_year"] == pytest.approx(8 / 9)
+    metadata[8, 0] = 4                                # move it to Oceania: still the worst region, now 2/3
+    assert classification_scores(spec, images, predicted).values["acc_worst_region"] == pytest.approx(2 / 3)
+
+
+def test_top5_worst_group_for_dollar_street():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(40, 8)).astype(np.float32)
+    labels = rng.integers(0, 8, 40)
+    groups = np.repeat([0, 1, 2, 3], 10)
+    expected = min(float(np.mean([labels[i] in np.argsort(-logits[i])[:5] for i in range(g * 10, g * 10 + 10)]))
+                   for g in range(4))
+    assert metrics.worst_group_accuracy(logits, labels, groups, k=5) == pytest.approx(expected)
+
+
+def test_macro_f1_counts_only_classes_present():
+    labels = np.array([0, 0, 1, 1])
+    predictions = np.array([0, 2, 1, 1])  # class 2 is predicted but absent from the ground truth
+    assert metrics.macro_f1_present(predictions, labels) == pytest.approx(f1_score(labels, predictions, average="macro",
+                                                                                   labels=[0, 1]))
+    assert metrics.macro_f1_present(predictions, labels) > f1_score(labels, predictions, average="macro")
+
+
+# -- retrieval -----------------------------------------------------------------------------------------
+def test_retrieval_worked_example():
+    images = np.eye(3, dtype=np.float32)
+    # captions 0,1 belong to image 0; caption 2 to image 1; caption 3 to image 2
+    captions = normalize(np.array([[1, 0.2, 0], [0.1, 1, 0], [0, 1, 0.5], [0, 0.9, 1]], dtype=np.float32))
+    owner = np.array([0, 0, 1, 2])
+    image_rank, text_rank = metrics.retrieval_ranks(captions, images, owner)
+    assert image_rank.tolist() == [1, 2, 1, 1]
+    # image 1's own caption 2 scores 0.89 against it, but caption 1 (image 0's) scores 0.995
+    assert text_rank.tolist() == [1, 2, 1]
+    values = metrics.retrieval_metrics(image_rank, text_rank)
+    assert values["image_retrieval_recall@1"] == 0.75 and values["text_retrieval_recall@1"] == pytest.approx(2 / 3)
+    assert values["text_retrieval_recall@5"] == 1.0
+    assert values["mean_recall@1"] == pytest.approx((0.75 + 2 / 3) / 2)
+    assert values["image_retrieval_mean_rank"] == 1.25 and values["text_retrieval_mean_rank"] == pytest.approx(4 / 3)
+
+
+@pytest.fixture(scope="module")
+def loader(tiny_checkpoint):
+    return ModelLoader(ModelSpec("tiny", "tiny-clip", str(tiny_checkpoint), "fp32"), torch.device("cpu"))
+
+
+def test_retrieval_matches_clip_benchmark(loader, tmp_path):
+    root = synthetic.write_wds_retrieval(tmp_path / "retrieval", per_class=3)
+    spec = datasets.DatasetSpec("retrieval_shapes", "zeroshot_retrieval", str(root), "test", "mean_recall@1")
+    loaded = loader.get()
+    from clip_benchmark.datasets.builder import image_captions_collate_fn
+    reference_loader = torch.utils.data.DataLoader(datasets.build(spec, loaded.preprocess).batched(
+        16, collation_fn=image_captions_collate_fn), batch_size=None)
+    reference = zeroshot_retrieval.evaluate(loaded.model, reference_loader, loaded.tokenizer, "cpu", amp=False,
+                                            recall_k_list=[1, 5, 10])
+
+    images = encode_retrieval_images(loader, spec, "fp32", batch_size=8, num_workers=0).arrays
+    captions = encode_texts(loader, [str(c) for c in images["captions"]], "fp32").arrays["text_features"]
+    ours = metrics.retrieval_metrics(*metrics.retrieval_ranks(captions, normalize(images["image_features"]),
+                                                             images["caption_image"]))
+    for name, value in reference.items():
+        assert ours[name] == pytest.approx(value, abs=1e-6), name
+    assert ours["mean_recall@1"] > 0.1  # better than chance (1/36 images)
+
+
+# -- WinoGAViL -----------------------------------------------------------------------------------------
+def test_winogavil_cue_prompt():
+    assert winogavil_cue_text("Apple") == "An apple" and winogavil_cue_text("dog") == "A dog"
+
+
+def test_winogavil_scores_worked_example():
+    truths = [np.array([1, 1, 0, 0, 0], bool), np.array([1, 0, 0, 0, 0, 0, 0, 0, 0, 1], bool)]
+    sims = [np.array([0.9, 0.1, 0.8, 0.0, 0.0]), np.array([0.9, 0, 0, 0, 0, 0, 0, 0, 0, 0.8])]
+    chosen = [metrics.winogavil_predictions(s, int(t.sum())) for s, t in zip(sims, truths)]
+    assert chosen[0].tolist() == [True, False, True, False, False]
+    scores = metrics.winogavil_scores(truths, chosen)
+    assert scores["jaccard_score_5"] == pytest.approx(1 / 3) and scores["jaccard_score_10"] == 1.0
+    assert scores["jaccard_score_10-12"] == 1.0 and scores["avg_jaccard_score"] == pytest.approx(2 / 3)
+    assert math.isnan(scores["jaccard_score_12"])
+
+
+# -- a real job per task type on synthetic stand-ins ---------------------------------------------------
+def job_config(tmp_path, tiny_checkpoint, *overrides):
+    return compose_config(f"model.pretrained={tiny_checkpoint}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                          f"tracking.artifact_location={tmp_path}/artifacts", "num_workers=0", *overrides)
+
+
+@pytest.mark.parametrize("dataset, writer, main", [
+    ("retrieval/flickr_1k_test_image_text_retrieval", synthetic.write_hf_retrieval, "mean_recall@1"),
+    ("misc/winogavil", synthetic.write_hf_winogavil, "jaccard_score_10-12"),
+    ("wilds/fmow", lambda root: synthetic.write_wds_classification(root, metadata_fields=3, groups=6), "acc_worst_region"),
+    ("wilds/iwildcam", lambda root: synthetic.write_wds_classification(root, metadata_fields=9), "F1-macro_all"),
+    ("wilds/camelyon17", lambda root: synthetic.write_wds_classification(root, metadata_fields=3), "acc1"),
+    ("fairness/dollar_street", lambda root: synthetic.write_wds_classification(root, metadata_fields=3), "acc_top5_wg"),
+    ("fairness/geode", lambda root: synthetic.write_wds_classification(root, metadata_fields=2), "acc_wg"),
+])
+def test_job_per_task_type(tmp_path, tiny_checkpoint, dataset, writer, main):
+    cfg = job_config(tmp_path, tiny_checkpoint, f"dataset={dataset}", f"data_root={tmp_path / 'mirror'}", "metric=main")
+    writer(__import__("pathlib").Path(cfg.dataset.root))
+    result = run_job(cfg)
+    assert result.metric == main and 0.0 <= result.value <= 1.0
+    assert result.value > 0.3, result.metrics  # the tiny model is far above chance on shapes
+
+
+def test_image_folder_with_folder_names_as_classes(tmp_path, tiny_checkpoint):
+    root = synthetic.write_image_folder(tmp_path / "miniplaces")
+    cfg = job_config(tmp_path, tiny_checkpoint, "dataset=wds", "dataset.name=miniplaces", "dataset.format=folder",
+                     f"dataset.root={root}", "prompts=miniplaces")
+    assert datasets.describe(datasets.DatasetSpec.from_cfg(cfg.dataset)).classnames == sorted(synthetic.CLASSES)
+    assert run_job(cfg).value >= 0.8
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_hf_mirror_may_be_a_save_to_disk_folder(tmp_path, as_dict):
+    import datasets as hf
+
+    rows = hf.load_dataset(str(synthetic.write_hf_retrieval(tmp_path / "parquet")), split="test")
+    (hf.DatasetDict({"test": rows}) if as_dict else rows).save_to_disk(str(tmp_path / "saved"))
+    spec = datasets.DatasetSpec("retrieval/x", "zeroshot_retrieval", str(tmp_path / "saved"), "test", "mean_recall@1",
+                                format="hf")
+    assert datasets.load_hf(spec).column("caption") == rows["caption"]
+
+
+def test_generic_wds_config_reads_any_webdataset(tmp_path, tiny_checkpoint, shapes_root):
+    cfg = job_config(tmp_path, tiny_checkpoint, "dataset=wds", "dataset.name=my_shapes", f"dataset.root={shapes_root}")
+    result = run_job(cfg)
+    assert result.metric == "acc1" and result.value >= 0.8

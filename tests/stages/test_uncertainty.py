@@ -1,0 +1,128 @@
+"""Bootstrap intervals and paired comparisons (pipeline/uncertainty.py, pipeline/comparisons.py), checked against
+direct resampling written out here independently, and for coverage on simulated data."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score, f1_score
+
+from pipeline.stages import metrics, uncertainty
+from tests.records import direct_interval
+
+R = uncertainty.RESAMPLES
+
+
+
+
+def test_the_interval_covers_the_true_accuracy_about_95_percent_of_the_time():
+    rng = np.random.default_rng(123)
+    covered = 0
+    for _ in range(500):
+        correct = rng.random(1000) < 0.7
+        outcomes = {"labels": np.zeros(1000, dtype=np.int64), "predictions": np.zeros(1000, dtype=np.int64),
+                    "correct1": correct}
+        low, high = uncertainty.interval(uncertainty.classification_replicates(outcomes, 2)["acc1"])
+        covered += low <= 0.7 <= high
+    assert 0.92 <= covered / 500 <= 0.98, covered / 500
+
+
+def classification_outcomes(n=300, classes=6, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    logits = rng.normal(size=(n, classes)) + 1.5 * np.eye(classes)[labels]
+    return {"labels": labels, "predictions": logits.argmax(1), "correct1": metrics.top_k_correct(logits, labels, 1),
+            "correct5": metrics.top_k_correct(logits, labels, 5), "group_region": rng.integers(0, 4, n)}
+
+
+def test_plain_metrics_equal_a_direct_resampling_of_the_outcomes():
+    outcomes = classification_outcomes()
+    extra = {"F1-macro_all": metrics.macro_f1_present}
+    replicates = uncertainty.classification_replicates(outcomes, 6, extra)
+    rng = np.random.default_rng(uncertainty.SEED)
+    acc1, recall, f1 = [], [], []
+    for _ in range(R):
+        idx = rng.integers(0, 300, 300)
+        labels, predictions = outcomes["labels"][idx], outcomes["predictions"][idx]
+        acc1.append(np.mean(labels == predictions))
+        recall.append(balanced_accuracy_score(labels, predictions))
+        f1.append(f1_score(labels, predictions, average="macro", labels=np.unique(labels)))
+    assert uncertainty.interval(replicates["acc1"]) == pytest.approx(direct_interval(acc1))
+    assert uncertainty.interval(replicates["mean_per_class_recall"]) == pytest.approx(direct_interval(recall))
+    assert uncertainty.interval(replicates["F1-macro_all"]) == pytest.approx(direct_interval(f1))
+    assert uncertainty.interval(replicates["acc1_adjusted"]) == pytest.approx(
+        tuple(v - 1 / 6 for v in direct_interval(acc1)))
+
+
+def test_worst_group_metrics_resample_within_each_group():
+    outcomes = classification_outcomes()
+    groups = outcomes["group_region"]
+    replicates = uncertainty.classification_replicates(outcomes, 6, groups={"acc_worst_region": ("group_region", 1)})
+    rng = np.random.default_rng(uncertainty.SEED)
+    members = [np.flatnonzero(groups == g) for g in range(4)]
+    direct = []
+    for _ in range(R):
+        drawn = [m[rng.integers(0, len(m), len(m))] for m in members]
+        direct.append(min(outcomes["correct1"][d].mean() for d in drawn))
+    assert uncertainty.interval(replicates["acc_worst_region"]) == pytest.approx(direct_interval(direct))
+
+
+def test_retrieval_resamples_images_with_all_their_captions():
+    rng = np.random.default_rng(4)
+    owner = np.repeat(np.arange(40), rng.integers(1, 6, 40))
+    rng.shuffle(owner)
+    outcomes = {"image_rank": rng.integers(1, 20, len(owner)), "text_rank": rng.integers(1, 8, 40),
+                "caption_image": owner}
+    replicates = uncertainty.retrieval_replicates(outcomes)
+    draw = np.random.default_rng(uncertainty.SEED)
+    direct = []
+    for _ in range(R):
+        images = draw.integers(0, 40, 40)
+        captions = [c for i in images for c in np.flatnonzero(owner == i)]
+        direct.append(0.5 * (np.mean(outcomes["image_rank"][captions] <= 1) + np.mean(outcomes["text_rank"][images] <= 1)))
+    assert uncertainty.interval(replicates["mean_recall@1"]) == pytest.approx(direct_interval(direct))
+
+
+def test_winogavil_resamples_games():
+    rng = np.random.default_rng(5)
+    outcomes = {"game_scores": rng.random(30), "game_sizes": rng.choice([5, 6, 10, 12], 30)}
+    replicates = uncertainty.winogavil_replicates(outcomes)
+    draw = np.random.default_rng(uncertainty.SEED)
+    direct = [outcomes["game_scores"][draw.integers(0, 30, 30)].mean() for _ in range(R)]
+    assert uncertainty.interval(replicates["avg_jaccard_score"]) == pytest.approx(direct_interval(direct))
+
+
+def test_the_paired_test_finds_nothing_against_itself_and_a_clear_difference_where_there_is_one():
+    outcomes = classification_outcomes()
+    a = uncertainty.classification_replicates(outcomes, 6)["acc1"]
+    assert uncertainty.paired(a, a) == (0.0, 0.0, 1.0)
+    better = dict(outcomes, correct1=outcomes["correct1"].copy())
+    wrong = np.flatnonzero(~better["correct1"])
+    better["correct1"][wrong[: len(wrong) // 2]] = True  # right wherever A is right, and on half of A's misses
+    b = uncertainty.classification_replicates(better, 6)["acc1"]
+    low, high, p = uncertainty.paired(b, a)
+    assert low > 0 and p < 0.01
+
+
+
+
+
+
+
+
+
+
+
+
+def test_each_dataset_draws_its_own_resamples_the_same_for_every_model():
+    first, again = (next(uncertainty.draws(100, seed=uncertainty.dataset_seed("cifar10"))) for _ in range(2))
+    other = next(uncertainty.draws(100, seed=uncertainty.dataset_seed("mnist")))
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+
+
+def test_worst_group_intervals_use_the_groups_own_k():
+    outcomes = classification_outcomes()
+    outcomes["correct3"] = np.ones(300, dtype=bool)
+    replicates = uncertainty.classification_replicates(outcomes, 6, groups={"wg3": ("group_region", 3),
+                                                                          "wg1": ("group_region", 1)})
+    assert (replicates["wg3"] == 1).all() and (replicates["wg1"] < 1).all()
+
+
