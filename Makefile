@@ -28,12 +28,13 @@ space := $(empty) $(empty)
 # The bundled tiny model's training run, a checkpoint every 300 steps (expanded when the recipe runs, after `assets`).
 CHECKPOINTS = $(subst $(space),$(comma),$(sort $(wildcard $(CURDIR)/outputs/models/tiny-clip-run/checkpoints/step_*.pt)))
 
-demo: assets ## Sweep the tiny model over the synthetic data with 5 prompt sets, its k-shot linear probes and its training checkpoints, then draw its relevance maps; write each sweep's report.html (tables with intervals, heatmap, prompt gains, ensembling, few-shot and training curves, relevance grid)
+demo: assets ## Sweep the tiny model over the synthetic data with 5 prompt sets, its k-shot linear probes and its training checkpoints, check CLIP_benchmark's published results against open_clip's table, then draw its relevance maps; write each sweep's report.html
 	$(PY) -m pipeline -m model=tiny dataset=shapes prompts=$(PROMPTS)
 	$(PY) -m pipeline -m model=tiny dataset=shapes head=linear_probe head.k_shot=1,2,4,8,16,null head.seed=0,1,2
 	$(PY) -m pipeline -m model=tiny dataset=shapes prompts=dataset model.pretrained=$(CHECKPOINTS)
 	$(PY) -m pipeline.aggregate intervals=true
 	$(PY) -m pipeline.aggregate layout=compare baseline=prompts:dataset
+	$(PY) -m pipeline.aggregate layout=reproduction reference=openclip results_dir=$(CURDIR)/pipeline/reports/published/clip_benchmark_benchmark.csv
 	$(MAKE) --no-print-directory explain
 	@echo "Reports: $$(ls -d $(CURDIR)/outputs/multirun/*/*/report.html | tail -4 | tr '\n' ' ')"
 

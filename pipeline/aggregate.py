@@ -20,7 +20,7 @@ from pipeline.data.prompts import PROMPT_FREE
 from pipeline.errors import PipelineError, one_line, reported, reported_hook
 from pipeline.jobs import sweep
 from pipeline.jobs.explaining import KIND
-from pipeline.reports import comparisons, fewshot, layouts, page, relevance, results, robustness
+from pipeline.reports import comparisons, fewshot, layouts, page, references, relevance, results, robustness
 from pipeline.reports.results import ScoreRecord
 from pipeline.store import links, tracking
 from pipeline.store.artifacts import ArtifactUnavailable, CorruptArtifact
@@ -144,6 +144,8 @@ def select(records: list[ScoreRecord], prompts: str | None, protocol: str | None
 @hydra.main(config_path=str(CONF_DIR), config_name="aggregate", version_base="1.3")
 @reported
 def main(cfg: DictConfig) -> None:
+    layout = layouts.get(cfg.layout)  # an unknown layout or reference is refused before anything is read
+    references.chosen(cfg.reference)
     store = tracking.connect_cfg(cfg.tracking)
     # The robustness layout reads its ImageNet-trained baseline models from results_dir; its points from the store.
     if cfg.results_dir and cfg.layout != "robustness":
@@ -156,7 +158,6 @@ def main(cfg: DictConfig) -> None:
                      cfg.protocol.name if cfg.get("protocol") else None)
     if not records:
         raise PipelineError(f"no finished job runs found in {source}; run `python -m pipeline` first")
-    layout = layouts.get(cfg.layout)
     wants_replicates = (cfg.intervals or layout.needs_replicates) and not cfg.results_dir
     replicates = results.replicate_loader(store) if wants_replicates else None
     if cfg.intervals and cfg.results_dir:
@@ -167,7 +168,7 @@ def main(cfg: DictConfig) -> None:
                 OmegaConf.to_container(cfg.baseline) if OmegaConf.is_config(cfg.baseline) else cfg.baseline)
     out_dir = Path(cfg.output_dir)
     request = layouts.Request(records, cfg.metric.name, out_dir, Path(cfg.output).resolve() if cfg.output else None,
-                              cfg.mean_row, cfg.intervals, replicates, baseline, store)
+                              cfg.mean_row, cfg.intervals, replicates, baseline, store, cfg.reference)
     with aggregate_run(store, {"source": source, "layout": cfg.layout, "metric": cfg.metric.name}) as run_id:
         written = layouts.write_layout(cfg.layout, request)
         report = write_report(out_dir, f"{layout.title} ({source})", [page.Section(layout.title, written.on_page)],

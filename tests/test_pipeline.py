@@ -105,9 +105,9 @@ def assert_reports_of_the_sweep(workdir: Path) -> None:
     assert set(curves["prompts"]) == {"dataset"} and list(curves["templates"]) == [1, 2, 3, 4]
     assert curves["listed_order"].iloc[-1] == pytest.approx(table["dataset"], abs=1.5 / 480)  # at most one sample
     page = (folder / "report.html").read_text()
-    for section in ("Results per prompt set", "Prompt engineering", "Job runs"):
+    for section in ("Results with 95 % intervals", "Prompt engineering", "Job runs"):
         assert f"<h2>{section}</h2>" in page
-    assert page.count("data:image/png;base64,") >= 4  # bars, heatmap, gains, ensembling
+    assert page.count("data:image/png;base64,") >= 4  # intervals, heatmap, gains, ensembling
     store = open_store(workdir)
     [aggregate] = [r for r in runs(workdir) if r.data.tags["stage"] == "aggregate"]
     logged = {f.path for f in store.client.list_artifacts(aggregate.info.run_id)}

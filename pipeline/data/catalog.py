@@ -16,6 +16,7 @@ class CatalogEntry:
     task: str
     main_metric: str
     source: str | None = None  # whose copy the config reads by default: DataComp's evaluation reads this one
+    metrics: tuple[str, ...] = ()  # beyond its task's: the dataset's group and extra metrics (WILDS, fairness)
 
 
 @lru_cache(maxsize=1)
@@ -26,7 +27,9 @@ def entries() -> dict[str, CatalogEntry]:
         node = OmegaConf.load(path)
         if OmegaConf.is_missing(node, "name"):
             continue
-        found[node.name] = CatalogEntry(node.name, node.get("column"), node.task, node.main_metric, node.get("source"))
+        metrics = tuple(group["name"] for group in node.get("group_metrics") or ()) + tuple(node.get("extra_metrics") or ())
+        found[node.name] = CatalogEntry(node.name, node.get("column"), node.task, node.main_metric, node.get("source"),
+                                        metrics)
     return found
 
 

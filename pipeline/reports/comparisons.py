@@ -241,7 +241,8 @@ def plot(per_prompts: Mapping[str, Bounds], metric: str, path: Path) -> Path:
               for part in ("values", "low", "high")}
     labels = list(heatmap.row_labels(frames["values"]))
     columns = [c for c in frames["values"].columns if c not in tables.ROW_KEYS + ["prompts", WEIGHTED_COLUMN]]
-    if frames["high"][MEAN_COLUMN].isna().all():  # the mean without an interval adds nothing to the table's column
+    # The mean of one dataset is that dataset; a mean without an interval adds nothing to the table's column.
+    if len(columns) == 2 or frames["high"][MEAN_COLUMN].isna().all():
         columns.remove(MEAN_COLUMN)
     wide = min(4, len(columns))
     grid = -(-len(columns) // wide)

@@ -12,8 +12,8 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from pipeline.errors import PipelineError
-from pipeline.reports import (comparisons, ensembling, fewshot, heatmap, prompt_gains, robustness, tables,
-                              training_curves)
+from pipeline.reports import (comparisons, ensembling, fewshot, heatmap, prompt_gains, references, reproduction,
+                              robustness, tables, training_curves)
 from pipeline.reports.results import ScoreRecord
 from pipeline.stages.heads import LINEAR_PROBE
 from pipeline.store.tracking import TrackingStore
@@ -37,6 +37,7 @@ class Request:
     replicates: comparisons.Replicates | None = None
     baseline: Any = None
     store: TrackingStore | None = None
+    reference: str = references.ALL  # the reproduction layout's references
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,30 @@ def write_training_curves(request: Request) -> Written:
     return Written([*files, plot], markdown)
 
 
+def write_reproduction(request: Request) -> Written:
+    """reproduction.csv/.md/.png: each result against the published cell of the same model, dataset and metric,
+    with its verdict and detected cause, and a summary per reference and model."""
+    chosen = references.chosen(request.reference)
+    report = reproduction.reproduce(request.records, chosen)
+    if report.rows.empty:
+        raise reproduction.nothing_to_compare(report, chosen)
+    out_dir = request.out_dir
+    report.rows.to_csv(out_dir / "reproduction.csv", index=False, float_format="%.6g")
+    counts = report.rows["verdict"].value_counts()
+    heading = (f"does it reproduce? {reproduction.described(report, chosen)}; "
+               + ", ".join(f"{counts.get(v, 0)} {v}" for v in reproduction.VERDICTS))
+    markdown = (f"### {heading}\n\n{report.summary.to_markdown(index=False, floatfmt='.4f')}\n\n"
+                f"{report.rows.to_markdown(index=False, floatfmt='.4f')}\n")
+    (out_dir / "reproduction.md").write_text(markdown)
+    report.summary.to_csv(out_dir / "reproduction_summary.csv", index=False, float_format="%.6g")
+    files = [out_dir / "reproduction.csv", out_dir / "reproduction.md", out_dir / "reproduction_summary.csv"]
+    if (report.rows["verdict"] != reproduction.NOT_COMPARABLE).any():
+        files.append(reproduction.plot(report.rows, out_dir / "reproduction.png"))
+    printed = f"### {heading}\n\n{report.summary.to_markdown(index=False, floatfmt='.4f')}\n"
+    return Written(files, printed, shown=[f for f in files if f.suffix == ".png"]
+                   + [out_dir / "reproduction_summary.csv", out_dir / "reproduction.csv"])
+
+
 def has_probes(records: Sequence[ScoreRecord]) -> bool:
     return any(r.head == LINEAR_PROBE for r in records)
 
@@ -206,6 +231,8 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
            needs_replicates=True),
     Layout("robustness", "Effective robustness", write_robustness, applies=robustness.covers),
     Layout("training_curves", "Over training", write_training_curves, applies=training_curves.applies),
+    Layout("reproduction", "Does it reproduce the published numbers?", write_reproduction,
+           applies=reproduction.applies),
 )}
 
 

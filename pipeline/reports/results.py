@@ -2,6 +2,7 @@
 or from DataComp's `eval_results.jsonl`."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 from dataclasses import dataclass, field
@@ -170,18 +171,64 @@ def read_datacomp_jsonl(path: Path, model: str, pretrained: str = "") -> list[Sc
     return records
 
 
+# CLIP_benchmark's benchmark/benchmark.csv: one row per (model, dataset), told apart from other CSVs by its header.
+BENCHMARK_CSV_COLUMNS = {"acc1", "acc5", "mean_per_class_recall", "dataset", "model", "pretrained", "task"}
+
+
+def is_benchmark_csv(path: Path) -> bool:
+    try:
+        with open(path, newline="") as handle:
+            header = set(next(csv.reader(handle), []))
+    except (OSError, UnicodeDecodeError):
+        return False
+    return BENCHMARK_CSV_COLUMNS <= header
+
+
+def read_benchmark_csv(path: Path) -> list[ScoreRecord]:
+    """CLIP_benchmark's `benchmark.csv` (its published results, 13 models x 39 datasets): every metric a row has."""
+    records = []
+    try:
+        with open(path, newline="") as handle:
+            for number, row in enumerate(csv.DictReader(handle), start=2):
+                dataset = row["dataset"].removeprefix("wds/")
+                metrics = {k: float(v) for k, v in row.items()
+                           if k not in BENCHMARK_CSV_COLUMNS - {"acc1", "acc5", "mean_per_class_recall"}
+                           and k != "model_fullname" and v not in ("", None)}
+                records.append(ScoreRecord(row["model"], row["pretrained"], dataset, EXTERNAL_PROMPTS,
+                                           _main_metric(dataset, metrics), metrics, run_id=f"{path}:{number}",
+                                           task=_task(dataset, metrics, row["task"])))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PipelineError(f"cannot read CLIP_benchmark results {path}: {exc!r}; expected its benchmark.csv "
+                            f"columns ({', '.join(sorted(BENCHMARK_CSV_COLUMNS))})") from exc
+    return records
+
+
 def from_directory(results_dir: Path) -> list[ScoreRecord]:
-    """Every `*.json` (clip_benchmark) and `*.jsonl` (DataComp; the model is its folder's name) below `results_dir`."""
+    """Every `*.json` (clip_benchmark), `*.jsonl` (DataComp; the model is its folder's name) and CLIP_benchmark
+    `benchmark.csv` below `results_dir` (other CSV files are tables, not results, and are left alone); or one such
+    file."""
     results_dir = Path(results_dir)
-    if not results_dir.is_dir():
-        raise PipelineError(f"results_dir {results_dir} is not a directory")
+    if results_dir.is_file():
+        files = [results_dir]
+    elif results_dir.is_dir():
+        files = sorted(results_dir.rglob("*.json")) + sorted(results_dir.rglob("*.jsonl")) + sorted(
+            path for path in results_dir.rglob("*.csv") if is_benchmark_csv(path))
+    else:
+        raise PipelineError(f"results_dir {results_dir} is neither a folder nor a file")
     records: list[ScoreRecord] = []
-    for path in sorted(results_dir.rglob("*.json")):
-        records.append(read_clip_benchmark_json(path))
-    for path in sorted(results_dir.rglob("*.jsonl")):
-        records.extend(read_datacomp_jsonl(path, model=path.parent.name))
+    for path in files:
+        if path.suffix == ".json":
+            records.append(read_clip_benchmark_json(path))
+        elif path.suffix == ".jsonl":
+            records.extend(read_datacomp_jsonl(path, model=path.parent.name))
+        elif path.suffix == ".csv" and is_benchmark_csv(path):
+            records.extend(read_benchmark_csv(path))
+        else:
+            raise PipelineError(f"results_dir={path} is not a result file: give a clip_benchmark *.json, a DataComp "
+                                f"*.jsonl, CLIP_benchmark's benchmark.csv, or a folder of them")
     if not records:
-        raise PipelineError(f"no *.json (clip_benchmark) or *.jsonl (DataComp) results under {results_dir}")
+        raise PipelineError(f"no *.json (clip_benchmark), *.jsonl (DataComp) or benchmark.csv results under "
+                            f"{results_dir}")
     return records
 
 

@@ -106,16 +106,15 @@ def by_prompt_set_with_prompt_free(records: Iterable[ScoreRecord]) -> dict[str, 
 
 
 # -- open_clip's docs/openclip_results.csv -----------------------------------------------------------------
-# open_clip's published params (M) and FLOPs (B) per row of docs/openclip_results.csv, copied verbatim at
-# mlfoundations/open_clip@29b90b8dde9125c479c0ddbab477310f665a0435 (the file's last change; 121 rows).
-PUBLISHED_FIGURES = Path(__file__).with_name("published") / "openclip_published_figures.csv"
+# open_clip's table as published (its params (M) and FLOPs (B) columns are read here; see published/README.md).
+PUBLISHED_TABLE = Path(__file__).with_name("published") / "openclip_results.csv"
 OPENCLIP38_PROTOCOL = "datacomp"
 
 
 @lru_cache(maxsize=1)
 def published_figures() -> dict[str, tuple[str, str]]:
     """(params (M), FLOPs (B)) by published model name, as strings."""
-    table = pd.read_csv(PUBLISHED_FIGURES, dtype=str, keep_default_na=False)
+    table = pd.read_csv(PUBLISHED_TABLE, dtype=str, keep_default_na=False, usecols=OPENCLIP38_LEAD[:4])
     return {row["name"]: (row["params (M)"], row["FLOPs (B)"]) for _, row in table.iterrows()}
 
 

@@ -142,3 +142,8 @@ def winogavil_breakdown(scores: np.ndarray, sizes: np.ndarray) -> dict[str, floa
 def winogavil_scores(truths: list[np.ndarray], predictions: list[np.ndarray]) -> dict[str, float]:
     """DataComp's WinoGAViL breakdown: Jaccard index per game, averaged by number of candidates."""
     return winogavil_breakdown(winogavil_jaccards(truths, predictions), np.array([len(t) for t in truths]))
+
+
+# The names each task's score carries (known before anything runs: configs are checked against them).
+RETRIEVAL_METRICS = tuple(retrieval_metrics(np.ones(1), np.ones(1)))
+WINOGAVIL_METRICS = tuple(winogavil_breakdown(np.ones(1), np.array([10])))

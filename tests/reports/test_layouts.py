@@ -15,13 +15,14 @@ def test_every_layout_has_a_title_and_the_per_prompt_set_tables_come_first():
     assert list(layouts.LAYOUTS)[0] == "per_prompts"
     assert all(layout.title and layout.name == name for name, layout in layouts.LAYOUTS.items())
     assert {"per_prompts", "compare", "openclip38", "blog", "fewshot", "prompt_gains", "robustness",
-            "training_curves"} <= set(layouts.LAYOUTS)
+            "training_curves", "reproduction"} <= set(layouts.LAYOUTS)
 
 
 def test_a_sweep_draws_the_layouts_its_results_call_for():
     zero_shot = [table_record("A", "cars", prompts="classname"), table_record("A", "cars", prompts="dataset")]
-    assert [layout.name for layout in layouts.sweep_layouts(zero_shot[:1])] == ["per_prompts"]
-    assert [layout.name for layout in layouts.sweep_layouts(zero_shot)] == ["per_prompts", "prompt_gains"]
+    assert [layout.name for layout in layouts.sweep_layouts(zero_shot[:1])] == ["per_prompts", "reproduction"]
+    assert [layout.name for layout in layouts.sweep_layouts(zero_shot)] == ["per_prompts", "prompt_gains",
+                                                                            "reproduction"]
     probe = ScoreRecord("A", "tag", "cars", "*", "acc1", {"acc1": 0.5}, source="local", protocol="datacomp",
                         task="zeroshot_classification", head="linear_probe", k_shot="4", seed="0")
     assert "fewshot" in [layout.name for layout in layouts.sweep_layouts(zero_shot[:1] + [probe])]

@@ -20,8 +20,8 @@ from pipeline.models.loading import ModelSpec, load_model
 from pipeline.offline import shapes
 from pipeline.reports import relevance, results
 from pipeline.stages.explain import STAGE, figures, inputs
-from pipeline.stages.explain.figures import Column
 from pipeline.stages.explain.attention import ExposedAttention, rerouted, vit_blocks, vit_depth
+from pipeline.stages.explain.figures import Column
 from pipeline.stages.explain.relevance import rollout
 from pipeline.store import tracking
 from tests import synthetic

@@ -142,7 +142,7 @@ HOLDER = textwrap.dedent("""
     import numpy as np
     from pipeline.store import tracking
     from pipeline.store.artifacts import StageOutput
-from pipeline.store.cache import StageCache, StageRequest
+    from pipeline.store.cache import StageCache, StageRequest
 
     store = tracking.connect(sys.argv[1], "test")
 
