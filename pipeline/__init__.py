@@ -44,3 +44,9 @@ OmegaConf.register_new_resolver("visible_gpus", lambda: __import__("torch").cuda
 warnings.filterwarnings("ignore", message=r"\n'hydra/launcher/submitit_\w+' is validated against ConfigStore schema")
 # A cache hit downloads a few small files; MLflow's per-download progress bars would bury the one line per stage.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# MLflow's usage telemetry starts at `import mlflow`: a thread fetching its config unsets an environment variable
+# when the fetch fails (always, offline) while another thread's request iterates os.environ, and that request
+# fails with a KeyError (docs/lab.md). A lab's workers have no reason to send it. MLflow reads this once, when it is
+# first imported, so it is set here, before any module of this package imports mlflow; child processes (joblib,
+# submitit, the tracking server) inherit it. A user's own setting wins.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -6,7 +6,7 @@ rebuilds any layout from the tracking store, or from result files produced elsew
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -30,15 +30,26 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
-def aggregate_run(store: TrackingStore, tags: Mapping[str, str], parent_run_id: str | None = None) -> Iterator[str]:
-    """The `aggregate` run whose artifacts are every file written; a child of the sweep's run after a multirun."""
+def aggregate_run(store: TrackingStore, tags: Mapping[str, str], parent_run_id: str | None = None,
+                  required: bool = True) -> Iterator[str | None]:
+    """The `aggregate` run whose artifacts are every file written; a child of the sweep's run after a multirun.
+    Where the store lets this user read but not write (`required=False`), the files are written all the same,
+    without a run, and one line says so."""
     tags = {**tags, "stage": "aggregate", **({PARENT_TAG: parent_run_id} if parent_run_id else {})}
-    with tracking.finished_run(store, tags, "aggregate") as run_id:
+    with ExitStack() as stack:
+        try:
+            run_id = stack.enter_context(tracking.finished_run(store, tags, "aggregate"))
+        except MlflowException as exc:
+            if required or exc.error_code != "PERMISSION_DENIED":
+                raise
+            log.warning("written to the folder, not logged to the store: user %r has no EDIT on its experiment",
+                        tracking.Credentials.from_env().username)
+            run_id = None
         yield run_id
 
 
-def log_files(store: TrackingStore, run_id: str, files: list[Path]) -> None:
-    for path in files:
+def log_files(store: TrackingStore, run_id: str | None, files: list[Path]) -> None:
+    for path in files if run_id else ():
         store.client.log_artifact(run_id, str(path))
 
 
@@ -146,7 +157,7 @@ def select(records: list[ScoreRecord], prompts: str | None, protocol: str | None
 def main(cfg: DictConfig) -> None:
     layout = layouts.get(cfg.layout)  # an unknown layout or reference is refused before anything is read
     references.chosen(cfg.reference)
-    store = tracking.connect_cfg(cfg.tracking)
+    store = tracking.connect_cfg(cfg.tracking, access=tracking.READ)
     # The robustness layout reads its ImageNet-trained baseline models from results_dir; its points from the store.
     if cfg.results_dir and cfg.layout != "robustness":
         records = results.from_directory(Path(cfg.results_dir))
@@ -169,7 +180,8 @@ def main(cfg: DictConfig) -> None:
     out_dir = Path(cfg.output_dir)
     request = layouts.Request(records, cfg.metric.name, out_dir, Path(cfg.output).resolve() if cfg.output else None,
                               cfg.mean_row, cfg.intervals, replicates, baseline, store, cfg.reference)
-    with aggregate_run(store, {"source": source, "layout": cfg.layout, "metric": cfg.metric.name}) as run_id:
+    tags = {"source": source, "layout": cfg.layout, "metric": cfg.metric.name}
+    with aggregate_run(store, tags, required=False) as run_id:
         written = layouts.write_layout(cfg.layout, request)
         report = write_report(out_dir, f"{layout.title} ({source})", [page.Section(layout.title, written.on_page)],
                               records, store, str(cfg.tracking.get("ui_url") or store.uri), None, run_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from typing import Any, Callable
 
@@ -43,6 +44,53 @@ def _exit(exc: BaseException, message: str) -> None:
     raise SystemExit(1) from None
 
 
+# What the server sends back where authentication is on: the variables MLflow's client reads the credentials from.
+CREDENTIALS = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+CERTIFICATE = "MLFLOW_TRACKING_SERVER_CERT_PATH"
+
+
+def store_failure(exc: MlflowException) -> str:
+    """What an MLflow error says about where the fault is: the store (down, refusing), the credentials, the
+    user's permissions, the server's certificate, or MLflow's own client inside this process."""
+    message = one_line(exc)[:300]
+    cause = exc.__cause__ or exc.__context__
+    code = getattr(exc, "error_code", "")
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if code == "UNAUTHENTICATED":
+        said = f"the credentials of user {user!r} were refused" if user else "it requires credentials"
+        return (f"the MLflow tracking server refused the request: {said}; set {CREDENTIALS} to a user of that server "
+                f"(its admin adds one with `make server-user`)")
+    if code == "PERMISSION_DENIED":
+        return (f"user {user!r} lacks a permission this step needs on the tracking server ({message}); a worker needs "
+                f"EDIT on the experiment, a reader READ: its admin grants them with `make server-user`")
+    if _is_certificate_error(cause):
+        return (f"the tracking server's certificate is not trusted ({one_line(cause)[-160:]}); set {CERTIFICATE} to "
+                f"the certificate (or its CA bundle) the server presents")
+    if cause is not None and not _is_request_error(cause):
+        return (f"MLflow's client failed inside this process ({type(cause).__name__}: {one_line(cause)[:200]}), not "
+                f"the tracking store; rerun, and report it if it persists (every stage that finished is served from "
+                f"the cache)")
+    return (f"the MLflow tracking store failed: {message}. Check that it is up (tracking.uri) and rerun; every stage "
+            f"that finished is served from the cache")
+
+
+def _is_request_error(error: BaseException) -> bool:
+    """A failure of the connection to the store (refused, reset, timed out), as `requests` reports it."""
+    import requests
+
+    return isinstance(error, (requests.exceptions.RequestException, OSError))
+
+
+def _is_certificate_error(error: BaseException | None) -> bool:
+    import ssl
+
+    while error is not None:
+        if isinstance(error, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def reported(task: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a Hydra task function: a `PipelineError` (or a tracking store failure) exits with status 1 and its
     message alone.
@@ -55,9 +103,8 @@ def reported(task: Callable[..., Any]) -> Callable[..., Any]:
             return task(*args, **kwargs)
         except PipelineError as exc:
             _exit(exc, str(exc))
-        except MlflowException as exc:  # the store went away or refused mid-job, after MLflow's own retries
-            _exit(exc, f"the MLflow tracking store failed: {one_line(exc)[:300]}. Check that it is up (tracking.uri) "
-                       f"and rerun; every stage that finished is served from the cache")
+        except MlflowException as exc:  # the store refused, went away mid-job, or MLflow's client itself failed
+            _exit(exc, store_failure(exc))
 
     return wrapper
 

@@ -120,9 +120,10 @@ def comparability(dataset: str, metric: str) -> tuple[bool, str]:
 
 
 def cells(reference: str, rows: Iterable[dict]) -> pd.DataFrame:
-    """Published cells with their comparability worked out."""
+    """Published cells with their comparability worked out (once per dataset and metric)."""
     frame = pd.DataFrame(list(rows), columns=[c for c in CELLS if c not in ("reference", "comparable", "note")])
-    checked = [comparability(d, m) for d, m in zip(frame["dataset"], frame["metric"])]
+    known = {pair: comparability(*pair) for pair in set(zip(frame["dataset"], frame["metric"]))}
+    checked = [known[pair] for pair in zip(frame["dataset"], frame["metric"])]
     frame["comparable"] = [ok for ok, _ in checked]
     frame["note"] = [note for _, note in checked]
     frame.insert(0, "reference", reference)
@@ -150,35 +151,35 @@ def read_csv(name: str) -> pd.DataFrame:
         raise PipelineError(f"the bundled reference {path} cannot be read ({exc}); restore it with git") from exc
 
 
+def melted(table: pd.DataFrame, value_columns: list[str]) -> pd.DataFrame:
+    """A published table's cells, one row per (row, column) with a value, the model as this project runs it."""
+    long = table.melt(id_vars=["name", "pretrained"], value_vars=value_columns, var_name="column", value_name="text")
+    long = long[long["text"] != ""]
+    return long.assign(model=[arch_of(n, p) for n, p in zip(long["name"], long["pretrained"])],
+                       weights=long["pretrained"], published=long["text"].astype(float),
+                       rounding=[digits_rounding(text) for text in long["text"]])
+
+
 def openclip_cells() -> pd.DataFrame:
     """open_clip's tables (DataComp's evaluation): every dataset's main metric, then the retrieval recalls and
     WinoGAViL's breakdown from its retrieval table."""
-    columns = {entry.column: entry for entry in catalog.entries().values() if entry.column}
-
-    def rows():
-        for _, row in read_csv("openclip_results.csv").iterrows():
-            model = {"name": row["name"], "pretrained": row["pretrained"],
-                     "model": arch_of(row["name"], row["pretrained"]), "weights": row["pretrained"]}
-            for column, entry in columns.items():
-                if column in row and row[column] != "":
-                    yield {**model, "dataset": entry.key, "metric": entry.main_metric,
-                           "published": float(row[column]), "rounding": digits_rounding(row[column])}
-        for _, row in read_csv("openclip_retrieval_results.csv").iterrows():
-            model = {"name": row["name"], "pretrained": row["pretrained"],
-                     "model": arch_of(row["name"], row["pretrained"]), "weights": row["pretrained"]}
-            for column, value in row.items():
-                if (found := RETRIEVAL_COLUMN.match(column)) and value != "":
-                    dataset = FLICKR if found.group(1) == "Flickr" else MSCOCO
-                    metric = f"{found.group(2)}_retrieval_recall@{found.group(3)}"
-                elif (found := WINOGAVIL_COLUMN.match(column)) and value != "":
-                    dataset, metric = WINOGAVIL, found.group(1).replace(" ", "_")
-                else:
-                    continue
-                yield {**model, "dataset": dataset, "metric": metric, "published": float(value),
-                       "rounding": digits_rounding(value)}
-
-    frame = cells("openclip", rows())
-    return frame.drop_duplicates(["model", "weights", "dataset", "metric"], keep="first")
+    entries = {entry.column: entry for entry in catalog.entries().values() if entry.column}
+    results = read_csv("openclip_results.csv")
+    main = melted(results, [c for c in results.columns if c in entries])
+    main = main.assign(dataset=[entries[c].key for c in main["column"]],
+                       metric=[entries[c].main_metric for c in main["column"]])
+    retrieval = read_csv("openclip_retrieval_results.csv")
+    named = {}
+    for column in retrieval.columns:
+        if found := RETRIEVAL_COLUMN.match(column):
+            named[column] = (FLICKR if found.group(1) == "Flickr" else MSCOCO,
+                             f"{found.group(2)}_retrieval_recall@{found.group(3)}")
+        elif found := WINOGAVIL_COLUMN.match(column):
+            named[column] = (WINOGAVIL, found.group(1).replace(" ", "_"))
+    extra = melted(retrieval, list(named))
+    extra = extra.assign(dataset=[named[c][0] for c in extra["column"]], metric=[named[c][1] for c in extra["column"]])
+    frame = cells("openclip", pd.concat([main, extra], ignore_index=True).to_dict("records"))
+    return frame.drop_duplicates(["model", "weights", "dataset", "metric"], keep="first").reset_index(drop=True)
 
 
 def clip_benchmark_cells() -> pd.DataFrame:

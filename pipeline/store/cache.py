@@ -187,7 +187,8 @@ class StageCache:
 
     @property
     def claims(self) -> Claims:
-        return Claims(self.store, self.claim_timeout_s)
+        """Claims written on the job's own run where there is one."""
+        return Claims(self.store, self.claim_timeout_s, self.parent_run_id)
 
     @property
     def serving(self) -> bool:

@@ -1,19 +1,24 @@
 """Claims on cache keys, kept in the tracking store itself, so that jobs missing the same key at once compute it
 once: one computes, the others wait and are served its run. They work the same on SQLite and on a tracking server.
 
-MLflow has no compare-and-set, so a claim is an ordinary run (tag `stage=claim`, the keys it claims, a
-heartbeat), ordered as in Lamport's bakery algorithm: after creating its claim a job lists the group's claims and
-takes a ticket one above the highest it saw; a claim without a ticket yet is still choosing, and nobody decides
-while one is. Then, for each key, the live claim with the lowest (ticket, run id) owns it. Start times would not
-do: a claim stamped earlier can be committed after a later one has already looked and found itself alone, and
-both would compute. Every store here is linearizable per request, which is all the bakery needs. Claims are
-deleted on release.
+MLflow has no compare-and-set, so a claim is a set of tags (the group, the keys it claims, a heartbeat, a ticket,
+`claim_state=held`) ordered as in Lamport's bakery algorithm: after writing its claim a job lists the group's
+claims and takes a ticket one above the highest it saw; a claim without a ticket yet is still choosing, and nobody
+decides while one is. Then, for each key, the live claim with the lowest (ticket, run id) owns it. Start times
+would not do: a claim stamped earlier can be committed after a later one has already looked and found itself
+alone, and both would compute. Every store here is linearizable per request, which is all the bakery needs.
+
+A job's claim lives on its own job run (one claim at a time, since a job's stages run one after another), so
+claims add no runs to the store and a worker needs no more than EDIT on the experiment: a claim is released by a
+tag, never by deleting a run (which takes MANAGE). Code without a job run (a bare `StageCache`) gets a run of its
+own per claim (`stage=claim`), ended when released.
 
 A claim whose heartbeat value has not changed for `timeout_s`, as the observer's own monotonic clock measures it
 (so workers' clocks need not agree), belongs to a killed worker: the observer marks the stage runs it left RUNNING
-as KILLED, deletes it, and the next claim in order takes its keys over. Stage runs carry `claim_id`, the claim
-they were computed under, which is how a dead claim's runs are found. A claimant that finds its own claim gone
-(taken over while its heartbeats could not reach the store) stops relying on it.
+as KILLED, marks the claim expired (and its run KILLED), and the next claim in order takes its keys over. Stage
+runs carry `claim_id`, the run of the claim they were computed under, which is how a dead claim's runs are found.
+A claimant that finds its own claim expired (taken over while its heartbeats could not reach the store) stops
+relying on it.
 """
 from __future__ import annotations
 
@@ -33,9 +38,11 @@ from pipeline.store.tracking import TrackingStore
 
 log = logging.getLogger(__name__)
 
-CLAIM_STAGE = "claim"
-CLAIM_ID_TAG = "claim_id"  # on a stage run: the claim it was computed under
+CLAIM_STAGE = "claim"     # the stage of a claim's own run, where there is no job run to carry it
+CLAIM_ID_TAG = "claim_id"  # on a stage run: the run of the claim it was computed under
 _GROUP, _KEYS, _HEARTBEAT, _TICKET = "claim_group", "claim_keys", "claim_heartbeat", "claim_ticket"
+STATE_TAG, HELD, RELEASED, EXPIRED = "claim_state", "held", "released", "expired"
+CHOOSING = "-"  # the ticket of a claim still choosing one
 # MLflow keeps tag values up to 8000 characters; keys are 24 characters and a comma.
 MAX_KEYS = 300
 
@@ -54,9 +61,9 @@ class ClaimInfo:
     @classmethod
     def from_run(cls, run: Run) -> "ClaimInfo":
         tags = run.data.tags
-        ticket = tags.get(_TICKET)
+        ticket = tags.get(_TICKET, CHOOSING)
         return cls(run.info.run_id, frozenset(filter(None, tags.get(_KEYS, "").split(","))),
-                   float(tags.get(_HEARTBEAT, 0.0)), int(ticket) if ticket else None)
+                   float(tags.get(_HEARTBEAT, 0.0)), int(ticket) if ticket.isdigit() else None)
 
 
 @dataclass
@@ -102,36 +109,41 @@ class Claim:
         return now - seen[1] > self.claims.timeout_s
 
     def _beat(self) -> None:
+        """Heartbeat until released. Another job can take a claim over only after its heartbeats stopped reaching
+        the store for the timeout, so whether it did is asked when they fail, and once when they get through
+        again (a claim on a job run still takes heartbeats after it expired)."""
         client = self.claims.store.client
         failing = False
         while not self._stop.wait(self.claims.heartbeat_s):
             try:
                 client.set_tag(self.run_id, _HEARTBEAT, f"{time.time():.3f}")
-                failing = False
+                recovered, failing = failing, False
             except Exception as exc:  # the store may be down for a while: keep trying, unless the claim is gone
-                if self._taken_over():
-                    log.warning("claim %s was taken over by another job (its heartbeats did not reach the store for "
-                                "%.0f s); this job no longer counts on it", self.run_id, self.claims.timeout_s)
-                    self.lost.set()
-                    return
                 if not failing:
                     log.warning("claim %s: heartbeat failed (%s); retrying", self.run_id, one_line(exc)[:200])
-                failing = True
+                recovered, failing = False, True
+            if (failing or recovered) and self._taken_over():
+                log.warning("claim %s was taken over by another job (its heartbeats did not reach the store for "
+                            "%.0f s); this job no longer counts on it", self.run_id, self.claims.timeout_s)
+                self.lost.set()
+                return
 
     def _taken_over(self) -> bool:
         try:
             run = self.claims.store.client.get_run(self.run_id)
         except Exception:  # unreachable, or already gone: only a definite answer counts
             return False
-        return run.info.lifecycle_stage == "deleted" or run.info.status != "RUNNING"
+        return run.info.lifecycle_stage == "deleted" or run.data.tags.get(STATE_TAG) != HELD
 
 
 @dataclass(frozen=True)
 class Claims:
-    """Claims in one tracking store; a heartbeat standing still for `timeout_s` makes a claim expired."""
+    """Claims in one tracking store; a heartbeat standing still for `timeout_s` makes a claim expired. With
+    `host_run` (the job's run) every claim is written on that run; without, each claim gets a run of its own."""
 
     store: TrackingStore
     timeout_s: float = 300.0
+    host_run: str | None = None
 
     @property
     def heartbeat_s(self) -> float:
@@ -144,20 +156,25 @@ class Claims:
 
     @contextmanager
     def hold(self, keys: Sequence[str], group: str, label: str) -> Iterator[Claim]:
-        """Create a claim on `keys` (all of one `group`), heartbeat it, and delete it when the block ends."""
+        """Write a claim on `keys` (all of one `group`), heartbeat it, and release it when the block ends."""
         if not 0 < len(keys) <= MAX_KEYS:
             raise ValueError(f"a claim holds 1 to {MAX_KEYS} keys, not {len(keys)}")
         client = self.store.client
         now = time.time()
-        tags = {"stage": CLAIM_STAGE, _GROUP: group, _KEYS: ",".join(keys), _HEARTBEAT: f"{now:.3f}",
+        # One write, so no one ever sees the keys without `choosing`: the bakery's doorway.
+        tags = {_GROUP: group, _KEYS: ",".join(keys), _HEARTBEAT: f"{now:.3f}", _TICKET: CHOOSING, STATE_TAG: HELD,
                 "claim_host": socket.gethostname(), "claim_pid": str(os.getpid())}
-        run_id = client.create_run(self.store.experiment_id, start_time=int(now * 1000), tags=tags,
-                                   run_name=f"claim:{label}").info.run_id
+        if self.host_run is not None:
+            run_id = self.host_run
+            client.log_batch(run_id, tags=[RunTag(name, value) for name, value in tags.items()])
+        else:
+            run_id = client.create_run(self.store.experiment_id, start_time=int(now * 1000),
+                                       tags={"stage": CLAIM_STAGE, **tags}, run_name=f"claim:{label}").info.run_id
         try:
             ticket = 1 + max((other.ticket or 0 for other in self.listed(group) if other.run_id != run_id), default=0)
             client.set_tag(run_id, _TICKET, str(ticket))
         except BaseException:
-            self._remove(run_id, "FAILED")
+            self._end(run_id, RELEASED)
             raise
         claim = Claim(self, ClaimInfo(run_id, frozenset(keys), now, ticket), group)
         beat = threading.Thread(target=claim._beat, name=f"claim-heartbeat-{claim.run_id}", daemon=True)
@@ -167,15 +184,19 @@ class Claims:
         finally:
             claim._stop.set()
             beat.join()
-            self._remove(claim.run_id, "FINISHED")
+            if not claim.lost.is_set():
+                self._end(claim.run_id, RELEASED)
 
     def listed(self, group: str) -> list[ClaimInfo]:
-        query = f"tags.stage = '{CLAIM_STAGE}' and tags.{_GROUP} = '{group}' and attributes.status = 'RUNNING'"
+        """The group's live claims. The group's own tag comes first: a store joins tag filters in the order
+        written, and few runs carry one group while every held claim carries `claim_state=held`."""
+        query = f"tags.{_GROUP} = '{group}' and tags.{STATE_TAG} = '{HELD}'"
         runs = self.store.client.search_runs([self.store.experiment_id], filter_string=query, max_results=1000)
         return [ClaimInfo.from_run(run) for run in runs]
 
     def reap(self, claim: ClaimInfo, silent_s: float) -> None:
-        """A killed worker's claim: the stage runs it left RUNNING become KILLED, so the UI says what happened."""
+        """A killed worker's claim: the stage runs it left RUNNING become KILLED, so the UI says what happened, and
+        the claim (with the run that carried it) is marked expired."""
         client = self.store.client
         query = f"tags.{CLAIM_ID_TAG} = '{claim.run_id}' and attributes.status = 'RUNNING'"
         for run in client.search_runs([self.store.experiment_id], filter_string=query, max_results=1000):
@@ -184,12 +205,15 @@ class Claims:
             client.log_batch(run.info.run_id, tags=[RunTag("killed_by", "expired claim")])
             client.set_terminated(run.info.run_id, "KILLED")
         log.warning("claim %s expired (no heartbeat for %.0f s); taking its keys over", claim.run_id, silent_s)
-        self._remove(claim.run_id, "KILLED")
+        self._end(claim.run_id, EXPIRED)
 
-    def _remove(self, run_id: str, status: str) -> None:
+    def _end(self, run_id: str, state: str) -> None:
+        """Release a claim (or mark it expired): it leaves the group, so no lookup finds it again; a claim's own run
+        ends with it, and an expired claim's job run is marked KILLED, its worker being gone."""
         client = self.store.client
         try:
-            client.set_terminated(run_id, status)
-            client.delete_run(run_id)
+            client.log_batch(run_id, tags=[RunTag(STATE_TAG, state), RunTag(_GROUP, "")])
+            if state == EXPIRED or run_id != self.host_run:
+                client.set_terminated(run_id, "KILLED" if state == EXPIRED else "FINISHED")
         except Exception as exc:  # another job reaped it first, or the store is down: an orphan expires anyway
-            log.debug("claim %s not removed: %s", run_id, exc)
+            log.debug("claim %s not ended: %s", run_id, exc)

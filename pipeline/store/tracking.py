@@ -1,7 +1,10 @@
 """Connect to the MLflow tracking store named by `cfg.tracking`, with clear errors when it is unusable."""
 from __future__ import annotations
 
+import base64
 import logging
+import os
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -38,30 +41,67 @@ class TrackingStore:
         return MlflowClient(tracking_uri=self.uri)
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """How this process reaches a tracking server: the variables MLflow's own client reads, so a probe made here
+    and MLflow's requests carry the same user and trust the same certificate."""
+
+    username: str | None = None
+    password: str | None = None
+    certificate: str | None = None  # a CA bundle or the server's own certificate (self-signed)
+
+    @classmethod
+    def from_env(cls) -> "Credentials":
+        return cls(os.environ.get("MLFLOW_TRACKING_USERNAME") or None, os.environ.get("MLFLOW_TRACKING_PASSWORD"),
+                   os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
+
+    def open(self, url: str, timeout_s: float):
+        """GET `url` as MLflow's client would: basic authentication, and the configured certificate trusted."""
+        request = urllib.request.Request(url)
+        if self.username:
+            token = base64.b64encode(f"{self.username}:{self.password or ''}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        context = ssl.create_default_context(cafile=self.certificate) if url.startswith("https://") else None
+        return urllib.request.urlopen(request, timeout=timeout_s, context=context)
+
+
 def _check_reachable(uri: str) -> None:
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     elif uri.startswith(("http://", "https://")):
-        # MLflow's own client retries for minutes; one quick probe gives a clear answer instead. It is a real API
-        # call: MLflow 3.17's /health answers even where the server's host check refuses every API request.
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + API_PROBE, timeout=10).close()
-        except urllib.error.HTTPError as exc:
-            body = exc.read().decode(errors="replace")
-            if exc.code in (401, 403) and "Invalid Host header" not in body:
-                return  # it answers, and wants credentials: MLflow's client sends MLFLOW_TRACKING_USERNAME/TOKEN
-            if exc.code == 403:
-                raise PipelineError(
-                    f"MLflow tracking server {uri} refuses requests addressed to {urllib.parse.urlsplit(uri).hostname} "
-                    f"({body.strip()[:80]}); start it with `--allowed-hosts` naming that host "
-                    f"(`make server ARGS=allowed_hosts=...`), or use its loopback or private IP address") from exc
-            raise PipelineError(f"MLflow tracking server {uri} answered {exc.code} to an API call: {body.strip()[:200]}") from exc
-        except (urllib.error.URLError, OSError) as exc:
+        _probe_server(uri, Credentials.from_env())
+
+
+def _probe_server(uri: str, credentials: Credentials) -> None:
+    """MLflow's own client retries for minutes; one quick probe gives a clear answer instead. It is a real API call:
+    MLflow 3.17's /health answers even where the server's host check refuses every API request, or where its
+    authentication refuses this user."""
+    try:
+        credentials.open(uri.rstrip("/") + API_PROBE, timeout_s=10).close()
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode(errors="replace")
+        if exc.code == 401:
+            said = (f"refuses the credentials of user {credentials.username!r} (MLFLOW_TRACKING_PASSWORD)"
+                    if credentials.username else "requires a user: set MLFLOW_TRACKING_USERNAME and "
+                                                 "MLFLOW_TRACKING_PASSWORD (its admin adds one with `make server-user`)")
+            raise PipelineError(f"MLflow tracking server {uri} {said}") from exc
+        if exc.code == 403 and "Invalid Host header" in body:
             raise PipelineError(
-                f"MLflow tracking server {uri} is not reachable ({exc}). Start it (`make server`, or `mlflow server "
-                f"--host 127.0.0.1 --port 5000`) or point tracking.uri at a reachable store "
-                f"(the default is the local SQLite store: tracking=local)."
-            ) from exc
+                f"MLflow tracking server {uri} refuses requests addressed to {urllib.parse.urlsplit(uri).hostname} "
+                f"({body.strip()[:80]}); start it with `--allowed-hosts` naming that host "
+                f"(`make server ARGS=allowed_hosts=...`), or use its loopback or private IP address") from exc
+        raise PipelineError(f"MLflow tracking server {uri} answered {exc.code} to an API call: {body.strip()[:200]}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        if isinstance(getattr(exc, "reason", exc), ssl.SSLCertVerificationError):
+            raise PipelineError(
+                f"MLflow tracking server {uri} presents a certificate this machine does not trust "
+                f"({getattr(exc, 'reason', exc)}); set MLFLOW_TRACKING_SERVER_CERT_PATH to that certificate (or its "
+                f"CA bundle)") from exc
+        raise PipelineError(
+            f"MLflow tracking server {uri} is not reachable ({exc}). Start it (`make server`, or `mlflow server "
+            f"--host 127.0.0.1 --port 5000`) or point tracking.uri at a reachable store "
+            f"(the default is the local SQLite store: tracking=local)."
+        ) from exc
 
 
 def _artifact_uri(location: str | None) -> str | None:
@@ -70,8 +110,14 @@ def _artifact_uri(location: str | None) -> str | None:
     return Path(location).expanduser().resolve().as_uri()
 
 
-def connect(uri: str, experiment: str, artifact_location: str | None = None, attempts: int = 5) -> TrackingStore:
-    """Return the store, creating the experiment (and a fresh SQLite schema) if needed.
+READ, EDIT = "READ", "EDIT"  # the experiment permissions (MLflow's basic-auth app) a command needs
+
+
+def connect(uri: str, experiment: str, artifact_location: str | None = None, attempts: int = 5,
+            access: str = EDIT) -> TrackingStore:
+    """Return the store, creating the experiment (and a fresh SQLite schema) if needed. On a server with users,
+    check first that this user may do what the command needs (`access`): a job writes runs (EDIT), a table
+    built from the store only reads (READ).
 
     Parallel jobs on a fresh SQLite file can race on schema or experiment creation, so
     the multirun callback calls this once before the jobs start, and jobs retry briefly.
@@ -81,22 +127,34 @@ def connect(uri: str, experiment: str, artifact_location: str | None = None, att
     for attempt in range(attempts):
         try:
             found = client.get_experiment_by_name(experiment)
-            if found is not None:
-                return TrackingStore(uri, found.experiment_id)
-            experiment_id = client.create_experiment(experiment, artifact_location=_artifact_uri(artifact_location),
-                                                     tags=dict([EXPERIMENT_KIND]))
-            return TrackingStore(uri, experiment_id)
+            if found is None:
+                found = client.get_experiment(client.create_experiment(
+                    experiment, artifact_location=_artifact_uri(artifact_location), tags=dict([EXPERIMENT_KIND])))
+            elif access == EDIT and Credentials.from_env().username and uri.startswith(("http://", "https://")):
+                # The cheapest idempotent write a worker makes anyway: a user with READ alone is told now, not
+                # after its first stage has run.
+                client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
+            return TrackingStore(uri, found.experiment_id)
         except MlflowException as exc:
-            if attempt == attempts - 1:
+            if exc.error_code == "PERMISSION_DENIED":
+                raise PipelineError(denied(uri, experiment, EDIT if access == EDIT else READ)) from exc
+            if exc.error_code == "UNAUTHENTICATED" or attempt == attempts - 1:
                 raise PipelineError(f"cannot use MLflow tracking store {uri}: {exc}") from exc
             log.warning("tracking store busy (%s); retrying", exc)
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
 
 
-def connect_cfg(tracking_cfg) -> TrackingStore:
+def denied(uri: str, experiment: str, permission: str) -> str:
+    user = Credentials.from_env().username
+    role = "worker" if permission == EDIT else "reader"
+    return (f"user {user!r} lacks {permission} on experiment {experiment} of {uri}, which this command needs; the "
+            f"server's admin grants it with `make server-user ARGS=\"name={user} role={role}\"`")
+
+
+def connect_cfg(tracking_cfg, access: str = EDIT) -> TrackingStore:
     """`connect` from a `tracking` config group node."""
-    return connect(tracking_cfg.uri, tracking_cfg.experiment, tracking_cfg.get("artifact_location"))
+    return connect(tracking_cfg.uri, tracking_cfg.experiment, tracking_cfg.get("artifact_location"), access=access)
 
 
 @contextmanager

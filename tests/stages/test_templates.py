@@ -66,7 +66,7 @@ def test_shared_templates_are_encoded_once_and_known_ones_never_again(store, loa
     monkeypatch.setattr(MlflowClient, "search_runs", counted)
     combined = classifier([T3, T1], loader=fresh)
     assert encoded == [T1, T2, T3] and fresh.registry.loaded is None
-    assert searches == Counter({"tags.cache_key": 2, "tags.stage": 2, f"tags.{embed.TEMPLATE_SET_TAG}": 1})
+    assert searches == Counter({"tags.cache_key": 2, "tags.claim_group": 2, f"tags.{embed.TEMPLATE_SET_TAG}": 1})
     assert abs(combined["classifier"] - embed.encode_classifier(loader, CLASSNAMES, [T3, T1], "fp32").arrays["classifier"]).max() <= 1e-6
 
     runs = store.client.search_runs([store.experiment_id], filter_string="tags.modality = 'template'")

@@ -8,6 +8,7 @@ import pytest
 from pipeline.store import tracking
 from pipeline.store.artifacts import StageOutput
 from pipeline.store.cache import StageCache, StageRequest, cache_key
+from pipeline.store.claims import CLAIM_STAGE, RELEASED, STATE_TAG
 
 
 def request(key: str = "k1") -> StageRequest:
@@ -91,7 +92,9 @@ def test_interrupted_stage_is_killed_not_finished(store):
 
     with pytest.raises(KeyboardInterrupt):
         StageCache(store).get_or_compute(request(), interrupt)
-    assert [r.info.status for r in store.client.search_runs([store.experiment_id], "")] == ["KILLED"]
+    runs = store.client.search_runs([store.experiment_id], "")
+    assert [r.info.status for r in runs if r.data.tags.get("stage") != CLAIM_STAGE] == ["KILLED"]
+    assert [r.data.tags[STATE_TAG] for r in runs if r.data.tags.get("stage") == CLAIM_STAGE] == [RELEASED]
     assert finished_runs(store, "k1") == []
 
 

@@ -14,7 +14,7 @@ from mlflow.entities import ViewType
 
 from pipeline.store.artifacts import StageOutput
 from pipeline.store.cache import StageCache, StageRequest
-from pipeline.store.claims import CLAIM_ID_TAG, CLAIM_STAGE, Claims
+from pipeline.store.claims import CLAIM_ID_TAG, CLAIM_STAGE, RELEASED, STATE_TAG, Claims
 from tests.conftest import REPO
 
 
@@ -59,10 +59,13 @@ def test_jobs_missing_one_key_at_once_compute_it_once(store):
     stage_runs = all_runs(store, "tags.stage = 'embed'")
     assert len(stage_runs) == 5 and {run.info.status for run in stage_runs} == {"FINISHED"}
     assert all(run.data.tags[CLAIM_ID_TAG] for run in stage_runs)
-    # released claims are deleted; none is left live, and none ever carried a stage's name or a cache key
+    # released claims are ended, never deleted (a worker needs no more than EDIT); none is left live, and none
+    # ever carried a stage's name or a cache key
     assert not all_runs(store, f"tags.stage = '{CLAIM_STAGE}' and attributes.status = 'RUNNING'")
     claims = all_runs(store, f"tags.stage = '{CLAIM_STAGE}'")
-    assert len(claims) == 30 and all(run.info.lifecycle_stage == "deleted" for run in claims)
+    assert len(claims) == 30 and all(run.info.lifecycle_stage == "active" for run in claims)
+    assert {(run.info.status, run.data.tags[STATE_TAG], run.data.tags["claim_group"]) for run in claims} == \
+        {("FINISHED", RELEASED, "")}
     assert not any("cache_key" in run.data.tags for run in claims)
 
 
@@ -193,3 +196,29 @@ def test_a_claimant_notices_when_its_claim_was_taken_over(store):
     with Claims(store, timeout_s=1.0).hold(["k"], "g", "taken") as claim:
         store.client.delete_run(claim.run_id)
         assert claim.lost.wait(5)
+
+
+def test_a_jobs_claim_lives_on_its_job_run_and_adds_no_run(store):
+    """A job's claim is a set of tags on its own job run: released by a tag, so nothing is deleted (a worker needs
+    EDIT only) and no run accumulates."""
+    job = store.client.create_run(store.experiment_id, tags={"stage": "job"}).info.run_id
+    claims = Claims(store, timeout_s=30, host_run=job)
+    with claims.hold(["a", "b"], "g", "job") as claim:
+        assert claim.run_id == job and claim.owners() == {"a": job, "b": job}
+        tags = store.client.get_run(job).data.tags
+        assert (tags[STATE_TAG], tags["claim_group"], tags["claim_keys"]) == ("held", "g", "a,b")
+        assert [info.run_id for info in claims.listed("g")] == [job]
+    run = store.client.get_run(job)
+    assert run.info.status == "RUNNING" and run.data.tags[STATE_TAG] == RELEASED and run.data.tags["claim_group"] == ""
+    assert claims.listed("g") == [] and len(all_runs(store)) == 1
+
+
+def test_a_job_whose_claim_expired_is_marked_killed_and_knows_it(store):
+    job = store.client.create_run(store.experiment_id, tags={"stage": "job"}).info.run_id
+    with Claims(store, timeout_s=30, host_run=job).hold(["k"], "g", "job") as claim:
+        [info] = Claims(store, timeout_s=30).listed("g")
+        Claims(store, timeout_s=30).reap(info, silent_s=31)  # what another job does once the heartbeat stood still
+        assert claim._taken_over()
+        claim.lost.set()  # as its heartbeat sets it on noticing: a lost claim is not released again
+    run = store.client.get_run(job)
+    assert run.info.status == "KILLED" and run.data.tags[STATE_TAG] == "expired"
