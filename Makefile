@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROMPTS ?= classname,a_photo_of,dataset,simple_imagenet,openai_imagenet
 
 .DEFAULT_GOAL := help
-.PHONY: help install assets demo explain test test-fast ui server clean bench table
+.PHONY: help install assets demo explain test test-fast ui server server-user clean bench table
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ ui: $(STAMP) ## Serve the MLflow UI on the local store and print (and open) its 
 
 server: $(STAMP) ## The lab's MLflow tracking server: PostgreSQL backend, proxied artifacts, on 127.0.0.1:5000 (ARGS=key=value ...)
 	$(PY) -m pipeline.lab.server $(ARGS)
+
+server-user: $(STAMP) ## Add a user to the running lab server: ARGS="name=NAME role=worker" (EDIT) or role=reader (READ)
+	$(PY) -m pipeline.lab.users $(ARGS)
 
 clean: ## Remove generated outputs (runs, store, bundled assets); keeps .venv/
 	find outputs -mindepth 1 ! -name README.md -exec rm -rf {} +

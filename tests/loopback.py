@@ -255,20 +255,23 @@ class FakeHub:
 
 
 @contextmanager
-def postgres_mlflow_server() -> Iterator[str]:
+def postgres_mlflow_server(*options: str) -> Iterator[str]:
     """`make server` on free loopback ports, as a process: a private PostgreSQL cluster (run as `postgres` when
     this is root) and `mlflow server` on it with proxied artifacts. Yields the tracking URI it prints; on exit it
     is stopped as Ctrl-C or `kill` stops it, which must take PostgreSQL down too, and everything is removed.
+    `options` are more of its settings (`auth=true`, `tls_cert=...`); its folder is `server_folder(uri)`.
 
     The folder is made under /tmp rather than pytest's tmp_path, whose 0700 parents the `postgres` user cannot enter."""
     folder = Path(tempfile.mkdtemp(prefix="clip-tables-lab-"))
     folder.chmod(0o755)
     process = subprocess.Popen([sys.executable, "-m", "pipeline.lab.server", f"folder={folder}/server",
-                                f"port={free_port()}", f"postgres.port={free_port()}", "workers=2"],
+                                f"port={free_port()}", f"postgres.port={free_port()}", "workers=2", *options],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = _wait_for_line(process, "Workers use: tracking=server tracking.uri=", timeout_s=180)
-        yield line.strip().rsplit("=", 1)[1]
+        uri = line.strip().rsplit("=", 1)[1]
+        SERVER_FOLDERS[uri] = folder / "server"
+        yield uri
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
         assert not (folder / "server" / "pgdata" / "postmaster.pid").exists(), "PostgreSQL was left running"
@@ -280,6 +283,38 @@ def postgres_mlflow_server() -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 process.kill()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+SERVER_FOLDERS: dict[str, Path] = {}  # the folder of each server `postgres_mlflow_server` started, by its URI
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, and its key, as a lab makes one for a server of its own."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "clip-tables test server")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                               x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                  critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(key, hashes.SHA256()))
+    folder.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = folder / "server.pem", folder / "server.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
 
 
 def _wait_for_line(process: subprocess.Popen, prefix: str, timeout_s: float) -> str:

@@ -6,7 +6,7 @@ import logging
 import pytest
 from mlflow.exceptions import MlflowException
 
-from pipeline.errors import PipelineError, one_line, reported, reported_hook
+from pipeline.errors import PipelineError, one_line, reported, reported_hook, store_failure
 
 
 def test_one_line_keeps_a_workers_actual_error_and_a_messages_first_line():
@@ -53,3 +53,31 @@ def test_a_failing_hook_ends_the_command_with_status_1(capsys):
         hook()
     assert exited.value.code == 1
     assert "Error: the sweep's aggregate step failed: ZeroDivisionError: division by zero" in capsys.readouterr().err
+
+
+def test_a_failure_inside_mlflows_client_is_not_blamed_on_the_store():
+    """How MLflow 3.17 reports any exception raised while it sends a request (mlflow/utils/rest_utils.py, line 320:
+    `except Exception as e: raise MlflowException(f"API request to {url} failed with exception {e}")`): a KeyError
+    from os.environ changing under requests' proxy lookup reads like an unreachable server."""
+    try:
+        try:
+            raise KeyError("_MLFLOW_TELEMETRY_SESSION_ID")
+        except Exception as e:
+            raise MlflowException(f"API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/log-batch failed with "
+                                  f"exception {e}")
+    except MlflowException as exc:
+        said = store_failure(exc)
+    assert said.startswith("MLflow's client failed inside this process (KeyError: '_MLFLOW_TELEMETRY_SESSION_ID'), "
+                           "not the tracking store")
+
+
+def test_an_unreachable_store_is_named_as_the_store():
+    import requests
+
+    try:
+        try:
+            raise requests.exceptions.ConnectionError("Connection refused")
+        except Exception as e:
+            raise MlflowException(f"API request to http://127.0.0.1:5000 failed with exception {e}")
+    except MlflowException as exc:
+        assert store_failure(exc).startswith("the MLflow tracking store failed: API request to")

@@ -40,6 +40,7 @@ COVERED_BY = {
     "pipeline.jobs.explaining": "tests/stages/test_explain.py",
     "pipeline.reports.relevance": "tests/stages/test_explain.py",
     "pipeline.lab.postgres": "tests/lab/test_server.py",
+    "pipeline.lab.users": "tests/lab/test_auth.py",
     "pipeline.hydra_plugins.clip_tables.launcher": "tests/lab/test_server.py",
     "pipeline.bench.__main__": "tests/test_bench.py",
     "pipeline.bench.embedding": "tests/test_bench.py",
@@ -150,8 +151,9 @@ def reaches(test_file: Path, module: str) -> bool:
     """Whether a test file imports the module (Hydra's installed name for the launcher) or runs its command."""
     parent, _, last = module.rpartition(".")
     text = test_file.read_text()
-    if last == "__main__":
-        return f"-m {parent}" in text or f'"-m", "{parent}"' in text
+    command = parent if last == "__main__" else module  # running a module's command reaches it too
+    if f"-m {command}" in text or f'"-m", "{command}"' in text:
+        return True
     name = module.removeprefix("pipeline.") if ".hydra_plugins." in module else module
     parent = name.rpartition(".")[0]
     for node in ast.walk(ast.parse(text)):

@@ -129,9 +129,9 @@ class Cluster:
         runner = self._runner()
         password = secrets.token_urlsafe(24)
         # Kept before initdb runs, so a crash in between never leaves a cluster whose password is lost.
-        _write_private(self.passfile, f"127.0.0.1:*:*:{ROLE}:{password}\n")
+        write_private(self.passfile, f"127.0.0.1:*:*:{ROLE}:{password}\n")
         pwfile = self.folder / ".initdb-password"
-        _write_private(pwfile, password + "\n")
+        write_private(pwfile, password + "\n")
         self.data.mkdir(mode=0o700, exist_ok=True)
         if runner:
             os.chown(pwfile, runner.pw_uid, runner.pw_gid)
@@ -210,7 +210,7 @@ class Cluster:
                 self.stop()
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """A file only its owner can read, from the moment it exists."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:

@@ -25,19 +25,23 @@ from omegaconf import DictConfig
 
 from pipeline import CONF_DIR
 from pipeline.errors import PipelineError, reported
+from pipeline.lab.auth import AuthFiles, acting_as, record_server
 from pipeline.lab.postgres import Cluster
-from pipeline.store.tracking import API_PROBE
+from pipeline.store import tracking
+from pipeline.store.tracking import API_PROBE, Credentials
 
 log = logging.getLogger(__name__)
 
 
 
-def probe(url: str, timeout_s: float = 120.0, process: subprocess.Popen | None = None) -> None:
-    """Wait until `url`'s tracking API answers 200; fail early if `process` (the server) exits first."""
+def probe(url: str, timeout_s: float = 120.0, process: subprocess.Popen | None = None,
+          credentials: Credentials = Credentials()) -> None:
+    """Wait until `url`'s tracking API answers 200 to `credentials`; fail early if `process` (the server) exits
+    first."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            with urllib.request.urlopen(url.rstrip("/") + API_PROBE, timeout=5) as response:
+            with credentials.open(url.rstrip("/") + API_PROBE, timeout_s=5) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, OSError):
@@ -51,7 +55,8 @@ def probe(url: str, timeout_s: float = 120.0, process: subprocess.Popen | None =
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """One `mlflow server` process: where it listens and what stores it uses."""
+    """One `mlflow server` process: where it listens, what stores it uses, whether it authenticates and serves
+    TLS."""
 
     backend_store_uri: str
     artifacts_destination: str
@@ -60,12 +65,24 @@ class ServerSettings:
     workers: int = 4
     allowed_hosts: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    auth: bool = False
+    tls: tuple[str, str] | None = None  # (certificate, key)
+    admin: Credentials = Credentials()  # who the readiness probe asks as
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def url(self) -> str:
         # A server bound to every interface is reached by the machine's name.
         host = socket.getfqdn() if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def local_url(self) -> str:
+        """Where this machine reaches it (a server on every interface answers on loopback too)."""
+        return f"{self.scheme}://127.0.0.1:{self.port}" if self.host in ("0.0.0.0", "::") else self.url
 
     def command(self) -> list[str]:
         command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend_store_uri,
@@ -73,6 +90,11 @@ class ServerSettings:
                    "--port", str(self.port), "--workers", str(self.workers)]
         if self.allowed_hosts:
             command += ["--allowed-hosts", self.allowed_hosts]
+        if self.auth:
+            command += ["--app-name", "basic-auth"]
+        if self.tls:
+            certificate, key = self.tls
+            command += ["--uvicorn-opts", f"--ssl-certfile {certificate} --ssl-keyfile {key}"]
         return command
 
 
@@ -107,8 +129,7 @@ def serving(settings: ServerSettings, log_path: Path) -> Iterator[Running]:
                                    env={**os.environ, **settings.env}, start_new_session=True)
         try:
             try:
-                probe(f"http://127.0.0.1:{settings.port}" if settings.host in ("0.0.0.0", "::") else settings.url,
-                      process=process)
+                probe(settings.local_url, process=process, credentials=settings.admin)
             except PipelineError as exc:
                 raise PipelineError(f"{exc}; see {log_path}") from None
             if process.poll() is not None:
@@ -131,20 +152,63 @@ def _stop_group(process: subprocess.Popen) -> None:
             continue
 
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def authenticated(cfg: DictConfig) -> bool:
+    """Authentication is on beyond loopback unless `auth=false` says otherwise, which is said to expose it all."""
+    loopback = str(cfg.host) in LOOPBACK
+    if cfg.auth is None:
+        return not loopback
+    if not cfg.auth and not loopback:
+        log.warning("serving on %s without authentication (auth=false): anyone who reaches port %s can read every "
+                    "result, delete runs, and log runs the cache will serve to every worker", cfg.host, cfg.port)
+    return bool(cfg.auth)
+
+
+def tls_files(cfg: DictConfig) -> tuple[str, str] | None:
+    """(certificate, key) when both are given; each must be a readable file."""
+    if not cfg.tls_cert and not cfg.tls_key:
+        return None
+    if not (cfg.tls_cert and cfg.tls_key):
+        raise PipelineError("HTTPS needs both tls_cert= (the certificate) and tls_key= (its private key)")
+    found = []
+    for setting, value in (("tls_cert", cfg.tls_cert), ("tls_key", cfg.tls_key)):
+        path = Path(str(value)).expanduser().resolve()
+        if not path.is_file():
+            raise PipelineError(f"{setting}={value}: no such file")
+        if any(c.isspace() for c in str(path)):  # uvicorn's options reach it as one space-separated string
+            raise PipelineError(f"{setting}={path}: move it to a path without spaces")
+        found.append(str(path))
+    return found[0], found[1]
+
+
 @contextmanager
 def lab_server(cfg: DictConfig) -> Iterator[Running]:
-    """The server `cfg` (conf/server.yaml) describes, on a private PostgreSQL cluster unless it names a backend."""
+    """The server `cfg` (conf/server.yaml) describes, on a private PostgreSQL cluster unless it names a backend,
+    with basic authentication and TLS when asked for; once it answers, the experiment exists (its permissions are
+    what users are granted) and `server.json` in the folder says where it is."""
     folder = Path(cfg.folder).expanduser().resolve()
     with ExitStack() as stack:
         env: dict[str, str] = {}
+        auth, tls = authenticated(cfg), tls_files(cfg)
+        certificate = tls[0] if tls else None
+        files = AuthFiles(folder / "auth")
         backend = cfg.backend_store_uri
         if not backend:
             ensure_port_free("127.0.0.1", int(cfg.postgres.port), "PostgreSQL's", "postgres.port")
             cluster = stack.enter_context(Cluster(folder, int(cfg.postgres.port), cfg.postgres.os_user).running())
             backend, env = cluster.uri, cluster.client_env
+        if auth:
+            env = {**env, **files.server_env()}
+        admin = files.admin(certificate) if auth else Credentials(certificate=certificate, verify=False)
         settings = ServerSettings(backend, str(cfg.artifacts_destination), cfg.host, int(cfg.port), int(cfg.workers),
-                                  cfg.allowed_hosts, env)
-        yield stack.enter_context(serving(settings, folder / "mlflow-server.log"))
+                                  cfg.allowed_hosts, env, auth, tls, admin)
+        running = stack.enter_context(serving(settings, folder / "mlflow-server.log"))
+        with acting_as(admin):
+            experiment_id = tracking.connect(settings.local_url, str(cfg.experiment)).experiment_id
+        record_server(folder, settings.local_url, running.url, str(cfg.experiment), experiment_id, auth, certificate)
+        yield running
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="server", version_base="1.3")
@@ -155,6 +219,13 @@ def main(cfg: DictConfig) -> None:
         print(f"MLflow tracking server ready: {server.url}  (UI and API; backend: "
               f"{cfg.backend_store_uri or 'private PostgreSQL in ' + str(cfg.folder)}; log: {server.log_path})",
               flush=True)
+        if authenticated(cfg):
+            print(f"Authentication is on: add users with `make server-user ARGS=\"name=NAME role=worker\"` (or "
+                  f"role=reader); the admin's password is in {Path(cfg.folder) / 'auth' / 'admin_password'}",
+                  flush=True)
+        if cfg.tls_cert:
+            print(f"Workers trust its certificate with MLFLOW_TRACKING_SERVER_CERT_PATH={tls_files(cfg)[0]}",
+                  flush=True)
         print(f"Workers use: tracking=server tracking.uri={server.url}", flush=True)
         if cfg.host in ("0.0.0.0", "::") and not cfg.allowed_hosts:
             print("Note: MLflow refuses requests addressed to a name that is not loopback or a private IP; workers "

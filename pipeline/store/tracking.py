@@ -49,11 +49,13 @@ class Credentials:
     username: str | None = None
     password: str | None = None
     certificate: str | None = None  # a CA bundle or the server's own certificate (self-signed)
+    verify: bool = True             # False: a server's own process on loopback, whatever name its certificate has
 
     @classmethod
     def from_env(cls) -> "Credentials":
         return cls(os.environ.get("MLFLOW_TRACKING_USERNAME") or None, os.environ.get("MLFLOW_TRACKING_PASSWORD"),
-                   os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
+                   os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None,
+                   os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() != "true")
 
     def open(self, url: str, timeout_s: float):
         """GET `url` as MLflow's client would: basic authentication, and the configured certificate trusted."""
@@ -61,7 +63,11 @@ class Credentials:
         if self.username:
             token = base64.b64encode(f"{self.username}:{self.password or ''}".encode()).decode()
             request.add_header("Authorization", f"Basic {token}")
-        context = ssl.create_default_context(cafile=self.certificate) if url.startswith("https://") else None
+        context = None
+        if url.startswith("https://"):
+            context = ssl.create_default_context(cafile=self.certificate)
+            if not self.verify:
+                context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
         return urllib.request.urlopen(request, timeout=timeout_s, context=context)
 
 

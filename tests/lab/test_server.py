@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from pipeline.errors import PipelineError
 from pipeline.lab.postgres import Cluster, traversal_problem
 from pipeline.store import tracking
-from pipeline.store.claims import CLAIM_STAGE
+from pipeline.store.claims import CLAIM_STAGE, RELEASED, STATE_TAG
 from tests.conftest import asset_overrides, compose_config, run_pipeline
 from tests.loopback import postgres_mlflow_server
 
@@ -86,9 +86,11 @@ def test_parallel_jobs_on_a_postgres_backed_server_compute_each_key_once(server_
     assert {status for _, _, status in first} == {"FINISHED"}
     assert_no_key_computed_twice(store)  # templates shared by several prompt sets included
     assert sorted(table.index) == ["a_photo_of", "classname", "dataset", "simple_imagenet"]
-    # every claim was released: deleted, and none left running
-    claims = [run for run in all_runs(store) if run.data.tags.get("stage") == CLAIM_STAGE]
-    assert claims and all(run.info.lifecycle_stage == "deleted" for run in claims)
+    # claims lived on the job runs: every one released, none left held, no run of its own, nothing deleted
+    claimed = [run for run in all_runs(store) if STATE_TAG in run.data.tags]
+    assert claimed and {(run.data.tags["stage"], run.data.tags[STATE_TAG]) for run in claimed} == {("job", RELEASED)}
+    assert not [run for run in all_runs(store) if run.data.tags.get("stage") == CLAIM_STAGE]
+    assert all(run.info.lifecycle_stage == "active" for run in all_runs(store))
 
     again = run_pipeline(tmp_path, "-m", "tracking=server", f"tracking.uri={server}", PROMPTS, *assets)
     assert_ok(again)

@@ -1,5 +1,8 @@
 """Connecting to the tracking store: a fresh SQLite file is created, an unreachable server fails at once and clearly."""
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -52,3 +55,48 @@ def test_a_store_that_fails_mid_job_ends_the_command_in_one_line(monkeypatch, ca
     assert exited.value.code == 1
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("Error: the MLflow tracking store failed:") and "rerun" in line
+
+
+# A user's machine, as far as MLflow 3.17 can tell (mlflow/telemetry/utils.py, `_is_ci_env_or_testing`): none of
+# the variables by which it recognises CI or a test run, and nobody's choice about telemetry.
+NOT_A_USERS_MACHINE = ("PYTEST_CURRENT_TEST", "GITHUB_ACTIONS", "CI", "CIRCLECI", "GITLAB_CI", "JENKINS_URL", "TRAVIS",
+                       "TF_BUILD", "BITBUCKET_BUILD_NUMBER", "CODEBUILD_BUILD_ARN", "BUILDKITE", "TEAMCITY_VERSION",
+                       "CLOUD_RUN_EXECUTION", "RUNBOT_HOST_URL", "RUNBOT_BUILD_NAME", "RUNBOT_WORKER_ID",
+                       "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "_MLFLOW_TELEMETRY_SESSION_ID")
+WATCH_TELEMETRY = """
+import os, sys, time
+{first}
+import mlflow
+from mlflow.telemetry import get_telemetry_client
+print("telemetry", get_telemetry_client() is not None, flush=True)
+print("session variable", "_MLFLOW_TELEMETRY_SESSION_ID" in os.environ, flush=True)
+client = mlflow.MlflowClient(sys.argv[1])
+client.set_terminated(client.create_run(client.create_experiment(str(time.time_ns()))).info.run_id)  # telemetry starts
+for _ in range(100):
+    if "_MLFLOW_TELEMETRY_SESSION_ID" not in os.environ:
+        break
+    time.sleep(0.1)
+print("session variable after the fetch", "_MLFLOW_TELEMETRY_SESSION_ID" in os.environ, flush=True)
+"""
+
+
+def watch_telemetry(tmp_path, first: str = "", **env: str) -> list[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in NOT_A_USERS_MACHINE}
+    done = subprocess.run([sys.executable, "-c", WATCH_TELEMETRY.format(first=first), f"sqlite:///{tmp_path}/t.db"],
+                          env={**clean, **env}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.splitlines()
+
+
+def test_mlflows_telemetry_unsets_a_variable_from_a_background_thread(tmp_path):
+    """The cause of the parallel sweeps' flaky failure: on a user's machine MLflow starts telemetry at import, and
+    when its config cannot be fetched (always, offline) a daemon thread removes `_MLFLOW_TELEMETRY_SESSION_ID` from
+    os.environ, while a request in another thread may be iterating os.environ (requests' proxy lookup)."""
+    assert watch_telemetry(tmp_path) == ["telemetry True", "session variable True",
+                                         "session variable after the fetch False"]
+
+
+def test_the_project_turns_telemetry_off_before_mlflow_starts_it_unless_the_user_chose(tmp_path):
+    assert watch_telemetry(tmp_path, first="import pipeline") == [
+        "telemetry False", "session variable False", "session variable after the fetch False"]
+    assert watch_telemetry(tmp_path, first="import pipeline", MLFLOW_DISABLE_TELEMETRY="false")[0] == "telemetry True"
