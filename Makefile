@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROMPTS ?= classname,a_photo_of,dataset,simple_imagenet,openai_imagenet
 
 .DEFAULT_GOAL := help
-.PHONY: help install assets demo explain test test-fast ui server server-user clean bench table
+.PHONY: help install assets demo explain test test-fast ui server server-user clean bench stress table
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ server-user: $(STAMP) ## Add a user to the running lab server: ARGS="name=NAME r
 
 clean: ## Remove generated outputs (runs, store, bundled assets); keeps .venv/
 	find outputs -mindepth 1 ! -name README.md -exec rm -rf {} +
+
+stress: $(STAMP) ## The lab server under load: 10 rounds of 8 parallel jobs against make server with authentication (about 30 min)
+	$(PY) -m pipeline.bench --only lab --rounds 10
 
 bench: $(STAMP) ## Four speed figures as ratios: sweep, cached rerun, 80-template classifier, image embedding (~12 min on 2 cores)
 	$(PY) -m pipeline.bench

@@ -117,10 +117,6 @@ def add_user(folder: Path, name: str, role: str) -> Path:
     write its environment (user, password, the certificate to trust) to a file only its owner can read."""
     from mlflow.exceptions import MlflowException
 
-    with warnings.catch_warnings():  # the server package's own deprecation notices, not this command's business
-        warnings.simplefilter("ignore")
-        from mlflow.server.auth.client import AuthServiceClient
-
     if role not in ROLES:
         raise PipelineError(f"role={role!r} is not one of {', '.join(ROLES)} (worker: EDIT, reader: READ)")
     if not name or not name.replace("-", "").replace("_", "").isalnum():
@@ -132,9 +128,8 @@ def add_user(folder: Path, name: str, role: str) -> Path:
     password = secrets.token_urlsafe(18)
     try:
         with acting_as(files.admin(server["certificate"])):
-            client = AuthServiceClient(str(server["url"]))
-            client.create_user(name, password)
-            client.grant_user_permission(name, "experiment", str(server["experiment_id"]), ROLES[role])
+            auth_client(str(server["url"])).create_user(name, password)
+        grant(folder, name, str(server["experiment_id"]), ROLES[role])
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_ALREADY_EXISTS":
             raise PipelineError(f"user {name} exists already on {server['url']}; choose another name") from None
@@ -147,3 +142,18 @@ def add_user(folder: Path, name: str, role: str) -> Path:
         lines.append(f"MLFLOW_TRACKING_SERVER_CERT_PATH={server['certificate']}")
     write_private(env, "\n".join(lines) + "\n")
     return env
+
+
+def auth_client(url: str):
+    """MLflow's client of the basic-auth app's own API (users, permissions), for the user in the environment."""
+    with warnings.catch_warnings():  # the server package's own deprecation notices, not this command's business
+        warnings.simplefilter("ignore")
+        from mlflow.server.auth.client import AuthServiceClient
+    return AuthServiceClient(url)
+
+
+def grant(folder: Path, name: str, experiment_id: str, permission: str) -> None:
+    """Give user `name` `permission` on an experiment of the server that runs from `folder`, as its admin."""
+    server = recorded_server(folder)
+    with acting_as(AuthFiles(folder / "auth").admin(server["certificate"])):
+        auth_client(str(server["url"])).grant_user_permission(name, "experiment", experiment_id, permission)
