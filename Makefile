@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROMPTS ?= classname,a_photo_of,dataset,simple_imagenet,openai_imagenet
 
 .DEFAULT_GOAL := help
-.PHONY: help install assets demo explain test test-fast ui server server-user clean bench stress table
+.PHONY: help install assets demo explain test test-fast ui server server-user clean clean-store backup restore verify bench stress table
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -61,8 +61,24 @@ server: $(STAMP) ## The lab's MLflow tracking server: PostgreSQL backend, proxie
 server-user: $(STAMP) ## Add a user to the running lab server: ARGS="name=NAME role=worker" (EDIT) or role=reader (READ)
 	$(PY) -m pipeline.lab.users $(ARGS)
 
-clean: ## Remove generated outputs (runs, store, bundled assets); keeps .venv/
-	find outputs -mindepth 1 ! -name README.md -exec rm -rf {} +
+# What `make clean` may remove: only what the project regenerates. The tracking store (mlflow.db, mlartifacts/),
+# the lab server's folder (server/: its database, artifacts, users and keys) and backups/ are never touched.
+OUTPUTS ?= outputs
+REGENERATED = multirun runs tables data models data_cache mlflow-ui.log ui_screenshot.png
+clean: ## Remove what the project regenerates (sweeps, tables, bundled assets, download caches); never the store or the server's folder
+	rm -rf $(addprefix $(OUTPUTS)/,$(REGENERATED))
+
+clean-store: $(STAMP) ## Delete the local store (ARGS=server=true: the lab server's folder): says what would go; CONFIRM=yes deletes it
+	$(PY) -m pipeline.lab.erase confirm=$(if $(filter yes,$(CONFIRM)),true,false) $(ARGS)
+
+backup: $(STAMP) ## One archive of the local store (ARGS=server=true: the lab server's) in outputs/backups/, consistent while jobs write
+	$(PY) -m pipeline.lab.backup $(ARGS)
+
+restore: $(STAMP) ## Restore FILE=archive into an empty store (outputs/, or folder=DIR; a server's into its folder)
+	$(PY) -m pipeline.lab.restore file=$(FILE) $(if $(folder),to=$(folder)) $(ARGS)
+
+verify: $(STAMP) ## Check every cached artifact against its checksum; failures are listed and never served again
+	$(PY) -m pipeline.store.verify $(ARGS)
 
 stress: $(STAMP) ## The lab server under load: 10 rounds of 8 parallel jobs against make server with authentication (about 30 min)
 	$(PY) -m pipeline.bench --only lab --rounds 10

@@ -49,6 +49,7 @@ def asset_overrides(shapes_root: Path, tiny_checkpoint: Path) -> list[str]:
 
 def run_pipeline(workdir: Path, *args: str, module: str = "pipeline") -> subprocess.CompletedProcess:
     """Run the Hydra app in a subprocess with its outputs (store, sweeps) under `workdir`."""
+    workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "CLIP_TABLES_OUTPUTS": str(workdir / "outputs"), "HYDRA_FULL_ERROR": "0"}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=workdir, env=env,
                           capture_output=True, text=True, timeout=600)

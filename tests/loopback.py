@@ -255,26 +255,28 @@ class FakeHub:
 
 
 @contextmanager
-def postgres_mlflow_server(*options: str) -> Iterator[str]:
+def postgres_mlflow_server(*options: str, folder: Path | None = None) -> Iterator[str]:
     """`make server` on free loopback ports, as a process: a private PostgreSQL cluster (run as `postgres` when
     this is root) and `mlflow server` on it with proxied artifacts. Yields the tracking URI it prints; on exit it
     is stopped as Ctrl-C or `kill` stops it, which must take PostgreSQL down too, and everything is removed.
-    `options` are more of its settings (`auth=true`, `tls_cert=...`); its folder is `server_folder(uri)`.
+    `options` are more of its settings (`auth=true`, `tls_cert=...`); its folder is `SERVER_FOLDERS[uri]`. Given a
+    server `folder` (a restored one), it runs on that and leaves it.
 
     The folder is made under /tmp rather than pytest's tmp_path, whose 0700 parents the `postgres` user cannot enter."""
-    folder = Path(tempfile.mkdtemp(prefix="clip-tables-lab-"))
-    folder.chmod(0o755)
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.lab.server", f"folder={folder}/server",
+    owned = folder is None
+    folder = Path(tempfile.mkdtemp(prefix="clip-tables-lab-")) / "server" if owned else folder
+    folder.parent.chmod(0o755)
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.lab.server", f"folder={folder}",
                                 f"port={free_port()}", f"postgres.port={free_port()}", "workers=2", *options],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = _wait_for_line(process, "Workers use: tracking=server tracking.uri=", timeout_s=180)
         uri = line.strip().rsplit("=", 1)[1]
-        SERVER_FOLDERS[uri] = folder / "server"
+        SERVER_FOLDERS[uri] = folder
         yield uri
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
-        assert not (folder / "server" / "pgdata" / "postmaster.pid").exists(), "PostgreSQL was left running"
+        assert not (folder / "pgdata" / "postmaster.pid").exists(), "PostgreSQL was left running"
     finally:
         if process.poll() is None:  # a failed test: stopped as a user stops it, so PostgreSQL goes down too
             process.send_signal(signal.SIGTERM)
@@ -282,7 +284,8 @@ def postgres_mlflow_server(*options: str) -> Iterator[str]:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
-        shutil.rmtree(folder, ignore_errors=True)
+        if owned:
+            shutil.rmtree(folder.parent, ignore_errors=True)
 
 
 SERVER_FOLDERS: dict[str, Path] = {}  # the folder of each server `postgres_mlflow_server` started, by its URI

@@ -8,7 +8,7 @@ import tarfile
 import pytest
 import torch
 
-from pipeline.bench import embedding, fixtures, processes
+from pipeline.bench import embedding, fixtures, lab, processes
 from pipeline.models.loading import ModelLoader, ModelSpec
 
 
@@ -51,3 +51,16 @@ def test_the_benchmark_command_describes_its_figures():
     done = subprocess.run([sys.executable, "-m", "pipeline.bench", "--help"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and "Targets: (1) >= 4x" in done.stdout
+
+
+def test_the_stress_run_counts_requests_and_runs_as_a_users_machine(tmp_path, monkeypatch):
+    (tmp_path / "mlflow-server.log").write_text(
+        'INFO: 127.0.0.1:1 - "POST /api/2.0/mlflow/runs/create HTTP/1.1" 200 OK\n'
+        'INFO: Application startup complete.\n'
+        'INFO: 127.0.0.1:1 - "GET /api/2.0/mlflow/runs/get?run_id=x HTTP/1.1" 200 OK\n')
+    assert lab.requests_logged(tmp_path) == 2
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    (tmp_path / "w.env").write_text("MLFLOW_TRACKING_USERNAME=w\nMLFLOW_TRACKING_PASSWORD=p\n")
+    env = lab.user_environment(tmp_path / "w.env")
+    assert "CI" not in env and "MLFLOW_DISABLE_TELEMETRY" not in env and env["MLFLOW_TRACKING_USERNAME"] == "w"

@@ -97,12 +97,10 @@ def set_environ(values: Mapping[str, str | None]) -> None:
             os.environ[name] = value
 
 
-def record_server(folder: Path, url: str, worker_url: str, experiment: str, experiment_id: str, auth: bool,
-                  certificate: str | None) -> None:
-    """Where the running server is: `url` on this machine (loopback), `worker_url` for other machines."""
-    write_private(folder / SERVER_FILE, json.dumps({"url": url, "worker_url": worker_url, "experiment": experiment,
-                                                    "experiment_id": experiment_id, "auth": auth,
-                                                    "certificate": certificate}, indent=2))
+def record_server(folder: Path, **recorded: object) -> None:
+    """Where the running server is (`url` on this machine, on loopback; `worker_url` for other machines), its
+    experiment, whether it authenticates, the certificate workers trust, and where it keeps runs and artifacts."""
+    write_private(folder / SERVER_FILE, json.dumps(recorded, indent=2))
 
 
 def recorded_server(folder: Path) -> Mapping[str, object]:

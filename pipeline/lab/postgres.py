@@ -192,22 +192,38 @@ class Cluster:
         self._run("pg_ctl", "stop", "-D", str(self.data), "-m", "fast", "-w")
 
     @contextmanager
-    def running(self) -> Iterator["Cluster"]:
+    def running(self, attach: bool = False) -> Iterator["Cluster"]:
         """The cluster, started for the block and stopped after it. One session per folder: a second one would
-        stop the first one's database, so it is refused while the first holds the folder's lock."""
+        stop the first one's database, so it is refused while the first holds the folder's lock; with `attach`,
+        the cluster that session runs is used as it is, on its port."""
         self.check_folder()
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / ".lock", "w") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise PipelineError(f"another `make server` is running on {self.folder}; stop it first, or give "
-                                    f"this one its own folder (folder=...)") from None
+                if not attach:
+                    raise PipelineError(f"another `make server` is running on {self.folder}; stop it first, or give "
+                                        f"this one its own folder (folder=...)") from None
+                port = re.search(r"^port = (\d+)", (self.data / _SETTINGS).read_text(), re.M).group(1)
+                yield Cluster(self.folder, int(port), self.os_user)
+                return
             self.start()
             try:
                 yield self
             finally:
                 self.stop()
+
+    def client(self, program: str, *args: str) -> subprocess.CompletedProcess:
+        """A PostgreSQL client (`pg_dump`, `pg_restore`) on this cluster's database, as its role."""
+        command = [str(bindir() / program), "-h", "127.0.0.1", "-p", str(self.port), "-U", ROLE, *args]
+        return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **self.client_env})
+
+    def connect(self):
+        import psycopg
+
+        return psycopg.connect(host="127.0.0.1", port=self.port, user=ROLE, dbname=DATABASE,
+                               passfile=str(self.passfile))
 
 
 def write_private(path: Path, text: str) -> None:

@@ -207,7 +207,9 @@ def lab_server(cfg: DictConfig) -> Iterator[Running]:
         running = stack.enter_context(serving(settings, folder / "mlflow-server.log"))
         with acting_as(admin):
             experiment_id = tracking.connect(settings.local_url, str(cfg.experiment)).experiment_id
-        record_server(folder, settings.local_url, running.url, str(cfg.experiment), experiment_id, auth, certificate)
+        record_server(folder, url=settings.local_url, worker_url=running.url, experiment=str(cfg.experiment),
+                      experiment_id=experiment_id, auth=auth, certificate=certificate,
+                      backend_store_uri=cfg.backend_store_uri, artifacts_destination=str(cfg.artifacts_destination))
         yield running
 
 

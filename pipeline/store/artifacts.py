@@ -63,9 +63,22 @@ def is_not_found(exc: BaseException) -> bool:
     return getattr(response, "status_code", None) == 404
 
 
+def recorded_checksums(run: Run) -> dict[str, str]:
+    """The SHA-256 of each file, as recorded when the run was written."""
+    return {k.removeprefix(CHECKSUM_TAG): v for k, v in run.data.tags.items() if k.startswith(CHECKSUM_TAG)}
+
+
+def fetch_verified(run: Run, checksums: Mapping[str, str], directory: Path, tracking_uri: str) -> None:
+    """Download each named file into `directory` and check it against its checksum."""
+    for name, expected in checksums.items():
+        actual = sha256_file(download(run, name, directory, tracking_uri))
+        if actual != expected:
+            raise CorruptArtifact(f"{name} checksum {actual[:12]} != recorded {expected[:12]}")
+
+
 def load(run: Run, tracking_uri: str, only: tuple[str, ...] | None = None) -> StageOutput:
     """A run's output, every file checked against its recorded checksum; `only` names the files to read."""
-    checksums = {k.removeprefix(CHECKSUM_TAG): v for k, v in run.data.tags.items() if k.startswith(CHECKSUM_TAG)}
+    checksums = recorded_checksums(run)
     if not checksums:
         raise CorruptArtifact("no checksums recorded")
     if only is not None:
@@ -73,24 +86,19 @@ def load(run: Run, tracking_uri: str, only: tuple[str, ...] | None = None) -> St
         if set(only) - set(checksums):
             raise CorruptArtifact(f"{', '.join(sorted(set(only) - set(checksums)))} not recorded")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, expected in checksums.items():
-            actual = sha256_file(download(run, name, Path(tmp), tracking_uri))
-            if actual != expected:
-                raise CorruptArtifact(f"{name} checksum {actual[:12]} != recorded {expected[:12]}")
+        fetch_verified(run, checksums, Path(tmp), tracking_uri)
         return read_output(Path(tmp), checksums)
+
 
 def load_arrays(run: Run, names: tuple[str, ...], tracking_uri: str) -> dict[str, np.ndarray] | None:
     """Some of a run's arrays, each checked against its recorded checksum; None when the run has none of them."""
-    checksums = {k.removeprefix(CHECKSUM_TAG): v for k, v in run.data.tags.items() if k.startswith(CHECKSUM_TAG)}
-    files = [f"{name}.npy" for name in names]
-    if not all(f in checksums for f in files):
+    checksums = recorded_checksums(run)
+    files = {f"{name}.npy": checksums.get(f"{name}.npy") for name in names}
+    if not all(files.values()):
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        for name in files:
-            actual = sha256_file(download(run, name, Path(tmp), tracking_uri))
-            if actual != checksums[name]:
-                raise CorruptArtifact(f"{name} checksum {actual[:12]} != recorded {checksums[name][:12]}")
-        return read_output(Path(tmp), {f: checksums[f] for f in files}).arrays
+        fetch_verified(run, files, Path(tmp), tracking_uri)
+        return read_output(Path(tmp), files).arrays
 
 
 def download(run: Run, name: str, directory: Path, tracking_uri: str) -> Path:
@@ -148,3 +156,7 @@ def read_output(directory: Path, names: Mapping[str, str]) -> StageOutput:
     return StageOutput(arrays, metrics)
 
 
+def mark_corrupt(client, run_id: str, reason: str) -> None:
+    """A run whose files do not match their checksums is never served again (nor deleted: it says what was wrong)."""
+    client.set_tag(run_id, "cache_store", "false")
+    client.set_tag(run_id, "cache_corrupt", reason[:500])

@@ -232,8 +232,7 @@ class StageCache:
             except CorruptArtifact as exc:
                 log.warning("[%s] cached run %s is corrupt (%s); it will not be served again, recomputing",
                             request.stage, run.info.run_id, exc)
-                self.store.client.set_tag(run.info.run_id, "cache_store", "false")
-                self.store.client.set_tag(run.info.run_id, "cache_corrupt", str(exc)[:500])
+                artifacts.mark_corrupt(self.store.client, run.info.run_id, str(exc))
         return None
 
     # -- compute ------------------------------------------------------------------------------

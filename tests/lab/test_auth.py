@@ -48,7 +48,6 @@ def as_user(environment: dict[str, str], **changes: str) -> dict[str, str]:
 
 def run(workdir: Path, env: dict[str, str], *args: str, module: str = "pipeline") -> subprocess.CompletedProcess:
     """A command with a user's environment (the variables MLflow's client reads), as a worker runs it."""
-    workdir.mkdir(parents=True, exist_ok=True)
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     try:
