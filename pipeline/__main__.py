@@ -12,7 +12,6 @@ from omegaconf import DictConfig
 
 from pipeline import CONF_DIR
 from pipeline.errors import reported
-from pipeline.jobs.explaining import requested, run_explain_job
 from pipeline.jobs.scoring import run_job
 
 # Hydra 1.3 finds plugins by walking the hydra_plugins namespace, which a PEP 660 editable install (`pip install
@@ -27,7 +26,9 @@ def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     sweep_dir = Path(hydra_cfg.sweep.dir) if in_sweep else None
-    if requested(cfg):
+    if (cfg.get("explain") or {}).get("name", "none") != "none":
+        from pipeline.jobs.explaining import run_explain_job  # torch and the model, which only explaining needs
+
         run_explain_job(cfg, output_dir=Path(hydra_cfg.runtime.output_dir), sweep_dir=sweep_dir)
         return None
     return run_job(cfg, output_dir=hydra_cfg.runtime.output_dir, sweep_dir=sweep_dir).value

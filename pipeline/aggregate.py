@@ -19,8 +19,7 @@ from pipeline import CONF_DIR
 from pipeline.data.prompts import PROMPT_FREE
 from pipeline.errors import PipelineError, one_line, reported, reported_hook
 from pipeline.jobs import sweep
-from pipeline.jobs.explaining import KIND
-from pipeline.reports import comparisons, fewshot, layouts, page, references, relevance, results, robustness
+from pipeline.reports import comparisons, fewshot, layouts, page, references, results, robustness
 from pipeline.reports.results import ScoreRecord
 from pipeline.store import links, tracking
 from pipeline.store.artifacts import ArtifactUnavailable, CorruptArtifact
@@ -55,7 +54,7 @@ def log_files(store: TrackingStore, run_id: str | None, files: list[Path]) -> No
 
 def sweep_run_ids(sweep_dir: Path) -> list[str]:
     """Job run ids recorded by the scoring jobs of one sweep."""
-    return [job["job_run_id"] for job in sweep.job_results(sweep_dir, "score")]
+    return [job["job_run_id"] for job in sweep.job_results(sweep_dir, sweep.SCORE_KIND)]
 
 
 def jobs_view(store: TrackingStore, sweep_run: str) -> str:
@@ -89,7 +88,7 @@ class AggregateCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         store = tracking.connect_cfg(config.tracking)
         sweep_run = sweep.recorded(sweep_dir, store)
-        run_ids, explained = sweep_run_ids(sweep_dir), sweep.job_results(sweep_dir, KIND)
+        run_ids, explained = sweep_run_ids(sweep_dir), sweep.job_results(sweep_dir, sweep.EXPLAIN_KIND)
         if not run_ids and not explained:
             log.warning("no job of sweep %s finished; no table written", sweep_dir)
             if sweep_run:
@@ -100,6 +99,8 @@ class AggregateCallback(Callback):
         with aggregate_run(store, {"sweep_dir": str(sweep_dir), "metric": metric}, sweep_run) as run_id:
             written = sweep_tables(records, metric, sweep_dir, store) if records else {}
             if explained:
+                from pipeline.reports import relevance  # the explain stage's figures: torch, which tables need not
+
                 try:
                     grids = relevance.write_grids(store, explained, sweep_dir)
                     written[relevance.TITLE] = layouts.Written(grids, "")

@@ -42,6 +42,7 @@ COVERED_BY = {
     "pipeline.lab.postgres": "tests/lab/test_server.py",
     "pipeline.lab.users": "tests/lab/test_auth.py",
     "pipeline.lab.erase": "tests/lab/test_backup.py",
+    "pipeline.lab.backup": "tests/lab/test_backup.py",
     "pipeline.lab.restore": "tests/lab/test_backup.py",
     "pipeline.bench.lab": "tests/test_bench.py",
     "pipeline.hydra_plugins.clip_tables.launcher": "tests/lab/test_server.py",
@@ -156,6 +157,9 @@ def reaches(test_file: Path, module: str) -> bool:
     text = test_file.read_text()
     command = parent if last == "__main__" else module  # running a module's command reaches it too
     if f"-m {command}" in text or f'"-m", "{command}"' in text:
+        return True
+    runs_modules = '"-m"' in text  # a helper that runs `python -m <its argument>`, called with the module's name
+    if runs_modules and f'("{command}"' in text:
         return True
     name = module.removeprefix("pipeline.") if ".hydra_plugins." in module else module
     parent = name.rpartition(".")[0]

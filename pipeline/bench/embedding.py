@@ -13,7 +13,7 @@ import torch
 from pipeline.data import datasets
 from pipeline.data.readers import Batch
 from pipeline.models.loading import LoadedModel
-from pipeline.stages import embed
+from pipeline.stages.embed.images import encode_batches
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def pipeline_embedding(loaded: LoadedModel, root: Path, batch_size: int, workers
     stamped = _Stamped(datasets.classification_batches(spec, loaded.preprocess, batch_size, workers,
                                                        pin_memory=loaded.device.type == "cuda"))
     labels: list[int] = []
-    output = embed.encode_batches(loaded, iter(stamped), spec, "fp32",
+    output = encode_batches(loaded, iter(stamped), spec, "fp32",
                                   lambda batch: labels.extend(int(label) for label in batch.fields["cls"]),
                                   progress=False)
     _synchronize(loaded.device)

@@ -9,13 +9,15 @@ import os
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import torch
 from omegaconf import OmegaConf
 
 from pipeline.data import remote, sources
-from pipeline.data.readers import Batch, hf, wds
+from pipeline.data.readers import HF_CACHE, Batch, wds
+
+if TYPE_CHECKING:  # torch and the Hugging Face reader are imported where images are read: a served job reads none
+    from pipeline.data.readers import hf
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -147,8 +149,8 @@ def check_local_layout(spec: DatasetSpec, shards: bool = True) -> None:
         return
     root = Path(spec.root)
     if spec.format == "hf":
-        if not root.is_dir() and not (root.parent / hf.HF_CACHE).is_dir():
-            raise PipelineError(f"dataset root {root} does not exist (nor DataComp's {hf.HF_CACHE} beside it). Set "
+        if not root.is_dir() and not (root.parent / HF_CACHE).is_dir():
+            raise PipelineError(f"dataset root {root} does not exist (nor DataComp's {HF_CACHE} beside it). Set "
                                 f"dataset.root (or data_root for the catalog) to a local mirror of the dataset.")
         return
     if not root.is_dir():
@@ -181,7 +183,7 @@ def fingerprint(spec: DatasetSpec, remote_identity: dict | None = None) -> dict[
         return {**identity, "root": spec.root}
     root = Path(spec.root)
     if spec.format == "hf" and not root.is_dir():
-        root = root.parent / hf.HF_CACHE
+        root = root.parent / HF_CACHE
     digest = hashlib.sha256()
     files = sorted(p for p in root.rglob("*") if p.is_file() and (p.parent == root or spec.split in p.relative_to(root).parts
                                                                    or spec.format == "hf"))
@@ -240,7 +242,7 @@ def describe(spec: DatasetSpec) -> DatasetInfo:
     remote_identity = copy.identity if copy else None
     if spec.root_kind == "hub_id":
         remote_identity = {"root": spec.root, "hf_config": spec.hf_config,
-                           "commit": hf.hub_commit(spec.root, hub_cache(spec))}
+                           "commit": hub_commit(spec.root, hub_cache(spec))}
     content = fingerprint(local, remote_identity)
     if copy is not None:
         spec = replace(spec, root=copy.pinned_root)  # later reads fetch the version keyed here
@@ -248,11 +250,23 @@ def describe(spec: DatasetSpec) -> DatasetInfo:
         return DatasetInfo(spec, [], [], content)
     if spec.format == "folder":
         return DatasetInfo(spec, _folder_classnames(spec), _folder_templates(spec), content)
-    dataset = build(local, shards=copy is None)
-    classnames = non_blank(dataset.classes or [])
+    if spec.format == "wds":
+        classes, templates = wds_metadata(Path(local.root))
+    else:
+        dataset = build(local, shards=copy is None)
+        classes, templates = dataset.classes or [], getattr(dataset, "templates", None) or []
+    classnames = non_blank(classes)
     if not classnames:
         raise PipelineError(f"dataset {spec.name} at {spec.root} has no classnames.txt")
-    return DatasetInfo(spec, classnames, non_blank(getattr(dataset, "templates", None) or []), content)
+    return DatasetInfo(spec, classnames, non_blank(templates), content)
+
+
+def wds_metadata(root: Path) -> tuple[list[str], list[str]]:
+    """A local webdataset's class names and templates, the lines of its two text files, as clip_benchmark's
+    `build_wds_dataset` reads them (clip-benchmark 1.6.2, datasets/builder.py, `dataset.classes` and
+    `dataset.templates`), without importing its builder (and torchvision) for two files."""
+    files = (root / "classnames.txt", root / "zeroshot_classification_templates.txt")
+    return tuple([line.strip() for line in file.read_text().splitlines()] if file.is_file() else [] for file in files)
 
 
 def worker_count(num_workers: int) -> int:
@@ -267,8 +281,16 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def hub_commit(repo_id: str, cache_dir: str | None) -> str:
+    from pipeline.data.readers import hf
+
+    return hf.hub_commit(repo_id, cache_dir)
+
+
 def _torch_batches(dataset, batch_size: int, num_workers: int, field_name: str, collate=None,
                    pin_memory: bool = False) -> Iterator[Batch]:
+    import torch
+
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=worker_count(num_workers),
                                          shuffle=False, collate_fn=collate, pin_memory=pin_memory)
     return (Batch(images, {field_name: list(values)}) for images, values in loader)
@@ -303,6 +325,8 @@ def retrieval_batches(spec: DatasetSpec, transform: Callable, batch_size: int, n
     if spec.format == "hf":
         from clip_benchmark.datasets.builder import image_captions_collate_fn
 
+        from pipeline.data.readers import hf
+
         return _torch_batches(hf.Pairs(load_hf(spec), transform), batch_size, num_workers, "txt",
                               image_captions_collate_fn, pin_memory)
     return _wds_batches(spec, ("txt",), transform, batch_size, num_workers, pin_memory)
@@ -310,6 +334,8 @@ def retrieval_batches(spec: DatasetSpec, transform: Callable, batch_size: int, n
 
 def load_hf(spec: DatasetSpec) -> hf.Rows:
     """nlphuji's datasets as DataComp reads them (`load_dataset(id, split)`), from the Hub or a local mirror."""
+    from pipeline.data.readers import hf
+
     if spec.root_kind == "hub_id":
         return hf.load_hub(spec.root, spec.split, spec.hf_config, hub_cache(spec))
     check_local_layout(spec)
@@ -318,4 +344,6 @@ def load_hf(spec: DatasetSpec) -> hf.Rows:
 
 def winogavil_instances(spec: DatasetSpec) -> Iterator[hf.WinoInstance]:
     """WinoGAViL games from nlphuji/winogavil: a cue, candidate images, and the associated candidates."""
+    from pipeline.data.readers import hf
+
     return hf.winogavil_games(load_hf(spec))

@@ -14,7 +14,7 @@ from pipeline.data import datasets
 from pipeline.jobs import job_run, sweep
 from pipeline.jobs.scoring import RESULT_FILE, flatten
 from pipeline.models import precision
-from pipeline.models.loading import ModelLoader, ModelSpec, library_versions, resolve_device
+from pipeline.models.loading import ModelLoader, ModelSpec, device_type, library_versions, resolve_device
 from pipeline.stages.embed import ModelKey
 from pipeline.stages.explain import Explained, explain, figures, inputs
 from pipeline.stages.explain.attention import vit_depth
@@ -24,7 +24,6 @@ from pipeline.store.cache import StageCache
 log = logging.getLogger(__name__)
 
 EXPLAIN_JOB_STAGE = "explain_job"
-KIND = "explain"
 FIGURES_DIR = "relevance"
 
 
@@ -33,10 +32,6 @@ class ExplainResult:
     job_run_id: str
     explained: Explained
     label: str
-
-
-def requested(cfg: DictConfig) -> bool:
-    return inputs.ExplainSpec.from_cfg(cfg.get("explain")) is not None
 
 
 def column_label(labels: dict[str, str], spec: inputs.ExplainSpec) -> str:
@@ -61,7 +56,7 @@ def run_explain_job(cfg: DictConfig, output_dir: Path | None = None, sweep_dir: 
     source = resolve_source(cfg, spec)
     device = resolve_device(cfg.device)
     # The image tower runs as it does for zero-shot classification under the protocol.
-    recipe = precision.recipe(OmegaConf.to_container(cfg.protocol), "zeroshot_classification", device.type,
+    recipe = precision.recipe(OmegaConf.to_container(cfg.protocol), "zeroshot_classification", device_type(device),
                               model_spec.precision)
     loader = ModelLoader(model_spec, device)
     versions = library_versions()
@@ -94,7 +89,7 @@ def write_files(output_dir: Path, result: ExplainResult, tracking_uri: str) -> N
     """The maps and overlays beside the job's log, and `result.json` for the aggregate step."""
     folder = output_dir / FIGURES_DIR
     artifacts.write_files(folder, figures.pair_files(result.explained.arrays))
-    payload = {"kind": KIND, "job_run_id": result.job_run_id, "explain_run_id": result.explained.run_id,
+    payload = {"kind": sweep.EXPLAIN_KIND, "job_run_id": result.job_run_id, "explain_run_id": result.explained.run_id,
                "label": result.label, "tracking_uri": tracking_uri}
     (output_dir / RESULT_FILE).write_text(json.dumps(payload, indent=2))
     log.info("relevance maps and overlays written to %s", folder)

@@ -15,12 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-import torch
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, RunTag
 from mlflow.exceptions import MlflowException
 
 from pipeline.data import datasets
-from pipeline.models.loading import ModelSpec
+from pipeline.models.loading import ModelSpec, saved_position
 from pipeline.store import tracking
 from pipeline.store.cache import log_params, mlflow_metric_name
 from pipeline.store.tracking import JOB_STAGE, PARENT_TAG, TrackingStore
@@ -107,14 +106,8 @@ def checkpoint_position(path: str | Path) -> dict[str, str]:
     `epoch`/`step` entries open_clip's trainer saves beside the weights (read memory-mapped, weights untouched)."""
     path = Path(path)
     found = {name: int(match.group(1)) for name, pattern in _POSITION.items() if (match := pattern.search(path.stem))}
-    if not found and path.suffix in (".pt", ".pth"):
-        try:
-            saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        except Exception:  # not a torch zip checkpoint (or an old pickle format): it has no position to read
-            saved = None
-        if isinstance(saved, dict):
-            found = {name: int(saved[key]) for name, key in (("epoch", "epoch"), ("step", "step"), ("step", "global_step"))
-                     if isinstance(saved.get(key), int)}
+    if not found and path.suffix in (".pt", ".pth") and path.is_file():
+        found = saved_position(path)
     if not found:
         return {}
     labels = {f"checkpoint_{name}": str(value) for name, value in found.items()}

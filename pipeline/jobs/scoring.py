@@ -14,7 +14,7 @@ from pipeline.data import datasets, prompts
 from pipeline.errors import PipelineError
 from pipeline.jobs import job_run, sweep
 from pipeline.models import precision
-from pipeline.models.loading import ModelLoader, ModelSpec, library_versions, resolve_device
+from pipeline.models.loading import ModelLoader, ModelSpec, device_type, library_versions, resolve_device
 from pipeline.stages import classify, embed, score, uncertainty
 from pipeline.stages.embed import projection
 from pipeline.stages.heads import HeadSpec, linear_probe
@@ -96,7 +96,7 @@ class JobInputs:
     class_prompts: prompts.Prompts | None
     loader: ModelLoader
     recipe: precision.Recipe
-    device: Any
+    device: str  # cpu, cuda or cuda:N
     versions: Mapping[str, str]
     metric: str
     tags: Mapping[str, str]     # what every stage run of this job carries
@@ -125,7 +125,7 @@ def resolve_inputs(cfg: DictConfig) -> JobInputs:
                      if spec.task == "zeroshot_classification" and not head.is_probe else None)
     probe_infos = [described_like(s, info) if s is not None else None for s in probe_specs] if probe_specs else []
     device = resolve_device(cfg.device)
-    recipe = precision.recipe(OmegaConf.to_container(cfg.protocol), spec.task, device.type, model_spec.precision)
+    recipe = precision.recipe(OmegaConf.to_container(cfg.protocol), spec.task, device_type(device), model_spec.precision)
     loader = ModelLoader(model_spec, device)
     loader.spec.fingerprint  # fails now, not mid-run, on a missing checkpoint
     metric = headline_metric(cfg.metric.name, spec.main_metric)

@@ -18,8 +18,10 @@ log = logging.getLogger(__name__)
 
 SWEEP_STAGE = "sweep"
 SWEEP_FILE = "sweep_run.json"
-# What each job leaves in its folder for the aggregate step (Hydra gives the multirun callback no job results).
+# What each job leaves in its folder for the aggregate step (Hydra gives the multirun callback no job results),
+# and the kinds of job that leave one.
 RESULT_FILE = "result.json"
+SCORE_KIND, EXPLAIN_KIND = "score", "explain"
 
 
 def start(store: TrackingStore, sweep_dir: Path) -> str:
@@ -57,7 +59,7 @@ def job_results(sweep_dir: Path, kind: str) -> list[dict]:
     """The `result.json` of every job of one kind (`score`, or `explain`) in `sweep_dir`, in job order."""
     paths = sorted(Path(sweep_dir).glob(f"*/{RESULT_FILE}"), key=lambda path: _job_number(path.parent.name))
     found = [json.loads(path.read_text()) for path in paths]
-    return [job for job in found if job.get("kind", "score") == kind]
+    return [job for job in found if job.get("kind", SCORE_KIND) == kind]
 
 
 def _job_number(name: str) -> tuple[int, str]:

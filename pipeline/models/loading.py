@@ -1,23 +1,27 @@
 """Load open_clip models (pretrained tags or local checkpoints) and fingerprint them for cache keys."""
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
+import re
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
-
-import open_clip
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from pipeline.errors import PipelineError
 from pipeline.models import precision
 from pipeline.store.artifacts import sha256_file
+
+if TYPE_CHECKING:  # torch and open_clip are imported where a model is built: a served job never builds one
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -78,36 +82,62 @@ class ModelSpec:
         return self.pretrained or "none"
 
 
-# -- a checkpoint's content hash, computed once --------------------------------------------------------------
+# -- what a checkpoint is, read once ---------------------------------------------------------------------------
 def checksum_records(path: Path) -> list[Path]:
-    """Where a checkpoint's hash is remembered: beside it, or (for a read-only folder) in the user's cache."""
+    """Where facts about a checkpoint are remembered: beside it, or (for a read-only folder) in the user's cache."""
     key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
     return [path.with_name(path.name + ".sha256.json"), Path.home() / ".cache" / "clip-tables" / "checksums" / f"{key}.json"]
 
 
-def checkpoint_digest(path: Path) -> str:
-    """The SHA-256 of a checkpoint, hashed once and reused while its size and modification time are unchanged
-    (a 600 MB checkpoint takes seconds to hash, and every job keys on it)."""
+def remembered(path: Path, name: str, compute: Callable[[Path], Any]) -> Any:
+    """A fact about a checkpoint (its hash, its saved position), computed once and reused while the file's size
+    and modification time are unchanged: hashing 600 MB takes seconds, and reading the position imports torch, and
+    every job needs both."""
     stat = path.stat()
     stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    known: dict = {}
     for record in checksum_records(path):
         try:
             known = json.loads(record.read_text())
-            if {k: known.get(k) for k in stamp} == stamp and isinstance(known.get("sha256"), str):
-                return known["sha256"]
         except (OSError, ValueError):
             continue
-    digest = sha256_file(path)
+        if {k: known.get(k) for k in stamp} == stamp and name in known:
+            return known[name]
+        break
+    facts = {**(known if {k: known.get(k) for k in stamp} == stamp else {}), **stamp, name: compute(path)}
     for record in checksum_records(path):
         try:
             record.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile("w", dir=record.parent, delete=False, suffix=".partial") as partial:
-                json.dump({**stamp, "sha256": digest}, partial)
+                json.dump(facts, partial)
             os.replace(partial.name, record)
             break
         except OSError:
             continue  # a read-only folder: try the next place
-    return digest
+    return facts[name]
+
+
+def checkpoint_digest(path: Path) -> str:
+    """The SHA-256 of a checkpoint (remembered)."""
+    return remembered(path, "sha256", sha256_file)
+
+
+def saved_position(path: Path) -> dict[str, int]:
+    """The `epoch`/`step` entries open_clip's trainer saves beside the weights (remembered; read memory-mapped,
+    the weights untouched); empty for a file that is not a torch zip checkpoint or holds none."""
+    def read(checkpoint: Path) -> dict[str, int]:
+        import torch
+
+        try:
+            saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=True)
+        except Exception:  # not a torch zip checkpoint (or an old pickle format): it has no position to read
+            return {}
+        if not isinstance(saved, dict):
+            return {}
+        return {name: int(saved[key]) for name, key in (("epoch", "epoch"), ("step", "step"), ("step", "global_step"))
+                if isinstance(saved.get(key), int)}
+
+    return remembered(path, "position", read)
 
 
 def check_openai_quickgelu(arch: str, pretrained: str | None) -> None:
@@ -120,6 +150,8 @@ def check_openai_quickgelu(arch: str, pretrained: str | None) -> None:
 
 def register_project_architectures() -> None:
     """Make the architectures shipped in pipeline/models/configs/ known to open_clip (idempotent)."""
+    import open_clip
+
     known = set(open_clip.list_models())
     if any(path.stem not in known for path in MODEL_CONFIG_DIR.glob("*.json")):
         open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -137,14 +169,44 @@ class LoadedModel:
         return precision.autocast(self.device, label)
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+def resolve_device(device: str) -> str:
+    """`auto` as the device it stands for (`cuda` where torch can use a GPU, else `cpu`); any other name as given."""
+    if device != "auto":
+        return device
+    return "cuda" if cuda_available() else "cpu"
 
 
-def load_model(spec: ModelSpec, device: torch.device) -> LoadedModel:
+def device_type(device: str) -> str:
+    """`cuda` for `cuda:1`: what the precision recipes (and so the cache keys) depend on."""
+    return device.split(":", 1)[0]
+
+
+def cuda_available() -> bool:
+    """`torch.cuda.is_available()`, without importing torch (a second or two a process) when nothing else needs it:
+    torch can use a GPU when it was built with CUDA (its `version.py` says which) and the CUDA driver counts at least
+    one device (the driver applies CUDA_VISIBLE_DEVICES, as it does for torch)."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"].cuda.is_available()
+    spec = importlib.util.find_spec("torch")
+    version = Path(spec.origin).with_name("version.py") if spec and spec.origin else None
+    if version is None or not version.is_file():
+        return False
+    if not re.search(r"^cuda\s*(:\s*[^=]*)?=\s*['\"]\d", version.read_text(), re.M):
+        return False  # a CPU build
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False  # no NVIDIA driver
+    count = ctypes.c_int(0)
+    return driver.cuInit(0) == 0 and driver.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+
+
+def load_model(spec: ModelSpec, device: str | torch.device) -> LoadedModel:
+    import open_clip
+    import torch
+
     register_project_architectures()
+    device = torch.device(device)
     if spec.arch not in open_clip.list_models():
         raise PipelineError(f"unknown open_clip architecture {spec.arch!r}; see open_clip.list_models()")
     log.info("loading %s (%s) on %s", spec.arch, spec.pretrained, device)
@@ -164,7 +226,7 @@ class LoadedModels:
     key: tuple | None = None
     loaded: LoadedModel | None = None
 
-    def get(self, spec: ModelSpec, device: torch.device) -> LoadedModel:
+    def get(self, spec: ModelSpec, device: str | torch.device) -> LoadedModel:
         key = (spec.arch, spec.pretrained, spec.cache_dir, str(device))
         if self.key != key:
             self.key, self.loaded = None, None  # release the previous model before loading the next
@@ -181,7 +243,7 @@ class ModelLoader:
     """Loads the model on first use only, so a fully cached job never touches the weights."""
 
     spec: ModelSpec
-    device: torch.device
+    device: str  # `cuda`, `cuda:1` or `cpu` (`resolve_device`)
     registry: LoadedModels = field(default_factory=lambda: LOADED_MODELS, repr=False)
 
     def get(self) -> LoadedModel:

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, ContextManager, Mapping
+from typing import TYPE_CHECKING, Any, ContextManager, Mapping
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: a served job makes none
+    import torch
 
 FP32 = "fp32"
 # torch's default autocast dtype per device type: float16 on CUDA, bfloat16 on CPU.
 AMP_LABELS = {"cuda": "amp-fp16", "cpu": "amp-bf16"}
-TORCH_DTYPES = {FP32: torch.float32, "amp-fp16": torch.float16, "amp-bf16": torch.bfloat16}
+TORCH_DTYPES = {FP32: "float32", "amp-fp16": "float16", "amp-bf16": "bfloat16"}  # names of torch's dtypes
 TOWERS = ("image", "text", "logits")
 MODEL_PRECISIONS = ("fp32", "amp")
 
@@ -65,9 +66,11 @@ def recipe(protocol: Mapping[str, Any], task: str, device_type: str, model_preci
 
 def autocast(device: torch.device, label: str) -> ContextManager:
     """Autocast for `label` on `device` (disabled for fp32)."""
+    import torch
+
     if label == FP32:
         return nullcontext()
-    return torch.autocast(device.type, dtype=TORCH_DTYPES[label])
+    return torch.autocast(device.type, dtype=getattr(torch, TORCH_DTYPES[label]))
 
 
 # -- features keep the dtype the tower produced them in --------------------------------------------------
@@ -85,9 +88,13 @@ def with_dtype(name: str, tensor: torch.Tensor) -> dict[str, np.ndarray]:
 
 def restored(arrays: Mapping[str, np.ndarray], name: str, device: torch.device) -> torch.Tensor:
     """The tensor saved by `with_dtype`, back in its original dtype on `device` (fp32 when none was recorded)."""
+    import torch
+
     dtype = getattr(torch, str(arrays[name + DTYPE_SUFFIX])) if name + DTYPE_SUFFIX in arrays else torch.float32
     return torch.from_numpy(np.ascontiguousarray(arrays[name])).to(device=device, dtype=dtype)
 
 
 def normalized(features: torch.Tensor) -> torch.Tensor:
+    import torch.nn.functional as F
+
     return F.normalize(features, dim=-1)

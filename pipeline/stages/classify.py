@@ -5,10 +5,9 @@ protocol puts it in, so the logits are the ones the reference code computes (see
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
-import torch
 
 from pipeline.models.precision import FP32_RECIPE, Recipe, autocast, normalized, restored
 from pipeline.stages import metrics
@@ -16,9 +15,11 @@ from pipeline.stages.embed import Embedded
 from pipeline.store.artifacts import StageOutput
 from pipeline.store.cache import StageCache, StageRequest, cache_key
 
+if TYPE_CHECKING:  # torch is imported where logits are computed: a served job computes none
+    import torch
+
 VERSION = "2"
 LOGIT_SCALE = 100.0
-CPU = torch.device("cpu")
 
 
 def normalize(features: np.ndarray) -> np.ndarray:
@@ -26,9 +27,12 @@ def normalize(features: np.ndarray) -> np.ndarray:
 
 
 def zero_shot_logits(images: Mapping[str, np.ndarray], classifier: Mapping[str, np.ndarray],
-                     recipe: Recipe = FP32_RECIPE, device: torch.device = CPU) -> np.ndarray:
+                     recipe: Recipe = FP32_RECIPE, device: torch.device | None = None) -> np.ndarray:
     """`100 * normalize(image_features) @ classifier`, in the recipe's logits precision (clip_benchmark's
     run_classification: the normalization and the product share one autocast block)."""
+    import torch
+
+    device = device or torch.device("cpu")
     features = restored(images, "image_features", device)
     weights = restored(classifier, "classifier", device)
     with torch.no_grad(), autocast(device, recipe.logits):
@@ -39,6 +43,8 @@ def zero_shot_logits(images: Mapping[str, np.ndarray], classifier: Mapping[str, 
 def promoted_matmul(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """`left @ right` in the dtype both operands promote to: outside autocast, torch refuses to multiply a
     bfloat16 matrix by a float32 one (a protocol may put one tower under autocast and leave the product in fp32)."""
+    import torch
+
     dtype = torch.promote_types(left.dtype, right.dtype)
     return left.to(dtype) @ right.to(dtype)
 
@@ -47,6 +53,8 @@ def _normalized_pair(images: Mapping[str, np.ndarray], text: Mapping[str, np.nda
                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(image, text) embeddings as the references multiply them: images normalized inside the image tower's
     autocast; texts were normalized when embedded."""
+    import torch
+
     with torch.no_grad(), autocast(device, recipe.image):
         image_features = normalized(restored(images, "image_features", device))
     return image_features, restored(text, "text_features", device)
@@ -55,6 +63,8 @@ def _normalized_pair(images: Mapping[str, np.ndarray], text: Mapping[str, np.nda
 def _product(left: torch.Tensor, right: torch.Tensor, recipe: Recipe, device: torch.device) -> np.ndarray:
     """`left @ right` under the logits' autocast; a float16 result stays float16, as DataComp's WinoGAViL hands a
     float16 array to `np.argsort` (whose tie order depends on the dtype); bfloat16, which numpy lacks, widens."""
+    import torch
+
     with torch.no_grad(), autocast(device, recipe.logits):
         product = promoted_matmul(left, right)
     return product.cpu().numpy() if product.dtype == torch.float16 else product.float().cpu().numpy()
@@ -96,10 +106,16 @@ def classify_key(task: str, logits_precision: str, image_key: str, text_key: str
     return cache_key("classify", VERSION, {"task": task, "precision": logits_precision}, [image_key, text_key])
 
 
-def classify(cache: StageCache, task: str, images: Embedded, text: Embedded, recipe: Recipe, device: torch.device, *,
-             tags: Mapping[str, str], params: Mapping[str, Any]) -> Embedded:
+def classify(cache: StageCache, task: str, images: Embedded, text: Embedded, recipe: Recipe,
+             device: str | torch.device, *, tags: Mapping[str, str], params: Mapping[str, Any]) -> Embedded:
     key = classify_key(task, recipe.logits, images.key, text.key)
     request = StageRequest("classify", key, {**tags, "precision": recipe.logits}, params,
                            name=f"classify:{tags.get('model')}:{tags.get('dataset')}:{tags.get('prompts')}")
-    result = cache.get_or_compute(request, lambda: OUTPUTS[task](images, text, recipe, device))
+
+    def compute() -> StageOutput:
+        import torch
+
+        return OUTPUTS[task](images, text, recipe, torch.device(device))
+
+    result = cache.get_or_compute(request, compute)
     return Embedded(result.output.arrays, key, result.run_id)

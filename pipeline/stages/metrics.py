@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score
 
 
 def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -16,6 +15,8 @@ def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 def mean_per_class_recall(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Balanced accuracy: the mean over classes present in `labels` of per-class recall."""
+    from sklearn.metrics import balanced_accuracy_score
+
     return float(balanced_accuracy_score(labels, predictions))
 
 

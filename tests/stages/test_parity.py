@@ -8,7 +8,8 @@ from pipeline.data import datasets, prompts
 from pipeline.models.loading import ModelLoader, ModelSpec
 from pipeline.stages import metrics
 from pipeline.stages.classify import zero_shot_logits
-from pipeline.stages.embed import encode_classification_images, encode_classifier
+from pipeline.stages.embed import encode_classifier
+from pipeline.stages.embed.images import encode_classification_images
 
 
 @pytest.fixture(scope="module")

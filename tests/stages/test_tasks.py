@@ -13,7 +13,8 @@ from pipeline.jobs.scoring import run_job
 from pipeline.models.loading import ModelLoader, ModelSpec
 from pipeline.stages import metrics
 from pipeline.stages.classify import normalize
-from pipeline.stages.embed import encode_retrieval_images, encode_texts, winogavil_cue_text
+from pipeline.stages.embed.images import encode_retrieval_images, winogavil_cue_text
+from pipeline.stages.embed.texts import encode_texts
 from tests import synthetic
 from tests.conftest import compose_config
 

@@ -11,6 +11,7 @@ from pipeline.data import prompts
 from pipeline.models.loading import LoadedModels, ModelLoader, ModelSpec, library_versions
 from pipeline.offline.shapes import CLASSNAMES
 from pipeline.stages import embed
+from pipeline.stages.embed import texts
 from pipeline.store.cache import StageCache
 
 T1, T2, T3 = "a photo of a {c}.", "a drawing of a {c}.", "itap of the {c}."
@@ -35,13 +36,13 @@ def test_assembled_classifier_equals_open_clips_builder(loader, templates):
 
 def test_shared_templates_are_encoded_once_and_known_ones_never_again(store, loader, monkeypatch):
     encoded: list[str] = []
-    real = embed.encode_templates
+    real = texts.encode_templates
 
     def counting(loaded, classnames, templates, precision):
         encoded.extend(templates)
         return real(loaded, classnames, templates, precision)
 
-    monkeypatch.setattr(embed, "encode_templates", counting)
+    monkeypatch.setattr(texts, "encode_templates", counting)
     cache = StageCache(store)
     model = embed.ModelKey(loader.spec.fingerprint, "fp32", library_versions())
 

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# DataComp's Hugging Face cache folder beside a mirror's datasets (see hf.py): what a local root may hold instead.
+HF_CACHE = "hf_cache"
 
 
 @dataclass(frozen=True)

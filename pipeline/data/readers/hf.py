@@ -17,13 +17,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from pipeline.data.readers import HF_CACHE
 from pipeline.data.remote import hub_error
 from pipeline.errors import PipelineError, one_line
 
 log = logging.getLogger(__name__)
 
 PARQUET_BRANCH = "refs/convert/parquet"
-HF_CACHE = "hf_cache"
 DATA_FILE_PATTERNS = ["*.parquet"]
 
 

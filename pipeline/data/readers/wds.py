@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import torch
 
 from pipeline.data.readers import Batch, Unreadable
 
@@ -56,6 +55,8 @@ def read_sample(sample: dict, fields: tuple[str, ...], transform: Callable, deco
 
 
 def collate(samples: list[tuple], fields: tuple[str, ...]) -> Batch:
+    import torch
+
     good = [s for s in samples if s[2] is None]
     images = torch.stack([s[0] for s in good]) if good else None
     columns = {name: [s[1][i] for s in good] for i, name in enumerate(fields)}
@@ -96,6 +97,7 @@ def batches(shards: list[Path], fields: tuple[str, ...], transform: Callable, ba
             num_workers: int, pin_memory: bool = False) -> Iterator[Batch]:
     """The samples of `shards` in order (split across DataLoader workers by shard, as clip_benchmark's
     WebDataset does), decoded one by one, in batches."""
+    import torch
     import webdataset as wds
     from webdataset import tariterators
 

@@ -9,22 +9,15 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 import numpy as np
-import torch
 
 from pipeline.data import datasets, prompts
 from pipeline.models import precision
 from pipeline.models.loading import ModelLoader
-from pipeline.stages.embed.images import (IMAGE_ENCODERS, encode_batches, encode_classification_images,
-                                          encode_retrieval_images, encode_winogavil_images, winogavil_cue_text)
-from pipeline.stages.embed.texts import (assemble_classifier, encode_strings, encode_templates, encode_texts,
-                                         per_class_classifier)
 from pipeline.store.artifacts import StageOutput
 from pipeline.store.cache import StageCache, StageRequest, cache_key
 
-__all__ = ["Embedded", "ModelKey", "image_key", "classifier_key", "texts_key", "template_key", "template_set",
-           "embed_images", "embed_classifier", "embed_texts", "encode_batches", "encode_classification_images",
-           "encode_retrieval_images", "encode_winogavil_images", "winogavil_cue_text", "encode_classifier",
-           "encode_texts", "encode_strings"]
+# The encoders (`images`, `texts`: torch, the readers) are imported where something is encoded, so a job that is
+# served every stage never imports them.
 
 VERSION = "2"
 # 3: image runs also hold pre-projection features (issue 10), so older image runs are never served to a probe.
@@ -92,6 +85,8 @@ def embed_images(cache: StageCache, loader: ModelLoader, dataset: datasets.Datas
     request = StageRequest("embed", key, {**tags, "modality": "image", "prompts": prompts.PROMPT_FREE, "precision": model.precision,
                                           "split": spec.split},
                            params, name=f"embed-image:{loader.spec.name}:{spec.name}/{spec.split}")
+    from pipeline.stages.embed.images import IMAGE_ENCODERS
+
     encode = IMAGE_ENCODERS[spec.task]
     result = cache.get_or_compute(request, lambda: encode(loader, spec, model.precision, batch_size, num_workers))
     return Embedded(result.output.arrays, key, result.run_id)
@@ -101,6 +96,8 @@ def template_embeddings(cache: StageCache, loader: ModelLoader, classnames: list
                         model: ModelKey, *, tags: Mapping[str, str]) -> dict[str, Mapping[str, np.ndarray]]:
     """Each distinct template's (classes, dim) embeddings: served from its own run, or encoded with the others
     that are missing in one pass."""
+    from pipeline.stages.embed import texts
+
     group = template_set(model, classnames)
     distinct = list(dict.fromkeys(templates))
     by_key = {template_key(model, classnames, template): template for template in distinct}
@@ -109,7 +106,8 @@ def template_embeddings(cache: StageCache, loader: ModelLoader, classnames: list
                              name=f"embed-template:{loader.spec.name}:{template}") for key, template in by_key.items()]
     results = cache.get_or_compute_many(
         requests, (TEMPLATE_SET_TAG, group), f"embed-templates:{loader.spec.name}:{tags.get('dataset')}",
-        lambda missing: encode_templates(loader.get(), classnames, [by_key[r.key] for r in missing], model.precision))
+        lambda missing: texts.encode_templates(loader.get(), classnames, [by_key[r.key] for r in missing],
+                                               model.precision))
     return {by_key[request.key]: result.output.arrays for request, result in zip(requests, results)}
 
 
@@ -117,16 +115,21 @@ def encode_classifier(loader: ModelLoader, classnames: list[str], class_prompts:
                       per_template: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> StageOutput:
     """Classifier weights, (dim, classes): assembled from per-template embeddings (encoded here when not given)
     under the text tower's autocast, as open_clip's builder computes them; CuPL's per-class sentences directly."""
+    import torch
+
+    from pipeline.stages.embed import texts
+
     if isinstance(class_prompts, dict):
         return StageOutput(arrays=precision.with_dtype(
-            "classifier", per_class_classifier(loader, classnames, class_prompts, text_precision)))
+            "classifier", texts.per_class_classifier(loader, classnames, class_prompts, text_precision)))
     if per_template is None:
         distinct = list(dict.fromkeys(class_prompts))
-        encoded = encode_templates(loader.get(), classnames, distinct, text_precision)
+        encoded = texts.encode_templates(loader.get(), classnames, distinct, text_precision)
         per_template = {template: output.arrays for template, output in zip(distinct, encoded)}
-    with torch.no_grad(), precision.autocast(loader.device, text_precision):
-        weights = assemble_classifier([precision.restored(per_template[t], "embeddings", loader.device)
-                                       for t in class_prompts])
+    device = torch.device(loader.device)
+    with torch.no_grad(), precision.autocast(device, text_precision):
+        weights = texts.assemble_classifier([precision.restored(per_template[t], "embeddings", device)
+                                             for t in class_prompts])
     return StageOutput(arrays=precision.with_dtype("classifier", weights))
 
 
@@ -163,5 +166,10 @@ def embed_texts(cache: StageCache, loader: ModelLoader, dataset: datasets.Datase
     key = texts_key(model, dataset)
     request = StageRequest("embed", key, {**tags, "modality": "text", "precision": model.precision}, params,
                            name=f"embed-text:{loader.spec.name}:{tags.get('dataset')}")
-    result = cache.get_or_compute(request, lambda: encode_texts(loader, texts(), model.precision))
+    def compute() -> StageOutput:
+        from pipeline.stages.embed.texts import encode_texts
+
+        return encode_texts(loader, texts(), model.precision)
+
+    result = cache.get_or_compute(request, compute)
     return Embedded(result.output.arrays, key, result.run_id)

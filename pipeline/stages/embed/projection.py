@@ -8,20 +8,18 @@ which is the product open_clip's forward computes: both features come from one p
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
-
-import torch
-from open_clip.model import CLIP, CustomTextCLIP
-from open_clip.modified_resnet import ModifiedResNet
-from open_clip.transformer import VisionTransformer
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:  # open_clip's classes are needed where a model runs
+    import torch
 
 PRE_PROJECTION = "pre_projection_features"
 EMBEDDING = "image_features"
 VIT, RESNET = "vit", "resnet"
 
-ImageEncoder = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+ImageEncoder = Callable[..., dict]  # a batch of images -> {feature name: tensor}
 
 
 def tower_kind(arch: str) -> str:
@@ -42,6 +40,9 @@ def tower_kind(arch: str) -> str:
 
 def projection(visual: torch.nn.Module) -> torch.Tensor | None:
     """The matrix that maps pre-projection features to the embedding, or None where they coincide (ResNets)."""
+    from open_clip.modified_resnet import ModifiedResNet
+    from open_clip.transformer import VisionTransformer
+
     if isinstance(visual, VisionTransformer):
         return visual.proj
     if isinstance(visual, ModifiedResNet):
@@ -68,6 +69,9 @@ def without_projection(visual: torch.nn.Module) -> Iterator[torch.nn.Module]:
 def image_encoder(model: torch.nn.Module) -> ImageEncoder:
     """What the embed stage runs on a batch: a plain CLIP ViT gives both features from one pass; every other model
     gives its embedding through its own `encode_image` (a ResNet's pre-projection features are that embedding)."""
+    from open_clip.model import CLIP, CustomTextCLIP
+    from open_clip.transformer import VisionTransformer
+
     visual = getattr(model, "visual", None)
     if type(model) in (CLIP, CustomTextCLIP) and isinstance(visual, VisionTransformer) and visual.proj is not None \
             and not visual.output_tokens:
