@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# `make test` runs the test files in this many processes (pytest-xdist), one file per process at a time.
+TEST_WORKERS ?= 2
 PROMPTS ?= classname,a_photo_of,dataset,simple_imagenet,openai_imagenet
 
 .DEFAULT_GOAL := help
@@ -45,8 +47,8 @@ explain: assets ## Relevance maps of the tiny model over training on the first E
 	$(PY) -m pipeline -m explain=relevance explain.images=$(EXPLAIN_IMAGES) model=tiny dataset=shapes model.pretrained=$(EXPLAIN_MODELS)
 	@echo "Relevance grid: $$(ls -d $(CURDIR)/outputs/multirun/*/*/relevance.png | tail -1)"
 
-test: assets ## Run every test, the slow end-to-end ones included
-	$(PY) -m pytest
+test: assets ## Run every test, the slow end-to-end ones included (TEST_WORKERS processes, a test file each)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: assets ## Run the fast unit tests only
 	$(PY) -m pytest -m "not slow"

@@ -6,18 +6,17 @@ rebuilds any layout from the tracking store, or from result files produced elsew
 from __future__ import annotations
 
 import logging
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import hydra
 from hydra.experimental.callback import Callback
-from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import CONF_DIR
 from pipeline.data.prompts import PROMPT_FREE
-from pipeline.errors import PipelineError, one_line, reported, reported_hook
+from pipeline.errors import PipelineError, is_mlflow_error, one_line, reported, reported_hook
 from pipeline.jobs import sweep
 from pipeline.reports import comparisons, fewshot, layouts, page, references, results, robustness
 from pipeline.reports.results import ScoreRecord
@@ -38,8 +37,8 @@ def aggregate_run(store: TrackingStore, tags: Mapping[str, str], parent_run_id: 
     with ExitStack() as stack:
         try:
             run_id = stack.enter_context(tracking.finished_run(store, tags, "aggregate"))
-        except MlflowException as exc:
-            if required or exc.error_code != "PERMISSION_DENIED":
+        except Exception as exc:
+            if required or not is_mlflow_error(exc) or exc.error_code != "PERMISSION_DENIED":
                 raise
             log.warning("written to the folder, not logged to the store: user %r has no EDIT on its experiment",
                         tracking.Credentials.from_env().username)
@@ -67,9 +66,11 @@ def jobs_view(store: TrackingStore, sweep_run: str) -> str:
 
 
 def write_report(out_dir: Path, title: str, sections: list[page.Section], records: list[ScoreRecord],
-                 store: TrackingStore, ui_url: str, sweep_run: str | None, aggregate: str) -> Path:
-    view = jobs_view(store, sweep_run) if sweep_run and records else None  # explain jobs have no metric columns
-    found = page.Links(ui_url, store.experiment_id, sweep_run, aggregate, view)
+                 store: TrackingStore | None, ui_url: str, sweep_run: str | None, aggregate: str | None) -> Path:
+    found = None
+    if store is not None:
+        view = jobs_view(store, sweep_run) if sweep_run and records else None  # explain jobs have no metric columns
+        found = page.Links(ui_url, store.experiment_id, sweep_run, aggregate, view)
     return page.write(out_dir / page.REPORT_FILE, title, sections, records, found)
 
 
@@ -104,7 +105,9 @@ class AggregateCallback(Callback):
                 try:
                     grids = relevance.write_grids(store, explained, sweep_dir)
                     written[relevance.TITLE] = layouts.Written(grids, "")
-                except (PipelineError, CorruptArtifact, ArtifactUnavailable, MlflowException) as exc:
+                except Exception as exc:  # a grid it cannot draw leaves the tables and the report standing
+                    if not (isinstance(exc, (PipelineError, CorruptArtifact, ArtifactUnavailable)) or is_mlflow_error(exc)):
+                        raise
                     log.warning("no relevance grid for this sweep: %s", one_line(exc))
             sections = [page.Section(title, done.on_page) for title, done in written.items()]
             report = write_report(sweep_dir, f"Sweep {sweep_dir.parent.name}/{sweep_dir.name}", sections, records,
@@ -158,9 +161,15 @@ def select(records: list[ScoreRecord], prompts: str | None, protocol: str | None
 def main(cfg: DictConfig) -> None:
     layout = layouts.get(cfg.layout)  # an unknown layout or reference is refused before anything is read
     references.chosen(cfg.reference)
-    store = tracking.connect_cfg(cfg.tracking, access=tracking.READ)
+    from_files = bool(cfg.results_dir) and cfg.layout != "robustness"
+    wants_replicates = (cfg.intervals or layout.needs_replicates) and not cfg.results_dir
+    # A table of result files neither reads nor writes the store unless asked (`log_run=true`): it never waits
+    # for a server, and on a node without one it still works.
+    logged = cfg.log_run if cfg.log_run is not None else not from_files
+    store = tracking.connect_cfg(cfg.tracking, access=tracking.READ) if (logged or not from_files
+                                                                         or wants_replicates) else None
     # The robustness layout reads its ImageNet-trained baseline models from results_dir; its points from the store.
-    if cfg.results_dir and cfg.layout != "robustness":
+    if from_files:
         records = results.from_directory(Path(cfg.results_dir))
         source = str(cfg.results_dir)
     else:
@@ -170,7 +179,6 @@ def main(cfg: DictConfig) -> None:
                      cfg.protocol.name if cfg.get("protocol") else None)
     if not records:
         raise PipelineError(f"no finished job runs found in {source}; run `python -m pipeline` first")
-    wants_replicates = (cfg.intervals or layout.needs_replicates) and not cfg.results_dir
     replicates = results.replicate_loader(store) if wants_replicates else None
     if cfg.intervals and cfg.results_dir:
         log.warning("intervals=true: result files (results_dir=) carry no bootstrap replicates; no interval is shown")
@@ -182,11 +190,13 @@ def main(cfg: DictConfig) -> None:
     request = layouts.Request(records, cfg.metric.name, out_dir, Path(cfg.output).resolve() if cfg.output else None,
                               cfg.mean_row, cfg.intervals, replicates, baseline, store, cfg.reference)
     tags = {"source": source, "layout": cfg.layout, "metric": cfg.metric.name}
-    with aggregate_run(store, tags, required=False) as run_id:
+    with (aggregate_run(store, tags, required=False) if logged else nullcontext()) as run_id:
         written = layouts.write_layout(cfg.layout, request)
+        ui_url = str(cfg.tracking.get("ui_url") or (store.uri if store else ""))
         report = write_report(out_dir, f"{layout.title} ({source})", [page.Section(layout.title, written.on_page)],
-                              records, store, str(cfg.tracking.get("ui_url") or store.uri), None, run_id)
-        log_files(store, run_id, written.files + [report])
+                              records, store if logged else None, ui_url, None, run_id)
+        if logged:
+            log_files(store, run_id, written.files + [report])
     print(f"\n{written.markdown}\nWritten: {', '.join(map(str, written.files + [report]))}", flush=True)
 
 

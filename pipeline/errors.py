@@ -7,9 +7,11 @@ import functools
 import logging
 import os
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from mlflow.exceptions import MlflowException
+if TYPE_CHECKING:  # MLflow loads where the store is used: a table of result files never imports it
+    from mlflow.exceptions import MlflowException
+
 
 log = logging.getLogger("pipeline")
 
@@ -47,6 +49,12 @@ def _exit(exc: BaseException, message: str) -> None:
 # What the server sends back where authentication is on: the variables MLflow's client reads the credentials from.
 CREDENTIALS = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
 CERTIFICATE = "MLFLOW_TRACKING_SERVER_CERT_PATH"
+
+
+def is_mlflow_error(exc: BaseException) -> bool:
+    """Whether MLflow raised it: only possible once MLflow is imported, which a table of result files never does."""
+    module = sys.modules.get("mlflow.exceptions")
+    return module is not None and isinstance(exc, module.MlflowException)
 
 
 def store_failure(exc: MlflowException) -> str:
@@ -103,7 +111,9 @@ def reported(task: Callable[..., Any]) -> Callable[..., Any]:
             return task(*args, **kwargs)
         except PipelineError as exc:
             _exit(exc, str(exc))
-        except MlflowException as exc:  # the store refused, went away mid-job, or MLflow's client itself failed
+        except Exception as exc:  # the store refused, went away mid-job, or MLflow's client itself failed
+            if not is_mlflow_error(exc):
+                raise
             _exit(exc, store_failure(exc))
 
     return wrapper

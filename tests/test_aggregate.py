@@ -6,10 +6,11 @@ import pytest
 
 from pipeline.aggregate import aggregate_run, log_files, select
 from pipeline.data.prompts import PROMPT_FREE
-from pipeline.reports import results
+from pipeline.reports import results, tables
 from pipeline.reports.layouts import Request, write_layout
 from pipeline.reports.results import ScoreRecord
 from tests.conftest import run_pipeline
+from tests.loopback import FakeHub
 from tests.records import PUBLISHED, table_record, write_clip_benchmark_jsons
 
 
@@ -23,25 +24,31 @@ def test_select_keeps_one_prompt_set_and_one_protocol():
     assert len(select(records, None, None)) == 5 and len(select(records, None, "fp32")) == 2
 
 
-
-
-
-
-
-
-
-
-def test_aggregate_cli_over_a_results_folder(tmp_path):
+def test_aggregate_cli_over_a_results_folder_never_touches_the_network(tmp_path, monkeypatch):
+    """A published model's params (M) are the published figure; an unpublished one's are counted once offline
+    (a Hugging Face text tower's only when its config is in the Hub cache, which is empty here)."""
     results_dir = tmp_path / "results"
     results_dir.mkdir()
-    write_clip_benchmark_jsons(results_dir, PUBLISHED.iloc[2])
+    for name in ("RN50x64", "RN50x64-quickgelu", "mt5-base-ViT-B-32"):
+        write_clip_benchmark_jsons(results_dir, PUBLISHED.iloc[2].replace({"RN50x64": name}))
     output = tmp_path / "openclip38.csv"
-    proc = run_pipeline(tmp_path, f"results_dir={results_dir}", "layout=openclip38", f"output={output}",
-                        module="pipeline.aggregate")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hub_cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with FakeHub({}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        proc = run_pipeline(tmp_path, f"results_dir={results_dir}", "layout=openclip38", f"output={output}",
+                            module="pipeline.aggregate")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    table = pd.read_csv(output, dtype=str)
-    assert table.loc[0, "name"] == "RN50x64" and table.loc[0, "ImageNet 1k"] == "0.7391"
-    assert float(table.loc[0, "Average perf. on 38 datasets"]) == pytest.approx(float(PUBLISHED.iloc[2, 2]), abs=6e-5)
+    assert hub.requests == []
+    table = pd.read_csv(output, dtype=str, keep_default_na=False).set_index("name")
+    assert table.loc["RN50x64", "ImageNet 1k"] == "0.7391"
+    assert float(table.loc["RN50x64", "Average perf. on 38 datasets"]) == pytest.approx(float(PUBLISHED.iloc[2, 2]),
+                                                                                          abs=6e-5)
+    params, flops = tables.published_figures()["RN50x64"]
+    assert tuple(table.loc["RN50x64", ["params (M)", "FLOPs (B)"]]) == (params, flops)
+    assert float(table.loc["RN50x64-quickgelu", "params (M)"]) == float(params)  # counted: not a published name
+    assert table.loc["RN50x64-quickgelu", "FLOPs (B)"] == ""
+    assert tuple(table.loc["mt5-base-ViT-B-32", ["params (M)", "FLOPs (B)"]]) == ("", "")
 
     (results_dir / "bad.json").write_text("not json")
     proc = run_pipeline(tmp_path, f"results_dir={results_dir}", "layout=openclip38", module="pipeline.aggregate")

@@ -5,11 +5,14 @@ import subprocess
 import sys
 import tarfile
 
+import pandas as pd
 import pytest
 import torch
 
-from pipeline.bench import embedding, fixtures, lab, processes
+from pipeline.bench import embedding, fixtures, lab, processes, tables
 from pipeline.models.loading import ModelLoader, ModelSpec
+from pipeline.reports import results
+from pipeline.reports import tables as layouts
 
 
 def test_bench_fixtures_write_quiet_webdatasets(tmp_path, capsys):
@@ -64,3 +67,17 @@ def test_the_stress_run_counts_requests_and_runs_as_a_users_machine(tmp_path, mo
     (tmp_path / "w.env").write_text("MLFLOW_TRACKING_USERNAME=w\nMLFLOW_TRACKING_PASSWORD=p\n")
     env = lab.user_environment(tmp_path / "w.env")
     assert "CI" not in env and "MLFLOW_DISABLE_TELEMETRY" not in env and env["MLFLOW_TRACKING_USERNAME"] == "w"
+
+
+def test_the_table_benchmarks_files_give_open_clips_table_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert tables.write_result_files(tmp_path / "results") == 121 * 38
+    rebuilt = layouts.openclip38(results.from_directory(tmp_path / "results"))
+    published = pd.read_csv(layouts.PUBLISHED_TABLE, dtype=str, keep_default_na=False)
+    key = ["name", "pretrained"]
+    both = rebuilt.merge(published, on=key, suffixes=("", " published"))
+    assert len(both) == len(published) == 121
+    assert both["params (M)"].equals(both["params (M) published"])  # published models: the published figure
+    average = layouts.OPENCLIP38_AVERAGE
+    assert (both[average].astype(float) - both[f"{average} published"].astype(float)).abs().max() <= 1.0001e-4  # both rounded
+    assert tables.aggregate_command(tmp_path, tmp_path / "t.csv")[1:3] == ["-m", "pipeline.aggregate"]

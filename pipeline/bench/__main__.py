@@ -6,9 +6,11 @@
    the rerun itself imported, recorded as it exits);
 3. large classifier: one job with open_clip's 80 ImageNet templates on 25 classes against one `clip_benchmark eval`
    with the same templates, both fp32;
-4. image embedding: the embed stage against a bare `DataLoader -> encode_image` loop (same DataLoader settings).
+4. image embedding: the embed stage against a bare `DataLoader -> encode_image` loop (same DataLoader settings);
+5. open_clip's table: `python -m pipeline.aggregate layout=openclip38` over 121 models x 38 datasets of result files
+   against a process reading those files with json and pandas alone.
 
-Targets: (1) >= 4x, (2) <= 0.25 s a job, (3) >= 3x, (4) >= 0.95.
+Targets: (1) >= 4x, (2) <= 0.25 s a job, (3) >= 3x, (4) >= 0.95, (5) <= 2x.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from pipeline import CONF_DIR
-from pipeline.bench import embedding, fixtures
+from pipeline.bench import embedding, fixtures, tables
 from pipeline.bench.processes import (BenchFailure, Dataset, Model, Settings, bare_command, clip_benchmark_command,
                                       dataset_configs, pipeline_arguments, pipeline_command, recording_command, seconds)
 from pipeline.data import datasets, prompts
@@ -83,6 +85,17 @@ def image_embedding(model: Model, root: Path, settings: Settings, device: torch.
     line("the embed stage", ours.per_second, "img/s", note=f"ratio {ours.per_second / bare.per_second:.3f} (target >= 0.95)")
 
 
+def table_from_result_files(scratch: Path) -> None:
+    folder = scratch / "openclip_results"
+    files = tables.write_result_files(folder)
+    env = {"CLIP_TABLES_OUTPUTS": str(scratch / "table"), "XDG_CACHE_HOME": str(scratch / "table" / "cache")}
+    reading = min(seconds(tables.reading_command(folder)) for _ in range(3))
+    ours = min(seconds(tables.aggregate_command(folder, scratch / "openclip38.csv"), env) for _ in range(2))
+    print(f"5. open_clip's table from {files} result files (121 models x 38 datasets)")
+    line("python -c: read them with json and pandas", reading)
+    line("python -m pipeline.aggregate layout=openclip38", ours, note=f"ratio {ours / reading:.2f} (target <= 2)")
+
+
 def lab_stress(rounds: int, scratch: Path) -> None:
     from pipeline.bench import lab
     from pipeline.offline.shapes import ensure_shapes
@@ -116,7 +129,7 @@ def main() -> None:
     parser.add_argument("--embed-size", type=int, default=256, help="side of benchmark 4's JPEG-sized images")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--only", default="1,3,4", help="which benchmarks (2 always runs with 1; lab: the server "
+    parser.add_argument("--only", default="1,3,4,5", help="which benchmarks (2 always runs with 1; lab: the server "
                                                          "under load, a stress run of its own)")
     parser.add_argument("--rounds", type=int, default=10, help="rounds of the lab stress run")
     parser.add_argument("--scratch", type=Path, default=None, help="keep the generated data here (default: a temp dir)")
@@ -137,6 +150,8 @@ def main() -> None:
             if "3" in chosen:
                 root = fixtures.named_classes(scratch / "named", fixtures.imagenet_classnames(args.classes), 10, seed=3)
                 large_classifier(model, Dataset("named", root), settings, scratch)
+            if "5" in chosen:
+                table_from_result_files(scratch)
             if "lab" in chosen:
                 lab_stress(args.rounds, scratch)
             if "4" in chosen:

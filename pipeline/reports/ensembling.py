@@ -11,16 +11,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from mlflow.entities import Run
 
 from pipeline.reports.results import ScoreRecord
 from pipeline.stages.embed import TEMPLATE_SET_TAG
 from pipeline.store import artifacts
 from pipeline.store.tracking import TrackingStore
+
+if TYPE_CHECKING:  # MLflow loads where the store is used: a table of result files never imports it
+    from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
 

@@ -119,6 +119,16 @@ def write_compare(request: Request) -> Written:
     return Written(*table_files(table, request.out_dir / "compare.csv", heading, "%.6g"))
 
 
+PREVIEW_ROWS = 20  # a terminal shows the top of a longer table; the file holds all of it
+
+
+def preview(table: pd.DataFrame, path: Path) -> str:
+    """The table as Markdown for the terminal: its first PREVIEW_ROWS rows, and where the rest is."""
+    shown = table.head(PREVIEW_ROWS).to_markdown(index=False)
+    more = len(table) - PREVIEW_ROWS
+    return shown if more <= 0 else f"{shown}\n\n... {more} more rows in {path}"
+
+
 def write_openclip38(request: Request) -> Written:
     """openclip38.csv, or openclip38_<prompts>.csv per prompt set when several were swept."""
     groups = tables.by_prompt_set_with_prompt_free(filter(tables.openclip38_eligible, request.records))
@@ -133,7 +143,7 @@ def write_openclip38(request: Request) -> Written:
         table = tables.openclip38(group)
         table.to_csv(path, index=False)
         files.append(path)
-        sections.append(f"### openclip38 — prompts: {prompts}\n\n{table.to_markdown(index=False)}\n")
+        sections.append(f"### openclip38 — prompts: {prompts}\n\n{preview(table, path)}\n")
     return Written(files, "\n".join(sections))
 
 

@@ -75,7 +75,9 @@ def _file_html(path: Path) -> str:
     return ""
 
 
-def _runs_html(records: Sequence[ScoreRecord], links: Links) -> str:
+def _runs_html(records: Sequence[ScoreRecord], links: Links | None) -> str:
+    if links is None:  # records from result files: no job runs to link to
+        return ""
     one_metric = len({r.main_metric for r in records}) == 1
     rows = [{"job run": f'<a href="{html.escape(run_url(links.ui_url, links.experiment_id, r.run_id))}">'
                         f'{html.escape(r.run_id[:12])}</a>',
@@ -89,7 +91,9 @@ def _runs_html(records: Sequence[ScoreRecord], links: Links) -> str:
     return folded(f"{len(rows)} job runs", runs) if len(rows) > FOLDED_ROWS else runs
 
 
-def _navigation(links: Links) -> str:
+def _navigation(links: Links | None) -> str:
+    if links is None:
+        return ""
     found = [f'<a href="{html.escape(runs_url(links.ui_url, links.experiment_id))}">all runs in the MLflow UI</a>']
     if links.jobs_view:
         url = runs_url(links.ui_url, links.experiment_id, view=links.jobs_view)
@@ -100,8 +104,9 @@ def _navigation(links: Links) -> str:
     return f"<p>{' · '.join(found)} (start the UI with <code>make ui</code>)</p>"
 
 
-def write(path: Path, title: str, sections: Sequence[Section], records: Sequence[ScoreRecord], links: Links) -> Path:
-    """The page: `sections` in order (the first is what a reader sees first), then the job runs."""
+def write(path: Path, title: str, sections: Sequence[Section], records: Sequence[ScoreRecord], links: Links | None) -> Path:
+    """The page: `sections` in order (the first is what a reader sees first), then the job runs (none when the
+    page was built without the tracking store, from result files)."""
     parts = [f"<h1>{html.escape(title)}</h1>", _navigation(links)]
     for section in sections:
         body = "".join(_file_html(Path(f)) for f in section.files)

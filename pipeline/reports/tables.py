@@ -13,6 +13,7 @@ import pandas as pd
 from pipeline.data import catalog
 from pipeline.data.prompts import PROMPT_FREE
 from pipeline.errors import PipelineError
+from pipeline.models.params import parameter_counts
 from pipeline.reports.results import ScoreRecord
 from pipeline.stages.heads import ZEROSHOT
 
@@ -118,33 +119,21 @@ def published_figures() -> dict[str, tuple[str, str]]:
     return {row["name"]: (row["params (M)"], row["FLOPs (B)"]) for _, row in table.iterrows()}
 
 
-@lru_cache(maxsize=None)
-def parameter_count_m(arch: str) -> float:
-    """Parameters in millions, counted on the meta device: no weights are loaded; NaN when the model cannot be
-    built here (a Hugging Face text tower needs its config from the Hub, which may be out of reach)."""
-    import open_clip
-    import torch
-
-    from pipeline.models.loading import register_project_architectures
-
-    register_project_architectures()
-    if arch not in open_clip.list_models():
-        return math.nan
-    try:
-        with torch.device("meta"):
-            model = open_clip.create_model(arch, pretrained=None, device="meta")
-    except Exception as exc:  # a cosmetic column never aborts a table
-        log.warning("params (M) of %s not counted (%s); using open_clip's published figure if there is one", arch, exc)
-        return math.nan
-    return sum(p.numel() for p in model.parameters()) / 1e6
-
-
-def model_figures(arch: str, name: str) -> tuple[str, str]:
-    """(params (M), FLOPs (B)): params counted where the model builds, else published; FLOPs are not computed
-    here and come from open_clip's published figures only; empty where neither exists."""
-    published_params, published_flops = published_figures().get(name, ("", ""))
-    params = parameter_count_m(arch)
-    return ("" if math.isnan(params) else f"{params:.2f}") or published_params, published_flops
+def model_figures(models: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, str]]:
+    """(params (M), FLOPs (B)) by (arch, published name): open_clip's published figures where it published the
+    model, else params counted once per architecture (`models.params`, remembered, never online) and no FLOPs,
+    which are not computed here; empty where neither exists."""
+    published = published_figures()
+    unpublished = {arch for arch, name in models if name not in published}
+    counted = parameter_counts(unpublished) if unpublished else {}
+    figures = {}
+    for arch, name in models:
+        if name in published:
+            figures[arch, name] = published[name]
+        else:
+            params = counted[arch]
+            figures[arch, name] = ("" if math.isnan(params) else f"{params:.2f}", "")
+    return figures
 
 
 def published_name(arch: str, pretrained: str) -> str:
@@ -179,12 +168,13 @@ def openclip38(records: Iterable[ScoreRecord]) -> pd.DataFrame:
         entry = catalog.lookup(record.dataset)
         value = record.metrics.get(entry.main_metric, math.nan)
         cells.setdefault((row_name(record), record.model, record.pretrained), {})[entry.column] = value
+    figures = model_figures({(arch, name) for name, arch, _ in cells})
     rows = []
     for (name, arch, pretrained), values in cells.items():
         present = [values[c] for c in columns if c in values and not math.isnan(values[c])]
         average = (f"{sum(present) / len(columns):.4f}" if len(present) == len(columns)
                    else f"incomplete ({len(present)}/{len(columns)})")
-        params, flops = model_figures(arch, name)
+        params, flops = figures[arch, name]
         rows.append({"name": name, "pretrained": pretrained, "params (M)": params, "FLOPs (B)": flops,
                      OPENCLIP38_AVERAGE: average,
                      **{c: (f"{values[c]:.4f}" if c in values and not math.isnan(values[c]) else "") for c in columns}})

@@ -10,13 +10,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-import mlflow.artifacts
 import numpy as np
-from mlflow.entities import Run
 
 from pipeline.errors import one_line
+
+if TYPE_CHECKING:  # MLflow loads where the store is used: a table of result files never imports it
+    from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,8 @@ def download(run: Run, name: str, directory: Path, tracking_uri: str) -> Path:
     run_id = run.info.run_id
     for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
         try:
+            import mlflow.artifacts
+
             return Path(mlflow.artifacts.download_artifacts(
                 artifact_uri=f"{run.info.artifact_uri.rstrip('/')}/{name}", dst_path=str(directory),
                 tracking_uri=tracking_uri))

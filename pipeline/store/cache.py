@@ -15,14 +15,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
-
-from mlflow.entities import Metric, Param, Run, RunTag
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from pipeline.store import artifacts
 from pipeline.store.artifacts import ArtifactUnavailable, CorruptArtifact, StageOutput
 from pipeline.store.claims import CLAIM_ID_TAG, MAX_KEYS, Claim, Claims
-from pipeline.store.tracking import PARENT_TAG, TrackingStore, finished_run
+from pipeline.store.tracking import PARENT_TAG, TrackingStore, finished_run, run_tags
+
+if TYPE_CHECKING:  # MLflow loads where the store is used: a table of result files never imports it
+    from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
 
@@ -248,16 +249,20 @@ class StageCache:
             with tempfile.TemporaryDirectory() as tmp:
                 checksums = artifacts.write_output(Path(tmp), output)
                 client.log_artifacts(run_id, tmp)
+            from mlflow.entities import Metric
+
             client.log_batch(
                 run_id,
                 metrics=[Metric(mlflow_metric_name(k), float(v), 0, 0) for k, v in output.metrics.items()],
-                tags=[RunTag(artifacts.CHECKSUM_TAG + name, digest) for name, digest in checksums.items()]
-                + [RunTag(name, value) for name, value in output.tags.items()],
+                tags=run_tags({**{artifacts.CHECKSUM_TAG + name: digest for name, digest in checksums.items()},
+                               **output.tags}),
             )
         return StageResult(output, run_id, hit=False, tags={**tags, **output.tags})
 
 
 def log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
+    from mlflow.entities import Param
+
     items = [Param(k, str(v)[:_PARAM_MAX_CHARS]) for k, v in params.items()]
     for start in range(0, len(items), _PARAM_BATCH):
         client.log_batch(run_id, params=items[start:start + _PARAM_BATCH])

@@ -29,12 +29,13 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
-
-from mlflow.entities import Run, RunTag
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from pipeline.errors import one_line
-from pipeline.store.tracking import TrackingStore
+from pipeline.store.tracking import TrackingStore, run_tags
+
+if TYPE_CHECKING:  # MLflow loads where the store is used: a table of result files never imports it
+    from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ class Claims:
                 "claim_host": socket.gethostname(), "claim_pid": str(os.getpid())}
         if self.host_run is not None:
             run_id = self.host_run
-            client.log_batch(run_id, tags=[RunTag(name, value) for name, value in tags.items()])
+            client.log_batch(run_id, tags=run_tags(tags))
         else:
             run_id = client.create_run(self.store.experiment_id, start_time=int(now * 1000),
                                        tags={"stage": CLAIM_STAGE, **tags}, run_name=f"claim:{label}").info.run_id
@@ -202,7 +203,7 @@ class Claims:
         for run in client.search_runs([self.store.experiment_id], filter_string=query, max_results=1000):
             log.warning("run %s (%s) was left running by a worker whose claim expired; marking it KILLED",
                         run.info.run_id, run.info.run_name)
-            client.log_batch(run.info.run_id, tags=[RunTag("killed_by", "expired claim")])
+            client.log_batch(run.info.run_id, tags=run_tags({"killed_by": "expired claim"}))
             client.set_terminated(run.info.run_id, "KILLED")
         log.warning("claim %s expired (no heartbeat for %.0f s); taking its keys over", claim.run_id, silent_s)
         self._end(claim.run_id, EXPIRED)
@@ -212,7 +213,7 @@ class Claims:
         ends with it, and an expired claim's job run is marked KILLED, its worker being gone."""
         client = self.store.client
         try:
-            client.log_batch(run_id, tags=[RunTag(STATE_TAG, state), RunTag(_GROUP, "")])
+            client.log_batch(run_id, tags=run_tags({STATE_TAG: state, _GROUP: ""}))
             if state == EXPIRED or run_id != self.host_run:
                 client.set_terminated(run_id, "KILLED" if state == EXPIRED else "FINISHED")
         except Exception as exc:  # another job reaped it first, or the store is down: an orphan expires anyway

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-from typing import Sequence
-
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING, Sequence
 
 from pipeline.store.tracking import JOB_STAGE
+
+if TYPE_CHECKING:  # MLflow loads where the store is used: a table of result files never imports it
+    from mlflow.tracking import MlflowClient
 
 WORKFLOW_TYPE = "machine_learning"
 # The UI's "Run Name" sort. Sorted by creation time (the UI's default) the UI also fetches the parents of the

@@ -12,12 +12,12 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
-
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:  # MLflow loads where the store is used: a table of result files never imports it
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ class TrackingStore:
 
     @property
     def client(self) -> MlflowClient:
+        from mlflow.tracking import MlflowClient
+
         return MlflowClient(tracking_uri=self.uri)
 
 
@@ -129,6 +131,9 @@ def connect(uri: str, experiment: str, artifact_location: str | None = None, att
     the multirun callback calls this once before the jobs start, and jobs retry briefly.
     """
     _check_reachable(uri)
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=uri)
     for attempt in range(attempts):
         try:
@@ -156,6 +161,13 @@ def denied(uri: str, experiment: str, permission: str) -> str:
     role = "worker" if permission == EDIT else "reader"
     return (f"user {user!r} lacks {permission} on experiment {experiment} of {uri}, which this command needs; the "
             f"server's admin grants it with `make server-user ARGS=\"name={user} role={role}\"`")
+
+
+def run_tags(tags: Mapping[str, str]) -> list:
+    """MLflow's RunTag entities for `log_batch`, in order."""
+    from mlflow.entities import RunTag
+
+    return [RunTag(name, value) for name, value in tags.items()]
 
 
 def connect_cfg(tracking_cfg, access: str = EDIT) -> TrackingStore:
