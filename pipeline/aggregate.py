@@ -18,7 +18,7 @@ from pipeline import CONF_DIR
 from pipeline.data.prompts import PROMPT_FREE
 from pipeline.errors import PipelineError, is_mlflow_error, one_line, reported, reported_hook
 from pipeline.jobs import sweep
-from pipeline.reports import comparisons, fewshot, layouts, page, references, results, robustness
+from pipeline.reports import comparisons, fewshot, layouts, page, plots, references, results, robustness
 from pipeline.reports.results import ScoreRecord
 from pipeline.store import links, tracking
 from pipeline.store.artifacts import ArtifactUnavailable, CorruptArtifact
@@ -98,7 +98,8 @@ class AggregateCallback(Callback):
         records = results.from_runs(store, run_ids)
         metric = config.metric.name
         with aggregate_run(store, {"sweep_dir": str(sweep_dir), "metric": metric}, sweep_run) as run_id:
-            written = sweep_tables(records, metric, sweep_dir, store) if records else {}
+            plot_cache = Path(config.paths.outputs) / plots.PLOT_CACHE
+            written = sweep_tables(records, metric, sweep_dir, store, plot_cache) if records else {}
             if explained:
                 from pipeline.reports import relevance  # the explain stage's figures: torch, which tables need not
 
@@ -119,8 +120,8 @@ class AggregateCallback(Callback):
         print(f"\n{markdown}\nTables, plots and {report.name} written to {sweep_dir}", flush=True)
 
 
-def sweep_tables(records: list[ScoreRecord], metric: str, sweep_dir: Path, store: TrackingStore
-                 ) -> dict[str, layouts.Written]:
+def sweep_tables(records: list[ScoreRecord], metric: str, sweep_dir: Path, store: TrackingStore,
+                 plot_cache: Path | None = None) -> dict[str, layouts.Written]:
     """Every layout the sweep's results call for, by title, the per-prompt-set tables first."""
     replicates = results.replicate_loader(store)
     written: dict[str, layouts.Written] = {}
@@ -128,7 +129,8 @@ def sweep_tables(records: list[ScoreRecord], metric: str, sweep_dir: Path, store
         compared = records
         if layout.name == "fewshot":  # a probe sweep is compared with the zero-shot runs made before it
             compared = records + fewshot.zero_shot_partners(records, results.latest_in_store(store))
-        request = layouts.Request(compared, metric, sweep_dir, replicates=replicates, store=store)
+        request = layouts.Request(compared, metric, sweep_dir, replicates=replicates, store=store,
+                                  plot_cache=plot_cache)
         try:
             written[layout.title] = layouts.write_layout(layout.name, request)
         except PipelineError as exc:  # a report the results cannot make costs that report, not the others
@@ -188,7 +190,8 @@ def main(cfg: DictConfig) -> None:
                 OmegaConf.to_container(cfg.baseline) if OmegaConf.is_config(cfg.baseline) else cfg.baseline)
     out_dir = Path(cfg.output_dir)
     request = layouts.Request(records, cfg.metric.name, out_dir, Path(cfg.output).resolve() if cfg.output else None,
-                              cfg.mean_row, cfg.intervals, replicates, baseline, store, cfg.reference)
+                              cfg.mean_row, cfg.intervals, replicates, baseline, store, cfg.reference,
+                              Path(cfg.paths.outputs) / plots.PLOT_CACHE)
     tags = {"source": source, "layout": cfg.layout, "metric": cfg.metric.name}
     with (aggregate_run(store, tags, required=False) if logged else nullcontext()) as run_id:
         written = layouts.write_layout(cfg.layout, request)

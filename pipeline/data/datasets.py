@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from omegaconf import OmegaConf
 
 from pipeline.data import remote, sources
-from pipeline.data.readers import HF_CACHE, Batch, wds
+from pipeline.data.readers import HF_CACHE, Batch
 
 if TYPE_CHECKING:  # torch and the Hugging Face reader are imported where images are read: a served job reads none
     from pipeline.data.readers import hf
@@ -167,7 +167,7 @@ def check_local_layout(spec: DatasetSpec, shards: bool = True) -> None:
         raise PipelineError(f"{nshards} is missing: {root} has no split {spec.split!r} in webdataset layout")
     if not shards:
         return
-    missing = [str(path) for path in wds.shard_paths(root, spec.split) if not path.is_file()]
+    missing = [str(path) for path in remote.shard_paths(root, spec.split) if not path.is_file()]
     if missing:
         raise PipelineError(f"dataset {spec.name}: shards missing: {', '.join(missing)}")
 
@@ -298,9 +298,11 @@ def _torch_batches(dataset, batch_size: int, num_workers: int, field_name: str, 
 
 def _wds_batches(spec: DatasetSpec, fields: tuple[str, ...], transform: Callable, batch_size: int,
                  num_workers: int, pin_memory: bool) -> Iterator[Batch]:
+    from pipeline.data.readers import wds  # webdataset and its decoder: only where images are read
+
     local, _ = fetched(spec, shards=True)
     check_local_layout(local)
-    return wds.batches(wds.shard_paths(Path(local.root), local.split), fields, transform, batch_size,
+    return wds.batches(remote.shard_paths(Path(local.root), local.split), fields, transform, batch_size,
                        worker_count(num_workers), pin_memory)
 
 

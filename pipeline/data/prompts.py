@@ -1,9 +1,12 @@
 """Prompt sets: templates with `{c}` where the class name goes, or per-class sentences (CuPL)."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from importlib import resources
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Union
 
 from pipeline.errors import PipelineError
@@ -17,12 +20,27 @@ Prompts = Union[list[str], dict[str, list[str]]]
 
 def _from_open_clip(attribute: str) -> list[str]:
     # open_clip's templates are lambdas; applying them to the placeholder recovers the template text.
-    import open_clip
-
-    templates = getattr(open_clip, attribute, None)
+    templates = getattr(_open_clip_templates(), attribute, None)
     if templates is None:
         raise PipelineError(f"open_clip has no template list {attribute!r}")
     return [template(PLACEHOLDER) for template in templates]
+
+
+def _open_clip_templates() -> ModuleType:
+    """open_clip's template lists (its `zero_shot_metadata` module, which imports nothing), read without running
+    `import open_clip`, which imports torch and torchvision (seconds) in a job whose every stage may be served."""
+    if "open_clip" in sys.modules:
+        return sys.modules["open_clip"]
+    package = importlib.util.find_spec("open_clip")  # finds the package without executing its __init__
+    metadata = Path(package.origin).with_name("zero_shot_metadata.py") if package and package.origin else None
+    if metadata is None or not metadata.is_file():
+        import open_clip  # a layout this reader does not know: the package itself has the lists
+
+        return open_clip
+    spec = importlib.util.spec_from_file_location("_open_clip_zero_shot_metadata", metadata)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _from_file(path: str) -> list[str]:

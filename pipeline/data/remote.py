@@ -227,6 +227,13 @@ def fetch_webdataset(root: str, split: str, hub_cache: str | None, http_cache: P
     return LocalCopy(folder, identity, pinned)
 
 
+def shard_paths(folder: Path, split: str) -> list[Path]:
+    """Absolute paths of a split's shards in CLIP_benchmark's webdataset layout, as `nshards.txt` counts them."""
+    folder = folder.resolve()
+    nshards = read_nshards(folder / split / "nshards.txt", str(folder))
+    return [folder / split / f"{index}.tar" for index in range(nshards)]
+
+
 def read_nshards(path: Path, root: str) -> int:
     text = path.read_text().strip()
     if not text.isdigit():

@@ -13,7 +13,7 @@ import pandas as pd
 
 from pipeline.data.prompts import PROMPT_FREE
 from pipeline.errors import PipelineError
-from pipeline.reports import heatmap, tables
+from pipeline.reports import heatmap, plots, tables
 from pipeline.reports.results import Bootstrap, ScoreRecord
 from pipeline.reports.tables import MEAN_COLUMN, WEIGHTED_COLUMN
 from pipeline.stages import uncertainty
@@ -232,10 +232,7 @@ def plot(per_prompts: Mapping[str, Bounds], metric: str, path: Path) -> Path:
     """Each result as a dot with its 95 % interval as a whisker, one panel per dataset (and the mean, where its
     interval is known), rows labelled by what varies, each panel's axis fitted to its values: differences of a
     point stay visible where a 0–1 axis would flatten them."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     frames = {part: heatmap.combined_tables({p: getattr(b, part) for p, b in per_prompts.items()})
               for part in ("values", "low", "high")}

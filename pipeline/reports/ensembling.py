@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from pipeline.reports import plots
 from pipeline.reports.results import ScoreRecord
 from pipeline.stages.embed import TEMPLATE_SET_TAG
 from pipeline.store import artifacts
@@ -151,10 +152,7 @@ def from_store(store: TrackingStore, records: Iterable[ScoreRecord]) -> pd.DataF
 def plot(table: pd.DataFrame, path: Path) -> Path:
     """One panel per dataset: accuracy against the number of templates, a line per (model, prompt set) in the
     listed order, with the band of random orders."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     copies = table.groupby("dataset")["source"].transform("nunique") > 1  # one panel per copy, named by it
     table = table.assign(panel=np.where(copies, table["dataset"] + " (" + table["source"] + ")", table["dataset"]))

@@ -11,6 +11,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from pipeline.reports import plots
 from pipeline.reports.results import ScoreRecord
 from pipeline.stages.heads import ALL_SHOTS, LINEAR_PROBE, ZEROSHOT
 
@@ -87,10 +88,7 @@ def comparison(records: Iterable[ScoreRecord], metric: str) -> pd.DataFrame:
 def plot(table: pd.DataFrame, metric: str, path: Path) -> Path:
     """One panel per dataset: each probe's k-shot mean ± std against k (log2 axis), its full probe as a dotted
     line, and zero-shot as a dashed line in the same colour."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     datasets = list(dict.fromkeys(table["dataset"]))
     shots = [int(c.removesuffix("-shot")) for c in table.columns if SHOTS.fullmatch(c)]

@@ -8,7 +8,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from pipeline.reports import tables
+from pipeline.reports import plots, tables
 
 # Row-label fields, shown only where the results differ in them (a sweep over one protocol needs no protocol).
 LABEL_FIELDS = ["model", "pretrained", "protocol", "head", "prompts"]
@@ -39,10 +39,7 @@ def matrix(per_prompts: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def plot(values: pd.DataFrame, metric: str, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     rows, columns = values.shape
     fig, ax = plt.subplots(figsize=(max(5.0, 2.5 + 0.42 * columns), max(2.5, 1.6 + 0.34 * rows)))

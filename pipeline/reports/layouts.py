@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from pipeline.errors import PipelineError
-from pipeline.reports import (comparisons, ensembling, fewshot, heatmap, prompt_gains, references, reproduction,
+from pipeline.reports import (comparisons, ensembling, fewshot, heatmap, plots, prompt_gains, references, reproduction,
                               robustness, tables, training_curves)
 from pipeline.reports.results import ScoreRecord
 from pipeline.stages.heads import LINEAR_PROBE
@@ -38,6 +38,7 @@ class Request:
     baseline: Any = None
     store: TrackingStore | None = None
     reference: str = references.ALL  # the reproduction layout's references
+    plot_cache: Path | None = None  # plots kept by their inputs (`plots.drawn`); None draws every plot
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,10 @@ def write_per_prompts(request: Request) -> Written:
     markdown = tables.to_markdown(with_intervals if request.intervals else per_prompts, metric)
     (out_dir / "table.md").write_text(markdown)
     comparisons.results_frame(records).to_csv(out_dir / "results.csv", index=False, float_format="%.6g")
-    plot = comparisons.plot(bounds, metric, out_dir / "table.png")
-    heat = heatmap.plot(heatmap.matrix(heatmap_rows(records, metric)), metric, out_dir / "heatmap.png")
+    cache = request.plot_cache
+    plot = plots.drawn(cache, comparisons.plot, bounds, metric, path=out_dir / "table.png")
+    heat = plots.drawn(cache, heatmap.plot, heatmap.matrix(heatmap_rows(records, metric)), metric,
+                       path=out_dir / "heatmap.png")
     files = [out_dir / name for name in ("table.csv", "table.md", "intervals.csv", "table.png", "heatmap.png",
                                          "results.csv")]
     return Written(files, markdown, shown=[plot, out_dir / "intervals.csv", heat, out_dir / "results.csv"])
@@ -161,7 +164,8 @@ def write_fewshot(request: Request) -> Written:
         raise PipelineError("no linear-probe results to compare with zero-shot; run jobs with head=linear_probe")
     files, markdown = table_files(table, request.out_dir / "fewshot.csv",
                                   f"zero-shot against linear probes — {request.metric}")
-    return Written([*files, fewshot.plot(table, request.metric, request.out_dir / "fewshot.png")], markdown)
+    return Written([*files, plots.drawn(request.plot_cache, fewshot.plot, table, request.metric,
+                                           path=request.out_dir / "fewshot.png")], markdown)
 
 
 def write_prompt_gains(request: Request) -> Written:
@@ -172,12 +176,13 @@ def write_prompt_gains(request: Request) -> Written:
     heading = (f"prompt engineering — {tables.metric_label(request.metric)}: gain over prompts={prompt_gains.BASELINE}, "
                f"95 % paired-bootstrap interval")
     files, markdown = table_files(table, out_dir / "prompt_gains.csv", heading, "%.6g")
-    files.append(prompt_gains.plot(table, out_dir / "prompt_gains.png"))
+    files.append(plots.drawn(request.plot_cache, prompt_gains.plot, table, path=out_dir / "prompt_gains.png"))
     curves = (ensembling.from_store(request.store, prompt_gains.eligible(request.records))
               if request.store is not None else pd.DataFrame())
     if not curves.empty:
         curves.to_csv(out_dir / "ensembling.csv", index=False, float_format="%.6g")
-        files += [out_dir / "ensembling.csv", ensembling.plot(curves, out_dir / "ensembling.png")]
+        files += [out_dir / "ensembling.csv", plots.drawn(request.plot_cache, ensembling.plot, curves,
+                                                                path=out_dir / "ensembling.png")]
     return Written(files, markdown)
 
 
@@ -188,7 +193,8 @@ def write_robustness(request: Request) -> Written:
     heading = (f"effective robustness — top-1 on {', '.join(robustness.SHIFTS)} against ImageNet; baseline: "
                f"{baseline.source}")
     files, markdown = table_files(table, request.out_dir / "robustness.csv", heading)
-    return Written([*files, robustness.plot(table, baseline, request.out_dir / "robustness.png")], markdown)
+    return Written([*files, plots.drawn(request.plot_cache, robustness.plot, table, baseline,
+                                             path=request.out_dir / "robustness.png")], markdown)
 
 
 def write_training_curves(request: Request) -> Written:
@@ -198,7 +204,8 @@ def write_training_curves(request: Request) -> Written:
         raise PipelineError("no result comes from a checkpoint with a known epoch or step; sweep model.pretrained "
                             "over checkpoint files named like epoch_<n>.pt (or saved with an `epoch` entry)")
     files, markdown = table_files(table, request.out_dir / "training_curves.csv", f"over training — {request.metric}")
-    plot = training_curves.plot(table, request.metric, request.out_dir / "training_curves.png")
+    plot = plots.drawn(request.plot_cache, training_curves.plot, table, request.metric,
+                       path=request.out_dir / "training_curves.png")
     return Written([*files, plot], markdown)
 
 
@@ -220,7 +227,7 @@ def write_reproduction(request: Request) -> Written:
     report.summary.to_csv(out_dir / "reproduction_summary.csv", index=False, float_format="%.6g")
     files = [out_dir / "reproduction.csv", out_dir / "reproduction.md", out_dir / "reproduction_summary.csv"]
     if (report.rows["verdict"] != reproduction.NOT_COMPARABLE).any():
-        files.append(reproduction.plot(report.rows, out_dir / "reproduction.png"))
+        files.append(plots.drawn(request.plot_cache, reproduction.plot, report.rows, path=out_dir / "reproduction.png"))
     printed = f"### {heading}\n\n{report.summary.to_markdown(index=False, floatfmt='.4f')}\n"
     return Written(files, printed, shown=[f for f in files if f.suffix == ".png"]
                    + [out_dir / "reproduction_summary.csv", out_dir / "reproduction.csv"])

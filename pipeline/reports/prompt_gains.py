@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import PipelineError
-from pipeline.reports import comparisons, tables
+from pipeline.reports import comparisons, plots, tables
 from pipeline.reports.results import ScoreRecord
 from pipeline.stages.heads import ZEROSHOT
 
@@ -56,10 +56,7 @@ def gains(records: Iterable[ScoreRecord], metric: str, replicates: comparisons.R
 def plot(table: pd.DataFrame, path: Path) -> Path:
     """One panel per (model, pretrained, protocol): a group of bars per dataset and for the mean, a bar per
     prompt set, its 95 % interval as an error bar, the zero line marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     table = table[~table["dataset"].str.startswith(tables.WEIGHTED_COLUMN)]
     panels = list(table.groupby(GROUP, sort=False))

@@ -19,7 +19,7 @@ import pandas as pd
 
 from pipeline.data.prompts import PROMPT_FREE
 from pipeline.errors import PipelineError
-from pipeline.reports import references
+from pipeline.reports import plots, references
 from pipeline.reports.references import QUICKGELU, Reference
 from pipeline.reports.results import EXTERNAL_PROMPTS, ScoreRecord
 from pipeline.stages.heads import ALL_SHOTS, LINEAR_PROBE
@@ -181,10 +181,7 @@ def applies(records: Sequence[ScoreRecord]) -> bool:
 def plot(table: pd.DataFrame, path: Path) -> Path:
     """Ours against published, one panel per reference: each result with its interval, the line y = x, and the
     results that differ labelled by dataset."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     shown = table[table["verdict"] != NOT_COMPARABLE]
     panels = list(shown.groupby("reference", sort=False))

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import PipelineError
+from pipeline.reports import plots
 from pipeline.reports.results import ScoreRecord
 from pipeline.stages.heads import ZEROSHOT
 
@@ -195,10 +196,7 @@ def plot(table: pd.DataFrame, baseline: Baseline, path: Path) -> Path:
     """The CLIP paper's Figure 13 (left) from an `effective_robustness` table: ImageNet top-1 against the average
     over the five shifts on logit axes, the baseline's models and line, y = x, and each complete point in the legend
     with its effective robustness."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
     from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
     shown = table[table["missing"] == ""].reset_index(drop=True)

@@ -11,7 +11,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from pipeline.reports import tables
+from pipeline.reports import plots, tables
 from pipeline.reports.results import ScoreRecord
 
 GROUP = ["model", "checkpoint_run", "protocol", "prompts", "head"]
@@ -56,10 +56,7 @@ def axis_of(table: pd.DataFrame) -> str:
 
 def plot(table: pd.DataFrame, metric: str, path: Path) -> Path:
     """One panel per training run (and prompt set, head, protocol): a line per dataset and the mean."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     axis = axis_of(table)
     value_columns = [c for c in table.columns if c not in GROUP + ["checkpoint", "epoch", "step"]]

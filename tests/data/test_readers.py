@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import datasets
+from pipeline.data import datasets, remote
 from pipeline.data.readers import hf, wds
 from pipeline.errors import PipelineError
 from pipeline.jobs.scoring import run_job
@@ -36,7 +36,7 @@ def damaged(tmp_path) -> tuple[Path, str]:
 
 def test_reader_names_the_shard_and_key_of_an_undecodable_sample(damaged):
     root, key = damaged
-    batches = list(wds.batches(wds.shard_paths(root, "test"), ("cls",), lambda image: torch.zeros(1), 8, 0))
+    batches = list(wds.batches(remote.shard_paths(root, "test"), ("cls",), lambda image: torch.zeros(1), 8, 0))
     [unreadable] = [u for batch in batches for u in batch.unreadable]
     assert (unreadable.shard, unreadable.key) == ("0.tar", key)
     assert sum(len(batch.fields["cls"]) for batch in batches) == 23  # every other sample is read

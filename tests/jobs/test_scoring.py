@@ -1,5 +1,8 @@
 """One job in process: effective precision in the keys, job runs labelled by the request, the source of the data."""
+import json
+import os
 import shutil
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -131,3 +134,25 @@ def test_a_fully_cached_job_loads_no_model_and_downloads_no_upstream_artifact(tm
     store, runs = all_runs(tmp_path)
     jobs = [r for r in runs if r.data.tags["stage"] == "job"]
     assert len(jobs) == 2 and jobs[0].data.tags["run.embed_image"] == jobs[1].data.tags["run.embed_image"]
+
+
+SERVED_JOB_NEVER_IMPORTS = ("torch", "torchvision", "open_clip", "sklearn", "webdataset", "clip_benchmark", "datasets",
+                            "pipeline.data.readers.wds", "pipeline.data.readers.hf", "pipeline.stages.embed.images")
+
+
+def test_a_fully_cached_job_process_imports_none_of_the_computing_libraries(tmp_path, tiny_checkpoint, small_shapes):
+    """`python -m pipeline` once cold, then again with every stage served: the second process's modules, as it
+    exits, hold no deep-learning library, no metric library and no dataset reader."""
+    from pipeline.bench.processes import recording_command
+    from tests.conftest import run_pipeline
+
+    arguments = [f"model.pretrained={tiny_checkpoint}", f"dataset.root={small_shapes}", "prompts=a_photo_of"]
+    cold = run_pipeline(tmp_path, *arguments)
+    assert cold.returncode == 0, cold.stderr[-2000:]
+    record = tmp_path / "modules.json"
+    served = subprocess.run(recording_command(arguments, record), cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "CLIP_TABLES_OUTPUTS": str(tmp_path / "outputs")}, timeout=600)
+    assert served.returncode == 0 and "MISS" not in served.stdout + served.stderr, served.stderr[-2000:]
+    imported = set(json.loads(record.read_text()))
+    assert "pipeline.jobs.scoring" in imported  # the record is the job's own
+    assert not [name for name in SERVED_JOB_NEVER_IMPORTS if name in imported]

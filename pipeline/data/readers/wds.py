@@ -22,15 +22,6 @@ FIELD_VALUES: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def shard_paths(folder: Path, split: str) -> list[Path]:
-    """Absolute paths of a split's shards, as `nshards.txt` counts them."""
-    from pipeline.data.remote import read_nshards
-
-    folder = folder.resolve()
-    nshards = read_nshards(folder / split / "nshards.txt", str(folder))
-    return [folder / split / f"{index}.tar" for index in range(nshards)]
-
-
 def _decoder():
     import webdataset as wds
 
