@@ -5,19 +5,15 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.plugins import Plugins
 from hydra.types import RunMode
-from hydra_plugins.clip_tables.launcher import LocalLauncher, SlurmLauncher
+from hydra_plugins.clip_tables import launcher
 from omegaconf import DictConfig
 
 from pipeline import CONF_DIR
 from pipeline.errors import reported
 from pipeline.jobs.scoring import run_job
 
-# Hydra 1.3 finds plugins by walking the hydra_plugins namespace, which a PEP 660 editable install (`pip install
-# -e`) hides from it (facebookresearch/hydra#3252); registering the launchers by hand works for every install.
-for launcher in (LocalLauncher, SlurmLauncher):
-    Plugins.instance().register(launcher)
+launcher.install()  # the submitit launchers that group jobs into tasks, and their presets
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra_plugins.clip_tables import launcher
 
 import pipeline  # noqa: F401  (registers the `abspath` resolver)
 from pipeline.offline.shapes import ensure_shapes
@@ -15,6 +16,7 @@ from pipeline.offline.tiny_clip import ensure_checkpoint
 from pipeline.store import tracking
 
 REPO = Path(__file__).resolve().parents[1]
+launcher.install()  # as pipeline/__main__.py does: the grouped launchers' presets
 CONF = REPO / "conf"
 FIXTURES = REPO / "tests" / "fixtures"  # small files the tests read (see its README)
 ASSETS = REPO / "outputs"

@@ -216,3 +216,47 @@ def test_a_second_server_on_the_same_folder_or_port_is_refused(tmp_path):
         port = taken.getsockname()[1]
         with pytest.raises(PipelineError, match=rf"port {port} on 127.0.0.1 is in use.*port=\.\.\."):
             ensure_port_free("127.0.0.1", port, "the tracking server's", "port")
+
+
+def test_jobs_are_grouped_by_model_in_job_order_and_cut_into_chunks():
+    from hydra_plugins.clip_tables.launcher import Grouping, group_jobs
+
+    jobs = [["model.pretrained=a", "dataset=x"], ["model.pretrained=b", "dataset=x"],
+            ["model.pretrained=a", "dataset=y"], ["model.pretrained=b", "dataset=y"], ["model.pretrained=a", "dataset=z"]]
+    assert group_jobs(jobs, Grouping()) == [[0, 2, 4], [1, 3]]
+    assert group_jobs(jobs, Grouping(jobs_per_task=2)) == [[0, 2], [4], [1, 3]]
+    assert group_jobs(jobs, Grouping(group_by="none")) == [[0], [1], [2], [3], [4]]
+    assert group_jobs(jobs, Grouping(group_by="none", jobs_per_task=2)) == [[0, 1], [2, 3], [4]]
+    assert group_jobs([["dataset=x"], ["dataset=y"]], Grouping()) == [[0, 1]]  # one model, one task
+    with pytest.raises(ValueError, match="group_by='dataset': use one of model, none"):
+        group_jobs(jobs, Grouping(group_by="dataset"))
+
+
+def task_logs(workdir: Path) -> list[Path]:
+    return sorted((workdir / "outputs" / "multirun").glob("*/*/.submitit/*/*_log.*"))
+
+
+@pytest.mark.slow
+def test_a_submitit_sweep_runs_one_task_per_model_and_loads_each_model_once(tmp_path, tiny_checkpoint):
+    """2 models x 3 datasets: 2 tasks of 3 jobs, each model loaded once; the results equal one task per job's."""
+    from pipeline.bench.processes import Dataset, dataset_configs
+    from tests import synthetic
+    from tests.conftest import TRAINING_RUN
+
+    sets = [Dataset(f"stand_in{i}", synthetic.write_wds_classification(tmp_path / f"stand_in{i}", seed=i))
+            for i in range(3)]
+    conf = dataset_configs(tmp_path, sets)
+    sweep = ["-m", f"hydra.searchpath=[file://{conf}]", "model=tiny", "hydra/launcher=submitit_local",
+             f"model.pretrained={TRAINING_RUN / 'step_300.pt'},{tiny_checkpoint}",
+             f"dataset={','.join(s.name for s in sets)}", "prompts=classname", "num_workers=0"]
+    grouped = run_pipeline(tmp_path / "grouped", *sweep)
+    assert_ok(grouped)
+    logs = task_logs(tmp_path / "grouped")
+    assert len({log.parent for log in logs}) == 2, logs
+    loads = [line for log in logs for line in log.read_text().splitlines() if "loading tiny-clip" in line]
+    assert len(loads) == 2, loads
+    ungrouped = run_pipeline(tmp_path / "ungrouped", *sweep, "hydra.launcher.group_by=none")
+    assert_ok(ungrouped)
+    assert len({log.parent for log in task_logs(tmp_path / "ungrouped")}) == 6
+    pd.testing.assert_frame_equal(sweep_table(tmp_path / "grouped").drop(columns=["pretrained"], errors="ignore"),
+                                  sweep_table(tmp_path / "ungrouped").drop(columns=["pretrained"], errors="ignore"))
