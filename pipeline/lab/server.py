@@ -27,7 +27,7 @@ from pipeline import CONF_DIR
 from pipeline.errors import PipelineError, reported
 from pipeline.lab.auth import AuthFiles, acting_as, record_server
 from pipeline.lab.postgres import Cluster
-from pipeline.store import tracking
+from pipeline.store import indexes, tracking
 from pipeline.store.tracking import API_PROBE, Credentials
 
 log = logging.getLogger(__name__)
@@ -205,6 +205,8 @@ def lab_server(cfg: DictConfig) -> Iterator[Running]:
         settings = ServerSettings(backend, str(cfg.artifacts_destination), cfg.host, int(cfg.port), int(cfg.workers),
                                   cfg.allowed_hosts, env, auth, tls, admin)
         running = stack.enter_context(serving(settings, folder / "mlflow-server.log"))
+        if not cfg.backend_store_uri:  # the private cluster, migrated by the server as it started: ours to index
+            indexes.ensure(backend, {"passfile": str(cluster.passfile)})
         with acting_as(admin):
             experiment_id = tracking.connect(settings.local_url, str(cfg.experiment)).experiment_id
         record_server(folder, url=settings.local_url, worker_url=running.url, experiment=str(cfg.experiment),

@@ -20,7 +20,7 @@ from pipeline.reports import plots
 from pipeline.reports.results import ScoreRecord
 from pipeline.stages.embed import TEMPLATE_SET_TAG
 from pipeline.store import artifacts
-from pipeline.store.tracking import TrackingStore
+from pipeline.store.tracking import TrackingStore, search_all
 
 if TYPE_CHECKING:  # MLflow loads where the store is used: a table of result files never imports it
     from mlflow.entities import Run
@@ -83,6 +83,20 @@ class CachedArrays:
 
     store: TrackingStore
     loaded: dict[str, dict[str, np.ndarray] | None] = field(default_factory=dict)
+    template_sets: dict[str, dict[str, Run]] = field(default_factory=dict)
+
+    def templates(self, group: str) -> dict[str, Run]:
+        """The newest servable embedding run of each template of a template set, searched once per set (every
+        prompt set over the same classes shares it)."""
+        if group not in self.template_sets:
+            found = search_all(self.store, f"tags.{TEMPLATE_SET_TAG} = '{group}' and tags.modality = 'template' "
+                                           f"and tags.cache_store = 'true' and attributes.status = 'FINISHED'",
+                               ["attributes.start_time DESC"])
+            by_template: dict[str, Run] = {}
+            for run in found:
+                by_template.setdefault(run.data.tags.get("template", ""), run)
+            self.template_sets[group] = by_template
+        return self.template_sets[group]
 
     def __call__(self, run: Run, names: tuple[str, ...]) -> dict[str, np.ndarray] | None:
         key = f"{run.info.run_id}:{','.join(names)}"
@@ -105,12 +119,7 @@ def cached_inputs(arrays: CachedArrays, record: ScoreRecord) -> tuple[np.ndarray
     if group is None or listed is None:
         return None
     templates = [str(t) for t in listed["templates"]]
-    found = client.search_runs([store.experiment_id], max_results=5000, order_by=["attributes.start_time DESC"],
-                               filter_string=f"tags.{TEMPLATE_SET_TAG} = '{group}' and tags.modality = 'template' "
-                                             f"and tags.cache_store = 'true' and attributes.status = 'FINISHED'")
-    by_template: dict[str, Run] = {}
-    for run in found:
-        by_template.setdefault(run.data.tags.get("template", ""), run)
+    by_template = arrays.templates(group)
     if any(t not in by_template for t in templates):
         return None
     embeddings = [arrays(by_template[t], ("embeddings",))["embeddings"] for t in templates]

@@ -16,7 +16,7 @@ from pipeline.errors import PipelineError
 from pipeline.stages.heads import ALL_SHOTS, LINEAR_PROBE, NOT_APPLICABLE, ZEROSHOT
 from pipeline.store import artifacts
 from pipeline.store.cache import real_metric_name
-from pipeline.store.tracking import JOB_STAGE, TrackingStore
+from pipeline.store.tracking import JOB_STAGE, TrackingStore, search_all
 
 EXTERNAL_PROMPTS = "external"
 EXTERNAL_SOURCE = "external"  # results read from files: whoever produced them chose the data
@@ -100,10 +100,8 @@ def from_runs(store: TrackingStore, run_ids: Iterable[str]) -> list[ScoreRecord]
 
 def latest_in_store(store: TrackingStore) -> list[ScoreRecord]:
     """The newest FINISHED job run for each (model, pretrained, dataset, source, protocol, prompts, head, seed)."""
-    runs = store.client.search_runs(
-        [store.experiment_id], filter_string=f"tags.stage = '{JOB_STAGE}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=50000,
-    )
+    runs = search_all(store, f"tags.stage = '{JOB_STAGE}' and attributes.status = 'FINISHED'",
+                      ["attributes.start_time DESC"])
     newest: dict[tuple[str, ...], ScoreRecord] = {}
     for record in map(_from_job_run, runs):
         newest.setdefault(record.identity, record)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from pipeline.store import artifacts
 from pipeline.store.artifacts import ArtifactUnavailable, CorruptArtifact, StageOutput
 from pipeline.store.claims import CLAIM_ID_TAG, MAX_KEYS, Claim, Claims
-from pipeline.store.tracking import PARENT_TAG, TrackingStore, finished_run, run_tags
+from pipeline.store.tracking import PARENT_TAG, TrackingStore, finished_run, run_tags, search_all
 
 if TYPE_CHECKING:  # MLflow loads where the store is used: a table of result files never imports it
     from mlflow.entities import Run
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 # MLflow limits: 100 params per batch call, 6000 characters per param value.
 _PARAM_BATCH = 100
 _PARAM_MAX_CHARS = 6000
-_SEARCH_PAGE = 1000
 
 
 def mlflow_metric_name(name: str) -> str:
@@ -202,18 +201,8 @@ class StageCache:
     # -- lookup -------------------------------------------------------------------------------
     def _search(self, condition: str, limit: int | None = None) -> list[Run]:
         """Servable runs matching `condition`, newest first (every page, unless `limit`)."""
-        client = self.store.client
         query = f"{condition} and tags.cache_store = 'true' and attributes.status = 'FINISHED'"
-        runs: list[Run] = []
-        token = None
-        while True:
-            page = client.search_runs([self.store.experiment_id], filter_string=query,
-                                      order_by=["attributes.start_time DESC"], max_results=limit or _SEARCH_PAGE,
-                                      page_token=token)
-            runs.extend(page)
-            token = page.token
-            if limit is not None or not token:
-                return runs
+        return search_all(self.store, query, ["attributes.start_time DESC"], limit)
 
     def _serve_found(self, requests: Sequence[StageRequest], found: Mapping[str, Sequence[Run]]
                      ) -> dict[str, StageResult]:

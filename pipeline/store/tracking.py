@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
 
 from pipeline.errors import PipelineError
+from pipeline.store import indexes
 
 if TYPE_CHECKING:  # MLflow loads where the store is used: a table of result files never imports it
+    from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
@@ -145,6 +147,8 @@ def connect(uri: str, experiment: str, artifact_location: str | None = None, att
                 # The cheapest idempotent write a worker makes anyway: a user with READ alone is told now, not
                 # after its first stage has run.
                 client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
+            if uri.startswith("sqlite:"):  # a database this project owns: the lookups get their index
+                indexes.ensure(uri)
             return TrackingStore(uri, found.experiment_id)
         except MlflowException as exc:
             if exc.error_code == "PERMISSION_DENIED":
@@ -161,6 +165,25 @@ def denied(uri: str, experiment: str, permission: str) -> str:
     role = "worker" if permission == EDIT else "reader"
     return (f"user {user!r} lacks {permission} on experiment {experiment} of {uri}, which this command needs; the "
             f"server's admin grants it with `make server-user ARGS=\"name={user} role={role}\"`")
+
+
+SEARCH_PAGE = 1000  # runs per search request: MLflow's servers cap a page (SEARCH_MAX_RESULTS_DEFAULT)
+
+
+def search_all(store: TrackingStore, query: str, order_by: list[str] | None = None,
+               limit: int | None = None) -> list["Run"]:
+    """Every run of the experiment matching `query`, page after page (or the first `limit`): a search never
+    truncates a store larger than one page."""
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = store.client.search_runs([store.experiment_id], filter_string=query, order_by=order_by or [],
+                                        max_results=min(limit, SEARCH_PAGE) if limit else SEARCH_PAGE,
+                                        page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token or (limit is not None and len(runs) >= limit):
+            return runs[:limit] if limit else runs
 
 
 def run_tags(tags: Mapping[str, str]) -> list:

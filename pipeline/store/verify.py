@@ -23,7 +23,6 @@ from pipeline.store.tracking import TrackingStore
 log = logging.getLogger(__name__)
 
 SERVED = "tags.cache_store = 'true' and attributes.status = 'FINISHED'"
-PAGE = 1000
 
 
 @dataclass
@@ -35,13 +34,7 @@ class Verified:
 
 def servable_runs(store: TrackingStore) -> list[Run]:
     """Every run the cache would serve, page by page."""
-    runs, token = [], None
-    while True:
-        page = store.client.search_runs([store.experiment_id], SERVED, max_results=PAGE, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    return tracking.search_all(store, SERVED)
 
 
 def verify(store: TrackingStore, mark: bool = True) -> Verified:

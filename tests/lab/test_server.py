@@ -19,10 +19,10 @@ from omegaconf import OmegaConf
 
 from pipeline.errors import PipelineError
 from pipeline.lab.postgres import Cluster, traversal_problem
-from pipeline.store import tracking
+from pipeline.store import indexes, tracking
 from pipeline.store.claims import CLAIM_STAGE, RELEASED, STATE_TAG
 from tests.conftest import asset_overrides, compose_config, run_pipeline
-from tests.loopback import postgres_mlflow_server
+from tests.loopback import SERVER_FOLDERS, postgres_mlflow_server
 
 PROMPTS = "prompts=dataset,classname,a_photo_of,simple_imagenet"
 STAGES = ("embed", "classify", "score")
@@ -91,6 +91,11 @@ def test_parallel_jobs_on_a_postgres_backed_server_compute_each_key_once(server_
     assert claimed and {(run.data.tags["stage"], run.data.tags[STATE_TAG]) for run in claimed} == {("job", RELEASED)}
     assert not [run for run in all_runs(store) if run.data.tags.get("stage") == CLAIM_STAGE]
     assert all(run.info.lifecycle_stage == "active" for run in all_runs(store))
+    with Cluster(SERVER_FOLDERS[server], 0, "postgres").running(attach=True) as cluster:  # `make server`'s own
+        with cluster.connect() as connection:
+            [definition] = connection.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s",
+                                              (indexes.INDEX,)).fetchone()
+    assert "(key, value)" in definition and "cache_key" in definition and "claim_keys" not in definition
 
     again = run_pipeline(tmp_path, "-m", "tracking=server", f"tracking.uri={server}", PROMPTS, *assets)
     assert_ok(again)

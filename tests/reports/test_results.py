@@ -40,3 +40,19 @@ def test_unreadable_result_file_is_named(tmp_path):
     broken.write_text('{"dataset": "cifar10", "model": "x"')
     with pytest.raises(PipelineError, match="broken.json"):
         results.from_directory(tmp_path)
+
+
+def test_the_store_is_read_page_after_page_never_truncated(store, monkeypatch):
+    """More job runs than one search page: every one reaches the tables (the newest per result wins)."""
+    from pipeline.store import tracking
+
+    monkeypatch.setattr(tracking, "SEARCH_PAGE", 4)
+    client = store.client
+    for number in range(11):
+        run = client.create_run(store.experiment_id, tags={"stage": "job", "model": "A", "pretrained": "t",
+                                                           "dataset": f"d{number % 9}", "prompts": "p",
+                                                           "main_metric": "acc1"})
+        client.log_metric(run.info.run_id, "acc1", number / 10)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    records = {r.dataset: r.metrics["acc1"] for r in results.latest_in_store(store)}
+    assert len(records) == 9 and records["d0"] == 0.9 and records["d1"] == 1.0 and records["d8"] == 0.8
