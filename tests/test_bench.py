@@ -81,3 +81,16 @@ def test_the_table_benchmarks_files_give_open_clips_table_back(tmp_path, monkeyp
     average = layouts.OPENCLIP38_AVERAGE
     assert (both[average].astype(float) - both[f"{average} published"].astype(float)).abs().max() <= 1.0001e-4  # both rounded
     assert tables.aggregate_command(tmp_path, tmp_path / "t.csv")[1:3] == ["-m", "pipeline.aggregate"]
+
+
+def test_the_store_benchmark_grows_a_store_the_pipeline_reads_like_its_own(tmp_path):
+    from pipeline.bench import store as sized
+    from pipeline.store import tracking
+
+    store = sized.open_store(tmp_path)
+    sized.grow_to(store, 0, 30)
+    assert len(tracking.search_all(store, "")) == 30
+    [served] = sized.lookup(store, sized._key(12))  # a score run: servable, found by its key
+    assert served.data.tags["stage"] == "classify" and served.data.tags["cache_store"] == "true"
+    assert len(results.latest_in_store(store)) == 3  # one job run per group of ten
+    assert sized.sizes_for(100_000) == [1_000, 10_000, 100_000]

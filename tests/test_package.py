@@ -51,6 +51,7 @@ COVERED_BY = {
     "pipeline.bench.fixtures": "tests/test_bench.py",
     "pipeline.bench.processes": "tests/test_bench.py",
     "pipeline.bench.tables": "tests/test_bench.py",
+    "pipeline.bench.store": "tests/test_bench.py",
     "pipeline.offline.__main__": "tests/test_offline.py",
     "pipeline.offline.shapes": "tests/data/test_datasets.py",
     "pipeline.offline.tiny_clip": "tests/test_offline.py",

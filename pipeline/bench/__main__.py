@@ -8,9 +8,11 @@
    with the same templates, both fp32;
 4. image embedding: the embed stage against a bare `DataLoader -> encode_image` loop (same DataLoader settings);
 5. open_clip's table: `python -m pipeline.aggregate layout=openclip38` over 121 models x 38 datasets of result files
-   against a process reading those files with json and pandas alone.
+   against a process reading those files with json and pandas alone;
+6. store size: a cache lookup (with and without the tags index), a claims listing, reading a sweep's job runs,
+   reading every job run, and a cached job, on a SQLite store of 1,000, 10,000 and 100,000 runs.
 
-Targets: (1) >= 4x, (2) <= 0.25 s a job, (3) >= 3x, (4) >= 0.95, (5) <= 2x.
+Targets: (1) >= 4x, (2) <= 0.25 s a job, (3) >= 3x, (4) >= 0.95, (5) <= 2x, (6) flat in the store's size.
 """
 from __future__ import annotations
 
@@ -96,17 +98,48 @@ def table_from_result_files(scratch: Path) -> None:
     line("python -m pipeline.aggregate layout=openclip38", ours, note=f"ratio {ours / reading:.2f} (target <= 2)")
 
 
-def lab_stress(rounds: int, scratch: Path) -> None:
-    from pipeline.bench import lab
+def store_sizes(largest: int, scratch: Path) -> None:
+    from pipeline.bench import store as sized
+
+    shapes, checkpoint = bundled_assets()
+    outputs = scratch / "store" / "outputs"
+    env = {"CLIP_TABLES_OUTPUTS": str(outputs)}
+    job = sized.job_command(["model=tiny", f"model.pretrained={checkpoint}", f"dataset.root={shapes}",
+                             "prompts=classname", "device=cpu", "num_workers=0"])
+    seconds(job, env)  # the real runs the cached job is served from
+    store = sized.open_store(outputs)
+    sweep_jobs = [run.info.run_id for run in sized.tracking.search_all(store, "tags.stage = 'job'")]
+    print("6. store size (SQLite): per lookup with the tags index (without it), claims listing, reading a sweep's "
+          "job runs, reading every job run, a cached job")
+    print(f"  {'runs':>9} {'lookup ms':>20} {'claims ms':>10} {'sweep read ms':>14} {'all job runs':>18} "
+          f"{'cached job s':>13}")
+    have = 0
+    for size in sized.sizes_for(largest):
+        sized.grow_to(store, have, size)
+        have = size
+        c = sized.measure(store, size, job, env, sweep_jobs)
+        print(f"  {c.runs:>9,} {c.lookup_ms:>8.1f} ({c.lookup_unindexed_ms:>8.1f}) {c.claims_ms:>10.1f} "
+              f"{c.sweep_read_ms:>14.1f} {c.store_read_s:>8.2f} s ({c.job_runs:>6,}) {c.cached_job_s:>13.2f}")
+
+
+def bundled_assets() -> tuple[Path, Path]:
+    """The bundled shapes dataset and tiny checkpoint (built on first use), as `make demo` uses them."""
     from pipeline.offline.shapes import ensure_shapes
     from pipeline.offline.tiny_clip import ensure_checkpoint
 
     outputs = Path("outputs").resolve()
-    shapes = ensure_shapes(outputs / "data" / "shapes")
     runs = outputs / "models" / "tiny-clip-run" / "checkpoints"
-    final = ensure_checkpoint(outputs / "models" / "tiny-clip.pt", snapshots=runs)
+    return ensure_shapes(outputs / "data" / "shapes"), ensure_checkpoint(outputs / "models" / "tiny-clip.pt",
+                                                                          snapshots=runs)
+
+
+def lab_stress(rounds: int, scratch: Path) -> None:
+    from pipeline.bench import lab
+
+    shapes, final = bundled_assets()
+    runs = final.parent / "tiny-clip-run" / "checkpoints"
     assets = ["model=tiny", f"model.pretrained={runs / 'step_300.pt'},{final}", f"dataset.root={shapes}"]
-    print(f"5. lab server under load: {rounds} rounds of 8 parallel jobs (2 checkpoints x 4 prompt sets), "
+    print(f"7. lab server under load: {rounds} rounds of 8 parallel jobs (2 checkpoints x 4 prompt sets), "
           f"authentication on, PostgreSQL, a worker with EDIT only, telemetry as on a user's machine")
     done = lab.stress(assets, rounds, scratch)
     mean = lambda values: sum(values) / len(values)
@@ -129,7 +162,8 @@ def main() -> None:
     parser.add_argument("--embed-size", type=int, default=256, help="side of benchmark 4's JPEG-sized images")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--only", default="1,3,4,5", help="which benchmarks (2 always runs with 1; lab: the server "
+    parser.add_argument("--store-runs", type=int, default=100_000, help="the largest store of benchmark 6")
+    parser.add_argument("--only", default="1,3,4,5,6", help="which benchmarks (2 always runs with 1; lab: the server "
                                                          "under load, a stress run of its own)")
     parser.add_argument("--rounds", type=int, default=10, help="rounds of the lab stress run")
     parser.add_argument("--scratch", type=Path, default=None, help="keep the generated data here (default: a temp dir)")
@@ -152,6 +186,8 @@ def main() -> None:
                 large_classifier(model, Dataset("named", root), settings, scratch)
             if "5" in chosen:
                 table_from_result_files(scratch)
+            if "6" in chosen:
+                store_sizes(args.store_runs, scratch)
             if "lab" in chosen:
                 lab_stress(args.rounds, scratch)
             if "4" in chosen:

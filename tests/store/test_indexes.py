@@ -56,3 +56,10 @@ def test_the_statement_for_a_labs_own_database_indexes_only_short_lookup_tags():
     text = indexes.statement()
     assert text.startswith("CREATE INDEX IF NOT EXISTS clip_tables_tag_lookup ON tags (key, value) WHERE key IN (")
     assert "'cache_key'" in text and "claim_keys" not in text
+
+
+def test_the_docs_give_a_lab_admin_the_same_statement():
+    from pathlib import Path
+
+    text = " ".join((Path(__file__).resolve().parents[2] / "docs" / "lab.md").read_text().split())
+    assert indexes.statement() in text
