@@ -16,6 +16,10 @@ from pipeline.offline.tiny_clip import ensure_checkpoint
 from pipeline.store import tracking
 
 REPO = Path(__file__).resolve().parents[1]
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two test files at once on CI's two cores: each test's processes compute on one thread, so
+    # the two never fight over the cores (keys and results do not depend on the thread count).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 launcher.install()  # as pipeline/__main__.py does: the grouped launchers' presets
 CONF = REPO / "conf"
 FIXTURES = REPO / "tests" / "fixtures"  # small files the tests read (see its README)

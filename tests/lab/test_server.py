@@ -105,19 +105,6 @@ def test_parallel_jobs_on_a_postgres_backed_server_compute_each_key_once(server_
 
 
 @pytest.mark.slow
-def test_submitit_local_sweep_gives_the_same_counts_and_table(server_sweep, assets, tmp_path):
-    """The submitit code path without a cluster, on a fresh SQLite store."""
-    _, table, first = server_sweep
-    proc = run_pipeline(tmp_path, "-m", "hydra/launcher=submitit_local", PROMPTS, *assets)
-    assert_ok(proc)
-    store = tracking.connect(f"sqlite:///{tmp_path}/outputs/mlflow.db", "clip-tables")
-    assert counts(store) == first
-    assert_no_key_computed_twice(store)
-    assert list((tmp_path / "outputs" / "multirun").glob("*/*/.submitit/*/*_log.err"))
-    pd.testing.assert_frame_equal(sweep_table(tmp_path), table)
-
-
-@pytest.mark.slow
 def test_a_failing_submitit_job_reports_its_error_and_log_in_one_line(tmp_path, tiny_checkpoint):
     proc = run_pipeline(tmp_path, "-m", "hydra/launcher=submitit_local", "prompts=classname",
                         f"dataset.root={tmp_path}/missing", f"model.pretrained={tiny_checkpoint}")
@@ -243,7 +230,8 @@ def task_logs(workdir: Path) -> list[Path]:
 
 @pytest.mark.slow
 def test_a_submitit_sweep_runs_one_task_per_model_and_loads_each_model_once(tmp_path, tiny_checkpoint):
-    """2 models x 3 datasets: 2 tasks of 3 jobs, each model loaded once; the results equal one task per job's."""
+    """2 models x 3 datasets through submitit: 2 tasks of 3 jobs, each model loaded once, no key computed twice,
+    and the table of a sweep run job by job in one process (Hydra's basic launcher)."""
     from pipeline.bench.processes import Dataset, dataset_configs
     from tests import synthetic
     from tests.conftest import TRAINING_RUN
@@ -251,17 +239,18 @@ def test_a_submitit_sweep_runs_one_task_per_model_and_loads_each_model_once(tmp_
     sets = [Dataset(f"stand_in{i}", synthetic.write_wds_classification(tmp_path / f"stand_in{i}", seed=i))
             for i in range(3)]
     conf = dataset_configs(tmp_path, sets)
-    sweep = ["-m", f"hydra.searchpath=[file://{conf}]", "model=tiny", "hydra/launcher=submitit_local",
+    sweep = ["-m", f"hydra.searchpath=[file://{conf}]", "model=tiny",
              f"model.pretrained={TRAINING_RUN / 'step_300.pt'},{tiny_checkpoint}",
              f"dataset={','.join(s.name for s in sets)}", "prompts=classname", "num_workers=0"]
-    grouped = run_pipeline(tmp_path / "grouped", *sweep)
+    grouped = run_pipeline(tmp_path / "grouped", *sweep, "hydra/launcher=submitit_local")
     assert_ok(grouped)
     logs = task_logs(tmp_path / "grouped")
     assert len({log.parent for log in logs}) == 2, logs
     loads = [line for log in logs for line in log.read_text().splitlines() if "loading tiny-clip" in line]
     assert len(loads) == 2, loads
-    ungrouped = run_pipeline(tmp_path / "ungrouped", *sweep, "hydra.launcher.group_by=none")
-    assert_ok(ungrouped)
-    assert len({log.parent for log in task_logs(tmp_path / "ungrouped")}) == 6
-    pd.testing.assert_frame_equal(sweep_table(tmp_path / "grouped").drop(columns=["pretrained"], errors="ignore"),
-                                  sweep_table(tmp_path / "ungrouped").drop(columns=["pretrained"], errors="ignore"))
+    store = tracking.connect(f"sqlite:///{tmp_path}/grouped/outputs/mlflow.db", "clip-tables")
+    assert counts(store)[("job", "", "FINISHED")] == 6 and counts(store)[("embed", "image", "FINISHED")] == 6
+    assert_no_key_computed_twice(store)
+    in_process = run_pipeline(tmp_path / "in_process", *sweep)
+    assert_ok(in_process)
+    pd.testing.assert_frame_equal(sweep_table(tmp_path / "grouped"), sweep_table(tmp_path / "in_process"))
