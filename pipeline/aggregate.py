@@ -107,7 +107,8 @@ class AggregateCallback(Callback):
                     grids = relevance.write_grids(store, explained, sweep_dir)
                     written[relevance.TITLE] = layouts.Written(grids, "")
                 except Exception as exc:  # a grid it cannot draw leaves the tables and the report standing
-                    if not (isinstance(exc, (PipelineError, CorruptArtifact, ArtifactUnavailable)) or is_mlflow_error(exc)):
+                    expected = isinstance(exc, (PipelineError, CorruptArtifact, ArtifactUnavailable))
+                    if not (expected or is_mlflow_error(exc)):
                         raise
                     log.warning("no relevance grid for this sweep: %s", one_line(exc))
             sections = [page.Section(title, done.on_page) for title, done in written.items()]
@@ -168,8 +169,7 @@ def main(cfg: DictConfig) -> None:
     # A table of result files neither reads nor writes the store unless asked (`log_run=true`): it never waits
     # for a server, and on a node without one it still works.
     logged = cfg.log_run if cfg.log_run is not None else not from_files
-    store = tracking.connect_cfg(cfg.tracking, access=tracking.READ) if (logged or not from_files
-                                                                         or wants_replicates) else None
+    store = tracking.connect_cfg(cfg.tracking, access=tracking.READ) if logged or not from_files else None
     # The robustness layout reads its ImageNet-trained baseline models from results_dir; its points from the store.
     if from_files:
         records = results.from_directory(Path(cfg.results_dir))
@@ -197,7 +197,7 @@ def main(cfg: DictConfig) -> None:
         written = layouts.write_layout(cfg.layout, request)
         ui_url = str(cfg.tracking.get("ui_url") or (store.uri if store else ""))
         report = write_report(out_dir, f"{layout.title} ({source})", [page.Section(layout.title, written.on_page)],
-                              records, store if logged else None, ui_url, None, run_id)
+                              records, store, ui_url, None, run_id)
         if logged:
             log_files(store, run_id, written.files + [report])
     print(f"\n{written.markdown}\nWritten: {', '.join(map(str, written.files + [report]))}", flush=True)

@@ -83,10 +83,15 @@ class ModelSpec:
 
 
 # -- what a checkpoint is, read once ---------------------------------------------------------------------------
+def user_cache() -> Path:
+    """The project's folder in the user's cache (`$XDG_CACHE_HOME`, else ~/.cache), which `make clean` leaves alone."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clip-tables"
+
+
 def checksum_records(path: Path) -> list[Path]:
     """Where facts about a checkpoint are remembered: beside it, or (for a read-only folder) in the user's cache."""
     key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
-    return [path.with_name(path.name + ".sha256.json"), Path.home() / ".cache" / "clip-tables" / "checksums" / f"{key}.json"]
+    return [path.with_name(path.name + ".sha256.json"), user_cache() / "checksums" / f"{key}.json"]
 
 
 def remembered(path: Path, name: str, compute: Callable[[Path], Any]) -> Any:

@@ -19,15 +19,16 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+from pipeline.models.loading import user_cache
+
 log = logging.getLogger(__name__)
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 def counts_file() -> Path:
-    """Where counts are remembered: the user's cache folder, which `make clean` leaves alone."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "clip_tables" / "param_counts.json"
+    """Where counts are remembered: beside the checkpoints' remembered hashes, in the user's cache."""
+    return user_cache() / "param_counts.json"
 
 
 def count_m(arch: str) -> float | None:

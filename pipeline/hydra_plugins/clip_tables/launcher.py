@@ -58,8 +58,6 @@ class GroupedSlurmConf(SlurmQueueConf, Grouping):
     _target_: str = "hydra_plugins.clip_tables.launcher.SlurmLauncher"
 
 
-
-
 def install() -> None:
     """Register these launchers and their presets with Hydra. Hydra finds plugins by walking the hydra_plugins
     namespace, which a PEP 660 editable install (`pip install -e`) hides from it (facebookresearch/hydra#3252), so
