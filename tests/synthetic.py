@@ -108,6 +108,27 @@ def write_quadrant_folder(root: Path, seed: int = 7) -> dict[str, tuple[int, int
     return quadrants
 
 
+def write_voc_devkit(root: Path, images: int = 60, seed: int = 0, split: str = "test") -> np.ndarray:
+    """A VOC devkit folder (`root/VOC2007/`): JPEG images and each class's `<class>_<split>.txt` with random flags,
+    every class present at least once; returns the flags, (images, classes) of 1, -1, 0."""
+    from pipeline.data.readers import voc
+
+    rng = np.random.default_rng(seed)
+    folder = root / voc.YEAR
+    (folder / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    (folder / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+    flags = rng.choice([1, -1, 0], p=[0.4, 0.5, 0.1], size=(images, len(voc.CLASSES))).astype(np.int8)
+    flags[rng.integers(0, images, len(voc.CLASSES)), np.arange(len(voc.CLASSES))] = 1
+    ids = [f"{index * 3 + 1:06d}" for index in range(images)]  # VOC's test ids skip numbers too
+    for image_id, sample in zip(ids, shapes.generate(images // len(CLASSES) + 1, seed)):
+        sample.image.save(folder / "JPEGImages" / f"{image_id}.jpg", format="jpeg")
+    for column, name in enumerate(voc.CLASSES):
+        lines = [f"{image_id} {flag:2d}" for image_id, flag in zip(ids, flags[:, column])]
+        (folder / "ImageSets" / "Main" / f"{name}_{split}.txt").write_text("\n".join(lines) + "\n")
+    (folder / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return flags
+
+
 def write_mirror(data_root: Path, datasets: list[dict]) -> Path:
     """A local mirror of catalog datasets, each at the path `dataset_root` gives it (what data_root= points at)."""
     for seed, spec in enumerate(datasets):
@@ -116,6 +137,8 @@ def write_mirror(data_root: Path, datasets: list[dict]) -> Path:
             write_hf_retrieval(root, seed=seed)
         elif spec["task"] == "winogavil":
             write_hf_winogavil(root, seed=seed)
+        elif spec["task"] == "multilabel_classification":
+            write_voc_devkit(root, seed=seed)
         else:
             fields = len(spec.get("metadata_fields") or ())
             groups = len(spec.get("region_names") or ()) or 3

@@ -10,7 +10,7 @@ from typing import Iterator
 
 import torch
 
-from pipeline.data import datasets
+from pipeline.data import reading, datasets
 from pipeline.data.readers import Batch
 from pipeline.models.loading import LoadedModel
 from pipeline.stages.embed.images import encode_batches
@@ -68,7 +68,7 @@ class _Stamped:
 def pipeline_embedding(loaded: LoadedModel, root: Path, batch_size: int, workers: int) -> Throughput:
     """The embed stage's own reader and encoding loop (labels collected, features kept with their dtype)."""
     spec = datasets.DatasetSpec("bench", "zeroshot_classification", str(root), "test", "acc1")
-    stamped = _Stamped(datasets.classification_batches(spec, loaded.preprocess, batch_size, workers,
+    stamped = _Stamped(reading.classification_batches(spec, loaded.preprocess, batch_size, workers,
                                                        pin_memory=loaded.device.type == "cuda"))
     labels: list[int] = []
     output = encode_batches(loaded, iter(stamped), spec, "fp32",

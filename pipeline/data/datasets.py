@@ -1,30 +1,27 @@
 """Datasets: what a dataset config names, where its files are (remote roots fetched into local folders first),
-what identifies its content, and batches of images from the reader for its format (`pipeline/readers/`)."""
+and what identifies its content; `reading` reads their images through the reader for each format."""
 from __future__ import annotations
 
 import hashlib
 import logging
-import multiprocessing
-import os
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
 from pipeline.data import remote, sources
-from pipeline.data.readers import HF_CACHE, Batch
-
-if TYPE_CHECKING:  # torch and the Hugging Face reader are imported where images are read: a served job reads none
-    from pipeline.data.readers import hf
+from pipeline.data.readers import HF_CACHE
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
 FINGERPRINT_HEAD_BYTES = 1 << 16
-TASKS = ("zeroshot_classification", "zeroshot_retrieval", "winogavil")
-FORMATS = ("wds", "hf", "tfds", "folder")
+MULTILABEL = "multilabel_classification"  # Pascal VOC 2007 as the CLIP paper scores it (a VOC devkit, format voc)
+TASKS = ("zeroshot_classification", "zeroshot_retrieval", "winogavil", MULTILABEL)
+CLASS_TASKS = ("zeroshot_classification", MULTILABEL)  # tasks scored with a zero-shot classifier over class names
+FORMATS = ("wds", "hf", "tfds", "folder", "voc")
 
 
 @dataclass(frozen=True)
@@ -48,6 +45,7 @@ class DatasetSpec:
     http_cache: str | None = None
     train_split: str | None = None       # what linear probes fit on (null: the dataset has none)
     validation_split: str | None = None  # a provided validation split (null: probes carve one from train)
+    archive_md5: str | None = None       # format voc: the MD5 a root URL's archive must have (null: unchecked)
 
     @classmethod
     def from_cfg(cls, cfg: Any, data_cache: str | None = None, http_cache: str | None = None) -> "DatasetSpec":
@@ -57,7 +55,7 @@ class DatasetSpec:
             plain.get("format", "wds"), plain.get("column"), plain.get("source") or "local",
             tuple(plain.get("metadata_fields") or ()), tuple(plain.get("group_metrics") or ()),
             tuple(plain.get("extra_metrics") or ()), bool(plain.get("skip_corrupt", False)), plain.get("hf_config"),
-            data_cache, http_cache, plain.get("train_split"), plain.get("validation_split"),
+            data_cache, http_cache, plain.get("train_split"), plain.get("validation_split"), plain.get("archive_md5"),
         )
         if spec.task not in TASKS:
             raise PipelineError(f"dataset.task={spec.task!r} is not one of {TASKS}")
@@ -67,6 +65,9 @@ class DatasetSpec:
             value = getattr(spec, option)
             if (option == "split" or value is not None) and not is_split_name(value):
                 raise PipelineError(f"dataset.{option}={value!r} is not a split name (train, test, ...)")
+        if (spec.task == MULTILABEL) != (spec.format == "voc"):
+            raise PipelineError(f"dataset {spec.name}: task {MULTILABEL} reads a Pascal VOC devkit (format voc), and "
+                                f"format voc only that task; got task {spec.task} with format {spec.format}")
         if spec.skip_corrupt and spec.format != "wds":
             raise PipelineError(f"dataset.skip_corrupt=true applies to webdatasets (format wds), not {spec.format}")
         if spec.root_kind == "local":
@@ -98,7 +99,8 @@ def is_split_name(value: Any) -> bool:
 def probe_splits(spec: DatasetSpec) -> tuple[DatasetSpec, DatasetSpec | None]:
     """The train (and provided validation) split of `spec` for a linear probe, or a one-line reason there is none."""
     if spec.task != "zeroshot_classification":
-        raise PipelineError(f"head=linear_probe classifies images; dataset {spec.name} is a {spec.task} task")
+        raise PipelineError(f"head=linear_probe fits single-label classes; dataset {spec.name} is a {spec.task} task: "
+                            f"use head=zeroshot")
     if spec.train_split is None:
         raise PipelineError(f"dataset {spec.name} has no train split (dataset.train_split is null), so no probe can "
                             f"be fitted; use head=zeroshot, or set dataset.train_split to a split your copy holds")
@@ -132,9 +134,22 @@ def fetched(spec: DatasetSpec, shards: bool) -> tuple[DatasetSpec, remote.LocalC
     with that copy (what identifies the remote content, and the root pinned to it); no copy for a local root."""
     if spec.root_kind != "http" or spec.format != "wds":
         return spec, None
-    http_cache = Path(spec.data_cache or spec.http_cache or remote.DEFAULT_HTTP_CACHE).expanduser()
-    copy = remote.fetch_webdataset(spec.root, spec.split, hub_cache(spec), http_cache, shards)
+    copy = remote.fetch_webdataset(spec.root, spec.split, hub_cache(spec), http_cache(spec), shards)
     return replace(spec, root=str(copy.folder)), copy
+
+
+def http_cache(spec: DatasetSpec) -> Path:
+    """Where plain-URL roots are fetched to: data_cache, else paths.data_cache, else the user's cache."""
+    return Path(spec.data_cache or spec.http_cache or remote.DEFAULT_HTTP_CACHE).expanduser()
+
+
+def voc_folder(spec: DatasetSpec) -> Path:
+    """The `VOC2007` folder of a devkit root: a local folder, or a URL of its test archive (fetched once)."""
+    from pipeline.data.readers import voc
+
+    if spec.root_kind == "http":
+        return voc.year_folder(voc.fetched_archive(spec.root, http_cache(spec), spec.archive_md5))
+    return voc.year_folder(Path(spec.root))
 
 
 def hub_cache(spec: DatasetSpec) -> str | None:
@@ -148,6 +163,11 @@ def check_local_layout(spec: DatasetSpec, shards: bool = True) -> None:
     if spec.is_remote or spec.format == "tfds":
         return
     root = Path(spec.root)
+    if spec.format == "voc":
+        from pipeline.data.readers import voc
+
+        voc.year_folder(root)
+        return
     if spec.format == "hf":
         if not root.is_dir() and not (root.parent / HF_CACHE).is_dir():
             raise PipelineError(f"dataset root {root} does not exist (nor DataComp's {HF_CACHE} beside it). Set "
@@ -237,6 +257,8 @@ def _folder_templates(spec: DatasetSpec) -> list[str]:
 def describe(spec: DatasetSpec) -> DatasetInfo:
     """Class names and shipped templates (classification), with the content fingerprint for cache keys.
     A remote webdataset's metadata is fetched here; its shards only when images are read."""
+    if spec.format == "voc":
+        return describe_voc(spec)
     local, copy = fetched(spec, shards=False)
     check_local_layout(local, shards=copy is None)
     remote_identity = copy.identity if copy else None
@@ -261,6 +283,19 @@ def describe(spec: DatasetSpec) -> DatasetInfo:
     return DatasetInfo(spec, classnames, non_blank(templates), content)
 
 
+def describe_voc(spec: DatasetSpec) -> DatasetInfo:
+    """A VOC devkit's 20 classes (the devkit's names, which the paper's and clip_benchmark's prompts use), keyed
+    by its ground truth and image sizes, or by an archive URL and its checksum."""
+    from pipeline.data.readers import voc
+
+    folder = voc_folder(spec)
+    truth = voc.ground_truth(folder, spec.split)
+    identity = ({"root": spec.root, "md5": spec.archive_md5} if spec.root_kind == "http" and spec.archive_md5
+                else {"content": voc.content_digest(folder, truth, spec.split)})
+    content = {"name": spec.name, "split": spec.split, "format": spec.format, "metadata": [], **identity}
+    return DatasetInfo(spec, list(voc.CLASSES), [], content)
+
+
 def wds_metadata(root: Path) -> tuple[list[str], list[str]]:
     """A local webdataset's class names and templates, the lines of its two text files, as clip_benchmark's
     `build_wds_dataset` reads them (clip-benchmark 1.6.2, datasets/builder.py, `dataset.classes` and
@@ -269,83 +304,7 @@ def wds_metadata(root: Path) -> tuple[list[str], list[str]]:
     return tuple([line.strip() for line in file.read_text().splitlines()] if file.is_file() else [] for file in files)
 
 
-def worker_count(num_workers: int) -> int:
-    if multiprocessing.current_process().name != "MainProcess":
-        # Inside a launcher's worker (e.g. Hydra's joblib launcher) nested DataLoader workers fail to start.
-        return 0
-    # torch warns when a DataLoader asks for more workers than the CPUs this process may run on.
-    return min(num_workers, usable_cpus())
-
-
-def usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def hub_commit(repo_id: str, cache_dir: str | None) -> str:
     from pipeline.data.readers import hf
 
     return hf.hub_commit(repo_id, cache_dir)
-
-
-def _torch_batches(dataset, batch_size: int, num_workers: int, field_name: str, collate=None,
-                   pin_memory: bool = False) -> Iterator[Batch]:
-    import torch
-
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=worker_count(num_workers),
-                                         shuffle=False, collate_fn=collate, pin_memory=pin_memory)
-    return (Batch(images, {field_name: list(values)}) for images, values in loader)
-
-
-def _wds_batches(spec: DatasetSpec, fields: tuple[str, ...], transform: Callable, batch_size: int,
-                 num_workers: int, pin_memory: bool) -> Iterator[Batch]:
-    from pipeline.data.readers import wds  # webdataset and its decoder: only where images are read
-
-    local, _ = fetched(spec, shards=True)
-    check_local_layout(local)
-    return wds.batches(remote.shard_paths(Path(local.root), local.split), fields, transform, batch_size,
-                       worker_count(num_workers), pin_memory)
-
-
-def classification_batches(spec: DatasetSpec, transform: Callable, batch_size: int, num_workers: int,
-                           pin_memory: bool = False) -> Iterator[Batch]:
-    """Batches with a `cls` field (and `npy` group metadata for WILDS/fairness) for a classification dataset."""
-    if spec.format == "folder":
-        from torchvision.datasets import ImageFolder
-
-        check_local_layout(spec)
-        folder = ImageFolder(str(Path(spec.root) / spec.split), transform=transform)
-        return _torch_batches(folder, batch_size, num_workers, "cls", pin_memory=pin_memory)
-    if spec.format == "tfds":
-        return _torch_batches(build(spec, transform), batch_size, num_workers, "cls", pin_memory=pin_memory)
-    fields = ("cls", "npy") if spec.metadata_fields else ("cls",)
-    return _wds_batches(spec, fields, transform, batch_size, num_workers, pin_memory)
-
-
-def retrieval_batches(spec: DatasetSpec, transform: Callable, batch_size: int, num_workers: int,
-                      pin_memory: bool = False) -> Iterator[Batch]:
-    """Batches with a `txt` field (the captions of each image), from a retrieval webdataset or an nlphuji dataset."""
-    if spec.format == "hf":
-        from clip_benchmark.datasets.builder import image_captions_collate_fn
-
-        from pipeline.data.readers import hf
-
-        return _torch_batches(hf.Pairs(load_hf(spec), transform), batch_size, num_workers, "txt",
-                              image_captions_collate_fn, pin_memory)
-    return _wds_batches(spec, ("txt",), transform, batch_size, num_workers, pin_memory)
-
-
-def load_hf(spec: DatasetSpec) -> hf.Rows:
-    """nlphuji's datasets as DataComp reads them (`load_dataset(id, split)`), from the Hub or a local mirror."""
-    from pipeline.data.readers import hf
-
-    if spec.root_kind == "hub_id":
-        return hf.load_hub(spec.root, spec.split, spec.hf_config, hub_cache(spec))
-    check_local_layout(spec)
-    return hf.load_local(Path(spec.root), spec.split, repo_name=Path(spec.root).name)
-
-
-def winogavil_instances(spec: DatasetSpec) -> Iterator[hf.WinoInstance]:
-    """WinoGAViL games from nlphuji/winogavil: a cue, candidate images, and the associated candidates."""
-    from pipeline.data.readers import hf
-
-    return hf.winogavil_games(load_hf(spec))

@@ -54,6 +54,17 @@ def _clip_benchmark_json(name: str) -> dict:
     return json.loads(resources.files("clip_benchmark.datasets").joinpath(name).read_text())
 
 
+CLIP_PAPER = Path(__file__).with_name("clip_paper_prompts.json")  # openai/CLIP's data/prompts.md, per catalog key
+
+
+def _clip_paper(dataset_key: str) -> list[str]:
+    templates = json.loads(CLIP_PAPER.read_text())["templates"].get(dataset_key)
+    if templates is None:
+        raise PipelineError(f"the CLIP paper gives no prompts for dataset {dataset_key}; prompts=clip_paper covers the "
+                            f"datasets of suite=clip_paper ({CLIP_PAPER.name}): pick another prompt set")
+    return list(templates)
+
+
 def _lookup(mapping: dict, dataset_key: str, fallback: str | None = None):
     """CLIP_benchmark's lookup order: the full key, the key without its `vtab/`-style prefix, then the fallback."""
     for key in (dataset_key, dataset_key.split("/", 1)[-1], fallback):
@@ -87,13 +98,15 @@ def resolve(prompts_cfg: Any, dataset_key: str, dataset_templates: list[str], cl
         templates = _from_file(prompts_cfg.path)
     elif source == "clip_benchmark":
         templates = list(_lookup(_clip_benchmark_json("en_zeroshot_classification_templates.json"), dataset_key, "imagenet1k"))
+    elif source == "clip_paper":
+        templates = _clip_paper(dataset_key)
     elif source == "per_dataset":
         templates = list(_lookup(prompts_cfg.by_dataset, dataset_key) or prompts_cfg.default)
     elif source == "clip_benchmark_cupl":
         return _cupl(prompts_cfg.dataset_key, classnames)
     else:
         raise PipelineError(f"unknown prompts.source {source!r}; use dataset, list, open_clip, file, clip_benchmark, "
-                            f"per_dataset or clip_benchmark_cupl")
+                            f"clip_paper, per_dataset or clip_benchmark_cupl")
     validate(templates, prompts_cfg.name)
     return templates
 

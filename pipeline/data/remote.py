@@ -67,11 +67,13 @@ def parse_hub_address(root: str) -> HubAddress | None:
 
 
 ACCEPTED = {"wds": "a local folder or an http(s):// URL", "hf": "a local folder or a Hugging Face dataset id org/name",
-            "folder": "a local folder", "tfds": "a local folder (TFDS' data_dir)"}
+            "folder": "a local folder", "tfds": "a local folder (TFDS' data_dir)",
+            "voc": "a local folder or an http(s):// URL of the devkit's test archive"}
+URL_FORMATS = ("wds", "voc")  # formats whose root may be a plain URL
 
 
 def check_root(root: str, fmt: str) -> str:
-    """What kind of root this is: `local`, `http` (a URL; webdatasets only) or `hub_id` (format hf only);
+    """What kind of root this is: `local`, `http` (a URL; webdatasets and VOC archives) or `hub_id` (format hf only);
     anything else is refused.
 
     Safety does not come from filtering characters: no root ever reaches a shell, local roots are made
@@ -79,7 +81,7 @@ def check_root(root: str, fmt: str) -> str:
     so none of its URL handlers (`pipe:` runs a shell) can run."""
     refused = PipelineError(f"dataset.root={root!r} is not usable for dataset.format={fmt}: give {ACCEPTED[fmt]}")
     if root.startswith(("http://", "https://")):
-        if fmt != "wds":
+        if fmt not in URL_FORMATS:
             raise refused
         return "http"
     if URL_SCHEME.match(root):

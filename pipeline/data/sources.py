@@ -5,6 +5,9 @@ import re
 from pathlib import Path
 
 HF_DATASETS = "https://huggingface.co/datasets"
+# The Pascal VOC 2007 test archive (images, and the devkit's classification ground truth) where torchvision's VOC
+# reader fetches it; its MD5 (b6e924de25625d8de591ea690078ad9f) is checked in conf/dataset/voc2007_multilabel.yaml.
+VOC2007_TEST = "https://thor.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtest_06-Nov-2007.tar"
 # DataComp's copies, djghosh/wds_<key>_test, hold the test split only; CLIP_benchmark's hold train too.
 TEST_ONLY_COPY = re.compile(r"(^|/)wds_[^/]+_test(/|$)")
 
@@ -31,6 +34,7 @@ def dataset_root(data_root: str | None, source: str, key: str) -> str:
     - clip_benchmark: clip-benchmark/wds_<key>      (mirror: <data_root>/wds_<key>)
     - nlphuji:        the HF dataset id nlphuji/<name> (mirror: <data_root>/<name>, a datasets-loadable folder)
     - tfds:           a TFDS data_dir               (<data_root>/tfds, else ~/tensorflow_datasets)
+    - voc:            the VOC2007 test archive's URL (mirror: <data_root>/VOCdevkit, the archive unpacked in data_root)
     """
     mirror = Path(data_root).expanduser().resolve() if data_root else None
     if source in ("datacomp", "clip_benchmark"):
@@ -42,4 +46,6 @@ def dataset_root(data_root: str | None, source: str, key: str) -> str:
         return str(mirror / name) if mirror else f"nlphuji/{name}"
     if source == "tfds":
         return str(mirror / "tfds") if mirror else str(Path("~/tensorflow_datasets").expanduser())
-    raise ValueError(f"unknown dataset source {source!r}; use datacomp, clip_benchmark, nlphuji or tfds")
+    if source == "voc":
+        return str(mirror / "VOCdevkit") if mirror else VOC2007_TEST
+    raise ValueError(f"unknown dataset source {source!r}; use datacomp, clip_benchmark, nlphuji, tfds or voc")

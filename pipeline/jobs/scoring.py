@@ -122,7 +122,7 @@ def resolve_inputs(cfg: DictConfig) -> JobInputs:
                         and projection.tower_kind(model_spec.arch) == projection.RESNET)
     info = datasets.describe(spec)
     class_prompts = (prompts.resolve(cfg.prompts, spec.name, info.templates, info.classnames)
-                     if spec.task == "zeroshot_classification" and not head.is_probe else None)
+                     if spec.task in datasets.CLASS_TASKS and not head.is_probe else None)
     probe_infos = [described_like(s, info) if s is not None else None for s in probe_specs] if probe_specs else []
     device = resolve_device(cfg.device)
     recipe = precision.recipe(OmegaConf.to_container(cfg.protocol), spec.task, device_type(device), model_spec.precision)

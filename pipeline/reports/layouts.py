@@ -12,8 +12,8 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from pipeline.errors import PipelineError
-from pipeline.reports import (comparisons, ensembling, fewshot, heatmap, plots, prompt_gains, references, reproduction,
-                              robustness, tables, training_curves)
+from pipeline.reports import (comparisons, ensembling, fewshot, heatmap, paper_tables, plots, prompt_gains, references,
+                              reproduction, robustness, tables, training_curves)
 from pipeline.reports.results import ScoreRecord
 from pipeline.stages.heads import LINEAR_PROBE
 from pipeline.store.tracking import TrackingStore
@@ -157,6 +157,27 @@ def write_blog(request: Request) -> Written:
     return Written(*table_files(table, path, request.metric))
 
 
+def write_clip_paper(request: Request) -> Written:
+    """clip_paper_table11.csv/.md (zero-shot) and clip_paper_table10.csv/.md (full linear probes), each where the
+    results have some: the paper's rows and columns, percent with one decimal."""
+    files, sections = [], []
+    for head, (stem, title) in paper_tables.TABLES.items():
+        table = paper_tables.paper_table(request.records, head)
+        if table.empty:
+            continue
+        path = request.out_dir / f"{stem}.csv"
+        table.to_csv(path, index=False)
+        markdown = (f"### {title}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n\nEmpty columns without a public copy:\n"
+                    f"{paper_tables.missing_note()}\n")
+        path.with_suffix(".md").write_text(markdown)
+        files += [path, path.with_suffix(".md")]
+        sections.append(markdown)
+    if not files:
+        raise PipelineError("no result fits the CLIP paper's tables: run its datasets (suite=clip_paper) zero-shot, "
+                            "or with head=linear_probe head.k_shot=null")
+    return Written(files, "\n".join(sections))
+
+
 def write_fewshot(request: Request) -> Written:
     """fewshot.csv, .md and .png: zero-shot against the k-shot probes (mean ± std over seeds) and the full probe."""
     table = fewshot.comparison(request.records, request.metric)
@@ -243,6 +264,7 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
     Layout("openclip38", "open_clip's 38-dataset table", write_openclip38,
            applies=lambda records: any(map(tables.openclip38_eligible, records))),
     Layout("blog", "The blog's table", write_blog),
+    Layout("clip_paper", "The CLIP paper's Tables 11 and 10", write_clip_paper, applies=paper_tables.applies),
     Layout("fewshot", "Zero-shot against linear probes", write_fewshot, applies=has_probes),
     Layout("prompt_gains", "Prompt engineering", write_prompt_gains, applies=prompt_gains.applies,
            needs_replicates=True),

@@ -61,13 +61,24 @@ def table_html(table: pd.DataFrame, escape: bool = True) -> str:
     return f'<div class="scroll">{rendered}</div>'
 
 
+def printed(cell: str) -> str:
+    """A CSV cell as the page shows it: as the file prints it (a table rounded for print, the paper's one decimal,
+    stays so), but a longer number to 4 decimals."""
+    try:
+        value = float(cell)
+    except ValueError:
+        return cell
+    decimals = cell.split(".", 1)[1] if "." in cell else ""
+    return cell if len(decimals) <= 4 and "e" not in cell.lower() and cell.strip() == cell else f"{value:.4f}"
+
+
 def _file_html(path: Path) -> str:
     name = html.escape(path.name)
     if path.suffix == ".png":
         encoded = base64.b64encode(path.read_bytes()).decode()
         return f'<figure><img alt="{name}" src="data:image/png;base64,{encoded}"></figure>'
     if path.suffix == ".csv":
-        table = pd.read_csv(path, keep_default_na=False)
+        table = pd.read_csv(path, dtype=str, keep_default_na=False).apply(lambda column: column.map(printed))
         link = f'<a href="{html.escape(path.name, quote=True)}"><code>{name}</code></a>'
         if len(table) > FOLDED_ROWS:
             return folded(f"{link}: {len(table)} rows", table_html(table))

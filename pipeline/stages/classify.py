@@ -97,6 +97,7 @@ def winogavil_outputs(images: Embedded, text: Embedded, recipe: Recipe, device: 
 
 OUTPUTS: dict[str, Callable[[Embedded, Embedded, Recipe, torch.device], StageOutput]] = {
     "zeroshot_classification": classification_outputs,
+    "multilabel_classification": classification_outputs,  # the same logits, scored per class
     "zeroshot_retrieval": retrieval_outputs,
     "winogavil": winogavil_outputs,
 }

@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from pipeline.data.datasets import DatasetSpec
+from pipeline.data.datasets import MULTILABEL, DatasetSpec
 from pipeline.errors import PipelineError
 from pipeline.stages import metrics, uncertainty
 from pipeline.stages.embed import Embedded
@@ -92,6 +92,16 @@ def winogavil_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -
                   uncertainty.structure_digest([outcomes["game_sizes"], images["associations"]]))
 
 
+def multilabel_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -> Scored:
+    """VOC2007's mAPs from the logits and the devkit's flags; both are kept, since resampling needs every score."""
+    outcomes = {"scores": predicted["logits"], "labels": images["labels"]}
+    values = {name: float(value[0]) for name, value in metrics.multilabel_metrics(predicted["logits"], images["labels"]).items()}
+    values = {**values, "num_samples": float(len(outcomes["labels"])), "num_classes": float(outcomes["scores"].shape[1])}
+    replicates = uncertainty.multilabel_replicates(outcomes, seed=uncertainty.dataset_seed(spec.name))
+    return Scored(values, outcomes, replicates, len(outcomes["labels"]),
+                  uncertainty.structure_digest([outcomes["labels"]]))
+
+
 def with_intervals(scored: Scored) -> StageOutput:
     """The score's output: metrics with each one's interval bounds and the number of resampled units, the
     per-sample outcomes, and the replicates (`bootstrap`, one row per name in `bootstrap_metrics`) that averages
@@ -113,6 +123,8 @@ def metric_names(spec: DatasetSpec) -> list[str]:
         return list(metrics.RETRIEVAL_METRICS)
     if spec.task == "winogavil":
         return list(metrics.WINOGAVIL_METRICS)
+    if spec.task == MULTILABEL:
+        return list(metrics.MULTILABEL_METRICS)
     return list(metrics.CLASSIFICATION_METRICS) + list(spec.extra_metrics) + [g["name"] for g in spec.group_metrics]
 
 
@@ -120,6 +132,7 @@ SCORERS: dict[str, Callable[[DatasetSpec, Embedded, Embedded], Scored]] = {
     "zeroshot_classification": classification_scores,
     "zeroshot_retrieval": retrieval_scores,
     "winogavil": winogavil_scores,
+    MULTILABEL: multilabel_scores,
 }
 
 

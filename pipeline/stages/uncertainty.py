@@ -2,7 +2,7 @@
 
 Each result gets `RESAMPLES` bootstrap replicates of each metric: test samples for the classification metrics
 (no stratification), samples within each group for worst-group metrics, images with all their captions for
-retrieval, games for WinoGAViL. The draws depend only on the dataset (its own seed, `dataset_seed`, and its
+retrieval, games for WinoGAViL, images with all their classes for VOC2007's mAP. The draws depend only on the dataset (its own seed, `dataset_seed`, and its
 structure: size, groups, caption owners), never on the model, so replicate b of two results on the same test set,
 in the same sample order, saw the same resampled samples: their difference is a paired bootstrap replicate. Each
 dataset has its own seed, so averages over datasets combine independent resamples, replicate b of each. The 95 %
@@ -141,6 +141,21 @@ def winogavil_replicates(outcomes: Mapping[str, np.ndarray], resamples: int = RE
     """Games resampled: each WinoGAViL average over the drawn games' Jaccard scores."""
     scores, sizes = outcomes["game_scores"], outcomes["game_sizes"]
     return collect(draws(len(scores), resamples, seed), lambda idx: metrics.winogavil_breakdown(scores[idx], sizes[idx]))
+
+
+def multilabel_replicates(outcomes: Mapping[str, np.ndarray], resamples: int = RESAMPLES,
+                          seed: int | Sequence[int] = SEED) -> dict[str, np.ndarray]:
+    """Images resampled with their flags for every class: each AP is computed on the resample's counts of each
+    image (`metrics.multilabel_metrics` with weights), one block of replicates at a time."""
+    scores, truth = outcomes["scores"], outcomes["labels"]
+    parts: dict[str, list[np.ndarray]] = {}
+    n = len(truth)
+    for block in draw_blocks(n, resamples, seed):
+        offsets = block + n * np.arange(len(block))[:, None]
+        counts = np.bincount(offsets.ravel(), minlength=n * len(block)).reshape(len(block), n)
+        for name, values in metrics.multilabel_metrics(scores, truth, counts).items():
+            parts.setdefault(name, []).append(values)
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
 def collect(indices: Iterable[np.ndarray], compute: Callable[[np.ndarray], Mapping[str, float]]) -> dict[str, np.ndarray]:

@@ -70,3 +70,24 @@ def test_cupl_gives_per_class_sentences_for_imagenet():
     assert list(cupl) == list(IMAGENET_CLASSNAMES[:3]) and all(len(v) > 1 for v in cupl.values())
     with pytest.raises(PipelineError, match="lack 1 classes"):
         prompts.resolve(cfg(source="clip_benchmark_cupl", dataset_key="imagenet1k"), "x", [], ["red circle"])
+
+
+# The swept datasets of suite=clip_paper whose templates in openai/CLIP's prompts.md are not clip_benchmark's
+# (docs/reproduction.md lists them); every other one has the same templates in the same order.
+PAPER_DIFFERS = {"vtab/resisc45", "vtab/pcam", "vtab/clevr_count_all"}
+
+
+def test_clip_paper_prompts_cover_the_suite_and_differ_from_clip_benchmark_only_where_recorded():
+    from pipeline.data import catalog
+
+    paper = OmegaConf.create({"name": "clip_paper", "source": "clip_paper"})
+    benchmark = OmegaConf.create({"name": "clip_benchmark", "source": "clip_benchmark"})
+    differ = {key for key in catalog.suite("clip_paper")
+              if prompts.resolve(paper, key, [], ["x"]) != prompts.resolve(benchmark, key, [], ["x"])}
+    assert differ == PAPER_DIFFERS
+    assert prompts.resolve(paper, "vtab/pcam", [], ["x"]) == ["this is a photo of {c}"]
+    imagenet = [template("{c}") for template in open_clip.OPENAI_IMAGENET_TEMPLATES]
+    assert prompts.resolve(paper, "imagenet1k", [], ["x"]) == imagenet  # the paper's 80, as open_clip ships them
+    assert prompts.resolve(paper, "birdsnap", [], ["x"]) == ["a photo of a {c}, a type of bird."]
+    with pytest.raises(PipelineError, match="the CLIP paper gives no prompts for dataset vtab/svhn"):
+        prompts.resolve(paper, "vtab/svhn", [], ["x"])

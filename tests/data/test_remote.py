@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.data import datasets, remote
+from pipeline.data import reading, datasets, remote
 from pipeline.errors import PipelineError
 from pipeline.jobs.scoring import run_job
 from tests import synthetic
@@ -66,7 +66,7 @@ def test_hostile_folder_names_are_read_as_folders(tmp_path, shapes_root, folder)
     dataset = spec(relative)
     assert Path(dataset.root).is_absolute()
     info = datasets.describe(dataset)
-    batch = next(datasets.classification_batches(dataset, lambda image: torch.zeros(1), 8, 0))
+    batch = next(reading.classification_batches(dataset, lambda image: torch.zeros(1), 8, 0))
     assert len(info.classnames) == 12 and len(batch.fields["cls"]) == 8
 
 

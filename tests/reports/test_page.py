@@ -104,3 +104,9 @@ def test_a_plain_table_and_plot_render_with_every_cell_escaped(tmp_path: Path):
     text = written.read_text()
     assert "<h2>Results</h2>" in text and "0.5123" in text and "data:image/png;base64," in text
     assert "<b>ViT</b>" not in text and "<script>x</script>" not in text
+
+
+def test_a_csv_cell_shows_as_printed_unless_longer_than_four_decimals():
+    assert [page.printed(c) for c in ("91.7", "0.9123", "1", "", "incomplete (21/38)", "0.88 [0.7, 0.9]")] == \
+        ["91.7", "0.9123", "1", "", "incomplete (21/38)", "0.88 [0.7, 0.9]"]
+    assert [page.printed(c) for c in ("0.912346", "1e-05", "0.51234")] == ["0.9123", "0.0000", "0.5123"]

@@ -104,8 +104,13 @@ def test_published_datasets_are_the_catalogs_and_metrics_compare_only_like_with_
     voc = paper.loc[("RN50-quickgelu", "voc2007")]
     assert voc["metric"] == "map_11point" and voc["published"] == pytest.approx(0.821) and not voc["comparable"]
     assert "single-label" in voc["note"]
+    multilabel = paper.loc[("RN50-quickgelu", "voc2007_multilabel")]  # the paper's mAP, as the paper scored it
+    assert multilabel["metric"] == "map_11point" and multilabel["comparable"]
     hateful = references.published_cells("clip_paper")
     assert not hateful[hateful["metric"] == "roc_auc"]["comparable"].any()
+    assert "no longer distributes" in hateful[hateful["dataset"] == "hateful_memes"]["note"].iloc[0]
+    benchmark = references.published_cells("clip_benchmark")  # its plain mAP is clip_benchmark's own definition
+    assert benchmark[benchmark["metric"] == "mean_average_precision"]["comparable"].all()
 
 
 def test_an_unknown_reference_lists_the_known_ones():

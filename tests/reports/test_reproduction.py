@@ -110,8 +110,8 @@ def test_the_layout_writes_the_report_and_refuses_results_without_a_counterpart(
     table = pd.read_csv(tmp_path / "reproduction.csv")
     assert list(table.columns[:12]) == ["reference", "model", "pretrained", "dataset", "metric", "ours", "published",
                                         "delta", "ci_low", "ci_high", "verdict", "cause"]
-    assert "44 of 44 results have a published counterpart in clip_paper" in written.markdown
-    assert "43 reproduced, 1 differs" in written.markdown
+    assert "46 of 46 results have a published counterpart in clip_paper" in written.markdown  # 23 datasets each
+    assert "45 reproduced, 1 differs" in written.markdown
     unknown = [ScoreRecord("tiny", "tiny-clip.pt", "shapes", "dataset", "acc1", {"acc1": 0.9}, source="local",
                            protocol="datacomp", task="zeroshot_classification")]
     with pytest.raises(PipelineError, match="none of the 1 results has a published counterpart in clip_paper"):

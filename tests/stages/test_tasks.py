@@ -8,7 +8,7 @@ import torch
 from clip_benchmark.metrics import zeroshot_retrieval
 from sklearn.metrics import f1_score
 
-from pipeline.data import datasets
+from pipeline.data import reading, datasets
 from pipeline.jobs.scoring import run_job
 from pipeline.models.loading import ModelLoader, ModelSpec
 from pipeline.stages import metrics
@@ -176,7 +176,7 @@ def test_hf_mirror_may_be_a_save_to_disk_folder(tmp_path, as_dict):
     (hf.DatasetDict({"test": rows}) if as_dict else rows).save_to_disk(str(tmp_path / "saved"))
     spec = datasets.DatasetSpec("retrieval/x", "zeroshot_retrieval", str(tmp_path / "saved"), "test", "mean_recall@1",
                                 format="hf")
-    assert datasets.load_hf(spec).column("caption") == rows["caption"]
+    assert reading.load_hf(spec).column("caption") == rows["caption"]
 
 
 def test_generic_wds_config_reads_any_webdataset(tmp_path, tiny_checkpoint, shapes_root):

@@ -126,3 +126,22 @@ def test_worst_group_intervals_use_the_groups_own_k():
     assert (replicates["wg3"] == 1).all() and (replicates["wg1"] < 1).all()
 
 
+
+
+def test_multilabel_resamples_images_with_all_their_classes():
+    """Each replicate equals both mAPs computed on the resampled images themselves, clip_benchmark's with its own
+    function (scores drawn in float64, so no two images tie)."""
+    import torch
+    from clip_benchmark.metrics import zeroshot_classification as cb
+
+    rng = np.random.default_rng(6)
+    truth = rng.choice([1, -1, 0], p=[0.3, 0.6, 0.1], size=(150, 4)).astype(np.int8)
+    scores = rng.normal(size=truth.shape) + truth
+    replicates = uncertainty.multilabel_replicates({"scores": scores, "labels": truth}, resamples=50)
+    draw = np.random.default_rng(uncertainty.SEED)
+    for b in range(50):
+        idx = draw.integers(0, 150, 150)
+        direct = metrics.multilabel_metrics(scores[idx], truth[idx])
+        theirs = cb.average_precision_per_class(torch.from_numpy(scores[idx]), torch.from_numpy(truth[idx] != -1).float())
+        assert replicates["map_11point"][b] == pytest.approx(direct["map_11point"][0])
+        assert replicates["mean_average_precision"][b] == pytest.approx(theirs.mean().item(), abs=1e-6)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.data import datasets
+from pipeline.data import reading, datasets
 from pipeline.data.readers import Batch, Unreadable
 from pipeline.errors import PipelineError, one_line
 from pipeline.models.loading import LoadedModel, ModelLoader
@@ -106,12 +106,23 @@ def encode_classification_images(loader: ModelLoader, spec: datasets.DatasetSpec
         labels.extend(int(label) for label in batch.fields["cls"])
         metadata.extend(batch.fields.get("npy", ()))
 
-    batches = datasets.classification_batches(spec, loaded.preprocess, batch_size, num_workers, pinned(loaded))
+    batches = reading.classification_batches(spec, loaded.preprocess, batch_size, num_workers, pinned(loaded))
     encoded = encode_batches(loaded, batches, spec, precision, collect)
     arrays = {**encoded.arrays, "labels": np.array(labels, dtype=np.int64)}
     if metadata:
         arrays["metadata"] = np.stack(metadata).astype(np.int64)
     return StageOutput(arrays=arrays, metrics=encoded.metrics)
+
+
+def encode_multilabel_images(loader: ModelLoader, spec: datasets.DatasetSpec, precision: str, batch_size: int,
+                             num_workers: int) -> StageOutput:
+    """Image features with each image's row of the devkit's ground truth, (images, classes) flags 1, -1, 0."""
+    loaded = loader.get()
+    rows: list[int] = []
+    truth, images = reading.multilabel_batches(spec, loaded.preprocess, batch_size, num_workers, pinned(loaded))
+    encoded = encode_batches(loaded, images, spec, precision, lambda batch: rows.extend(map(int, batch.fields["index"])))
+    return StageOutput(arrays={**encoded.arrays, "labels": truth[np.array(rows, dtype=np.int64)]},
+                       metrics=encoded.metrics)
 
 
 def encode_retrieval_images(loader: ModelLoader, spec: datasets.DatasetSpec, precision: str, batch_size: int,
@@ -128,7 +139,7 @@ def encode_retrieval_images(loader: ModelLoader, spec: datasets.DatasetSpec, pre
             captions.extend(per_image)
             caption_image.extend([image_id] * len(per_image))
 
-    batches = datasets.retrieval_batches(spec, loaded.preprocess, batch_size, num_workers, pinned(loaded))
+    batches = reading.retrieval_batches(spec, loaded.preprocess, batch_size, num_workers, pinned(loaded))
     encoded = encode_batches(loaded, batches, spec, precision, collect)
     return StageOutput(arrays={**encoded.arrays, "captions": np.array(captions, dtype=str),
                                "caption_image": np.array(caption_image, dtype=np.int64)}, metrics=encoded.metrics)
@@ -154,7 +165,7 @@ def encode_winogavil_images(loader: ModelLoader, spec: datasets.DatasetSpec, pre
 
     # One game per batch: its candidates are the images DataComp encodes together.
     games = (Batch(torch.stack([loaded.preprocess(image) for image in game.images]), {"game": [game]})
-             for game in datasets.winogavil_instances(spec))
+             for game in reading.winogavil_instances(spec))
     encoded = encode_batches(loaded, games, spec, precision, collect)
     return StageOutput(arrays={**encoded.arrays, "game_sizes": np.array(sizes, dtype=np.int64),
                                "associations": np.array(truth, dtype=bool), "cues": np.array(cues, dtype=str)},
@@ -165,4 +176,5 @@ IMAGE_ENCODERS: dict[str, Callable[..., StageOutput]] = {
     "zeroshot_classification": encode_classification_images,
     "zeroshot_retrieval": encode_retrieval_images,
     "winogavil": encode_winogavil_images,
+    datasets.MULTILABEL: encode_multilabel_images,
 }

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import Compose, Normalize
 
-from pipeline.data import datasets
+from pipeline.data import reading, datasets
 from pipeline.errors import PipelineError, one_line
 
 NONE = "none"
@@ -209,7 +209,7 @@ def _samples(spec: datasets.DatasetSpec, wanted: set[int], view: Callable
     """The wanted samples by index, in the order the embed stage reads the split, and how many were read."""
     found: dict[int, tuple[torch.Tensor, int]] = {}
     position = 0
-    for batch in datasets.classification_batches(spec, view, batch_size=64, num_workers=0):
+    for batch in reading.classification_batches(spec, view, batch_size=64, num_workers=0):
         if batch.unreadable:  # skipping it would shift every later index onto another image
             raise PipelineError(f"dataset {spec.name}: {batch.unreadable[0].describe()} cannot be read, so sample "
                                 f"indices are not well defined; repair the shard, or give image paths")

@@ -1,0 +1,106 @@
+"""What the embed stage reads: batches of transformed images with the fields each task needs (labels, captions,
+WinoGAViL games, a VOC image's row), from the reader of the dataset's format (`pipeline/data/readers/`). torch and
+the readers are imported here, where images are read: a job whose every stage is served never imports them."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import numpy as np
+
+from pipeline.data import remote
+from pipeline.data.datasets import DatasetSpec, build, check_local_layout, fetched, hub_cache, voc_folder
+from pipeline.data.readers import Batch
+
+if TYPE_CHECKING:
+    from pipeline.data.readers import hf
+
+
+def worker_count(num_workers: int) -> int:
+    if multiprocessing.current_process().name != "MainProcess":
+        # Inside a launcher's worker (e.g. Hydra's joblib launcher) nested DataLoader workers fail to start.
+        return 0
+    # torch warns when a DataLoader asks for more workers than the CPUs this process may run on.
+    return min(num_workers, usable_cpus())
+
+
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _torch_batches(dataset, batch_size: int, num_workers: int, field_name: str, collate=None,
+                   pin_memory: bool = False) -> Iterator[Batch]:
+    import torch
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=worker_count(num_workers),
+                                         shuffle=False, collate_fn=collate, pin_memory=pin_memory)
+    return (Batch(images, {field_name: list(values)}) for images, values in loader)
+
+
+def _wds_batches(spec: DatasetSpec, fields: tuple[str, ...], transform: Callable, batch_size: int,
+                 num_workers: int, pin_memory: bool) -> Iterator[Batch]:
+    from pipeline.data.readers import wds  # webdataset and its decoder: only where images are read
+
+    local, _ = fetched(spec, shards=True)
+    check_local_layout(local)
+    return wds.batches(remote.shard_paths(Path(local.root), local.split), fields, transform, batch_size,
+                       worker_count(num_workers), pin_memory)
+
+
+def classification_batches(spec: DatasetSpec, transform: Callable, batch_size: int, num_workers: int,
+                           pin_memory: bool = False) -> Iterator[Batch]:
+    """Batches with a `cls` field (and `npy` group metadata for WILDS/fairness) for a classification dataset."""
+    if spec.format == "folder":
+        from torchvision.datasets import ImageFolder
+
+        check_local_layout(spec)
+        folder = ImageFolder(str(Path(spec.root) / spec.split), transform=transform)
+        return _torch_batches(folder, batch_size, num_workers, "cls", pin_memory=pin_memory)
+    if spec.format == "tfds":
+        return _torch_batches(build(spec, transform), batch_size, num_workers, "cls", pin_memory=pin_memory)
+    fields = ("cls", "npy") if spec.metadata_fields else ("cls",)
+    return _wds_batches(spec, fields, transform, batch_size, num_workers, pin_memory)
+
+
+def retrieval_batches(spec: DatasetSpec, transform: Callable, batch_size: int, num_workers: int,
+                      pin_memory: bool = False) -> Iterator[Batch]:
+    """Batches with a `txt` field (the captions of each image), from a retrieval webdataset or an nlphuji dataset."""
+    if spec.format == "hf":
+        from clip_benchmark.datasets.builder import image_captions_collate_fn
+
+        from pipeline.data.readers import hf
+
+        return _torch_batches(hf.Pairs(load_hf(spec), transform), batch_size, num_workers, "txt",
+                              image_captions_collate_fn, pin_memory)
+    return _wds_batches(spec, ("txt",), transform, batch_size, num_workers, pin_memory)
+
+
+def load_hf(spec: DatasetSpec) -> hf.Rows:
+    """nlphuji's datasets as DataComp reads them (`load_dataset(id, split)`), from the Hub or a local mirror."""
+    from pipeline.data.readers import hf
+
+    if spec.root_kind == "hub_id":
+        return hf.load_hub(spec.root, spec.split, spec.hf_config, hub_cache(spec))
+    check_local_layout(spec)
+    return hf.load_local(Path(spec.root), spec.split, repo_name=Path(spec.root).name)
+
+
+def winogavil_instances(spec: DatasetSpec) -> Iterator[hf.WinoInstance]:
+    """WinoGAViL games from nlphuji/winogavil: a cue, candidate images, and the associated candidates."""
+    from pipeline.data.readers import hf
+
+    return hf.winogavil_games(load_hf(spec))
+
+
+def multilabel_batches(spec: DatasetSpec, transform: Callable, batch_size: int, num_workers: int,
+                       pin_memory: bool = False) -> tuple[np.ndarray, Iterator[Batch]]:
+    """A VOC devkit split's ground truth, (images, classes) flags, and batches of its images with each one's row
+    (`index`), so the labels follow the images whatever order they are read in."""
+    from pipeline.data.readers import voc
+
+    folder = voc_folder(spec)
+    truth = voc.ground_truth(folder, spec.split)
+    return truth.labels, _torch_batches(voc.Images(folder, truth, transform), batch_size, num_workers, "index",
+                                        pin_memory=pin_memory)
