@@ -174,10 +174,11 @@ def check_local_layout(spec: DatasetSpec, shards: bool = True) -> None:
                                 f"dataset.root (or data_root for the catalog) to a local mirror of the dataset.")
         return
     if not root.is_dir():
-        raise PipelineError(
-            f"dataset root {root} does not exist. Set dataset.root (or data_root for the catalog) to a directory in "
-            f"the dataset's layout (for the bundled data run `python -m pipeline.offline` or `make assets`)."
-        )
+        public = sources.public_copy(spec.source, spec.name)
+        where = (f"copy {public} there, or drop data_root to read that copy" if public else
+                 "for the bundled data run `python -m pipeline.offline` or `make assets`")
+        raise PipelineError(f"dataset root {root} does not exist. Set dataset.root (or data_root for the catalog) to a "
+                            f"directory in the dataset's layout ({where}).")
     if spec.format == "folder":
         if not (root / spec.split).is_dir():
             raise PipelineError(f"{root / spec.split} is missing: an image folder needs <root>/<split>/<class>/<image>")

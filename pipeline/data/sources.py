@@ -49,3 +49,11 @@ def dataset_root(data_root: str | None, source: str, key: str) -> str:
     if source == "voc":
         return str(mirror / "VOCdevkit") if mirror else VOC2007_TEST
     raise ValueError(f"unknown dataset source {source!r}; use datacomp, clip_benchmark, nlphuji, tfds or voc")
+
+
+def public_copy(source: str, key: str) -> str | None:
+    """Where a catalog dataset's public copy is (what a missing mirror folder should hold); None for local data."""
+    try:
+        return dataset_root(None, source, key) if source != "tfds" else None
+    except ValueError:
+        return None

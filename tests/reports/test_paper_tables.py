@@ -14,7 +14,7 @@ from pipeline.reports import layouts, paper_tables, references
 from pipeline.reports.results import ScoreRecord
 from pipeline.stages.heads import LINEAR_PROBE, ZEROSHOT
 from tests import synthetic
-from tests.conftest import CONF, run_pipeline
+from tests.conftest import CONF, compose_config, run_pipeline
 
 
 def record(model: str, dataset: str, value: float, pretrained: str = "openai", prompts: str = "clip_paper",
@@ -34,6 +34,8 @@ def test_the_suite_sweeps_the_papers_datasets_in_its_order_with_table_9s_metric(
     text = (CONF / "suite" / "clip_paper.yaml").read_text()
     for key, reason in references.UNAVAILABLE.items():  # the suite's file lists what it cannot sweep, and why
         assert f"#   {key}: {reason}" in text
+    assert compose_config("suite=clip_paper").prompts.name == "clip_paper"  # the paper's prompts, unless one asks
+    assert compose_config("suite=clip_paper", "prompts=classname").prompts.name == "classname"
 
 
 def test_table_11_in_the_papers_order_and_rounding():
