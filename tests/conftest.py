@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra_plugins.clip_tables import launcher
 
 import pipeline  # noqa: F401  (registers the `abspath` resolver)
+from pipeline.offline.compositional import ensure_compositional
 from pipeline.offline.shapes import ensure_shapes
 from pipeline.offline.tiny_clip import ensure_checkpoint
 from pipeline.store import tracking
@@ -29,6 +30,14 @@ ASSETS = REPO / "outputs"
 @pytest.fixture(scope="session")
 def shapes_root() -> Path:
     return ensure_shapes(ASSETS / "data" / "shapes")
+
+
+@pytest.fixture(scope="session")
+def compositional_root() -> Path:
+    """The bundled SugarCrepe and Winoground stand-ins, a mirror for `data_root=`."""
+    root = ASSETS / "data" / "compositional"
+    ensure_compositional(root)
+    return root
 
 
 TRAINING_RUN = ASSETS / "models" / "tiny-clip-run" / "checkpoints"  # its checkpoints every 300 steps

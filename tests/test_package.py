@@ -47,6 +47,7 @@ COVERED_BY = {
     "pipeline.bench.lab": "tests/test_bench.py",
     "pipeline.hydra_plugins.clip_tables.launcher": "tests/lab/test_server.py",
     "pipeline.bench.__main__": "tests/test_bench.py",
+    "pipeline.offline.compositional": "tests/test_offline.py",
     "pipeline.bench.embedding": "tests/test_bench.py",
     "pipeline.bench.fixtures": "tests/test_bench.py",
     "pipeline.bench.processes": "tests/test_bench.py",

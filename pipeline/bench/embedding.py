@@ -10,7 +10,7 @@ from typing import Iterator
 
 import torch
 
-from pipeline.data import reading, datasets
+from pipeline.data import datasets, reading
 from pipeline.data.readers import Batch
 from pipeline.models.loading import LoadedModel
 from pipeline.stages.embed.images import encode_batches

@@ -19,9 +19,12 @@ log = logging.getLogger(__name__)
 
 FINGERPRINT_HEAD_BYTES = 1 << 16
 MULTILABEL = "multilabel_classification"  # Pascal VOC 2007 as the CLIP paper scores it (a VOC devkit, format voc)
-TASKS = ("zeroshot_classification", "zeroshot_retrieval", "winogavil", MULTILABEL)
+SELECTION = "image_caption_selection"      # SugarCrepe (format sugar_crepe) and Winoground (format hf)
+TASKS = ("zeroshot_classification", "zeroshot_retrieval", "winogavil", MULTILABEL, SELECTION)
 CLASS_TASKS = ("zeroshot_classification", MULTILABEL)  # tasks scored with a zero-shot classifier over class names
-FORMATS = ("wds", "hf", "tfds", "folder", "voc")
+FORMATS = ("wds", "hf", "tfds", "folder", "voc", "sugar_crepe")
+TASK_FORMATS = {MULTILABEL: ("voc",), SELECTION: ("sugar_crepe", "hf")}  # tasks that only these formats hold
+FORMAT_TASK = {"voc": MULTILABEL, "sugar_crepe": SELECTION}              # formats that hold one task only
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class DatasetSpec:
     train_split: str | None = None       # what linear probes fit on (null: the dataset has none)
     validation_split: str | None = None  # a provided validation split (null: probes carve one from train)
     archive_md5: str | None = None       # format voc: the MD5 a root URL's archive must have (null: unchecked)
+    images: str | None = None            # format sugar_crepe: COCO val2017 (a folder, val2017.zip, or its URL)
 
     @classmethod
     def from_cfg(cls, cfg: Any, data_cache: str | None = None, http_cache: str | None = None) -> "DatasetSpec":
@@ -56,6 +60,7 @@ class DatasetSpec:
             tuple(plain.get("metadata_fields") or ()), tuple(plain.get("group_metrics") or ()),
             tuple(plain.get("extra_metrics") or ()), bool(plain.get("skip_corrupt", False)), plain.get("hf_config"),
             data_cache, http_cache, plain.get("train_split"), plain.get("validation_split"), plain.get("archive_md5"),
+            plain.get("images"),
         )
         if spec.task not in TASKS:
             raise PipelineError(f"dataset.task={spec.task!r} is not one of {TASKS}")
@@ -65,9 +70,10 @@ class DatasetSpec:
             value = getattr(spec, option)
             if (option == "split" or value is not None) and not is_split_name(value):
                 raise PipelineError(f"dataset.{option}={value!r} is not a split name (train, test, ...)")
-        if (spec.task == MULTILABEL) != (spec.format == "voc"):
-            raise PipelineError(f"dataset {spec.name}: task {MULTILABEL} reads a Pascal VOC devkit (format voc), and "
-                                f"format voc only that task; got task {spec.task} with format {spec.format}")
+        if FORMAT_TASK.get(spec.format, spec.task) != spec.task or spec.format not in TASK_FORMATS.get(spec.task, FORMATS):
+            raise PipelineError(f"dataset {spec.name}: task {spec.task} cannot be read from format {spec.format} "
+                                f"({MULTILABEL} reads a VOC devkit, format voc; {SELECTION} SugarCrepe, format "
+                                f"sugar_crepe, or Winoground, format hf)")
         if spec.skip_corrupt and spec.format != "wds":
             raise PipelineError(f"dataset.skip_corrupt=true applies to webdatasets (format wds), not {spec.format}")
         if spec.root_kind == "local":
@@ -126,6 +132,13 @@ class DatasetInfo:
     classnames: list[str]
     templates: list[str]
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    images_fingerprint: dict[str, Any] | None = None  # what the images alone are, where several datasets share them
+
+    @property
+    def image_identity(self) -> dict[str, Any]:
+        """What keys the image features: the images' own identity where set (SugarCrepe's seven subsets share
+        COCO's images), else the dataset's."""
+        return self.images_fingerprint or self.fingerprint
 
 
 # -- remote roots -----------------------------------------------------------------------------------------
@@ -260,6 +273,8 @@ def describe(spec: DatasetSpec) -> DatasetInfo:
     A remote webdataset's metadata is fetched here; its shards only when images are read."""
     if spec.format == "voc":
         return describe_voc(spec)
+    if spec.format == "sugar_crepe":
+        return describe_sugar_crepe(spec)
     local, copy = fetched(spec, shards=False)
     check_local_layout(local, shards=copy is None)
     remote_identity = copy.identity if copy else None
@@ -295,6 +310,30 @@ def describe_voc(spec: DatasetSpec) -> DatasetInfo:
                 else {"content": voc.content_digest(folder, truth, spec.split)})
     content = {"name": spec.name, "split": spec.split, "format": spec.format, "metadata": [], **identity}
     return DatasetInfo(spec, list(voc.CLASSES), [], content)
+
+
+def sugar_crepe_files(spec: DatasetSpec) -> dict[str, Path]:
+    """Every subset's annotation file (the image stage encodes the images of all seven once)."""
+    from pipeline.data.readers import sugar_crepe
+
+    sugar_crepe.subset_of(spec.name)
+    return {subset: sugar_crepe.annotation_file(spec.root, subset, http_cache(spec)) for subset in sugar_crepe.SUBSETS}
+
+
+def describe_sugar_crepe(spec: DatasetSpec) -> DatasetInfo:
+    """A subset keyed by its annotation file; its images by every subset's file names and where COCO's are."""
+    from pipeline.data.readers import sugar_crepe
+
+    files = sugar_crepe_files(spec)
+    subset = sugar_crepe.subset_of(spec.name)
+    names = sorted({entry.filename for path in files.values() for entry in sugar_crepe.entries(path)})
+    location = sugar_crepe.image_location(spec.root, spec.images)
+    where = {"images": location} if location.startswith(("http://", "https://")) else \
+        {"images": str(Path(location).resolve()), "size": Path(location).stat().st_size if Path(location).is_file() else None}
+    content = {"name": spec.name, "split": spec.split, "format": spec.format, "metadata": [],
+               "content": hashlib.sha256(files[subset].read_bytes()).hexdigest()}
+    images = {"images_of": "sugar_crepe", **where, "names": hashlib.sha256("\n".join(names).encode()).hexdigest()}
+    return DatasetInfo(spec, [], [], content, images)
 
 
 def wds_metadata(root: Path) -> tuple[list[str], list[str]]:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import numpy as np
 
 from pipeline.data import remote
-from pipeline.data.datasets import DatasetSpec, build, check_local_layout, fetched, hub_cache, voc_folder
+from pipeline.data.datasets import (DatasetSpec, build, check_local_layout, fetched, http_cache, hub_cache,
+                                     sugar_crepe_files, voc_folder)
 from pipeline.data.readers import Batch
 
 if TYPE_CHECKING:
@@ -104,3 +105,36 @@ def multilabel_batches(spec: DatasetSpec, transform: Callable, batch_size: int, 
     truth = voc.ground_truth(folder, spec.split)
     return truth.labels, _torch_batches(voc.Images(folder, truth, transform), batch_size, num_workers, "index",
                                         pin_memory=pin_memory)
+
+
+def selection_images(spec: DatasetSpec, transform: Callable, batch_size: int, num_workers: int,
+                     pin_memory: bool = False) -> tuple[list[str], Iterator[Batch]]:
+    """The names of an image-caption selection dataset's images and batches of them with each one's row:
+    SugarCrepe's every subset's COCO images at once (shared by the seven), Winoground's two per example."""
+    if spec.format == "sugar_crepe":
+        from pipeline.data.readers import sugar_crepe
+
+        files = sugar_crepe_files(spec)
+        names = sorted({entry.filename for path in files.values() for entry in sugar_crepe.entries(path)})
+        source = sugar_crepe.Images(sugar_crepe.image_location(spec.root, spec.images), http_cache(spec))
+        images = sugar_crepe.Named(source, names, transform)
+    else:
+        from pipeline.data.readers import hf
+
+        rows = load_hf(spec)
+        names = [name for pair in hf.winoground_instances(rows)[1] for name in pair]
+        images = hf.WinogroundImages(rows, transform)
+    return names, _torch_batches(images, batch_size, num_workers, "index", pin_memory=pin_memory)
+
+
+def selection_instances(spec: DatasetSpec) -> tuple[list[str], list[list[str]]]:
+    """Each instance's captions, flattened (its own first: SugarCrepe's true caption, then the negative), and the
+    names of its images, in the dataset's order."""
+    if spec.format == "sugar_crepe":
+        from pipeline.data.readers import sugar_crepe
+
+        found = sugar_crepe.entries(sugar_crepe_files(spec)[sugar_crepe.subset_of(spec.name)])
+        return [text for e in found for text in (e.caption, e.negative)], [[e.filename] for e in found]
+    from pipeline.data.readers import hf
+
+    return hf.winoground_instances(load_hf(spec))

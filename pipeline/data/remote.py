@@ -68,8 +68,9 @@ def parse_hub_address(root: str) -> HubAddress | None:
 
 ACCEPTED = {"wds": "a local folder or an http(s):// URL", "hf": "a local folder or a Hugging Face dataset id org/name",
             "folder": "a local folder", "tfds": "a local folder (TFDS' data_dir)",
-            "voc": "a local folder or an http(s):// URL of the devkit's test archive"}
-URL_FORMATS = ("wds", "voc")  # formats whose root may be a plain URL
+            "voc": "a local folder or an http(s):// URL of the devkit's test archive",
+            "sugar_crepe": "a local folder or the http(s):// URL of its annotation folder"}
+URL_FORMATS = ("wds", "voc", "sugar_crepe")  # formats whose root may be a plain URL
 
 
 def check_root(root: str, fmt: str) -> str:

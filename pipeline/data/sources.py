@@ -8,6 +8,8 @@ HF_DATASETS = "https://huggingface.co/datasets"
 # The Pascal VOC 2007 test archive (images, and the devkit's classification ground truth) where torchvision's VOC
 # reader fetches it; its MD5 (b6e924de25625d8de591ea690078ad9f) is checked in conf/dataset/voc2007_multilabel.yaml.
 VOC2007_TEST = "https://thor.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtest_06-Nov-2007.tar"
+SUGAR_CREPE = "https://raw.githubusercontent.com/RAIVNLab/sugar-crepe/main/data"  # its seven <subset>.json
+HUB_ORGS = ("nlphuji", "facebook")  # Hugging Face datasets read as DataComp reads nlphuji's: <org>/<name>
 # DataComp's copies, djghosh/wds_<key>_test, hold the test split only; CLIP_benchmark's hold train too.
 TEST_ONLY_COPY = re.compile(r"(^|/)wds_[^/]+_test(/|$)")
 
@@ -35,20 +37,26 @@ def dataset_root(data_root: str | None, source: str, key: str) -> str:
     - nlphuji:        the HF dataset id nlphuji/<name> (mirror: <data_root>/<name>, a datasets-loadable folder)
     - tfds:           a TFDS data_dir               (<data_root>/tfds, else ~/tensorflow_datasets)
     - voc:            the VOC2007 test archive's URL (mirror: <data_root>/VOCdevkit, the archive unpacked in data_root)
+    - sugar_crepe:    SugarCrepe's annotation folder URL (mirror: <data_root>/sugar_crepe, clip_benchmark's layout:
+                      <subset>.json beside val2017/)
+    - facebook:       the HF dataset id facebook/<name>, Winoground (mirror: <data_root>/<name>)
     """
     mirror = Path(data_root).expanduser().resolve() if data_root else None
     if source in ("datacomp", "clip_benchmark"):
         folder = wds_folder(source, key)
         org = "djghosh" if source == "datacomp" else "clip-benchmark"
         return str(mirror / folder) if mirror else f"{HF_DATASETS}/{org}/{folder}/tree/main"
-    if source == "nlphuji":
+    if source in HUB_ORGS:
         name = key.split("/", 1)[-1]
-        return str(mirror / name) if mirror else f"nlphuji/{name}"
+        return str(mirror / name) if mirror else f"{source}/{name}"
+    if source == "sugar_crepe":
+        return str(mirror / "sugar_crepe") if mirror else SUGAR_CREPE
     if source == "tfds":
         return str(mirror / "tfds") if mirror else str(Path("~/tensorflow_datasets").expanduser())
     if source == "voc":
         return str(mirror / "VOCdevkit") if mirror else VOC2007_TEST
-    raise ValueError(f"unknown dataset source {source!r}; use datacomp, clip_benchmark, nlphuji, tfds or voc")
+    raise ValueError(f"unknown dataset source {source!r}; use datacomp, clip_benchmark, nlphuji, facebook, tfds, "
+                     f"voc or sugar_crepe")
 
 
 def public_copy(source: str, key: str) -> str | None:

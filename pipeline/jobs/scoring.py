@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.data import datasets, prompts
+from pipeline.data import datasets, prompts, reading
 from pipeline.errors import PipelineError
 from pipeline.jobs import job_run, sweep
 from pipeline.models import precision
@@ -193,8 +194,13 @@ class Upstream:
         if job.class_prompts is not None:
             return embed.embed_classifier(self.cache, job.loader, job.info.classnames, job.class_prompts,
                                           self.text_model, tags=job.tags, params=job.params)
-        field_name = "captions" if job.spec.task == "zeroshot_retrieval" else "cues"
-        texts = lambda: [str(t) for t in self.embed_image()[field_name]]
+        if job.spec.task == datasets.SELECTION:
+            def texts():  # the captions of each instance, with the images it shows (the image stage is shared)
+                captions, shown = reading.selection_instances(job.spec)
+                return captions, {"instance_images": np.array(shown, dtype=str)}
+        else:
+            field_name = "captions" if job.spec.task == "zeroshot_retrieval" else "cues"
+            texts = lambda: ([str(t) for t in self.embed_image()[field_name]], {})
         return embed.embed_texts(self.cache, job.loader, job.info, texts, self.text_model, tags=job.tags,
                                  params=job.params)
 

@@ -1,10 +1,11 @@
-"""`python -m pipeline.offline`: build the bundled synthetic dataset and tiny checkpoint if they are missing."""
+"""`python -m pipeline.offline`: build the bundled synthetic datasets and tiny checkpoint if they are missing."""
 from __future__ import annotations
 
 import argparse
 import logging
 from pathlib import Path
 
+from pipeline.offline.compositional import ensure_compositional
 from pipeline.offline.shapes import ensure_shapes
 from pipeline.offline.tiny_clip import ensure_checkpoint
 
@@ -15,6 +16,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print("dataset:", ensure_shapes(args.outputs / "data" / "shapes"))
+    # SugarCrepe and Winoground stand-ins, a mirror for data_root=outputs/data/compositional
+    print("datasets:", *ensure_compositional(args.outputs / "data" / "compositional"))
     models = args.outputs / "models"
     print("checkpoint:", ensure_checkpoint(models / "tiny-clip.pt", snapshots=models / "tiny-clip-run" / "checkpoints"))
 

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image, ImageDraw
 
@@ -102,17 +103,22 @@ def write_shapes_webdataset(root: Path, shards_per_split: int = 2,
     return root
 
 
-def ensure_shapes(root: Path) -> Path:
-    """Build the dataset once, in a scratch directory renamed into place, so it is never half-written."""
+def written_once(root: Path, write: Callable[[Path], Path]) -> Path:
+    """`write(folder)` once, in a scratch folder renamed into place, so `root` is never half-written."""
     root = Path(root)
     if root.exists():
         return root
-    log.info("writing synthetic shapes webdataset to %s", root)
+    log.info("writing %s", root)
     root.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
-        write_shapes_webdataset(scratch)
+        write(scratch)
         scratch.rename(root)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return root
+
+
+def ensure_shapes(root: Path) -> Path:
+    """The synthetic shapes webdataset, built once."""
+    return written_once(root, write_shapes_webdataset)

@@ -23,7 +23,7 @@ from pipeline.data import catalog
 from pipeline.errors import PipelineError
 from pipeline.stages.heads import LINEAR_PROBE, ZEROSHOT
 from pipeline.stages.metrics import (CLASSIFICATION_METRICS, MULTILABEL_METRICS, RETRIEVAL_METRICS,
-                                     WINOGAVIL_METRICS)
+                                     SELECTION_METRICS, WINOGAVIL_METRICS)
 
 PUBLISHED = Path(__file__).with_name("published")
 MANIFEST = PUBLISHED / "manifest.json"  # each file's SHA-256 and cell count, checked by the tests
@@ -108,7 +108,8 @@ def computed_metrics(dataset: str) -> set[str]:
     if entry is None:
         return set()
     by_task = {"zeroshot_classification": CLASSIFICATION_METRICS, "zeroshot_retrieval": RETRIEVAL_METRICS,
-               "winogavil": WINOGAVIL_METRICS, "multilabel_classification": MULTILABEL_METRICS}
+               "winogavil": WINOGAVIL_METRICS, "multilabel_classification": MULTILABEL_METRICS,
+               "image_caption_selection": SELECTION_METRICS}
     return set(by_task.get(entry.task, ())) | set(entry.metrics)
 
 

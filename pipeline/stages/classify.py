@@ -95,9 +95,28 @@ def winogavil_outputs(images: Embedded, text: Embedded, recipe: Recipe, device: 
     return StageOutput(arrays={"chosen": np.concatenate(chosen)})
 
 
+def selection_outputs(images: Embedded, text: Embedded, recipe: Recipe, device: torch.device) -> StageOutput:
+    """Each instance's (images, captions) similarities, (N, I, C), from the images it names and its captions (C per
+    instance, in order), and its resampling unit: its first image (SugarCrepe's entries share images)."""
+    import torch
+
+    image_features, text_features = _normalized_pair(images.arrays, text.arrays, recipe, device)
+    row = {name: index for index, name in enumerate(images["image_names"])}
+    shown = text["instance_images"]
+    rows = torch.as_tensor(np.vectorize(row.__getitem__, otypes=[np.int64])(shown), device=device)
+    captions = text_features.reshape(len(shown), -1, text_features.shape[-1])
+    with torch.no_grad(), autocast(device, recipe.logits):
+        # clip_benchmark's image_caption_selection.py: `images_emb @ texts_emb.t()` per instance
+        scores = torch.einsum("nid,ncd->nic", *(t.to(torch.promote_types(image_features.dtype, captions.dtype))
+                                                 for t in (image_features[rows], captions)))
+    units = np.unique(rows[:, 0].cpu().numpy(), return_inverse=True)[1].astype(np.int64)
+    return StageOutput(arrays={"scores": scores.float().cpu().numpy(), "units": units})
+
+
 OUTPUTS: dict[str, Callable[[Embedded, Embedded, Recipe, torch.device], StageOutput]] = {
     "zeroshot_classification": classification_outputs,
     "multilabel_classification": classification_outputs,  # the same logits, scored per class
+    "image_caption_selection": selection_outputs,
     "zeroshot_retrieval": retrieval_outputs,
     "winogavil": winogavil_outputs,
 }

@@ -112,6 +112,35 @@ def multilabel_metrics(scores: np.ndarray, truth: np.ndarray, weights: np.ndarra
                                                for k in classes], axis=0)}
 
 
+# -- image-caption selection (SugarCrepe, Winoground) ------------------------------------------------------
+# Each instance has I images and C captions, image i belonging with caption i (i < min(I, C)): SugarCrepe's one image
+# with its true and its negative caption, Winoground's two images and two captions.
+SELECTION_METRICS = ("acc", "text_acc", "image_acc", "group_score", "text_score", "image_score")
+
+
+def selection_outcomes(scores: np.ndarray) -> dict[str, np.ndarray]:
+    """Per instance, from its (images, captions) similarities, (N, I, C): whether each metric counts it.
+
+    clip_benchmark's (metrics/image_caption_selection.py, `evaluate`): text_acc when every image's most similar
+    caption is its own, image_acc when every caption's most similar image is its own, acc when both; argmax breaks
+    ties towards the first, so a tie counts for image 0 and caption 0 and against the others. The Winoground paper's
+    text, image and group scores ask the same with strict inequalities, so a tie counts against every pair; the two
+    agree wherever no two similarities are equal. SugarCrepe's accuracy is acc (its single image has no rival)."""
+    n, images, captions = scores.shape
+    k = min(images, captions)
+    own = np.arange(k)
+    text_acc = (scores.argmax(axis=2)[:, :k] == own).all(axis=1)
+    image_acc = (scores.argmax(axis=1)[:, :k] == own).all(axis=1)
+    diagonal = scores[:, own, own]  # (N, k): each pair's own similarity
+    rivals_text, rivals_image = scores[:, :k, :].copy(), scores[:, :, :k].copy()
+    rivals_text[:, own, own] = -np.inf  # an image's similarity to every other caption
+    rivals_image[:, own, own] = -np.inf  # a caption's similarity to every other image
+    text_score = (diagonal > rivals_text.max(axis=2)).all(axis=1)
+    image_score = (diagonal > rivals_image.max(axis=1)).all(axis=1)
+    return {"acc": text_acc & image_acc, "text_acc": text_acc, "image_acc": image_acc,
+            "group_score": text_score & image_score, "text_score": text_score, "image_score": image_score}
+
+
 # -- WILDS and fairness ------------------------------------------------------------------------------
 def top_k_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Per-sample 0/1: is the label among the k highest logits."""

@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from pipeline.data.datasets import MULTILABEL, DatasetSpec
+from pipeline.data.datasets import MULTILABEL, SELECTION, DatasetSpec
 from pipeline.errors import PipelineError
 from pipeline.stages import metrics, uncertainty
 from pipeline.stages.embed import Embedded
@@ -102,6 +102,16 @@ def multilabel_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) 
                   uncertainty.structure_digest([outcomes["labels"]]))
 
 
+def selection_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -> Scored:
+    """SugarCrepe's and Winoground's metrics from each instance's similarities; resampled by unit."""
+    outcomes = {**metrics.selection_outcomes(predicted["scores"]), "units": predicted["units"]}
+    values = {name: float(outcomes[name].mean()) for name in metrics.SELECTION_METRICS}
+    values = {**values, "num_instances": float(len(outcomes["units"]))}
+    replicates = uncertainty.selection_replicates(outcomes, seed=uncertainty.dataset_seed(spec.name))
+    return Scored(values, outcomes, replicates, int(outcomes["units"].max()) + 1,
+                  uncertainty.structure_digest([outcomes["units"]]))
+
+
 def with_intervals(scored: Scored) -> StageOutput:
     """The score's output: metrics with each one's interval bounds and the number of resampled units, the
     per-sample outcomes, and the replicates (`bootstrap`, one row per name in `bootstrap_metrics`) that averages
@@ -125,6 +135,8 @@ def metric_names(spec: DatasetSpec) -> list[str]:
         return list(metrics.WINOGAVIL_METRICS)
     if spec.task == MULTILABEL:
         return list(metrics.MULTILABEL_METRICS)
+    if spec.task == SELECTION:
+        return list(metrics.SELECTION_METRICS)
     return list(metrics.CLASSIFICATION_METRICS) + list(spec.extra_metrics) + [g["name"] for g in spec.group_metrics]
 
 
@@ -133,6 +145,7 @@ SCORERS: dict[str, Callable[[DatasetSpec, Embedded, Embedded], Scored]] = {
     "zeroshot_retrieval": retrieval_scores,
     "winogavil": winogavil_scores,
     MULTILABEL: multilabel_scores,
+    SELECTION: selection_scores,
 }
 
 

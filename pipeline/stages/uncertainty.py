@@ -2,7 +2,8 @@
 
 Each result gets `RESAMPLES` bootstrap replicates of each metric: test samples for the classification metrics
 (no stratification), samples within each group for worst-group metrics, images with all their captions for
-retrieval, games for WinoGAViL, images with all their classes for VOC2007's mAP. The draws depend only on the dataset (its own seed, `dataset_seed`, and its
+retrieval, games for WinoGAViL, images with all their classes for VOC2007's mAP, images with all their entries for
+SugarCrepe and examples for Winoground. The draws depend only on the dataset (its own seed, `dataset_seed`, and its
 structure: size, groups, caption owners), never on the model, so replicate b of two results on the same test set,
 in the same sample order, saw the same resampled samples: their difference is a paired bootstrap replicate. Each
 dataset has its own seed, so averages over datasets combine independent resamples, replicate b of each. The 95 %
@@ -156,6 +157,23 @@ def multilabel_replicates(outcomes: Mapping[str, np.ndarray], resamples: int = R
         for name, values in metrics.multilabel_metrics(scores, truth, counts).items():
             parts.setdefault(name, []).append(values)
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+def selection_replicates(outcomes: Mapping[str, np.ndarray], resamples: int = RESAMPLES,
+                         seed: int | Sequence[int] = SEED) -> dict[str, np.ndarray]:
+    """Units (SugarCrepe's images, Winoground's examples) resampled, each with all its instances: each metric is
+    the share of the drawn units' instances it counts."""
+    units = outcomes["units"]
+    correct = np.stack([outcomes[name].astype(np.float64) for name in metrics.SELECTION_METRICS], axis=1)
+    n_units = int(units.max()) + 1 if len(units) else 0
+    parts = []
+    for block in draw_blocks(n_units, resamples, seed):
+        offsets = block + n_units * np.arange(len(block))[:, None]
+        counts = np.bincount(offsets.ravel(), minlength=n_units * len(block)).reshape(len(block), n_units)
+        weights = counts[:, units].astype(np.float64)  # how often each instance was drawn, with its unit
+        parts.append((weights @ correct) / weights.sum(axis=1, keepdims=True))
+    stacked = np.concatenate(parts)
+    return {name: stacked[:, column] for column, name in enumerate(metrics.SELECTION_METRICS)}
 
 
 def collect(indices: Iterable[np.ndarray], compute: Callable[[np.ndarray], Mapping[str, float]]) -> dict[str, np.ndarray]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.data import reading, datasets, remote
+from pipeline.data import datasets, reading, remote
 from pipeline.errors import PipelineError
 from pipeline.jobs.scoring import run_job
 from tests import synthetic

@@ -76,7 +76,7 @@ def test_describe_and_read_a_local_devkit(tmp_path):
 
 
 def test_task_and_format_go_together():
-    with pytest.raises(PipelineError, match="task multilabel_classification reads a Pascal VOC devkit"):
+    with pytest.raises(PipelineError, match="task multilabel_classification cannot be read from format wds"):
         datasets.DatasetSpec.from_cfg({"name": "x", "task": "multilabel_classification", "root": "/x",
                                        "split": "test", "main_metric": "map_11point"})
 

@@ -122,3 +122,68 @@ def test_plain_map_equals_clip_benchmarks_own_function(seed):
     ours = metrics.multilabel_metrics(scores, truth)
     assert ours["mean_average_precision"][0] == pytest.approx(theirs.mean().item(), abs=1e-6)
     assert ours["map_11point"][0] > ours["mean_average_precision"][0] - 0.2  # the two are close, not equal
+
+
+# -- image-caption selection: clip_benchmark's argmax metrics and the Winoground paper's scores -------------------
+class Embeddings(torch.nn.Module):
+    """A stand-in model for clip_benchmark's evaluate: an "image" tensor is its own embedding, a text is looked up."""
+
+    def __init__(self, texts: dict[str, torch.Tensor]):
+        super().__init__()
+        self.texts = texts
+        self.order = list(texts)
+
+    def tokenize(self, strings: list[str]) -> torch.Tensor:
+        return torch.tensor([self.order.index(s) for s in strings])
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return images.flatten(1)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.texts[self.order[int(t)]] for t in tokens])
+
+
+def clip_benchmark_selection(images: torch.Tensor, captions: list[list[str]], texts: dict) -> dict[str, float]:
+    """clip_benchmark 1.6.2's metrics/image_caption_selection.evaluate on instances of (I images, C captions)."""
+    from clip_benchmark.metrics import image_caption_selection
+
+    model = Embeddings(texts)
+    batches = [(images[start:start + 3, :, :, None, None], captions[start:start + 3]) for start in range(0, len(images), 3)]
+    return image_caption_selection.evaluate(model, batches, model.tokenize, "cpu", amp=False)
+
+
+def our_scores(images: torch.Tensor, captions: list[list[str]], texts: dict) -> np.ndarray:
+    normalize = lambda t: torch.nn.functional.normalize(t, dim=-1)
+    caption_features = torch.stack([torch.stack([texts[c] for c in row]) for row in captions])
+    return torch.einsum("nid,ncd->nic", normalize(images), normalize(caption_features)).numpy()
+
+
+@pytest.mark.parametrize("shape", [(1, 2), (2, 2)])  # SugarCrepe's and Winoground's instances
+def test_selection_metrics_equal_clip_benchmarks_evaluate(shape):
+    rng = torch.Generator().manual_seed(sum(shape))
+    n, (i, c) = 40, shape
+    images = torch.randn(n, i, 6, generator=rng)
+    captions = [[f"caption {k} of {m}" for k in range(c)] for m in range(n)]
+    texts = {text: torch.randn(6, generator=rng) for row in captions for text in row}
+    for m in range(n):  # better than chance: each image leans towards its own caption
+        for k in range(min(i, c)):
+            images[m, k] += texts[captions[m][k]]
+    theirs = clip_benchmark_selection(images, captions, texts)
+    ours = metrics.selection_outcomes(our_scores(images, captions, texts))
+    for name in ("acc", "text_acc", "image_acc"):
+        assert ours[name].mean() == pytest.approx(theirs[name], abs=1e-7), name
+    assert 0.2 < ours["acc"].mean() < 1
+    # without ties the Winoground paper's scores are the same counts
+    assert (ours["text_score"] == ours["text_acc"]).all() and (ours["group_score"] == ours["acc"]).all()
+
+
+def test_a_tie_counts_for_clip_benchmark_and_against_the_winoground_paper():
+    # image 0 is as close to caption 1 as to its own caption 0; image 1 prefers its own
+    e = torch.eye(3)
+    texts = {"c0": (e[0] + e[1]) / 2 ** 0.5, "c1": (e[0] + e[2]) / 2 ** 0.5}
+    images, captions = torch.stack([e[0], e[2]])[None], [["c0", "c1"]]
+    scores = our_scores(images, captions, texts)
+    assert scores[0, 0, 0] == scores[0, 0, 1]
+    assert clip_benchmark_selection(images, captions, texts)["text_acc"] == 1.0
+    ours = metrics.selection_outcomes(scores)
+    assert ours["text_acc"][0] and not ours["text_score"][0] and not ours["group_score"][0]

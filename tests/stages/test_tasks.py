@@ -8,7 +8,7 @@ import torch
 from clip_benchmark.metrics import zeroshot_retrieval
 from sklearn.metrics import f1_score
 
-from pipeline.data import reading, datasets
+from pipeline.data import datasets, reading
 from pipeline.jobs.scoring import run_job
 from pipeline.models.loading import ModelLoader, ModelSpec
 from pipeline.stages import metrics
@@ -183,3 +183,34 @@ def test_generic_wds_config_reads_any_webdataset(tmp_path, tiny_checkpoint, shap
     cfg = job_config(tmp_path, tiny_checkpoint, "dataset=wds", "dataset.name=my_shapes", f"dataset.root={shapes_root}")
     result = run_job(cfg)
     assert result.metric == "acc1" and result.value >= 0.8
+
+
+# -- image-caption selection: SugarCrepe's seven subsets and Winoground on the bundled stand-ins -----------------
+def test_winoground_job_scores_its_examples(tmp_path, tiny_checkpoint, compositional_root):
+    cfg = job_config(tmp_path, tiny_checkpoint, "dataset=winoground", f"data_root={compositional_root}")
+    result = run_job(cfg)
+    assert result.metric == "group_score" and result.metrics["num_instances"] == 12 and result.metrics["n"] == 12
+    assert {"acc", "text_acc", "image_acc", "text_score", "image_score"} <= set(result.metrics)
+    assert result.metrics["ci_low/group_score"] <= result.value <= result.metrics["ci_high/group_score"]
+
+
+@pytest.mark.slow
+def test_a_sugar_crepe_sweep_encodes_cocos_images_once(tmp_path, tiny_checkpoint, compositional_root):
+    import pandas as pd
+
+    from tests.conftest import run_pipeline
+
+    done = run_pipeline(tmp_path, "-m", "suite=sugar_crepe", f"data_root={compositional_root}",
+                        f"model.pretrained={tiny_checkpoint}", "num_workers=0")
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, said[-3000:]
+    assert said.count("[embed] MISS embed-image") == 1 and said.count("[embed] HIT  embed-image") == 6
+    [folder] = (tmp_path / "outputs" / "multirun").glob("*/*")
+    table = pd.read_csv(folder / "table.csv")
+    subsets = [f"sugar_crepe/{s}" for s in ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel",
+                                            "swap_att", "swap_obj")]
+    assert list(table.columns[5:12]) == subsets
+    assert table.loc[0, "mean"] == pytest.approx(table.loc[0, subsets].mean(), abs=1e-4)  # CLIP_benchmark's average
+    results = pd.read_csv(folder / "results.csv")
+    acc = results[results["metric"] == "acc"]
+    assert len(acc) == 7 and (acc["ci_low"] <= acc["value"]).all() and (acc["value"] <= acc["ci_high"]).all()

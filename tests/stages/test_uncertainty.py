@@ -145,3 +145,18 @@ def test_multilabel_resamples_images_with_all_their_classes():
         theirs = cb.average_precision_per_class(torch.from_numpy(scores[idx]), torch.from_numpy(truth[idx] != -1).float())
         assert replicates["map_11point"][b] == pytest.approx(direct["map_11point"][0])
         assert replicates["mean_average_precision"][b] == pytest.approx(theirs.mean().item(), abs=1e-6)
+
+
+def test_selection_resamples_units_with_all_their_instances():
+    rng = np.random.default_rng(7)
+    units = rng.integers(0, 25, 60)
+    units = np.unique(units, return_inverse=True)[1]  # 0..U-1, as the classify stage numbers them
+    outcomes = {name: rng.random(60) < 0.6 for name in metrics.SELECTION_METRICS} | {"units": units}
+    replicates = uncertainty.selection_replicates(outcomes)
+    draw = np.random.default_rng(uncertainty.SEED)
+    direct = []
+    for _ in range(R):
+        drawn = draw.integers(0, units.max() + 1, units.max() + 1)
+        instances = [i for u in drawn for i in np.flatnonzero(units == u)]
+        direct.append(outcomes["acc"][instances].mean())
+    assert uncertainty.interval(replicates["acc"]) == pytest.approx(direct_interval(direct))

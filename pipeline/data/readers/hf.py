@@ -217,3 +217,26 @@ def winogavil_games(rows: Rows) -> Iterator[WinoInstance]:
         row = rows[index]
         yield WinoInstance(row["cue"], list(row["candidates"]), list(row["associations"]),
                            [as_image(image, rows.image_root) for image in row["candidate_images"]])
+
+
+class WinogroundImages(torch.utils.data.Dataset):
+    """facebook/winoground's images, each example's `image_0` then `image_1`, as (image, its row)."""
+
+    def __init__(self, rows: Rows, transform: Callable):
+        self.rows, self.transform = rows, transform
+
+    def __len__(self) -> int:
+        return 2 * len(self.rows)
+
+    def __getitem__(self, index: int):
+        image = self.rows[index // 2][f"image_{index % 2}"]
+        return self.transform(as_image(image, self.rows.image_root)), index
+
+
+def winoground_instances(rows: Rows) -> tuple[list[str], list[list[str]]]:
+    """Each example's two captions (`caption_0`, `caption_1`) and the names of its two images, `<id>_0`, `<id>_1`,
+    read without decoding an image."""
+    ids = [str(value) for value in rows.column("id")] if "id" in rows.table.column_names else \
+        [str(index) for index in range(len(rows))]
+    captions = [str(caption) for pair in zip(rows.column("caption_0"), rows.column("caption_1")) for caption in pair]
+    return captions, [[f"{example}_0", f"{example}_1"] for example in ids]

@@ -52,7 +52,7 @@ class ModelKey:
 # -- keys: all computable from fingerprints and configs, before anything is read --------------------------
 def image_key(model: ModelKey, dataset: datasets.DatasetInfo) -> str:
     # Features that lack skipped samples are never served to a run that did not ask to skip.
-    return cache_key("embed/image", IMAGE_VERSION, {**model.material(), "dataset": dataset.fingerprint,
+    return cache_key("embed/image", IMAGE_VERSION, {**model.material(), "dataset": dataset.image_identity,
                                               "task": dataset.spec.task, "skip_corrupt": dataset.spec.skip_corrupt})
 
 
@@ -159,17 +159,23 @@ def embed_classifier(cache: StageCache, loader: ModelLoader, classnames: list[st
     return Embedded(result.output.arrays, key, result.run_id)
 
 
-def embed_texts(cache: StageCache, loader: ModelLoader, dataset: datasets.DatasetInfo, texts: Callable[[], list[str]],
+Texts = Callable[[], tuple[list[str], Mapping[str, np.ndarray]]]
+
+
+def embed_texts(cache: StageCache, loader: ModelLoader, dataset: datasets.DatasetInfo, texts: Texts,
                 model: ModelKey, *, tags: Mapping[str, str], params: Mapping[str, Any]) -> Embedded:
-    """Embeddings of a dataset's own texts (retrieval captions, WinoGAViL cues), cached like classifiers;
-    `texts` is only called when they have to be encoded."""
+    """Embeddings of a dataset's own texts (retrieval captions, WinoGAViL cues, the captions of image-caption
+    selection with the images each instance shows), cached like classifiers; `texts` gives the strings and any
+    arrays kept beside their embeddings, and is only called when they have to be encoded."""
     key = texts_key(model, dataset)
     request = StageRequest("embed", key, {**tags, "modality": "text", "precision": model.precision}, params,
                            name=f"embed-text:{loader.spec.name}:{tags.get('dataset')}")
     def compute() -> StageOutput:
         from pipeline.stages.embed.texts import encode_texts
 
-        return encode_texts(loader, texts(), model.precision)
+        strings, beside = texts()
+        encoded = encode_texts(loader, strings, model.precision)
+        return replace(encoded, arrays={**encoded.arrays, **beside})
 
     result = cache.get_or_compute(request, compute)
     return Embedded(result.output.arrays, key, result.run_id)

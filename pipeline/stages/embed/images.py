@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.data import reading, datasets
+from pipeline.data import datasets, reading
 from pipeline.data.readers import Batch, Unreadable
 from pipeline.errors import PipelineError, one_line
 from pipeline.models.loading import LoadedModel, ModelLoader
@@ -114,15 +114,28 @@ def encode_classification_images(loader: ModelLoader, spec: datasets.DatasetSpec
     return StageOutput(arrays=arrays, metrics=encoded.metrics)
 
 
+def encode_indexed(loader: ModelLoader, spec: datasets.DatasetSpec, precision: str, batch_size: int,
+                   num_workers: int, read: Callable, name: str) -> StageOutput:
+    """Image features with `name`: the per-image array `read` gives beside batches that carry each image's row
+    (`index`), reordered to follow the images as they were read."""
+    loaded = loader.get()
+    rows: list[int] = []
+    per_image, images = read(spec, loaded.preprocess, batch_size, num_workers, pinned(loaded))
+    encoded = encode_batches(loaded, images, spec, precision, lambda batch: rows.extend(map(int, batch.fields["index"])))
+    return StageOutput(arrays={**encoded.arrays, name: np.asarray(per_image)[np.array(rows, dtype=np.int64)]},
+                       metrics=encoded.metrics)
+
+
 def encode_multilabel_images(loader: ModelLoader, spec: datasets.DatasetSpec, precision: str, batch_size: int,
                              num_workers: int) -> StageOutput:
     """Image features with each image's row of the devkit's ground truth, (images, classes) flags 1, -1, 0."""
-    loaded = loader.get()
-    rows: list[int] = []
-    truth, images = reading.multilabel_batches(spec, loaded.preprocess, batch_size, num_workers, pinned(loaded))
-    encoded = encode_batches(loaded, images, spec, precision, lambda batch: rows.extend(map(int, batch.fields["index"])))
-    return StageOutput(arrays={**encoded.arrays, "labels": truth[np.array(rows, dtype=np.int64)]},
-                       metrics=encoded.metrics)
+    return encode_indexed(loader, spec, precision, batch_size, num_workers, reading.multilabel_batches, "labels")
+
+
+def encode_selection_images(loader: ModelLoader, spec: datasets.DatasetSpec, precision: str, batch_size: int,
+                            num_workers: int) -> StageOutput:
+    """Image features with each image's name, which the instances of image-caption selection refer to."""
+    return encode_indexed(loader, spec, precision, batch_size, num_workers, reading.selection_images, "image_names")
 
 
 def encode_retrieval_images(loader: ModelLoader, spec: datasets.DatasetSpec, precision: str, batch_size: int,
@@ -177,4 +190,5 @@ IMAGE_ENCODERS: dict[str, Callable[..., StageOutput]] = {
     "zeroshot_retrieval": encode_retrieval_images,
     "winogavil": encode_winogavil_images,
     datasets.MULTILABEL: encode_multilabel_images,
+    datasets.SELECTION: encode_selection_images,
 }

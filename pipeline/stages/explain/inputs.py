@@ -12,7 +12,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import Compose, Normalize
 
-from pipeline.data import reading, datasets
+from pipeline.data import datasets, reading
 from pipeline.errors import PipelineError, one_line
 
 NONE = "none"
