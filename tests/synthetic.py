@@ -45,6 +45,24 @@ def write_wds_classification(root: Path, per_class: int = 3, seed: int = 0, meta
     return root
 
 
+def write_imagenet_stand_in(root: Path, classes: list[int], per_class: int = 2, seed: int = 0) -> Path:
+    """DataComp's ImageNet-1k layout with its 1,000 class names (clip_benchmark's English ones), holding shapes
+    images labelled with the given ImageNet classes: shape i of the 12 stands for class `classes[i]`."""
+    import json
+    from importlib import resources
+
+    names = json.loads(resources.files("clip_benchmark.datasets").joinpath("en_classnames.json").read_text())
+    (root / "test").mkdir(parents=True, exist_ok=True)
+    with wds.TarWriter(str(root / "test" / "0.tar")) as sink:
+        for index, sample in enumerate(_samples(per_class, seed)):
+            if sample.label < len(classes):
+                sink.write({"__key__": f"s{index:07d}", "png": _png(sample.image), "cls": classes[sample.label]})
+    (root / "test" / "nshards.txt").write_text("1\n")
+    (root / "classnames.txt").write_text("\n".join(names["imagenet1k"]) + "\n")
+    (root / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\n")
+    return root
+
+
 def captions_for(label: int, index: int) -> list[str]:
     """Two captions naming the class; the picture number keeps captions of same-class images distinct (no ties)."""
     name = CLASSES[label]

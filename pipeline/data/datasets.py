@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
-from pipeline.data import remote, sources
+from pipeline.data import languages, remote, sources
 from pipeline.data.readers import HF_CACHE
 from pipeline.errors import PipelineError
 
@@ -50,9 +50,12 @@ class DatasetSpec:
     validation_split: str | None = None  # a provided validation split (null: probes carve one from train)
     archive_md5: str | None = None       # format voc: the MD5 a root URL's archive must have (null: unchecked)
     images: str | None = None            # format sugar_crepe: COCO val2017 (a folder, val2017.zip, or its URL)
+    images_of: str | None = None         # the dataset whose images these are (Babel-ImageNet: imagenet1k's)
+    language: str = languages.ENGLISH    # the class names' and templates' language (the job's `language=`)
 
     @classmethod
-    def from_cfg(cls, cfg: Any, data_cache: str | None = None, http_cache: str | None = None) -> "DatasetSpec":
+    def from_cfg(cls, cfg: Any, data_cache: str | None = None, http_cache: str | None = None,
+                 language: str = languages.ENGLISH) -> "DatasetSpec":
         plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
         spec = cls(
             plain["name"], plain["task"], str(plain["root"]), plain["split"], plain["main_metric"],
@@ -60,7 +63,7 @@ class DatasetSpec:
             tuple(plain.get("metadata_fields") or ()), tuple(plain.get("group_metrics") or ()),
             tuple(plain.get("extra_metrics") or ()), bool(plain.get("skip_corrupt", False)), plain.get("hf_config"),
             data_cache, http_cache, plain.get("train_split"), plain.get("validation_split"), plain.get("archive_md5"),
-            plain.get("images"),
+            plain.get("images"), plain.get("images_of"), str(language),
         )
         if spec.task not in TASKS:
             raise PipelineError(f"dataset.task={spec.task!r} is not one of {TASKS}")
@@ -133,6 +136,7 @@ class DatasetInfo:
     templates: list[str]
     fingerprint: dict[str, Any] = field(default_factory=dict)
     images_fingerprint: dict[str, Any] | None = None  # what the images alone are, where several datasets share them
+    class_subset: tuple[int, ...] | None = None  # the images' classes kept, in order (Babel-ImageNet's language)
 
     @property
     def image_identity(self) -> dict[str, Any]:
@@ -282,6 +286,7 @@ def describe(spec: DatasetSpec) -> DatasetInfo:
         remote_identity = {"root": spec.root, "hf_config": spec.hf_config,
                            "commit": hub_commit(spec.root, hub_cache(spec))}
     content = fingerprint(local, remote_identity)
+    images = fingerprint(replace(local, name=spec.images_of), remote_identity) if spec.images_of else None
     if copy is not None:
         spec = replace(spec, root=copy.pinned_root)  # later reads fetch the version keyed here
     if spec.task != "zeroshot_classification":
@@ -296,7 +301,11 @@ def describe(spec: DatasetSpec) -> DatasetInfo:
     classnames = non_blank(classes)
     if not classnames:
         raise PipelineError(f"dataset {spec.name} at {spec.root} has no classnames.txt")
-    return DatasetInfo(spec, classnames, non_blank(templates), content)
+    if spec.name == languages.BABEL:
+        kept, names, babel_templates = languages.babel(spec.language)
+        return DatasetInfo(spec, names, babel_templates, {**content, "language": spec.language}, images, tuple(kept))
+    names, localized = languages.localized(spec.name, spec.language, classnames, non_blank(templates))
+    return DatasetInfo(spec, names, localized, content, images)
 
 
 def describe_voc(spec: DatasetSpec) -> DatasetInfo:

@@ -11,11 +11,12 @@ from typing import Any, Mapping
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.data import datasets, prompts, reading
+from pipeline.data import datasets, languages, prompts, reading
 from pipeline.errors import PipelineError
 from pipeline.jobs import job_run, sweep
 from pipeline.models import precision
-from pipeline.models.loading import ModelLoader, ModelSpec, device_type, library_versions, resolve_device
+from pipeline.models.loading import (ModelLoader, ModelSpec, device_type, library_versions, resolve_device,
+                                     tokenizer_language)
 from pipeline.stages import classify, embed, score, uncertainty
 from pipeline.stages.embed import projection
 from pipeline.stages.heads import HeadSpec, linear_probe
@@ -112,8 +113,10 @@ class JobInputs:
 
 def resolve_inputs(cfg: DictConfig) -> JobInputs:
     """Read and check the config: everything that can be wrong with the inputs fails here."""
-    spec = datasets.DatasetSpec.from_cfg(cfg.dataset, cfg.get("data_cache"), cfg.paths.get("data_cache"))
+    language = str(cfg.get("language") or languages.ENGLISH)
+    spec = datasets.DatasetSpec.from_cfg(cfg.dataset, cfg.get("data_cache"), cfg.paths.get("data_cache"), language)
     head = HeadSpec.from_cfg(cfg.get("head"))
+    languages.check(spec.name, spec.task, language, str(cfg.prompts.get("source")))
     known = score.metric_names(spec)
     if spec.main_metric not in known:
         raise PipelineError(f"dataset.main_metric={spec.main_metric!r} is not computed for {spec.task}; use one of {known}")
@@ -127,14 +130,15 @@ def resolve_inputs(cfg: DictConfig) -> JobInputs:
     probe_infos = [described_like(s, info) if s is not None else None for s in probe_specs] if probe_specs else []
     device = resolve_device(cfg.device)
     recipe = precision.recipe(OmegaConf.to_container(cfg.protocol), spec.task, device_type(device), model_spec.precision)
-    loader = ModelLoader(model_spec, device)
+    loader = ModelLoader(model_spec, device, tokenizer_language=tokenizer_language(model_spec.arch, language))
     loader.spec.fingerprint  # fails now, not mid-run, on a missing checkpoint
     metric = headline_metric(cfg.metric.name, spec.main_metric)
     versions = library_versions()
     # Prompt sets only shape zero-shot classifiers; probes, retrieval and WinoGAViL use none.
     prompt_tag = prompt_label(cfg.prompts) if class_prompts is not None else prompts.PROMPT_FREE
     model_tags, checkpoint = job_run.model_labels(loader.spec)
-    tags = {**model_tags, "dataset": spec.name, "source": spec.source, "prompts": prompt_tag, "task": spec.task}
+    tags = {**model_tags, "dataset": spec.name, "source": spec.source, "prompts": prompt_tag, "task": spec.task,
+            "language": language}
     if spec.column:
         tags["column"] = spec.column
     labels = {**tags, **head.labels(), **checkpoint, "protocol": protocol_label(cfg, model_spec.precision),
@@ -162,12 +166,18 @@ class Upstream:
 
     @property
     def text_model(self) -> embed.ModelKey:
-        return embed.ModelKey(self.job.loader.spec.fingerprint, self.job.recipe.text, self.job.versions)
+        return embed.ModelKey(self.job.loader.spec.fingerprint, self.job.recipe.text, self.job.versions,
+                              self.job.loader.tokenizer_language)
+
+    def test_image_key(self) -> str:
+        """The test split's image key, through the view of its classes where the dataset keeps some only."""
+        key = embed.image_key(self.image_model, self.job.info)
+        return embed.subset_key(key, self.job.info.class_subset) if self.job.info.class_subset else key
 
     # -- keys ------------------------------------------------------------------------------------------------
     def score_key(self) -> str:
         job = self.job
-        image_key = embed.image_key(self.image_model, job.info)
+        image_key = self.test_image_key()
         if job.head.is_probe:
             train_key, validation_key = (embed.image_key(self.image_model, i) if i else None for i in job.probe_infos)
             classify_key = linear_probe.probe_key(job.head, train_key, image_key, validation_key)
@@ -183,9 +193,11 @@ class Upstream:
         job, split_info = self.job, split_info or self.job.info
         split = split_info.spec.split
         if split not in self.embedded:
-            self.embedded[split] = embed.embed_images(self.cache, job.loader, split_info, self.image_model,
-                                                      tags=job.tags, params=job.params,
-                                                      batch_size=job.cfg.batch_size, num_workers=job.cfg.num_workers)
+            embedded = embed.embed_images(self.cache, job.loader, split_info, self.image_model, tags=job.tags,
+                                          params=job.params, batch_size=job.cfg.batch_size,
+                                          num_workers=job.cfg.num_workers)
+            subset = split_info.class_subset
+            self.embedded[split] = embed.class_subset(embedded, subset) if subset else embedded
         return self.embedded[split]
 
     def text(self) -> embed.Embedded:

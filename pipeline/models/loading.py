@@ -250,6 +250,36 @@ class ModelLoader:
     spec: ModelSpec
     device: str  # `cuda`, `cuda:1` or `cpu` (`resolve_device`)
     registry: LoadedModels = field(default_factory=lambda: LOADED_MODELS, repr=False)
+    tokenizer_language: str | None = None  # set on the tokenizer at every use: the registry's model is shared
 
     def get(self) -> LoadedModel:
-        return self.registry.get(self.spec, self.device)
+        loaded = self.registry.get(self.spec, self.device)
+        if self.tokenizer_language is not None:
+            set_source_language(loaded.tokenizer, self.tokenizer_language)
+        return loaded
+
+
+def set_source_language(tokenizer, code: str) -> None:
+    """NLLB's source language on open_clip's HFTokenizer, checked. open_clip's `set_language` (and clip_benchmark's
+    `nllb_clip.set_language`) call the HF tokenizer's `set_src_lang_special_tokens`, which transformers 5 no longer
+    applies when it encodes: its `src_lang` setter does. Both are set, and an encoded text must start with the
+    language's token, or the job stops rather than encode every text in English."""
+    inner = tokenizer.tokenizer
+    inner.src_lang = code
+    tokenizer.set_language(code)
+    if inner.convert_tokens_to_ids(code) not in inner("x")["input_ids"]:
+        raise PipelineError(f"the NLLB tokenizer did not take the source language {code} (transformers "
+                            f"{__import__('transformers').__version__}); the texts would be encoded in another")
+
+
+def tokenizer_language(arch: str, language: str) -> str | None:
+    """The source language NLLB-CLIP's tokenizer is given for a job's `language`, by clip_benchmark's own map
+    (its cli.py sets it before every NLLB-CLIP run); None for every other tokenizer, which takes no language."""
+    if "nllb-clip" not in arch:
+        return None
+    from clip_benchmark.models.nllb_clip import lang_map
+
+    if language not in lang_map:
+        raise PipelineError(f"NLLB-CLIP has no source language for language={language}; clip_benchmark maps "
+                            f"{', '.join(sorted(lang_map))}")
+    return lang_map[language]

@@ -42,7 +42,7 @@ def gains(records: Iterable[ScoreRecord], metric: str, replicates: comparisons.R
     # One average over every dataset, whichever copy each was read from: the copy goes into the dataset's label
     # (as in the tables) rather than into the grouping.
     labels = tables.dataset_labels(records)
-    records = [replace(r, dataset=labels[(r.dataset, r.source)], source="") for r in records]
+    records = [replace(r, dataset=labels[(r.dataset, r.source, r.language)], source="") for r in records]
     table = comparisons.compare(records, metric, {"prompts": BASELINE}, replicates)
     if table.empty:
         raise PipelineError(f"no result has a prompts={BASELINE} partner (the same model, weights, protocol and "

@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from pipeline.data import catalog
+from pipeline.data.languages import ENGLISH
 from pipeline.errors import PipelineError
 from pipeline.stages.heads import ALL_SHOTS, LINEAR_PROBE, NOT_APPLICABLE, ZEROSHOT
 from pipeline.store import artifacts
@@ -43,6 +44,7 @@ class ScoreRecord:
     seed: str = NOT_APPLICABLE
     features: str = ""            # a probe's features: pre_projection or embedding
     score_run: str = ""           # the score run holding per-sample outcomes and bootstrap replicates
+    language: str = ENGLISH       # the class names' and templates' language
     # The job run's tags: the stage runs it used (`run.<stage>`), a checkpoint's position (`checkpoint_*`).
     tags: Mapping[str, str] = field(default_factory=dict, hash=False, compare=False)
 
@@ -50,7 +52,7 @@ class ScoreRecord:
     def identity(self) -> tuple[str, ...]:
         """What tells two results apart: one seed of a probe is not another's."""
         return (self.model, self.pretrained, self.dataset, self.source, self.protocol, self.prompts,
-                self.head_label, self.seed)
+                self.head_label, self.seed, self.language)
 
     @property
     def head_label(self) -> str:
@@ -89,7 +91,7 @@ def _from_job_run(run) -> ScoreRecord:
                        tags.get("main_metric", "acc1"), values, run.info.run_id, tags.get("source", "local"),
                        tags.get("protocol", ""), tags.get("task", ""), tags.get("head", ZEROSHOT),
                        tags.get("k_shot", NOT_APPLICABLE), tags.get("seed", NOT_APPLICABLE), tags.get("features", ""),
-                       tags.get("run.score", ""), dict(tags))
+                       tags.get("run.score", ""), tags.get("language", ENGLISH), dict(tags))
 
 
 def from_runs(store: TrackingStore, run_ids: Iterable[str]) -> list[ScoreRecord]:

@@ -11,6 +11,7 @@ from typing import Iterable, Mapping
 import pandas as pd
 
 from pipeline.data import catalog
+from pipeline.data.languages import ENGLISH
 from pipeline.data.prompts import PROMPT_FREE
 from pipeline.errors import PipelineError
 from pipeline.models.params import parameter_counts
@@ -32,14 +33,21 @@ def metric_label(metric: str) -> str:
 
 
 # -- one table per prompt set: rows (model, pretrained), a column per dataset, the mean --------------------
-def dataset_labels(records: Iterable[ScoreRecord]) -> dict[tuple[str, str], str]:
-    """Column label per (dataset, source): the dataset key, with the source appended only where one dataset
-    was read from several copies (DataComp's and CLIP_benchmark's)."""
+def dataset_labels(records: Iterable[ScoreRecord]) -> dict[tuple[str, str, str], str]:
+    """Column label per (dataset, source, language): the dataset key, with the source appended only where one
+    dataset was read from several copies (DataComp's and CLIP_benchmark's), and a language other than English
+    after a slash (`imagenet1k/it`, `babel_imagenet/de`)."""
+    records = list(records)
     sources: dict[str, set[str]] = {}
     for record in records:
         sources.setdefault(record.dataset, set()).add(record.source)
-    return {(dataset, source): dataset if len(found) == 1 else f"{dataset} ({source})"
-            for dataset, found in sources.items() for source in found}
+    labels = {}
+    for record in records:
+        found = sources[record.dataset]
+        label = record.dataset if len(found) == 1 else f"{record.dataset} ({record.source})"
+        in_language = label if record.language == ENGLISH else f"{label}/{record.language}"
+        labels[record.dataset, record.source, record.language] = in_language
+    return labels
 
 
 def build_table(records: Iterable[ScoreRecord], metric: str) -> pd.DataFrame:
@@ -49,7 +57,8 @@ def build_table(records: Iterable[ScoreRecord], metric: str) -> pd.DataFrame:
     records = list(records)
     labels = dataset_labels(records)
     rows = [{"model": r.model, "pretrained": r.pretrained, "protocol": r.protocol, "head": r.head_label,
-             "dataset": labels[(r.dataset, r.source)], "value": r.value(metric), "n": r.units} for r in records]
+             "dataset": labels[(r.dataset, r.source, r.language)], "value": r.value(metric), "n": r.units}
+            for r in records]
     if not rows:
         return pd.DataFrame(columns=ROW_KEYS + [MEAN_COLUMN, WEIGHTED_COLUMN])
     long = pd.DataFrame(rows)

@@ -44,9 +44,12 @@ class ModelKey:
     model: Mapping[str, Any]
     precision: str
     libraries: Mapping[str, str]
+    tokenizer_language: str | None = None  # NLLB-CLIP's source language; None for every other tokenizer
 
     def material(self) -> dict[str, Any]:
-        return {"model": dict(self.model), "precision": self.precision, "libraries": dict(self.libraries)}
+        material = {"model": dict(self.model), "precision": self.precision, "libraries": dict(self.libraries)}
+        # only where set, so the keys of every tokenizer without a language stay what they were
+        return {**material, "tokenizer_language": self.tokenizer_language} if self.tokenizer_language else material
 
 
 # -- keys: all computable from fingerprints and configs, before anything is read --------------------------
@@ -54,6 +57,24 @@ def image_key(model: ModelKey, dataset: datasets.DatasetInfo) -> str:
     # Features that lack skipped samples are never served to a run that did not ask to skip.
     return cache_key("embed/image", IMAGE_VERSION, {**model.material(), "dataset": dataset.image_identity,
                                               "task": dataset.spec.task, "skip_corrupt": dataset.spec.skip_corrupt})
+
+
+def subset_key(image_key: str, classes: tuple[int, ...]) -> str:
+    """The key of `class_subset`'s view of the images keyed `image_key`."""
+    return cache_key("embed/classes", VERSION, {"classes": list(classes)}, [image_key])
+
+
+def class_subset(images: "Embedded", classes: tuple[int, ...]) -> "Embedded":
+    """The images of some classes only, relabelled by each class's position in `classes`: Babel-ImageNet's
+    languages each name a subset of ImageNet's classes, and all read ImageNet's one cached image stage through this
+    view (it is computed, not stored: a selection of rows costs less than a stage run)."""
+    labels = images["labels"]
+    position = np.full(max(int(labels.max()), max(classes)) + 1, -1, dtype=np.int64)
+    position[list(classes)] = np.arange(len(classes))
+    keep = position[labels] >= 0
+    arrays = {name: value[keep] if name != "skipped_samples" and np.ndim(value) and len(value) == len(labels) else value
+              for name, value in images.arrays.items()}
+    return Embedded({**arrays, "labels": position[labels[keep]]}, subset_key(images.key, classes), images.run_id)
 
 
 def classifier_key(model: ModelKey, classnames: list[str], class_prompts: prompts.Prompts) -> str:
