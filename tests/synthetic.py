@@ -63,6 +63,25 @@ def write_imagenet_stand_in(root: Path, classes: list[int], per_class: int = 2, 
     return root
 
 
+def write_lines_retrieval(root: Path, layout: dict, languages: list[str], missing: int = 1, seed: int = 0) -> Path:
+    """A multilingual retrieval set in the `lines` layout a dataset config names (an index, one captions file per
+    language at its path), its images in `root/images`; the last `missing` images of the index are absent."""
+    from pipeline.data.readers.lines import Layout
+
+    shape = Layout.from_cfg(layout)
+    samples = _samples(1, seed)
+    names = [f"{index:012d}.jpg" for index in range(len(samples))]
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for name, sample in list(zip(names, samples))[:len(samples) - missing]:
+        sample.image.save(root / "images" / name, format="jpeg")
+    files = {shape.index: names, **{shape.captions_of(language): [f"{language}: a photo of a {CLASSES[s.label]}."
+                                                                   for s in samples] for language in languages}}
+    for relative, lines in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
 def captions_for(label: int, index: int) -> list[str]:
     """Two captions naming the class; the picture number keeps captions of same-class images distinct (no ties)."""
     name = CLASSES[label]

@@ -22,9 +22,9 @@ MULTILABEL = "multilabel_classification"  # Pascal VOC 2007 as the CLIP paper sc
 SELECTION = "image_caption_selection"      # SugarCrepe (format sugar_crepe) and Winoground (format hf)
 TASKS = ("zeroshot_classification", "zeroshot_retrieval", "winogavil", MULTILABEL, SELECTION)
 CLASS_TASKS = ("zeroshot_classification", MULTILABEL)  # tasks scored with a zero-shot classifier over class names
-FORMATS = ("wds", "hf", "tfds", "folder", "voc", "sugar_crepe")
+FORMATS = ("wds", "hf", "tfds", "folder", "voc", "sugar_crepe", "lines")
 TASK_FORMATS = {MULTILABEL: ("voc",), SELECTION: ("sugar_crepe", "hf")}  # tasks that only these formats hold
-FORMAT_TASK = {"voc": MULTILABEL, "sugar_crepe": SELECTION}              # formats that hold one task only
+FORMAT_TASK = {"voc": MULTILABEL, "sugar_crepe": SELECTION, "lines": "zeroshot_retrieval"}  # formats of one task
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class DatasetSpec:
     images: str | None = None            # format sugar_crepe: COCO val2017 (a folder, val2017.zip, or its URL)
     images_of: str | None = None         # the dataset whose images these are (Babel-ImageNet: imagenet1k's)
     language: str = languages.ENGLISH    # the class names' and templates' language (the job's `language=`)
+    lines: dict | None = None            # format lines: where the index and each language's captions are
 
     @classmethod
     def from_cfg(cls, cfg: Any, data_cache: str | None = None, http_cache: str | None = None,
@@ -63,7 +64,7 @@ class DatasetSpec:
             tuple(plain.get("metadata_fields") or ()), tuple(plain.get("group_metrics") or ()),
             tuple(plain.get("extra_metrics") or ()), bool(plain.get("skip_corrupt", False)), plain.get("hf_config"),
             data_cache, http_cache, plain.get("train_split"), plain.get("validation_split"), plain.get("archive_md5"),
-            plain.get("images"), plain.get("images_of"), str(language),
+            plain.get("images"), plain.get("images_of"), str(language), plain.get("lines"),
         )
         if spec.task not in TASKS:
             raise PipelineError(f"dataset.task={spec.task!r} is not one of {TASKS}")
@@ -165,7 +166,7 @@ def voc_folder(spec: DatasetSpec) -> Path:
     from pipeline.data.readers import voc
 
     if spec.root_kind == "http":
-        return voc.year_folder(voc.fetched_archive(spec.root, http_cache(spec), spec.archive_md5))
+        return voc.year_folder(remote.fetched_archive(spec.root, http_cache(spec), spec.archive_md5))
     return voc.year_folder(Path(spec.root))
 
 
@@ -279,6 +280,8 @@ def describe(spec: DatasetSpec) -> DatasetInfo:
         return describe_voc(spec)
     if spec.format == "sugar_crepe":
         return describe_sugar_crepe(spec)
+    if spec.format == "lines":
+        return describe_lines(spec)
     local, copy = fetched(spec, shards=False)
     check_local_layout(local, shards=copy is None)
     remote_identity = copy.identity if copy else None
@@ -343,6 +346,33 @@ def describe_sugar_crepe(spec: DatasetSpec) -> DatasetInfo:
                "content": hashlib.sha256(files[subset].read_bytes()).hexdigest()}
     images = {"images_of": "sugar_crepe", **where, "names": hashlib.sha256("\n".join(names).encode()).hexdigest()}
     return DatasetInfo(spec, [], [], content, images)
+
+
+def own_languages(spec: DatasetSpec) -> tuple[str, ...] | None:
+    """The languages a multilingual dataset comes in (its captions'); None for the others."""
+    from pipeline.data.readers import lines
+
+    return lines.Layout.from_cfg(spec.lines or {}).languages if spec.format == "lines" else None
+
+
+def lines_files(spec: DatasetSpec) -> tuple[Path, Path]:
+    """The image index and the job language's captions of a `lines` dataset (fetched once from a URL root)."""
+    from pipeline.data.readers import lines
+
+    layout = lines.Layout.from_cfg(spec.lines or {})
+    return (lines.text_file(spec.root, layout.index, http_cache(spec)),
+            lines.text_file(spec.root, layout.captions_of(spec.language), http_cache(spec)))
+
+
+def describe_lines(spec: DatasetSpec) -> DatasetInfo:
+    """Keyed by the language's captions and the index; the images by the index and where they are, so every
+    language of the dataset shares one image stage."""
+    index, captions = lines_files(spec)
+    digest = lambda *paths: hashlib.sha256(b"".join(path.read_bytes() for path in paths)).hexdigest()
+    content = {"name": spec.name, "split": spec.split, "format": spec.format, "metadata": [],
+               "language": spec.language, "content": digest(index, captions)}
+    where = spec.images if spec.images and "://" in spec.root else str(Path(spec.images or spec.root).resolve())
+    return DatasetInfo(spec, [], [], content, {"images_of": spec.name, "images": where, "index": digest(index)})
 
 
 def wds_metadata(root: Path) -> tuple[list[str], list[str]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from importlib import resources
+from typing import Sequence
 
 from pipeline.errors import PipelineError
 
@@ -65,8 +66,14 @@ def localized(dataset_key: str, language: str, classnames: list[str], templates:
 NEUTRAL_PROMPTS = ("dataset", "list", "file")
 
 
-def check(dataset_key: str, task: str, language: str, prompt_source: str) -> None:
-    """A job's language fits its dataset and prompt set, or one line says what does."""
+def check(dataset_key: str, task: str, language: str, prompt_source: str, offered: Sequence[str] | None = None) -> None:
+    """A job's language fits its dataset and prompt set, or one line says what does; `offered` are the languages of
+    a multilingual dataset's own captions."""
+    if offered is not None:
+        if language not in offered:
+            shown = ", ".join(offered[:12]) + (f", ... ({len(offered)} in all)" if len(offered) > 12 else "")
+            raise PipelineError(f"dataset {dataset_key} has no captions in language {language!r}; it has {shown}")
+        return
     if language == ENGLISH and dataset_key != BABEL:
         return
     if task != "zeroshot_classification":

@@ -12,7 +12,8 @@ import numpy as np
 
 from pipeline.data import remote
 from pipeline.data.datasets import (DatasetSpec, build, check_local_layout, fetched, http_cache, hub_cache,
-                                     sugar_crepe_files, voc_folder)
+                                     lines_files, sugar_crepe_files, voc_folder)
+from pipeline.errors import PipelineError
 from pipeline.data.readers import Batch
 
 if TYPE_CHECKING:
@@ -138,3 +139,29 @@ def selection_instances(spec: DatasetSpec) -> tuple[list[str], list[list[str]]]:
     from pipeline.data.readers import hf
 
     return hf.winoground_instances(load_hf(spec))
+
+
+def lines_images(spec: DatasetSpec, transform: Callable, batch_size: int, num_workers: int,
+                 pin_memory: bool = False) -> tuple[list[str], Iterator[Batch]]:
+    """A `lines` dataset's images that exist, by name in the index's order, with each one's row."""
+    from pipeline.data.readers import lines
+
+    index, _ = lines_files(spec)
+    names = lines.read_lines(index)
+    folder = lines.images_folder(spec.root, spec.images, http_cache(spec))
+    kept = [names[i] for i in lines.present(names, folder)]
+    return kept, _torch_batches(lines.Images(folder, kept, transform), batch_size, num_workers, "index",
+                                pin_memory=pin_memory)
+
+
+def lines_captions(spec: DatasetSpec) -> tuple[list[str], np.ndarray]:
+    """The job language's captions of the images that exist, and each caption's image (its row: one per image)."""
+    from pipeline.data.readers import lines
+
+    index, captions = lines_files(spec)
+    names, texts = lines.read_lines(index), lines.read_lines(captions)
+    if len(texts) < len(names):
+        raise PipelineError(f"{captions} has {len(texts)} captions for the {len(names)} images of {index}; fetch it "
+                            f"again")
+    kept = lines.present(names, lines.images_folder(spec.root, spec.images, http_cache(spec)))
+    return [texts[i] for i in kept], np.arange(len(kept), dtype=np.int64)

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import shutil
+import tarfile
 import tempfile
 import urllib.error
 import urllib.parse
@@ -69,8 +70,9 @@ def parse_hub_address(root: str) -> HubAddress | None:
 ACCEPTED = {"wds": "a local folder or an http(s):// URL", "hf": "a local folder or a Hugging Face dataset id org/name",
             "folder": "a local folder", "tfds": "a local folder (TFDS' data_dir)",
             "voc": "a local folder or an http(s):// URL of the devkit's test archive",
-            "sugar_crepe": "a local folder or the http(s):// URL of its annotation folder"}
-URL_FORMATS = ("wds", "voc", "sugar_crepe")  # formats whose root may be a plain URL
+            "sugar_crepe": "a local folder or the http(s):// URL of its annotation folder",
+            "lines": "a local folder or the http(s):// URL of its annotation folder"}
+URL_FORMATS = ("wds", "voc", "sugar_crepe", "lines")  # formats whose root may be a plain URL
 
 
 def check_root(root: str, fmt: str) -> str:
@@ -242,3 +244,39 @@ def read_nshards(path: Path, root: str) -> int:
     if not text.isdigit():
         raise PipelineError(f"{root}: {path.parent.name}/nshards.txt should hold a number of shards, not {text[:40]!r}")
     return int(text)
+
+
+# -- archives -------------------------------------------------------------------------------------------------
+def fetched_archive(url: str, cache_dir: Path, md5: str | None = None) -> Path:
+    """The tar archive at `url` (gzip or not) unpacked: fetched and unpacked once, then served from `cache_dir`; its
+    MD5 checked when given. tarfile's `data` filter refuses links and paths that leave the folder, and a failed
+    unpacking leaves nothing a later run would take for a complete copy."""
+    folder = http_cache_folder(url, cache_dir)
+    unpacked = folder / "unpacked"
+    if unpacked.is_dir():
+        return unpacked
+    base, name = url.rsplit("/", 1)
+    archive = http_download(base, urllib.parse.unquote(name), folder / "archive")
+    if md5 and file_md5(archive) != md5.lower():
+        archive.unlink()
+        raise PipelineError(f"{url} is not the expected archive (its MD5 differs from dataset.archive_md5={md5}); "
+                            f"check dataset.root")
+    partial = folder / ".unpacking"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(partial, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise PipelineError(f"{url} cannot be unpacked ({one_line(exc)}); check the dataset's address") from exc
+    os.replace(partial, unpacked)
+    archive.unlink()  # the unpacked copy is what is read: keeping both would double the space
+    return unpacked
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)  # a download check, not a security one
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

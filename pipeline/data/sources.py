@@ -9,7 +9,11 @@ HF_DATASETS = "https://huggingface.co/datasets"
 # reader fetches it; its MD5 (b6e924de25625d8de591ea690078ad9f) is checked in conf/dataset/voc2007_multilabel.yaml.
 VOC2007_TEST = "https://thor.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtest_06-Nov-2007.tar"
 SUGAR_CREPE = "https://raw.githubusercontent.com/RAIVNLab/sugar-crepe/main/data"  # its seven <subset>.json
-HUB_ORGS = ("nlphuji", "facebook")  # Hugging Face datasets read as DataComp reads nlphuji's: <org>/<name>
+HUB_ORGS = ("nlphuji", "facebook")
+# The annotation folders of the multilingual retrieval sets clip_benchmark reads (their images: each config's images).
+MULTILINGUAL = {"xtd10": "https://raw.githubusercontent.com/adobe-research/Cross-lingual-Test-Dataset-XTD10/main",
+                "xtd200": "https://raw.githubusercontent.com/visheratin/nllb-clip/main/data/xtd200",
+                "flickr30k_200": "https://raw.githubusercontent.com/visheratin/nllb-clip/main/data/flickr30k-200"}  # Hugging Face datasets read as DataComp reads nlphuji's: <org>/<name>
 # DataComp's copies, djghosh/wds_<key>_test, hold the test split only; CLIP_benchmark's hold train too.
 TEST_ONLY_COPY = re.compile(r"(^|/)wds_[^/]+_test(/|$)")
 
@@ -40,6 +44,7 @@ def dataset_root(data_root: str | None, source: str, key: str) -> str:
     - sugar_crepe:    SugarCrepe's annotation folder URL (mirror: <data_root>/sugar_crepe, clip_benchmark's layout:
                       <subset>.json beside val2017/)
     - facebook:       the HF dataset id facebook/<name>, Winoground (mirror: <data_root>/<name>)
+    - xtd10, xtd200, flickr30k_200: the annotation folder's URL (mirror: <data_root>/<name>, its images in images/)
     """
     mirror = Path(data_root).expanduser().resolve() if data_root else None
     if source in ("datacomp", "clip_benchmark"):
@@ -49,6 +54,8 @@ def dataset_root(data_root: str | None, source: str, key: str) -> str:
     if source in HUB_ORGS:
         name = key.split("/", 1)[-1]
         return str(mirror / name) if mirror else f"{source}/{name}"
+    if source in MULTILINGUAL:
+        return str(mirror / key.split("/", 1)[-1]) if mirror else MULTILINGUAL[source]
     if source == "sugar_crepe":
         return str(mirror / "sugar_crepe") if mirror else SUGAR_CREPE
     if source == "tfds":

@@ -116,7 +116,7 @@ def resolve_inputs(cfg: DictConfig) -> JobInputs:
     language = str(cfg.get("language") or languages.ENGLISH)
     spec = datasets.DatasetSpec.from_cfg(cfg.dataset, cfg.get("data_cache"), cfg.paths.get("data_cache"), language)
     head = HeadSpec.from_cfg(cfg.get("head"))
-    languages.check(spec.name, spec.task, language, str(cfg.prompts.get("source")))
+    languages.check(spec.name, spec.task, language, str(cfg.prompts.get("source")), datasets.own_languages(spec))
     known = score.metric_names(spec)
     if spec.main_metric not in known:
         raise PipelineError(f"dataset.main_metric={spec.main_metric!r} is not computed for {spec.task}; use one of {known}")
@@ -206,7 +206,11 @@ class Upstream:
         if job.class_prompts is not None:
             return embed.embed_classifier(self.cache, job.loader, job.info.classnames, job.class_prompts,
                                           self.text_model, tags=job.tags, params=job.params)
-        if job.spec.task == datasets.SELECTION:
+        if job.spec.format == "lines":
+            def texts():  # the job language's captions, each with its image's row
+                captions, owners = reading.lines_captions(job.spec)
+                return captions, {"caption_image": owners}
+        elif job.spec.task == datasets.SELECTION:
             def texts():  # the captions of each instance, with the images it shows (the image stage is shared)
                 captions, shown = reading.selection_instances(job.spec)
                 return captions, {"instance_images": np.array(shown, dtype=str)}

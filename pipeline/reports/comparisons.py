@@ -195,7 +195,8 @@ def interval_bounds(records: Iterable[ScoreRecord], metric: str, replicates: Rep
     labels = tables.dataset_labels(records)
     cells: dict[tuple, list[ScoreRecord]] = {}
     for r in records:
-        cells.setdefault((r.model, r.pretrained, r.protocol, r.head_label, labels[(r.dataset, r.source, r.language)]), []).append(r)
+        label = labels[(r.dataset, r.source, r.language)]
+        cells.setdefault((r.model, r.pretrained, r.protocol, r.head_label, label), []).append(r)
     datasets = [c for c in values.columns if c not in tables.ROW_KEYS + [MEAN_COLUMN, WEIGHTED_COLUMN]]
     low, high = values.copy(), values.copy()
     for i, row in values.iterrows():

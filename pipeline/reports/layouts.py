@@ -12,8 +12,8 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from pipeline.errors import PipelineError
-from pipeline.reports import (comparisons, ensembling, fewshot, heatmap, paper_tables, plots, prompt_gains, references,
-                              reproduction, robustness, tables, training_curves)
+from pipeline.reports import (comparisons, ensembling, fewshot, heatmap, multilingual, paper_tables, plots, prompt_gains,
+                              references, reproduction, robustness, tables, training_curves)
 from pipeline.reports.results import ScoreRecord
 from pipeline.stages.heads import LINEAR_PROBE
 from pipeline.store.tracking import TrackingStore
@@ -167,8 +167,8 @@ def write_clip_paper(request: Request) -> Written:
             continue
         path = request.out_dir / f"{stem}.csv"
         table.to_csv(path, index=False)
-        markdown = (f"### {title}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n\nEmpty columns without a public copy:\n"
-                    f"{paper_tables.missing_note()}\n")
+        printed = table.to_markdown(index=False, disable_numparse=True)  # "75.0" stays as the paper prints it
+        markdown = f"### {title}\n\n{printed}\n\nEmpty columns without a public copy:\n{paper_tables.missing_note()}\n"
         path.with_suffix(".md").write_text(markdown)
         files += [path, path.with_suffix(".md")]
         sections.append(markdown)
@@ -176,6 +176,20 @@ def write_clip_paper(request: Request) -> Written:
         raise PipelineError("no result fits the CLIP paper's tables: run its datasets (suite=clip_paper) zero-shot, "
                             "or with head=linear_probe head.k_shot=null")
     return Written(files, "\n".join(sections))
+
+
+def write_multilingual(request: Request) -> Written:
+    """multilingual.csv: open_clip's multilingual retrieval columns (per dataset and recall, the mean over languages
+    and each language); the terminal shows the means."""
+    wide = multilingual.table(request.records)
+    if wide.empty:
+        raise PipelineError("no multilingual retrieval result: run a multilingual dataset with language= (suite=xtd10, "
+                            "xtd200, flickr30k_200)")
+    path = request.output or request.out_dir / "multilingual.csv"
+    wide.to_csv(path, index=False, float_format="%.4f")
+    shown = multilingual.summary(wide)
+    return Written([path], f"### multilingual retrieval — mean over languages (every language in {path.name})\n\n"
+                           f"{preview(shown, path)}\n")
 
 
 def write_fewshot(request: Request) -> Written:
@@ -265,6 +279,8 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
            applies=lambda records: any(map(tables.openclip38_eligible, records))),
     Layout("blog", "The blog's table", write_blog),
     Layout("clip_paper", "The CLIP paper's Tables 11 and 10", write_clip_paper, applies=paper_tables.applies),
+    Layout("multilingual", "Multilingual retrieval, languages in columns", write_multilingual,
+           applies=multilingual.applies),
     Layout("fewshot", "Zero-shot against linear probes", write_fewshot, applies=has_probes),
     Layout("prompt_gains", "Prompt engineering", write_prompt_gains, applies=prompt_gains.applies,
            needs_replicates=True),

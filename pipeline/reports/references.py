@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 import pandas as pd
 
 from pipeline.data import catalog
+from pipeline.data.languages import ENGLISH
 from pipeline.errors import PipelineError
 from pipeline.stages.heads import LINEAR_PROBE, ZEROSHOT
 from pipeline.stages.metrics import (CLASSIFICATION_METRICS, MULTILABEL_METRICS, RETRIEVAL_METRICS,
@@ -27,8 +28,8 @@ from pipeline.stages.metrics import (CLASSIFICATION_METRICS, MULTILABEL_METRICS,
 
 PUBLISHED = Path(__file__).with_name("published")
 MANIFEST = PUBLISHED / "manifest.json"  # each file's SHA-256 and cell count, checked by the tests
-CELLS = ["reference", "name", "pretrained", "model", "weights", "dataset", "metric", "published", "rounding",
-         "comparable", "note"]
+CELLS = ["reference", "name", "pretrained", "model", "weights", "dataset", "language", "metric", "published",
+         "rounding", "comparable", "note"]
 FLICKR, MSCOCO = "retrieval/flickr_1k_test_image_text_retrieval", "retrieval/mscoco_2014_5k_test_image_text_retrieval"
 WINOGAVIL = "misc/winogavil"
 QUICKGELU = "-quickgelu"
@@ -128,6 +129,7 @@ def comparability(dataset: str, metric: str) -> tuple[bool, str]:
 def cells(reference: str, rows: Iterable[dict]) -> pd.DataFrame:
     """Published cells with their comparability worked out (once per dataset and metric)."""
     frame = pd.DataFrame(list(rows), columns=[c for c in CELLS if c not in ("reference", "comparable", "note")])
+    frame["language"] = frame["language"].fillna(ENGLISH)  # only multilingual tables name one
     known = {pair: comparability(*pair) for pair in set(zip(frame["dataset"], frame["metric"]))}
     checked = [known[pair] for pair in zip(frame["dataset"], frame["metric"])]
     frame["comparable"] = [ok for ok, _ in checked]
@@ -252,6 +254,29 @@ def paper_cells(file: str, reference: str) -> pd.DataFrame:
     return frame
 
 
+# open_clip's multilingual table: CLIP_benchmark's Crossmodal-3600 and its `multilingual_mscoco_captions`, which
+# reads XTD-10 (the same index, captions and images: datasets/multilingual_mscoco.py), by the catalog's names.
+MULTILINGUAL_COLUMN = re.compile(r"^(crossmodal3600|multilingual_mscoco_captions) "
+                                 r"((?:image|text)_retrieval_recall@\d+) (\w+)$")
+MULTILINGUAL_DATASETS = {"crossmodal3600": "multilingual/crossmodal3600",
+                         "multilingual_mscoco_captions": "multilingual/xtd10"}
+
+
+def openclip_multilingual_cells() -> pd.DataFrame:
+    """open_clip's multilingual retrieval table: image and text R@1/5/10 per language (its averages left out)."""
+    table = read_csv("openclip_multilingual_retrieval_results.csv").rename(
+        columns={"model": "name", "version": "pretrained"})
+    named = {column: found.groups() for column in table.columns if (found := MULTILINGUAL_COLUMN.match(column))
+             and found.group(3) != "avg"}
+    long = melted(table, list(named))
+    frame = cells("openclip_multilingual", long.assign(
+        dataset=[MULTILINGUAL_DATASETS[named[c][0]] for c in long["column"]],
+        metric=[named[c][1] for c in long["column"]], language=[named[c][2] for c in long["column"]]
+    ).to_dict("records"))
+    # its `RN50 openai` rows repeat their `-quickgelu` twins' cells, as in open_clip's main table
+    return frame.drop_duplicates(["model", "weights", "dataset", "language", "metric"]).reset_index(drop=True)
+
+
 def paper_sizes() -> pd.DataFrame:
     """Table 9's test size and class count, by the catalog's name of each dataset."""
     table = read_csv("clip_paper_table9_datasets.csv").set_index("dataset")
@@ -276,6 +301,9 @@ REFERENCES: dict[str, Reference] = {reference.name: reference for reference in (
               "clip_benchmark", ("dataset", "clip_benchmark"), ZEROSHOT, clip_benchmark_cells),
     Reference("blog", "the blog's Tables 1-4 (CLIP_benchmark's CLI)", tuple(BLOG_TABLES), "clip_benchmark",
               ("dataset", "clip_benchmark"), ZEROSHOT, blog_cells),
+    Reference("openclip_multilingual", "open_clip's multilingual retrieval table (CLIP_benchmark's CLI)",
+              ("openclip_multilingual_retrieval_results.csv",), "clip_benchmark", (), ZEROSHOT,
+              openclip_multilingual_cells),
     Reference("clip_paper", "the CLIP paper's Table 11 (zero-shot)", ("clip_paper_table11_zeroshot.csv",), None,
               ("clip_paper",), ZEROSHOT, lambda: paper_cells("clip_paper_table11_zeroshot.csv", "clip_paper"),
               paper_sizes),

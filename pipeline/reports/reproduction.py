@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from pipeline.data.languages import ENGLISH
 from pipeline.data.prompts import PROMPT_FREE
 from pipeline.errors import PipelineError
 from pipeline.reports import plots, references
@@ -67,22 +68,22 @@ def head_fits(record: ScoreRecord, reference: Reference) -> bool:
     return record.head == reference.head
 
 
-def indexed(cells: pd.DataFrame) -> dict[tuple[str, str, str], list]:
-    """A reference's cells by (model, weights, dataset)."""
-    index: dict[tuple[str, str, str], list] = {}
+def indexed(cells: pd.DataFrame) -> dict[tuple[str, str, str, str], list]:
+    """A reference's cells by (model, weights, dataset, language)."""
+    index: dict[tuple[str, str, str, str], list] = {}
     for cell in cells.itertuples(index=False):
-        index.setdefault((cell.model, cell.weights, cell.dataset), []).append(cell)
+        index.setdefault((cell.model, cell.weights, cell.dataset, cell.language), []).append(cell)
     return index
 
 
-def counterparts(record: ScoreRecord, reference: Reference, index: dict[tuple[str, str, str], list]
+def counterparts(record: ScoreRecord, reference: Reference, index: dict[tuple[str, str, str, str], list]
                  ) -> tuple[list, bool]:
     """The reference's cells for this record's model, weights and dataset, and whether they ran another activation
     (only the QuickGELU twin of the record's architecture has a row)."""
     if not head_fits(record, reference):
         return [], False
     for model, other in ((model_key(record), False), (twin(model_key(record)), True)):
-        found = index.get((model, record.pretrained, dataset_key(record)), [])
+        found = index.get((model, record.pretrained, dataset_key(record), record.language), [])
         if found:
             return found, other
     return [], False
@@ -115,7 +116,7 @@ def verdict(ours: float, published: float, low: float, high: float, rounding: fl
     return REPRODUCED if low - rounding <= published <= high + rounding else DIFFERS
 
 
-def compare(record: ScoreRecord, reference: Reference, index: dict[tuple[str, str, str], list],
+def compare(record: ScoreRecord, reference: Reference, index: dict[tuple[str, str, str, str], list],
             sizes: pd.DataFrame | None) -> list[dict]:
     """The report's rows for one result against one reference."""
     found, other_activation = counterparts(record, reference, index)
@@ -125,7 +126,8 @@ def compare(record: ScoreRecord, reference: Reference, index: dict[tuple[str, st
         ours = float(record.metrics.get(cell.metric, math.nan))
         low, high = (float(record.metrics.get(bound + cell.metric, math.nan)) for bound in (CI_LOW, CI_HIGH))
         row = {"reference": reference.name, "model": record.model, "pretrained": record.pretrained,
-               "dataset": record.dataset, "metric": cell.metric, "published": cell.published,
+               "dataset": record.dataset if record.language == ENGLISH else f"{record.dataset}/{record.language}",
+               "metric": cell.metric, "published": cell.published,
                "published_name": f"{cell.name} {cell.pretrained}", "protocol": record.protocol,
                "prompts": record.prompts, "n": record.units}
         if not cell.comparable or math.isnan(ours):

@@ -79,8 +79,15 @@ def retrieval_outputs(images: Embedded, text: Embedded, recipe: Recipe, device: 
     # The caption x image similarity matrix (25k x 5k for MSCOCO) is not stored; the ranks carry every metric.
     image_features, text_features = _normalized_pair(images.arrays, text.arrays, recipe, device)
     scores = _product(text_features, image_features.T, recipe, device)
-    image_rank, text_rank = metrics.retrieval_ranks_from_scores(scores, images["caption_image"])
-    return StageOutput(arrays={"image_rank": image_rank, "text_rank": text_rank})
+    owners = caption_owners(images, text)
+    image_rank, text_rank = metrics.retrieval_ranks_from_scores(scores, owners)
+    return StageOutput(arrays={"image_rank": image_rank, "text_rank": text_rank, "caption_image": owners})
+
+
+def caption_owners(images: Embedded, text: Embedded) -> np.ndarray:
+    """Each caption's image: read with the images (a webdataset's captions), or with the captions (a multilingual
+    set's, whose images every language shares)."""
+    return text["caption_image"] if "caption_image" in text.arrays else images["caption_image"]
 
 
 def winogavil_outputs(images: Embedded, text: Embedded, recipe: Recipe, device: torch.device) -> StageOutput:

@@ -70,8 +70,9 @@ def classification_scores(spec: DatasetSpec, images: Embedded, predicted: Embedd
 
 
 def retrieval_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -> Scored:
-    outcomes = {"image_rank": predicted["image_rank"], "text_rank": predicted["text_rank"],
-                "caption_image": images["caption_image"]}
+    # a classify run cached before it kept the owners has them only with the images
+    owners = predicted["caption_image"] if "caption_image" in predicted.arrays else images["caption_image"]
+    outcomes = {"image_rank": predicted["image_rank"], "text_rank": predicted["text_rank"], "caption_image": owners}
     values = metrics.retrieval_metrics(predicted["image_rank"], predicted["text_rank"])
     values = {**values, "num_images": float(len(predicted["text_rank"])),
               "num_captions": float(len(predicted["image_rank"]))}

@@ -31,7 +31,7 @@ def test_every_reference_parses_into_cells_with_a_metric_and_a_value():
         cells = references.published_cells(name)
         assert not cells.empty and set(cells["reference"]) == {name}
         assert cells["published"].between(-1, 1).all() and cells["rounding"].ge(0).all()
-        assert not cells.duplicated(["model", "weights", "dataset", "metric"]).any()
+        assert not cells.duplicated(["model", "weights", "dataset", "language", "metric"]).any()
         assert all(file in references.manifest() for file in reference.files)
     # open_clip: 38 main metrics, 12 recalls and 7 WinoGAViL scores (jaccard_score_10-12 is also a main metric) per
     # model; its rows `RN50`, `RN101`, `ViT-B-32` with `openai` repeat their `-quickgelu` twins' values exactly.
@@ -115,7 +115,7 @@ def test_published_datasets_are_the_catalogs_and_metrics_compare_only_like_with_
 
 def test_an_unknown_reference_lists_the_known_ones():
     with pytest.raises(PipelineError, match="unknown reference 'openclip38'; use one of openclip, clip_benchmark, "
-                                            "blog, clip_paper, clip_paper_probe, all"):
+                                            "blog, openclip_multilingual, clip_paper, clip_paper_probe, all"):
         references.chosen("openclip38")
 
 

@@ -4,23 +4,17 @@ only difficult objects of the class): the ground truth the devkit's own classifi
 
 clip_benchmark's `voc2007_multilabel` builds its labels from the detection boxes instead (every box present,
 difficult or not) and downloads through torchvision; here the devkit's files are read, from a local folder or from
-the test archive fetched once over HTTP (`remote.http_download`) and unpacked with tarfile's `data` filter, which
-refuses links and paths that leave the folder.
+the test archive fetched once over HTTP and unpacked (`remote.fetched_archive`).
 """
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tarfile
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from pipeline.data import remote
 from pipeline.errors import PipelineError, one_line
 
 YEAR = "VOC2007"
@@ -113,38 +107,3 @@ class Images:
                 return self.transform(image.convert("RGB")), index
         except OSError as exc:
             raise PipelineError(f"image {path} cannot be read ({one_line(exc)}); unpack {WHERE.split(':')[0]} again") from exc
-
-
-# -- the test archive over HTTP ------------------------------------------------------------------------------
-def fetched_archive(url: str, cache_dir: Path, md5: str | None) -> Path:
-    """The unpacked archive at `url` (fetched and unpacked once, then served from `cache_dir`), its MD5 checked
-    when given; a failed unpacking leaves nothing that a later run would take for a complete copy."""
-    folder = remote.http_cache_folder(url, cache_dir)
-    unpacked = folder / "unpacked"
-    if unpacked.is_dir():
-        return unpacked
-    base, name = url.rsplit("/", 1)
-    archive = remote.http_download(base, urllib.parse.unquote(name), folder / "archive.tar")
-    if md5 and file_md5(archive) != md5.lower():
-        archive.unlink()
-        raise PipelineError(f"{url} is not the expected archive (its MD5 differs from dataset.archive_md5={md5}); "
-                            f"check dataset.root")
-    partial = folder / ".unpacking"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(partial, filter="data")
-    except (tarfile.TarError, OSError) as exc:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise PipelineError(f"{url} cannot be unpacked ({one_line(exc)}); check dataset.root") from exc
-    os.replace(partial, unpacked)
-    archive.unlink()  # the unpacked copy is what is read: keeping both would double 450 MB
-    return unpacked
-
-
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)  # a download check, not a security one
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -140,7 +140,10 @@ def encode_selection_images(loader: ModelLoader, spec: datasets.DatasetSpec, pre
 
 def encode_retrieval_images(loader: ModelLoader, spec: datasets.DatasetSpec, precision: str, batch_size: int,
                             num_workers: int) -> StageOutput:
-    """Image features plus every caption and the index of its image (captions are embedded as text later)."""
+    """Image features plus every caption and the index of its image (captions are embedded as text later); for a
+    multilingual `lines` dataset the images alone, with their names, shared by its languages."""
+    if spec.format == "lines":
+        return encode_indexed(loader, spec, precision, batch_size, num_workers, reading.lines_images, "image_names")
     loaded = loader.get()
     captions: list[str] = []
     caption_image: list[int] = []
