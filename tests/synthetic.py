@@ -82,6 +82,25 @@ def write_lines_retrieval(root: Path, layout: dict, languages: list[str], missin
     return root
 
 
+def write_crossmodal_stand_in(root: Path, languages: list[str], missing: int = 1, seed: int = 0) -> Path:
+    """Crossmodal-3600's layout: `captions.zip` holding `captions.jsonl` (a line per image: `image/key`, and per
+    language its captions, two here) and `images/<key>.jpg`; the last `missing` images are absent."""
+    import json
+    import zipfile
+
+    samples = _samples(1, seed)
+    keys = [f"{index:016x}" for index in range(1, len(samples) + 1)]
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for key, sample in list(zip(keys, samples))[:len(samples) - missing]:
+        sample.image.save(root / "images" / f"{key}.jpg", format="jpeg")
+    records = [{"image/key": key, **{language: {"caption": [f"{language}: a photo of a {CLASSES[s.label]}.",
+                                                            f"{language}: another caption"]} for language in languages}}
+               for key, s in zip(keys, samples)]
+    with zipfile.ZipFile(root / "captions.zip", "w") as archive:
+        archive.writestr("captions.jsonl", "\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n")
+    return root
+
+
 def captions_for(label: int, index: int) -> list[str]:
     """Two captions naming the class; the picture number keeps captions of same-class images distinct (no ties)."""
     name = CLASSES[label]

@@ -147,7 +147,7 @@ def lines_images(spec: DatasetSpec, transform: Callable, batch_size: int, num_wo
     from pipeline.data.readers import lines
 
     index, _ = lines_files(spec)
-    names = lines.read_lines(index)
+    names = lines.Layout.from_cfg(spec.lines or {}).names(index)
     folder = lines.images_folder(spec.root, spec.images, http_cache(spec))
     kept = [names[i] for i in lines.present(names, folder)]
     return kept, _torch_batches(lines.Images(folder, kept, transform), batch_size, num_workers, "index",
@@ -159,7 +159,8 @@ def lines_captions(spec: DatasetSpec) -> tuple[list[str], np.ndarray]:
     from pipeline.data.readers import lines
 
     index, captions = lines_files(spec)
-    names, texts = lines.read_lines(index), lines.read_lines(captions)
+    layout = lines.Layout.from_cfg(spec.lines or {})
+    names, texts = layout.names(index), layout.texts(captions, spec.language)
     if len(texts) < len(names):
         raise PipelineError(f"{captions} has {len(texts)} captions for the {len(names)} images of {index}; fetch it "
                             f"again")

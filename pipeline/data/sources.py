@@ -13,7 +13,8 @@ HUB_ORGS = ("nlphuji", "facebook")
 # The annotation folders of the multilingual retrieval sets clip_benchmark reads (their images: each config's images).
 MULTILINGUAL = {"xtd10": "https://raw.githubusercontent.com/adobe-research/Cross-lingual-Test-Dataset-XTD10/main",
                 "xtd200": "https://raw.githubusercontent.com/visheratin/nllb-clip/main/data/xtd200",
-                "flickr30k_200": "https://raw.githubusercontent.com/visheratin/nllb-clip/main/data/flickr30k-200"}  # Hugging Face datasets read as DataComp reads nlphuji's: <org>/<name>
+                "flickr30k_200": "https://raw.githubusercontent.com/visheratin/nllb-clip/main/data/flickr30k-200",
+                "crossmodal3600": "https://google.github.io/crossmodal-3600/web-data"}  # Hugging Face datasets read as DataComp reads nlphuji's: <org>/<name>
 # DataComp's copies, djghosh/wds_<key>_test, hold the test split only; CLIP_benchmark's hold train too.
 TEST_ONLY_COPY = re.compile(r"(^|/)wds_[^/]+_test(/|$)")
 

@@ -65,6 +65,23 @@ def test_a_url_root_and_its_images_archive_are_fetched_once(tmp_path):
     assert datasets.describe(spec).fingerprint == info.fingerprint and len(reading.lines_captions(spec)[0]) == 12
 
 
+def test_crossmodal_3600_takes_each_images_first_caption_from_its_json_lines(tmp_path, tiny_checkpoint):
+    synthetic.write_crossmodal_stand_in(tmp_path / "mirror" / "crossmodal3600", ["en", "fil", "quz"])
+    result = run_job(compose_config("dataset=multilingual/crossmodal3600", f"data_root={tmp_path / 'mirror'}",
+                                    "language=fil", "num_workers=0", f"model.pretrained={tiny_checkpoint}",
+                                    f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                                    f"tracking.artifact_location={tmp_path}/artifacts"))
+    assert result.metrics["num_images"] == 11 and result.metrics["num_captions"] == 11
+    spec = datasets.DatasetSpec.from_cfg(compose_config("dataset=multilingual/crossmodal3600",
+                                                        f"data_root={tmp_path / 'mirror'}").dataset, language="quz")
+    captions, _ = reading.lines_captions(spec)
+    assert captions[0] == "quz: a photo of a red circle." and not any("another" in c for c in captions)
+    with pytest.raises(PipelineError, match="has no captions in language 'xx'; it has ar, bn, cs, da, de, el, en, es, "
+                                            r"fa, fi, fil, fr, \.\.\. \(36 in all\)"):
+        run_job(compose_config("dataset=multilingual/crossmodal3600", f"data_root={tmp_path / 'mirror'}",
+                               "language=xx", f"model.pretrained={tiny_checkpoint}"))
+
+
 def test_the_flores_sets_take_clip_benchmarks_200_languages():
     from clip_benchmark.datasets.flores_langs import flores_languages
 

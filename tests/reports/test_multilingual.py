@@ -11,11 +11,11 @@ from pipeline.reports.results import ScoreRecord
 PUBLISHED = references.PUBLISHED / "openclip_multilingual_retrieval_results.csv"
 
 
-def xtd10_records(model: str, version: str) -> list[ScoreRecord]:
-    """open_clip's `multilingual_mscoco_captions` cells of one row (XTD-10, by the catalog's name), as results."""
+def xtd10_records(model: str, version: str, dataset: str = "multilingual/xtd10") -> list[ScoreRecord]:
+    """open_clip's cells of one row and dataset (`multilingual_mscoco_captions` is XTD-10), as results."""
     cells = references.published_cells("openclip_multilingual")
-    cells = cells[(cells["name"] == model) & (cells["pretrained"] == version) & (cells["dataset"] == "multilingual/xtd10")]
-    return [ScoreRecord(model, version, "multilingual/xtd10", "*", "mean_recall@1", dict(zip(g["metric"], g["published"])),
+    cells = cells[(cells["name"] == model) & (cells["pretrained"] == version) & (cells["dataset"] == dataset)]
+    return [ScoreRecord(model, version, dataset, "*", "mean_recall@1", dict(zip(g["metric"], g["published"])),
                         run_id=f"{model}:{language}", task="zeroshot_retrieval", language=language)
             for language, g in cells.groupby("language")]
 
@@ -47,6 +47,6 @@ def test_open_clips_multilingual_cells_reproduce_by_language():
     assert len(compared) == 11 * 6 and (compared["verdict"] == reproduction.REPRODUCED).all()
     assert set(compared["dataset"]) == {"multilingual/xtd10"} | {f"multilingual/xtd10/{lang}" for lang in  # en: plain
                                                                  ["de", "es", "fr", "it", "jp", "ko", "pl", "ru", "tr", "zh"]}
-    cells = references.published_cells("openclip_multilingual")
-    crossmodal = cells[cells["dataset"] == "multilingual/crossmodal3600"]
-    assert len(crossmodal) > 0 and not crossmodal["comparable"].any()  # not in the catalog yet, said so
+    crossmodal = xtd10_records("nllb-clip-large-siglip", "v1", "multilingual/crossmodal3600")
+    report = reproduction.reproduce(crossmodal, references.chosen("openclip_multilingual"))
+    assert len(crossmodal) == 36 and (report.rows["verdict"] == reproduction.REPRODUCED).sum() == 36 * 6

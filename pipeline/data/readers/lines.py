@@ -20,12 +20,15 @@ IMAGE_FOLDER = "images"
 
 @dataclass(frozen=True)
 class Layout:
-    """Where a dataset's files are, relative to its root (a URL or a local folder)."""
+    """Where a dataset's files are, relative to its root (a URL or a local folder): an index and a captions file
+    per language, or (Crossmodal-3600) one JSON-lines file in a zip, a line per image: its `image/key` and per
+    language its captions, of which clip_benchmark takes the first."""
 
-    index: str                       # the image file names, one per line
-    captions: str                    # a language's captions, `{language}` in the name
+    index: str                       # the image file names, one per line (or the zip of the JSON lines)
+    captions: str                    # a language's captions, `{language}` in the name (or the same zip)
     by_language: Mapping[str, str]  # languages whose captions live elsewhere (XTD-10's MIC and STAIR files)
     languages: tuple[str, ...]
+    member: str | None = None        # the JSON-lines file inside the zip
 
     @classmethod
     def from_cfg(cls, plain: Mapping[str, Any]) -> "Layout":
@@ -34,11 +37,38 @@ class Layout:
             from clip_benchmark.datasets.flores_langs import flores_languages
 
             offered = flores_languages
-        return cls(str(plain["index"]), str(plain["captions"]), dict(plain.get("by_language") or {}),
-                   tuple(str(language) for language in offered or ()))
+        languages = tuple(str(language) for language in offered or ())
+        if plain.get("records"):
+            return cls(str(plain["records"]), str(plain["records"]), {}, languages, str(plain["member"]))
+        return cls(str(plain["index"]), str(plain["captions"]), dict(plain.get("by_language") or {}), languages)
 
     def captions_of(self, language: str) -> str:
         return self.by_language.get(language) or self.captions.format(language=language)
+
+    def names(self, index: Path) -> list[str]:
+        """The image file names, in the index's order."""
+        if self.member is None:
+            return read_lines(index)
+        return [f"{record['image/key']}.jpg" for record in self.records(index)]
+
+    def texts(self, captions: Path, language: str) -> list[str]:
+        """The language's caption of every image of the index."""
+        if self.member is None:
+            return read_lines(captions)
+        try:
+            return [record[language]["caption"][0] for record in self.records(captions)]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise PipelineError(f"{captions}: an image has no {language} caption ({exc!r})") from exc
+
+    def records(self, path: Path) -> list[dict]:
+        import json
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as archive, archive.open(self.member) as lines:
+                return [json.loads(line) for line in lines if line.strip()]
+        except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+            raise PipelineError(f"{path} holds no {self.member} of JSON lines ({exc}); fetch it again") from exc
 
 
 def text_file(root: str, name: str, cache: Path) -> Path:
