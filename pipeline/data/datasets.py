@@ -295,6 +295,9 @@ def describe(spec: DatasetSpec) -> DatasetInfo:
     if spec.task != "zeroshot_classification":
         return DatasetInfo(spec, [], [], content)
     if spec.format == "folder":
+        if spec.language != languages.ENGLISH:
+            raise PipelineError(f"dataset {spec.name}: an image folder's class names are its folder names; "
+                                f"language={spec.language} needs a catalog dataset with names in that language")
         return DatasetInfo(spec, _folder_classnames(spec), _folder_templates(spec), content)
     if spec.format == "wds":
         classes, templates = wds_metadata(Path(local.root))
@@ -313,15 +316,19 @@ def describe(spec: DatasetSpec) -> DatasetInfo:
 
 def describe_voc(spec: DatasetSpec) -> DatasetInfo:
     """A VOC devkit's 20 classes (the devkit's names, which the paper's and clip_benchmark's prompts use), keyed
-    by its ground truth and image sizes, or by an archive URL and its checksum."""
+    by its ground truth and image sizes, or by an archive URL and its checksum (then nothing is fetched here: a job
+    whose stages are all cached never downloads the archive)."""
     from pipeline.data.readers import voc
 
-    folder = voc_folder(spec)
-    truth = voc.ground_truth(folder, spec.split)
-    identity = ({"root": spec.root, "md5": spec.archive_md5} if spec.root_kind == "http" and spec.archive_md5
-                else {"content": voc.content_digest(folder, truth, spec.split)})
+    if spec.root_kind == "http" and spec.archive_md5:
+        identity = {"root": spec.root, "md5": spec.archive_md5}
+    else:
+        folder = voc_folder(spec)
+        identity = {"content": voc.content_digest(folder, voc.ground_truth(folder, spec.split), spec.split)}
     content = {"name": spec.name, "split": spec.split, "format": spec.format, "metadata": [], **identity}
-    return DatasetInfo(spec, list(voc.CLASSES), [], content)
+    # its templates (prompts=dataset) are clip_benchmark's for voc2007_multilabel, as the paper's: "a photo of a {c}."
+    shipped = languages.shipped("en_zeroshot_classification_templates.json").get(spec.name, [])
+    return DatasetInfo(spec, list(voc.CLASSES), list(shipped), content)
 
 
 def sugar_crepe_files(spec: DatasetSpec) -> dict[str, Path]:
@@ -371,8 +378,17 @@ def describe_lines(spec: DatasetSpec) -> DatasetInfo:
     digest = lambda *paths: hashlib.sha256(b"".join(path.read_bytes() for path in paths)).hexdigest()
     content = {"name": spec.name, "split": spec.split, "format": spec.format, "metadata": [],
                "language": spec.language, "content": digest(index, captions)}
-    where = spec.images if spec.images and "://" in spec.root else str(Path(spec.images or spec.root).resolve())
-    return DatasetInfo(spec, [], [], content, {"images_of": spec.name, "images": where, "index": digest(index)})
+    images = {"images_of": spec.name, "index": digest(index)}
+    if spec.root_kind == "http":  # the archive at this address, unpacked once and never changed
+        images["images"] = spec.images
+    else:  # a mirror: which of the index's images it holds is part of what the image stage encodes
+        from pipeline.data.readers import lines
+
+        folder = lines.images_folder(spec.root, spec.images, http_cache(spec))
+        names = lines.Layout.from_cfg(spec.lines or {}).names(index)
+        present = "\n".join(names[i] for i in lines.present(names, folder))
+        images.update(images=str(folder.resolve()), present=hashlib.sha256(present.encode()).hexdigest())
+    return DatasetInfo(spec, [], [], content, images)
 
 
 def wds_metadata(root: Path) -> tuple[list[str], list[str]]:

@@ -154,8 +154,9 @@ def lines_images(spec: DatasetSpec, transform: Callable, batch_size: int, num_wo
                                 pin_memory=pin_memory)
 
 
-def lines_captions(spec: DatasetSpec) -> tuple[list[str], np.ndarray]:
-    """The job language's captions of the images that exist, and each caption's image (its row: one per image)."""
+def lines_captions(spec: DatasetSpec) -> tuple[list[str], list[str]]:
+    """The job language's captions of the images that exist, and each caption's image by name (the classify stage
+    finds its row among the encoded images by that name)."""
     from pipeline.data.readers import lines
 
     index, captions = lines_files(spec)
@@ -165,4 +166,4 @@ def lines_captions(spec: DatasetSpec) -> tuple[list[str], np.ndarray]:
         raise PipelineError(f"{captions} has {len(texts)} captions for the {len(names)} images of {index}; fetch it "
                             f"again")
     kept = lines.present(names, lines.images_folder(spec.root, spec.images, http_cache(spec)))
-    return [texts[i] for i in kept], np.arange(len(kept), dtype=np.int64)
+    return [texts[i] for i in kept], [names[i] for i in kept]

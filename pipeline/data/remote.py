@@ -249,28 +249,37 @@ def read_nshards(path: Path, root: str) -> int:
 # -- archives -------------------------------------------------------------------------------------------------
 def fetched_archive(url: str, cache_dir: Path, md5: str | None = None) -> Path:
     """The tar archive at `url` (gzip or not) unpacked: fetched and unpacked once, then served from `cache_dir`; its
-    MD5 checked when given. tarfile's `data` filter refuses links and paths that leave the folder, and a failed
-    unpacking leaves nothing a later run would take for a complete copy."""
+    MD5 checked when given. Jobs of a parallel sweep that need it at once take turns on a file lock, so one fetches
+    and unpacks while the others wait and then read its copy; it is unpacked into a folder of its own and renamed
+    into place when complete, so a failure leaves nothing a later run would take for a whole copy. tarfile's
+    `data` filter refuses links and paths that leave the folder."""
+    import fcntl
+
     folder = http_cache_folder(url, cache_dir)
     unpacked = folder / "unpacked"
     if unpacked.is_dir():
         return unpacked
-    base, name = url.rsplit("/", 1)
-    archive = http_download(base, urllib.parse.unquote(name), folder / "archive")
-    if md5 and file_md5(archive) != md5.lower():
-        archive.unlink()
-        raise PipelineError(f"{url} is not the expected archive (its MD5 differs from dataset.archive_md5={md5}); "
-                            f"check dataset.root")
-    partial = folder / ".unpacking"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(partial, filter="data")
-    except (tarfile.TarError, OSError) as exc:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise PipelineError(f"{url} cannot be unpacked ({one_line(exc)}); check the dataset's address") from exc
-    os.replace(partial, unpacked)
-    archive.unlink()  # the unpacked copy is what is read: keeping both would double the space
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if unpacked.is_dir():  # another job unpacked it while this one waited
+            return unpacked
+        base, name = url.rsplit("/", 1)
+        archive = http_download(base, urllib.parse.unquote(name), folder / "archive")
+        if md5 and file_md5(archive) != md5.lower():
+            archive.unlink()
+            raise PipelineError(f"{url} is not the expected archive (its MD5 differs from dataset.archive_md5={md5}); "
+                                f"check dataset.root")
+        partial = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=folder))
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(partial, filter="data")
+            os.replace(partial, unpacked)
+        except (tarfile.TarError, OSError) as exc:
+            raise PipelineError(f"{url} cannot be unpacked ({one_line(exc)}); check the dataset's address") from exc
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        archive.unlink()  # the unpacked copy is what is read: keeping both would double the space
     return unpacked
 
 

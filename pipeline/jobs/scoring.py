@@ -15,8 +15,8 @@ from pipeline.data import datasets, languages, prompts, reading
 from pipeline.errors import PipelineError
 from pipeline.jobs import job_run, sweep
 from pipeline.models import precision
-from pipeline.models.loading import (ModelLoader, ModelSpec, device_type, library_versions, resolve_device,
-                                     tokenizer_language)
+from pipeline.models.loading import (NLLB_DEFAULT_LANGUAGE, ModelLoader, ModelSpec, device_type, library_versions,
+                                     resolve_device, tokenizer_language)
 from pipeline.stages import classify, embed, score, uncertainty
 from pipeline.stages.embed import projection
 from pipeline.stages.heads import HeadSpec, linear_probe
@@ -166,8 +166,9 @@ class Upstream:
 
     @property
     def text_model(self) -> embed.ModelKey:
+        language = self.job.loader.tokenizer_language
         return embed.ModelKey(self.job.loader.spec.fingerprint, self.job.recipe.text, self.job.versions,
-                              self.job.loader.tokenizer_language)
+                              None if language == NLLB_DEFAULT_LANGUAGE else language)
 
     def test_image_key(self) -> str:
         """The test split's image key, through the view of its classes where the dataset keeps some only."""
@@ -207,9 +208,9 @@ class Upstream:
             return embed.embed_classifier(self.cache, job.loader, job.info.classnames, job.class_prompts,
                                           self.text_model, tags=job.tags, params=job.params)
         if job.spec.format == "lines":
-            def texts():  # the job language's captions, each with its image's row
+            def texts():  # the job language's captions, each with its image's name
                 captions, owners = reading.lines_captions(job.spec)
-                return captions, {"caption_image": owners}
+                return captions, {"caption_names": np.array(owners, dtype=str)}
         elif job.spec.task == datasets.SELECTION:
             def texts():  # the captions of each instance, with the images it shows (the image stage is shared)
                 captions, shown = reading.selection_instances(job.spec)

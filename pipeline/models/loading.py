@@ -259,6 +259,17 @@ class ModelLoader:
         return loaded
 
 
+def nllb_language_map() -> dict[str, str]:
+    """clip_benchmark's `lang_map` (models/nllb_clip.py), read from its file: importing it the usual way runs its
+    `models` package, which imports torch and open_clip, and a job whose stages are all served needs neither."""
+    package = importlib.util.find_spec("clip_benchmark")
+    path = Path(package.origin).parent / "models" / "nllb_clip.py"
+    spec = importlib.util.spec_from_file_location("_clip_benchmark_nllb_clip", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return dict(module.lang_map)
+
+
 def set_source_language(tokenizer, code: str) -> None:
     """NLLB's source language on open_clip's HFTokenizer, checked. open_clip's `set_language` (and clip_benchmark's
     `nllb_clip.set_language`) call the HF tokenizer's `set_src_lang_special_tokens`, which transformers 5 no longer
@@ -272,13 +283,15 @@ def set_source_language(tokenizer, code: str) -> None:
                             f"{__import__('transformers').__version__}); the texts would be encoded in another")
 
 
+NLLB_DEFAULT_LANGUAGE = "eng_Latn"  # what NLLB's tokenizer starts with: keys of English runs leave it out
+
+
 def tokenizer_language(arch: str, language: str) -> str | None:
     """The source language NLLB-CLIP's tokenizer is given for a job's `language`, by clip_benchmark's own map
     (its cli.py sets it before every NLLB-CLIP run); None for every other tokenizer, which takes no language."""
     if "nllb-clip" not in arch:
         return None
-    from clip_benchmark.models.nllb_clip import lang_map
-
+    lang_map = nllb_language_map()
     if language not in lang_map:
         raise PipelineError(f"NLLB-CLIP has no source language for language={language}; clip_benchmark maps "
                             f"{', '.join(sorted(lang_map))}")

@@ -19,8 +19,10 @@ from pipeline.reports.tables import MEAN_COLUMN, WEIGHTED_COLUMN
 from pipeline.stages import uncertainty
 
 Replicates = Callable[[ScoreRecord], Bootstrap]
-RESULT_KEYS = ["model", "pretrained", "dataset", "source", "protocol", "prompts", "head", "k_shot", "seed", "features"]
-BASELINE_FIELDS = ("model", "pretrained", "protocol", "prompts", "head", "k_shot", "seed", "features", "source")
+RESULT_KEYS = ["model", "pretrained", "dataset", "source", "protocol", "prompts", "head", "k_shot", "seed", "features",
+               "language"]
+BASELINE_FIELDS = ("model", "pretrained", "protocol", "prompts", "head", "k_shot", "seed", "features", "source",
+                   "language")
 
 
 # Counts a score logs beside its metrics: the resampled units (`n`: samples, images or games) and the sizes that
@@ -41,7 +43,7 @@ def results_frame(records: Iterable[ScoreRecord]) -> pd.DataFrame:
     rows = []
     for r in records:
         labels = dict(zip(RESULT_KEYS, (r.model, r.pretrained, r.dataset, r.source, r.protocol, r.prompts,
-                                        r.head, r.k_shot, r.seed, r.features)))
+                                        r.head, r.k_shot, r.seed, r.features, r.language)))
         counts = {"n": r.units, **{column: r.metrics.get(name, math.nan) for name, column in COUNT_COLUMNS.items()}}
         for metric in base_metrics(r):
             rows.append({**labels, "metric": metric, "value": r.metrics[metric],

@@ -36,13 +36,13 @@ def table(records: Iterable[ScoreRecord]) -> pd.DataFrame:
     datasets = list(dict.fromkeys(r.dataset for r in chosen))
     languages = {d: sorted({r.language for r in chosen if r.dataset == d}) for d in datasets}
     columns = [f"{d} {m} {lang}" for d in datasets for m in METRICS for lang in [AVERAGE, *languages[d]]]
-    rows: dict[tuple[str, str], dict[str, float]] = {}
-    for r in chosen:
-        row = rows.setdefault((row_name(r), r.pretrained), {})
+    rows: dict[tuple[str, str, str, str], dict[str, float]] = {}
+    for r in chosen:  # a row per run architecture and protocol: QuickGELU twins and precisions never merge
+        row = rows.setdefault((row_name(r), r.pretrained, r.model, r.protocol), {})
         for metric in METRICS:
             row[f"{r.dataset} {metric} {r.language}"] = r.metrics.get(metric, math.nan)
     out = []
-    for (model, version), cells in rows.items():
+    for (model, version, _, _), cells in rows.items():
         values = {c: cells.get(c, math.nan) for c in columns if not c.endswith(f" {AVERAGE}")}
         for d in datasets:
             for m in METRICS:

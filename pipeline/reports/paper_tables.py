@@ -10,6 +10,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from pipeline.data.languages import ENGLISH
 from pipeline.errors import PipelineError
 from pipeline.reports import references
 from pipeline.reports.references import PAPER_DATASETS, PAPER_MODELS, QUICKGELU
@@ -38,7 +39,7 @@ def paper_model(record: ScoreRecord) -> str:
 
 def fits(record: ScoreRecord, head: str) -> bool:
     """A result one of the tables holds: a dataset of the paper's, zero-shot or the full linear probe."""
-    if record.dataset not in BY_KEY:
+    if record.dataset not in BY_KEY or record.language != ENGLISH:  # the paper's tables are English
         return False
     if head == LINEAR_PROBE:
         return record.head == LINEAR_PROBE and record.k_shot == ALL_SHOTS
@@ -61,12 +62,14 @@ def paper_table(records: Iterable[ScoreRecord], head: str) -> pd.DataFrame:
         column, metric = BY_KEY[record.dataset]
         cell = (paper_model(record), column)
         cells.setdefault(cell, []).append(record.metrics.get(metric, math.nan))
-        variants.setdefault(cell, set()).add((record.source, record.protocol, record.prompts, record.features))
+        variants.setdefault(cell, set()).add((record.model, record.source, record.protocol, record.prompts,
+                                              record.features))
     for (model, column), found in variants.items():
         if len(found) > 1:
             raise PipelineError(f"the CLIP paper's table has one cell per model and dataset, but {model} on {column} "
-                                f"has results for several (source, protocol, prompts, features): "
-                                f"{', '.join(sorted(map(str, found)))}; keep one with source=, protocol=, prompts=")
+                                f"has results for several (architecture, source, protocol, prompts, features): "
+                                f"{', '.join(sorted(map(str, found)))}; keep one with source=, protocol=, "
+                                f"prompts= (or one activation of OpenAI's weights)")
     models = {model for model, _ in cells}
     order = [m for m in PAPER_MODELS if m in models] + sorted(models - set(PAPER_MODELS))
     rows = [{MODEL_COLUMN: model, **{column: percent(cells.get((model, column), [])) for column in PAPER_DATASETS}}

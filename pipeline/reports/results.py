@@ -20,6 +20,10 @@ from pipeline.store.cache import real_metric_name
 from pipeline.store.tracking import JOB_STAGE, TrackingStore, search_all
 
 EXTERNAL_PROMPTS = "external"
+# clip_benchmark's names of the multilingual retrieval sets, as the catalog calls them (multilingual MSCOCO is XTD-10)
+MULTILINGUAL_NAMES = {"crossmodal3600": "multilingual/crossmodal3600", "xtd10": "multilingual/xtd10",
+                      "multilingual_mscoco_captions": "multilingual/xtd10", "xtd200": "multilingual/xtd200",
+                      "flickr30k-200": "multilingual/flickr30k_200"}
 EXTERNAL_SOURCE = "external"  # results read from files: whoever produced them chose the data
 UNKNOWN_SHOTS = "unknown"  # a result file's probe, which does not record its shots
 
@@ -141,10 +145,12 @@ def read_clip_benchmark_json(path: Path) -> ScoreRecord:
     try:
         payload = json.loads(path.read_text())
         dataset = str(payload["dataset"]).removeprefix("wds/")
+        dataset = MULTILINGUAL_NAMES.get(dataset, dataset)
         metrics = _with_mean_recall(_numbers(payload["metrics"]))
         probe = payload.get("task") == "linear_probe"  # CLIP_benchmark's own probe: its AdamW head, shots unknown
         return ScoreRecord(str(payload["model"]), str(payload["pretrained"]), dataset, EXTERNAL_PROMPTS,
                            _main_metric(dataset, metrics), metrics, run_id=str(path),
+                           language=str(payload.get("language") or ENGLISH),  # clip_benchmark's cli writes it
                            task="zeroshot_classification" if probe else _task(dataset, metrics, payload.get("task")),
                            **({"head": LINEAR_PROBE, "k_shot": UNKNOWN_SHOTS, "features": "clip_benchmark"}
                               if probe else {}))

@@ -17,6 +17,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from pipeline.data.languages import ENGLISH
 from pipeline.errors import PipelineError
 from pipeline.reports import plots
 from pipeline.reports.results import ScoreRecord
@@ -89,7 +90,7 @@ def _one_per_dataset(records: list[ScoreRecord]) -> dict[tuple[str, ...], ScoreR
     """The zero-shot record of each (point, dataset); a dataset read from several sources keeps DataComp's copy."""
     found: dict[tuple[str, ...], list[ScoreRecord]] = {}
     for record in records:
-        if record.head == ZEROSHOT and record.dataset in (IN_DISTRIBUTION, *SHIFTS):
+        if record.head == ZEROSHOT and record.dataset in (IN_DISTRIBUTION, *SHIFTS) and record.language == ENGLISH:
             key = (record.model, record.pretrained, record.protocol, record.prompts, record.head_label, record.dataset)
             found.setdefault(key, []).append(record)
     chosen = {}

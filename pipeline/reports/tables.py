@@ -159,7 +159,7 @@ def openclip38_eligible(record: ScoreRecord) -> bool:
     """A result open_clip's table can hold: a datacomp38 dataset read from DataComp's own copy, under DataComp's
     protocol, or a result file (whose producer chose both); zero-shot results only, as the table reports."""
     entry = catalog.lookup(record.dataset)
-    if record.head != ZEROSHOT:
+    if record.head != ZEROSHOT or record.language != ENGLISH:  # its columns are the English results
         return False
     if entry is None or entry.key not in catalog.suite("datacomp38"):
         return False
@@ -199,7 +199,7 @@ def blog(records: Iterable[ScoreRecord], metric: str, mean_row: bool = False) ->
     blog prints them; the column mean as a last row only when asked for."""
     rows = [{"dataset": r.dataset, "model": f"{row_name(r)} {r.pretrained}".strip(), "value": r.value(metric),
              "variant": (r.source, r.protocol, r.prompts)} for r in records
-            if r.task == "zeroshot_classification" and r.head == ZEROSHOT]
+            if r.task == "zeroshot_classification" and r.head == ZEROSHOT and r.language == ENGLISH]
     if not rows:
         return pd.DataFrame(columns=["dataset"])
     long = pd.DataFrame(rows)

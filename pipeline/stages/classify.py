@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
+from pipeline.errors import PipelineError
 from pipeline.models.precision import FP32_RECIPE, Recipe, autocast, normalized, restored
 from pipeline.stages import metrics
 from pipeline.stages.embed import Embedded
@@ -77,17 +78,31 @@ def classification_outputs(images: Embedded, text: Embedded, recipe: Recipe, dev
 
 def retrieval_outputs(images: Embedded, text: Embedded, recipe: Recipe, device: torch.device) -> StageOutput:
     # The caption x image similarity matrix (25k x 5k for MSCOCO) is not stored; the ranks carry every metric.
+    import torch
+
     image_features, text_features = _normalized_pair(images.arrays, text.arrays, recipe, device)
+    owners, shown = caption_owners(images, text)
+    if shown is not None:
+        image_features = image_features[torch.as_tensor(shown, device=image_features.device)]
     scores = _product(text_features, image_features.T, recipe, device)
-    owners = caption_owners(images, text)
     image_rank, text_rank = metrics.retrieval_ranks_from_scores(scores, owners)
     return StageOutput(arrays={"image_rank": image_rank, "text_rank": text_rank, "caption_image": owners})
 
 
-def caption_owners(images: Embedded, text: Embedded) -> np.ndarray:
-    """Each caption's image: read with the images (a webdataset's captions), or with the captions (a multilingual
-    set's, whose images every language shares)."""
-    return text["caption_image"] if "caption_image" in text.arrays else images["caption_image"]
+def caption_owners(images: Embedded, text: Embedded) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each caption's image among the images scored, and which encoded images those are (None: all). A webdataset
+    reads the captions with the images; a multilingual set's captions name their images, found by name among the
+    encoded ones (every language shares them), and only the images with a caption are scored."""
+    if "caption_names" not in text.arrays:
+        return images["caption_image"], None
+    row = {name: index for index, name in enumerate(images["image_names"])}
+    missing = [name for name in text["caption_names"] if name not in row]
+    if missing:
+        raise PipelineError(f"{len(missing)} captioned images (e.g. {missing[0]}) are not among the encoded ones: the "
+                            f"images changed since they were encoded; rerun with cache.force=true")
+    rows = np.array([row[name] for name in text["caption_names"]], dtype=np.int64)
+    shown, owners = np.unique(rows, return_inverse=True)
+    return owners.astype(np.int64), shown
 
 
 def winogavil_outputs(images: Embedded, text: Embedded, recipe: Recipe, device: torch.device) -> StageOutput:

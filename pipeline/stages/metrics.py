@@ -44,8 +44,10 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
 # The VOC devkit's classification ground truth of an (image, class): present, absent, or "difficult" (the image
 # holds only objects of the class marked difficult), which the devkit's evaluation leaves out of that class.
 PRESENT, ABSENT, DIFFICULT = 1, -1, 0
-# The recall levels of the 11-point AP as the devkit's `0:0.1:1` and the Python ports' `np.arange(0., 1.1, 0.1)`
-# write them (0.30000000000000004, ...): a recall of exactly 3/10 does not reach the fourth level.
+# The recall levels of the 11-point AP as the Python ports of the devkit write them (py-faster-rcnn's voc_eval.py,
+# `np.arange(0., 1.1, 0.1)`: 0.30000000000000004, 0.6000000000000001, 0.7000000000000001): a recall of exactly
+# 3/10 does not reach the fourth level. MATLAB's `0:0.1:1` in VOCevalcls.m may hold 0.6 and 0.7 exactly (its colon
+# fills the upper half from the end); the two differ only where a recall equals 3/5 or 7/10 exactly.
 ELEVEN_POINTS = np.arange(0.0, 1.1, 0.1)
 MULTILABEL_METRICS = ("map_11point", "mean_average_precision")
 

@@ -206,3 +206,40 @@ def test_a_hub_address_is_read_as_repository_revision_and_folder_on_the_mirror(m
 def test_a_plain_url_gets_a_folder_named_by_its_hash(tmp_path):
     folder = remote.http_cache_folder("https://ex.org/../../etc;rm -rf/", tmp_path)
     assert folder.parent == tmp_path / "http" and folder.name.startswith("ex.org-") and "/" not in folder.name
+
+
+def _fetch_archive(url: str, cache: str, results) -> None:
+    try:
+        folder = remote.fetched_archive(url, Path(cache))
+        results.put(len(list(folder.rglob("*.txt"))))
+    except Exception as exc:  # reported to the parent, which fails the test with it
+        results.put(repr(exc))
+
+
+def test_jobs_fetching_one_archive_at_once_all_get_the_whole_copy(tmp_path):
+    """Four processes ask for the same archive together: one fetches and unpacks, the others wait for its copy."""
+    import io
+    import multiprocessing
+    import tarfile
+
+    served = tmp_path / "served"
+    served.mkdir()
+    with tarfile.open(served / "files.tar.gz", "w:gz") as archive:
+        for index in range(500):
+            data = f"file {index}\n".encode()
+            info = tarfile.TarInfo(f"images/{index:05d}.txt")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    with FakeHub({"org/files": served}) as hub:
+        url = f"{hub.url.replace('127.0.0.1', 'localhost')}/plain/org/files/files.tar.gz"
+        context = multiprocessing.get_context("spawn")
+        results = context.Queue()
+        workers = [context.Process(target=_fetch_archive, args=(url, str(tmp_path / "cache"), results)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(120)
+        counts = [results.get(timeout=10) for _ in workers]
+        fetched = sum(r.startswith("GET") for r in hub.requests)
+    assert counts == [500] * 4 and fetched == 1
+    assert not list((tmp_path / "cache").rglob(".unpacking-*"))

@@ -101,13 +101,15 @@ def test_the_test_archive_is_fetched_once_checked_and_unpacked(tmp_path):
     with FakeHub({"pascal/voc": served}) as hub:
         url = f"{hub.url.replace('127.0.0.1', 'localhost')}/plain/pascal/voc/VOCtest.tar"
         with pytest.raises(PipelineError, match=r"is not the expected archive \(its MD5 differs from dataset.archive_md5=0000\)"):
-            datasets.describe(voc_spec(url, archive_md5="0000", cache=cache))
+            datasets.voc_folder(voc_spec(url, archive_md5="0000", cache=cache))
         assert not list(cache.rglob("VOC2007"))  # nothing half-checked is left to be read later
         info = datasets.describe(voc_spec(url, archive_md5=md5, cache=cache))
+        assert len(hub.requests) == 1  # keyed by address and checksum: describing fetches nothing
+        labels, _ = reading.multilabel_batches(voc_spec(url, archive_md5=md5, cache=cache), lambda image: 0, 4, 0)
         asked = len(hub.requests)
     assert info.fingerprint["root"] == url and info.fingerprint["md5"] == md5
-    again = datasets.describe(voc_spec(url, archive_md5=md5, cache=cache))  # the server is gone: read from the cache
-    assert again.fingerprint == info.fingerprint and asked == 2
+    again = datasets.describe(voc_spec(url, archive_md5=md5, cache=cache))
+    assert again.fingerprint == info.fingerprint and asked == 2 and labels.shape == (12, 20)
     assert len(voc.ground_truth(datasets.voc_folder(voc_spec(url, cache=cache)), "test").ids) == 12
 
 
@@ -123,3 +125,17 @@ def test_an_archive_reaching_outside_its_folder_is_refused(tmp_path):
         with pytest.raises(PipelineError, match="cannot be unpacked"):
             datasets.describe(voc_spec(url, cache=tmp_path / "cache"))
     assert not list(tmp_path.rglob("escaped.txt")) and not list((tmp_path / "cache").rglob("unpacked"))
+
+
+def test_a_missing_image_read_in_a_worker_process_is_one_line(tmp_path, tiny_checkpoint):
+    from pipeline.jobs.scoring import run_job
+    from tests.conftest import compose_config
+
+    devkit(tmp_path / "mirror")
+    (tmp_path / "mirror" / "VOCdevkit" / voc.YEAR / "JPEGImages" / "000004.jpg").unlink()
+    with pytest.raises(PipelineError) as failure:
+        run_job(compose_config("dataset=voc2007_multilabel", f"data_root={tmp_path / 'mirror'}", "num_workers=2",
+                               f"model.pretrained={tiny_checkpoint}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                               f"tracking.artifact_location={tmp_path}/artifacts"))
+    message = str(failure.value)
+    assert "\n" not in message and "Traceback" not in message and "000004.jpg cannot be read" in message

@@ -73,3 +73,16 @@ def test_results_pair_only_in_the_same_sample_order_and_a_compare_without_partne
 
 def test_p_is_never_reported_below_one_resample():
     assert uncertainty.paired(np.ones(R), np.zeros(R))[2] == 1 / R
+
+
+def test_results_in_different_languages_never_pair():
+    """A model against a baseline model on a multilingual dataset: each language with its own baseline."""
+    values = {("A", "de"): 0.50, ("A", "ko"): 0.10, ("B", "de"): 0.55, ("B", "ko"): 0.12}
+    records = [ScoreRecord(model, "w", "multilingual/xtd10", "*", "acc1", {"acc1": value, "n": 300},
+                           run_id=f"{model}:{language}", source="local", protocol="datacomp", language=language)
+               for (model, language), value in values.items()]
+    reps = {key: np.full(R, value) for key, value in values.items()}
+    table = comparisons.compare(records, "acc1", {"model": "A"},
+                                lambda r: Bootstrap({"acc1": reps[(r.model, r.language)]}, order="same"))
+    by_language = table[table["dataset"] == "multilingual/xtd10"].set_index("language")["difference"]
+    assert by_language.to_dict() == pytest.approx({"de": 0.05, "ko": 0.02})

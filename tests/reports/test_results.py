@@ -56,3 +56,16 @@ def test_the_store_is_read_page_after_page_never_truncated(store, monkeypatch):
         client.set_terminated(run.info.run_id, "FINISHED")
     records = {r.dataset: r.metrics["acc1"] for r in results.latest_in_store(store)}
     assert len(records) == 9 and records["d0"] == 0.9 and records["d1"] == 1.0 and records["d8"] == 0.8
+
+
+def test_a_clip_benchmark_result_keeps_its_language_and_its_multilingual_dataset(tmp_path):
+    import json
+
+    from pipeline.reports.results import read_clip_benchmark_json
+
+    path = tmp_path / "xtd10_v1_nllb-clip-base_it_zeroshot_retrieval.json"
+    path.write_text(json.dumps({"dataset": "multilingual_mscoco_captions", "model": "nllb-clip-base",
+                                "pretrained": "v1", "task": "zeroshot_retrieval", "language": "it",
+                                "metrics": {"image_retrieval_recall@1": 0.5, "text_retrieval_recall@1": 0.6}}))
+    record = read_clip_benchmark_json(path)
+    assert (record.dataset, record.language, record.metrics["mean_recall@1"]) == ("multilingual/xtd10", "it", 0.55)

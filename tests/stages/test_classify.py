@@ -1,10 +1,13 @@
 """Zero-shot logits: the definition, scale invariance, and each precision as the references compute it."""
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline.errors import PipelineError
 from pipeline.models.precision import Recipe, with_dtype
 from pipeline.stages.classify import zero_shot_logits
+from pipeline.stages.embed import Embedded
 
 
 def test_zero_shot_logits_follow_the_definition():
@@ -38,3 +41,15 @@ def test_bf16_features_round_trip_through_storage_to_the_same_logits():
     # the same values multiplied in fp32 are not what clip_benchmark reports under amp
     fp32 = zero_shot_logits({"image_features": features.float().numpy()}, {"classifier": classifier.float().numpy()})
     assert not np.array_equal(fp32, expected) and np.allclose(fp32, expected, atol=1.0)
+
+
+def test_captions_find_their_images_by_name_and_only_captioned_images_are_scored():
+    """A multilingual set's captions name their images: the rows follow the names, whatever the encoding order."""
+    from pipeline.stages.classify import caption_owners
+
+    images = Embedded({"image_names": np.array(["c.jpg", "a.jpg", "b.jpg"])}, "k", "r")
+    text = Embedded({"caption_names": np.array(["a.jpg", "c.jpg"])}, "k", "r")
+    owners, shown = caption_owners(images, text)
+    assert list(shown) == [0, 1] and list(owners) == [1, 0]  # b.jpg has no caption: not scored
+    with pytest.raises(PipelineError, match="1 captioned images .*d.jpg.* are not among the encoded ones"):
+        caption_owners(images, Embedded({"caption_names": np.array(["d.jpg"])}, "k", "r"))

@@ -35,6 +35,16 @@ def _unreadable_sample(spec: datasets.DatasetSpec, sample: Unreadable) -> Pipeli
                          f"or set dataset.skip_corrupt=true to skip such samples")
 
 
+def from_worker(exc: PipelineError) -> PipelineError:
+    """A reader's one-line error as it said it: a DataLoader worker's comes back with the worker's traceback in
+    its message (torch re-raises it so), which belongs in the log, not on the terminal."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return exc
+    said = text.rstrip().splitlines()[-1]
+    return PipelineError(said.split("PipelineError: ", 1)[-1])
+
+
 def _model_failure(loaded: LoadedModel, spec: datasets.DatasetSpec, images: torch.Tensor, exc: Exception) -> PipelineError:
     if isinstance(exc, torch.OutOfMemoryError):
         return PipelineError(f"out of memory on {loaded.device} encoding a batch of {len(images)} images of "
@@ -62,8 +72,8 @@ def encode_batches(loaded: LoadedModel, batches: Iterator[Batch], spec: datasets
                 batch = next(batches)
             except StopIteration:
                 break
-            except PipelineError:
-                raise
+            except PipelineError as exc:
+                raise from_worker(exc) from exc
             except Exception as exc:
                 raise _read_failure(spec, exc) from exc
             missing = [sample for sample in batch.unreadable if sample.missing]
