@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
-from pipeline.data import languages, remote, sources
+from pipeline.data import annotated, languages, remote, sources
 from pipeline.data.readers import HF_CACHE
 from pipeline.errors import PipelineError
 
@@ -161,15 +161,6 @@ def http_cache(spec: DatasetSpec) -> Path:
     return Path(spec.data_cache or spec.http_cache or remote.DEFAULT_HTTP_CACHE).expanduser()
 
 
-def voc_folder(spec: DatasetSpec) -> Path:
-    """The `VOC2007` folder of a devkit root: a local folder, or a URL of its test archive (fetched once)."""
-    from pipeline.data.readers import voc
-
-    if spec.root_kind == "http":
-        return voc.year_folder(remote.fetched_archive(spec.root, http_cache(spec), spec.archive_md5))
-    return voc.year_folder(Path(spec.root))
-
-
 def hub_cache(spec: DatasetSpec) -> str | None:
     """The Hub cache to use: `<data_cache>/hub` when a data_cache is set, else the Hub's own (HF_HOME)."""
     return str(Path(spec.data_cache) / "hub") if spec.data_cache else None
@@ -182,9 +173,7 @@ def check_local_layout(spec: DatasetSpec, shards: bool = True) -> None:
         return
     root = Path(spec.root)
     if spec.format == "voc":
-        from pipeline.data.readers import voc
-
-        voc.year_folder(root)
+        annotated.voc_folder(spec, http_cache(spec))
         return
     if spec.format == "hf":
         if not root.is_dir() and not (root.parent / HF_CACHE).is_dir():
@@ -276,12 +265,9 @@ def _folder_templates(spec: DatasetSpec) -> list[str]:
 def describe(spec: DatasetSpec) -> DatasetInfo:
     """Class names and shipped templates (classification), with the content fingerprint for cache keys.
     A remote webdataset's metadata is fetched here; its shards only when images are read."""
-    if spec.format == "voc":
-        return describe_voc(spec)
-    if spec.format == "sugar_crepe":
-        return describe_sugar_crepe(spec)
-    if spec.format == "lines":
-        return describe_lines(spec)
+    if spec.format in annotated.FORMATS:
+        found = annotated.describe(spec, http_cache(spec))
+        return DatasetInfo(spec, found.classnames, found.templates, found.content, found.images)
     local, copy = fetched(spec, shards=False)
     check_local_layout(local, shards=copy is None)
     remote_identity = copy.identity if copy else None
@@ -312,83 +298,6 @@ def describe(spec: DatasetSpec) -> DatasetInfo:
         return DatasetInfo(spec, names, babel_templates, {**content, "language": spec.language}, images, tuple(kept))
     names, localized = languages.localized(spec.name, spec.language, classnames, non_blank(templates))
     return DatasetInfo(spec, names, localized, content, images)
-
-
-def describe_voc(spec: DatasetSpec) -> DatasetInfo:
-    """A VOC devkit's 20 classes (the devkit's names, which the paper's and clip_benchmark's prompts use), keyed
-    by its ground truth and image sizes, or by an archive URL and its checksum (then nothing is fetched here: a job
-    whose stages are all cached never downloads the archive)."""
-    from pipeline.data.readers import voc
-
-    if spec.root_kind == "http" and spec.archive_md5:
-        identity = {"root": spec.root, "md5": spec.archive_md5}
-    else:
-        folder = voc_folder(spec)
-        identity = {"content": voc.content_digest(folder, voc.ground_truth(folder, spec.split), spec.split)}
-    content = {"name": spec.name, "split": spec.split, "format": spec.format, "metadata": [], **identity}
-    # its templates (prompts=dataset) are clip_benchmark's for voc2007_multilabel, as the paper's: "a photo of a {c}."
-    shipped = languages.shipped("en_zeroshot_classification_templates.json").get(spec.name, [])
-    return DatasetInfo(spec, list(voc.CLASSES), list(shipped), content)
-
-
-def sugar_crepe_files(spec: DatasetSpec) -> dict[str, Path]:
-    """Every subset's annotation file (the image stage encodes the images of all seven once)."""
-    from pipeline.data.readers import sugar_crepe
-
-    sugar_crepe.subset_of(spec.name)
-    return {subset: sugar_crepe.annotation_file(spec.root, subset, http_cache(spec)) for subset in sugar_crepe.SUBSETS}
-
-
-def describe_sugar_crepe(spec: DatasetSpec) -> DatasetInfo:
-    """A subset keyed by its annotation file; its images by every subset's file names and where COCO's are."""
-    from pipeline.data.readers import sugar_crepe
-
-    files = sugar_crepe_files(spec)
-    subset = sugar_crepe.subset_of(spec.name)
-    names = sorted({entry.filename for path in files.values() for entry in sugar_crepe.entries(path)})
-    location = sugar_crepe.image_location(spec.root, spec.images)
-    where = {"images": location} if location.startswith(("http://", "https://")) else \
-        {"images": str(Path(location).resolve()), "size": Path(location).stat().st_size if Path(location).is_file() else None}
-    content = {"name": spec.name, "split": spec.split, "format": spec.format, "metadata": [],
-               "content": hashlib.sha256(files[subset].read_bytes()).hexdigest()}
-    images = {"images_of": "sugar_crepe", **where, "names": hashlib.sha256("\n".join(names).encode()).hexdigest()}
-    return DatasetInfo(spec, [], [], content, images)
-
-
-def own_languages(spec: DatasetSpec) -> tuple[str, ...] | None:
-    """The languages a multilingual dataset comes in (its captions'); None for the others."""
-    from pipeline.data.readers import lines
-
-    return lines.Layout.from_cfg(spec.lines or {}).languages if spec.format == "lines" else None
-
-
-def lines_files(spec: DatasetSpec) -> tuple[Path, Path]:
-    """The image index and the job language's captions of a `lines` dataset (fetched once from a URL root)."""
-    from pipeline.data.readers import lines
-
-    layout = lines.Layout.from_cfg(spec.lines or {})
-    return (lines.text_file(spec.root, layout.index, http_cache(spec)),
-            lines.text_file(spec.root, layout.captions_of(spec.language), http_cache(spec)))
-
-
-def describe_lines(spec: DatasetSpec) -> DatasetInfo:
-    """Keyed by the language's captions and the index; the images by the index and where they are, so every
-    language of the dataset shares one image stage."""
-    index, captions = lines_files(spec)
-    digest = lambda *paths: hashlib.sha256(b"".join(path.read_bytes() for path in paths)).hexdigest()
-    content = {"name": spec.name, "split": spec.split, "format": spec.format, "metadata": [],
-               "language": spec.language, "content": digest(index, captions)}
-    images = {"images_of": spec.name, "index": digest(index)}
-    if spec.root_kind == "http":  # the archive at this address, unpacked once and never changed
-        images["images"] = spec.images
-    else:  # a mirror: which of the index's images it holds is part of what the image stage encodes
-        from pipeline.data.readers import lines
-
-        folder = lines.images_folder(spec.root, spec.images, http_cache(spec))
-        names = lines.Layout.from_cfg(spec.lines or {}).names(index)
-        present = "\n".join(names[i] for i in lines.present(names, folder))
-        images.update(images=str(folder.resolve()), present=hashlib.sha256(present.encode()).hexdigest())
-    return DatasetInfo(spec, [], [], content, images)
 
 
 def wds_metadata(root: Path) -> tuple[list[str], list[str]]:

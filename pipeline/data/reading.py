@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import numpy as np
 
 from pipeline.data import remote
-from pipeline.data.datasets import (DatasetSpec, build, check_local_layout, fetched, http_cache, hub_cache,
-                                     lines_files, sugar_crepe_files, voc_folder)
+from pipeline.data import annotated
+from pipeline.data.datasets import DatasetSpec, build, check_local_layout, fetched, http_cache, hub_cache
 from pipeline.errors import PipelineError
 from pipeline.data.readers import Batch
 
@@ -102,7 +102,7 @@ def multilabel_batches(spec: DatasetSpec, transform: Callable, batch_size: int, 
     (`index`), so the labels follow the images whatever order they are read in."""
     from pipeline.data.readers import voc
 
-    folder = voc_folder(spec)
+    folder = annotated.voc_folder(spec, http_cache(spec))
     truth = voc.ground_truth(folder, spec.split)
     return truth.labels, _torch_batches(voc.Images(folder, truth, transform), batch_size, num_workers, "index",
                                         pin_memory=pin_memory)
@@ -115,7 +115,7 @@ def selection_images(spec: DatasetSpec, transform: Callable, batch_size: int, nu
     if spec.format == "sugar_crepe":
         from pipeline.data.readers import sugar_crepe
 
-        files = sugar_crepe_files(spec)
+        files = annotated.sugar_crepe_files(spec, http_cache(spec))
         names = sorted({entry.filename for path in files.values() for entry in sugar_crepe.entries(path)})
         source = sugar_crepe.Images(sugar_crepe.image_location(spec.root, spec.images), http_cache(spec))
         images = sugar_crepe.Named(source, names, transform)
@@ -134,7 +134,7 @@ def selection_instances(spec: DatasetSpec) -> tuple[list[str], list[list[str]]]:
     if spec.format == "sugar_crepe":
         from pipeline.data.readers import sugar_crepe
 
-        found = sugar_crepe.entries(sugar_crepe_files(spec)[sugar_crepe.subset_of(spec.name)])
+        found = sugar_crepe.entries(annotated.sugar_crepe_files(spec, http_cache(spec))[sugar_crepe.subset_of(spec.name)])
         return [text for e in found for text in (e.caption, e.negative)], [[e.filename] for e in found]
     from pipeline.data.readers import hf
 
@@ -146,7 +146,7 @@ def lines_images(spec: DatasetSpec, transform: Callable, batch_size: int, num_wo
     """A `lines` dataset's images that exist, by name in the index's order, with each one's row."""
     from pipeline.data.readers import lines
 
-    index, _ = lines_files(spec)
+    index, _ = annotated.lines_files(spec, http_cache(spec))
     names = lines.Layout.from_cfg(spec.lines or {}).names(index)
     folder = lines.images_folder(spec.root, spec.images, http_cache(spec))
     kept = [names[i] for i in lines.present(names, folder)]
@@ -159,7 +159,7 @@ def lines_captions(spec: DatasetSpec) -> tuple[list[str], list[str]]:
     finds its row among the encoded images by that name)."""
     from pipeline.data.readers import lines
 
-    index, captions = lines_files(spec)
+    index, captions = annotated.lines_files(spec, http_cache(spec))
     layout = lines.Layout.from_cfg(spec.lines or {})
     names, texts = layout.names(index), layout.texts(captions, spec.language)
     if len(texts) < len(names):

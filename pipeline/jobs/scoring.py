@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.data import datasets, languages, prompts, reading
+from pipeline.data import annotated, datasets, languages, prompts, reading
 from pipeline.errors import PipelineError
 from pipeline.jobs import job_run, sweep
 from pipeline.models import precision
@@ -116,7 +116,7 @@ def resolve_inputs(cfg: DictConfig) -> JobInputs:
     language = str(cfg.get("language") or languages.ENGLISH)
     spec = datasets.DatasetSpec.from_cfg(cfg.dataset, cfg.get("data_cache"), cfg.paths.get("data_cache"), language)
     head = HeadSpec.from_cfg(cfg.get("head"))
-    languages.check(spec.name, spec.task, language, str(cfg.prompts.get("source")), datasets.own_languages(spec))
+    languages.check(spec.name, spec.task, language, str(cfg.prompts.get("source")), annotated.own_languages(spec))
     known = score.metric_names(spec)
     if spec.main_metric not in known:
         raise PipelineError(f"dataset.main_metric={spec.main_metric!r} is not computed for {spec.task}; use one of {known}")

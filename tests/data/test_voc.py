@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.data import datasets, reading
+from pipeline.data import annotated, datasets, reading
 from pipeline.data.readers import voc
 from pipeline.errors import PipelineError
 from tests import synthetic
@@ -101,7 +101,7 @@ def test_the_test_archive_is_fetched_once_checked_and_unpacked(tmp_path):
     with FakeHub({"pascal/voc": served}) as hub:
         url = f"{hub.url.replace('127.0.0.1', 'localhost')}/plain/pascal/voc/VOCtest.tar"
         with pytest.raises(PipelineError, match=r"is not the expected archive \(its MD5 differs from dataset.archive_md5=0000\)"):
-            datasets.voc_folder(voc_spec(url, archive_md5="0000", cache=cache))
+            annotated.voc_folder(voc_spec(url, archive_md5="0000", cache=cache), cache)
         assert not list(cache.rglob("VOC2007"))  # nothing half-checked is left to be read later
         info = datasets.describe(voc_spec(url, archive_md5=md5, cache=cache))
         assert len(hub.requests) == 1  # keyed by address and checksum: describing fetches nothing
@@ -110,7 +110,7 @@ def test_the_test_archive_is_fetched_once_checked_and_unpacked(tmp_path):
     assert info.fingerprint["root"] == url and info.fingerprint["md5"] == md5
     again = datasets.describe(voc_spec(url, archive_md5=md5, cache=cache))
     assert again.fingerprint == info.fingerprint and asked == 2 and labels.shape == (12, 20)
-    assert len(voc.ground_truth(datasets.voc_folder(voc_spec(url, cache=cache)), "test").ids) == 12
+    assert len(voc.ground_truth(annotated.voc_folder(voc_spec(url, cache=cache), cache), "test").ids) == 12
 
 
 def test_an_archive_reaching_outside_its_folder_is_refused(tmp_path):
