@@ -182,6 +182,7 @@ class FakeHub:
                     self.send_response(401)
                     self.send_header("X-Error-Code", "GatedRepo")
                     self.send_header("X-Error-Message", "Access to this dataset is restricted.")
+                    self.send_header("Connection", "close")  # the server closes it: no client may reuse it
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
@@ -190,6 +191,7 @@ class FakeHub:
                     if is_hub:  # the Hub names the commit on a 404 too; huggingface_hub then caches the absence
                         self.send_header("X-Error-Code", "EntryNotFound")
                         self.send_header("X-Repo-Commit", FakeHub.COMMIT)
+                    self.send_header("Connection", "close")
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
