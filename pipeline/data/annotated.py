@@ -37,6 +37,10 @@ def digest(*paths: Path) -> str:
     return hashlib.sha256(b"".join(path.read_bytes() for path in paths)).hexdigest()
 
 
+def names_digest(names: list[str]) -> str:
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
 # -- Pascal VOC 2007 -----------------------------------------------------------------------------------------------
 def voc_folder(spec: DatasetSpec, cache: Path) -> Path:
     """The `VOC2007` folder of a devkit root: a local folder, or a URL of its test archive (fetched once)."""
@@ -45,8 +49,6 @@ def voc_folder(spec: DatasetSpec, cache: Path) -> Path:
     if spec.root_kind == "http":
         return voc.year_folder(remote.fetched_archive(spec.root, cache, spec.archive_md5))
     return voc.year_folder(Path(spec.root))
-
-
 
 
 def describe_voc(spec: DatasetSpec, cache: Path) -> Described:
@@ -74,36 +76,56 @@ def sugar_crepe_files(spec: DatasetSpec, cache: Path) -> dict[str, Path]:
     return {subset: sugar_crepe.annotation_file(spec.root, subset, cache) for subset in sugar_crepe.SUBSETS}
 
 
+def sugar_crepe_images(files: dict[str, Path]) -> list[str]:
+    """The COCO images of every subset, by file name, sorted: the one image stage of the seven."""
+    from pipeline.data.readers import sugar_crepe
+
+    return sorted({entry.filename for path in files.values() for entry in sugar_crepe.entries(path)})
+
+
 def describe_sugar_crepe(spec: DatasetSpec, cache: Path) -> Described:
     """A subset keyed by its annotation file; its images by every subset's file names and where COCO's are."""
     from pipeline.data.readers import sugar_crepe
 
     files = sugar_crepe_files(spec, cache)
     subset = sugar_crepe.subset_of(spec.name)
-    names = sorted({entry.filename for path in files.values() for entry in sugar_crepe.entries(path)})
     location = sugar_crepe.image_location(spec.root, spec.images)
     local = Path(location)
     where = {"images": location} if location.startswith(("http://", "https://")) else \
         {"images": str(local.resolve()), "size": local.stat().st_size if local.is_file() else None}
-    images = {"images_of": "sugar_crepe", **where, "names": hashlib.sha256("\n".join(names).encode()).hexdigest()}
+    images = {"images_of": "sugar_crepe", **where, "names": names_digest(sugar_crepe_images(files))}
     return Described([], [], identity(spec, content=digest(files[subset])), images)
 
 
 # -- multilingual caption lists ----------------------------------------------------------------------------------
-def own_languages(spec: DatasetSpec) -> tuple[str, ...] | None:
-    """The languages a multilingual dataset comes in (its captions'); None for the others."""
+def layout(spec: DatasetSpec):
+    """Where a `lines` dataset's index and captions are (`readers.lines.Layout`)."""
     from pipeline.data.readers import lines
 
-    return lines.Layout.from_cfg(spec.lines or {}).languages if spec.format == "lines" else None
+    return lines.Layout.from_cfg(spec.lines or {})
+
+
+def own_languages(spec: DatasetSpec) -> tuple[str, ...] | None:
+    """The languages a multilingual dataset comes in (its captions'); None for the others."""
+    return layout(spec).languages if spec.format == "lines" else None
 
 
 def lines_files(spec: DatasetSpec, cache: Path) -> tuple[Path, Path]:
     """The image index and the job language's captions of a `lines` dataset (fetched once from a URL root)."""
     from pipeline.data.readers import lines
 
-    layout = lines.Layout.from_cfg(spec.lines or {})
-    return (lines.text_file(spec.root, layout.index, cache),
-            lines.text_file(spec.root, layout.captions_of(spec.language), cache))
+    found = layout(spec)
+    return (lines.text_file(spec.root, found.index, cache),
+            lines.text_file(spec.root, found.captions_of(spec.language), cache))
+
+
+def present_images(spec: DatasetSpec, cache: Path, index: Path) -> tuple[Path, list[str], list[int]]:
+    """A `lines` dataset's images folder, the index's image names, and the rows of those the folder holds."""
+    from pipeline.data.readers import lines
+
+    folder = lines.images_folder(spec.root, spec.images, cache)
+    names = layout(spec).names(index)
+    return folder, names, lines.present(names, folder)
 
 
 def describe_lines(spec: DatasetSpec, cache: Path) -> Described:
@@ -115,10 +137,6 @@ def describe_lines(spec: DatasetSpec, cache: Path) -> Described:
     if spec.root_kind == "http":  # the archive at this address, unpacked once and never changed
         images["images"] = spec.images
     else:  # a mirror: which of the index's images it holds is part of what the image stage encodes
-        from pipeline.data.readers import lines
-
-        folder = lines.images_folder(spec.root, spec.images, cache)
-        names = lines.Layout.from_cfg(spec.lines or {}).names(index)
-        present = "\n".join(names[i] for i in lines.present(names, folder))
-        images.update(images=str(folder.resolve()), present=hashlib.sha256(present.encode()).hexdigest())
+        folder, names, kept = present_images(spec, cache, index)
+        images.update(images=str(folder.resolve()), present=names_digest([names[i] for i in kept]))
     return Described([], [], content, images)

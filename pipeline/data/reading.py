@@ -3,6 +3,7 @@ WinoGAViL games, a VOC image's row), from the reader of the dataset's format (`p
 the readers are imported here, where images are read: a job whose every stage is served never imports them."""
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 from pathlib import Path
@@ -10,11 +11,10 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
-from pipeline.data import remote
-from pipeline.data import annotated
+from pipeline.data import annotated, remote
 from pipeline.data.datasets import DatasetSpec, build, check_local_layout, fetched, http_cache, hub_cache
+from pipeline.data.readers import Batch, Named
 from pipeline.errors import PipelineError
-from pipeline.data.readers import Batch
 
 if TYPE_CHECKING:
     from pipeline.data.readers import hf
@@ -104,8 +104,8 @@ def multilabel_batches(spec: DatasetSpec, transform: Callable, batch_size: int, 
 
     folder = annotated.voc_folder(spec, http_cache(spec))
     truth = voc.ground_truth(folder, spec.split)
-    return truth.labels, _torch_batches(voc.Images(folder, truth, transform), batch_size, num_workers, "index",
-                                        pin_memory=pin_memory)
+    images = Named(functools.partial(voc.open_image, folder), list(truth.ids), transform)
+    return truth.labels, _torch_batches(images, batch_size, num_workers, "index", pin_memory=pin_memory)
 
 
 def selection_images(spec: DatasetSpec, transform: Callable, batch_size: int, num_workers: int,
@@ -115,10 +115,9 @@ def selection_images(spec: DatasetSpec, transform: Callable, batch_size: int, nu
     if spec.format == "sugar_crepe":
         from pipeline.data.readers import sugar_crepe
 
-        files = annotated.sugar_crepe_files(spec, http_cache(spec))
-        names = sorted({entry.filename for path in files.values() for entry in sugar_crepe.entries(path)})
+        names = annotated.sugar_crepe_images(annotated.sugar_crepe_files(spec, http_cache(spec)))
         source = sugar_crepe.Images(sugar_crepe.image_location(spec.root, spec.images), http_cache(spec))
-        images = sugar_crepe.Named(source, names, transform)
+        images = Named(source.open, names, transform)
     else:
         from pipeline.data.readers import hf
 
@@ -147,23 +146,19 @@ def lines_images(spec: DatasetSpec, transform: Callable, batch_size: int, num_wo
     from pipeline.data.readers import lines
 
     index, _ = annotated.lines_files(spec, http_cache(spec))
-    names = lines.Layout.from_cfg(spec.lines or {}).names(index)
-    folder = lines.images_folder(spec.root, spec.images, http_cache(spec))
-    kept = [names[i] for i in lines.present(names, folder)]
-    return kept, _torch_batches(lines.Images(folder, kept, transform), batch_size, num_workers, "index",
-                                pin_memory=pin_memory)
+    folder, names, present = annotated.present_images(spec, http_cache(spec), index)
+    kept = [names[i] for i in present]
+    return kept, _torch_batches(Named(functools.partial(lines.open_image, folder), kept, transform), batch_size,
+                                num_workers, "index", pin_memory=pin_memory)
 
 
 def lines_captions(spec: DatasetSpec) -> tuple[list[str], list[str]]:
     """The job language's captions of the images that exist, and each caption's image by name (the classify stage
     finds its row among the encoded images by that name)."""
-    from pipeline.data.readers import lines
-
     index, captions = annotated.lines_files(spec, http_cache(spec))
-    layout = lines.Layout.from_cfg(spec.lines or {})
-    names, texts = layout.names(index), layout.texts(captions, spec.language)
+    _, names, kept = annotated.present_images(spec, http_cache(spec), index)
+    texts = annotated.layout(spec).texts(captions, spec.language)
     if len(texts) < len(names):
         raise PipelineError(f"{captions} has {len(texts)} captions for the {len(names)} images of {index}; fetch it "
                             f"again")
-    kept = lines.present(names, lines.images_folder(spec.root, spec.images, http_cache(spec)))
     return [texts[i] for i in kept], [names[i] for i in kept]

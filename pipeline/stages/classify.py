@@ -95,14 +95,18 @@ def caption_owners(images: Embedded, text: Embedded) -> tuple[np.ndarray, np.nda
     encoded ones (every language shares them), and only the images with a caption are scored."""
     if "caption_names" not in text.arrays:
         return images["caption_image"], None
+    shown, owners = np.unique(image_rows(images, text["caption_names"]), return_inverse=True)
+    return owners.astype(np.int64), shown
+
+
+def image_rows(images: Embedded, names: np.ndarray) -> np.ndarray:
+    """The rows of the encoded images the texts name (any shape), or one line saying the images changed."""
     row = {name: index for index, name in enumerate(images["image_names"])}
-    missing = [name for name in text["caption_names"] if name not in row]
+    missing = [name for name in names.ravel() if name not in row]
     if missing:
         raise PipelineError(f"{len(missing)} captioned images (e.g. {missing[0]}) are not among the encoded ones: the "
                             f"images changed since they were encoded; rerun with cache.force=true")
-    rows = np.array([row[name] for name in text["caption_names"]], dtype=np.int64)
-    shown, owners = np.unique(rows, return_inverse=True)
-    return owners.astype(np.int64), shown
+    return np.array([row[name] for name in names.ravel()], dtype=np.int64).reshape(names.shape)
 
 
 def winogavil_outputs(images: Embedded, text: Embedded, recipe: Recipe, device: torch.device) -> StageOutput:
@@ -123,9 +127,8 @@ def selection_outputs(images: Embedded, text: Embedded, recipe: Recipe, device: 
     import torch
 
     image_features, text_features = _normalized_pair(images.arrays, text.arrays, recipe, device)
-    row = {name: index for index, name in enumerate(images["image_names"])}
     shown = text["instance_images"]
-    rows = torch.as_tensor(np.vectorize(row.__getitem__, otypes=[np.int64])(shown), device=device)
+    rows = torch.as_tensor(image_rows(images, shown), device=device)
     captions = text_features.reshape(len(shown), -1, text_features.shape[-1])
     with torch.no_grad(), autocast(device, recipe.logits):
         # clip_benchmark's image_caption_selection.py: `images_emb @ texts_emb.t()` per instance

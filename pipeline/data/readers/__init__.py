@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     import torch
@@ -37,3 +37,17 @@ class Batch:
         """Called by a DataLoader with `pin_memory=True` (it pins tensors, mappings and sequences, not dataclasses)."""
         images = self.images.pin_memory() if self.images is not None else None
         return Batch(images, self.fields, self.unreadable)
+
+
+class Named:
+    """Images by name for a DataLoader, transformed, each with its row: (image, row). `open` reads one by its name
+    (from a folder, a zip) and is pickled into worker processes with the dataset."""
+
+    def __init__(self, open: Callable[[str], Any], names: list[str], transform: Callable) -> None:
+        self.open, self.names, self.transform = open, names, transform
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int):
+        return self.transform(self.open(self.names[index])), index

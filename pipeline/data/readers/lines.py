@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from pipeline.data import remote
 from pipeline.errors import PipelineError
@@ -112,17 +112,9 @@ def present(names: list[str], folder: Path) -> list[int]:
     return kept
 
 
-class Images:
-    """The kept images by name, transformed, for a DataLoader: (image, its row)."""
+def open_image(folder: Path, name: str):
+    """One image of the folder as RGB (`readers.Named` calls it through a partial, pickled into workers)."""
+    from PIL import Image
 
-    def __init__(self, folder: Path, names: list[str], transform: Callable) -> None:
-        self.folder, self.names, self.transform = folder, names, transform
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, index: int):
-        from PIL import Image
-
-        with Image.open(self.folder / self.names[index]) as image:
-            return self.transform(image.convert("RGB")), index
+    with Image.open(folder / name) as image:
+        return image.convert("RGB")

@@ -12,7 +12,6 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from pipeline.data import remote
 from pipeline.errors import PipelineError, one_line
@@ -100,16 +99,3 @@ def image_location(root: str, images: str | None) -> str:
     if images:
         return images
     return COCO_VAL2017 if root.startswith(("http://", "https://")) else str(Path(root) / IMAGE_FOLDER)
-
-
-class Named:
-    """Images by name, transformed, for a DataLoader: (image, its row)."""
-
-    def __init__(self, source: Images, names: list[str], transform: Callable) -> None:
-        self.source, self.names, self.transform = source, names, transform
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, index: int):
-        return self.transform(self.source.open(self.names[index])), index

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -89,21 +88,13 @@ def image_path(folder: Path, image: str) -> Path:
     return folder / "JPEGImages" / f"{image}.jpg"
 
 
-class Images:
-    """The split's images in ground-truth order, as (transformed image, its row) for a DataLoader."""
+def open_image(folder: Path, image: str):
+    """One image of the devkit by its id, as RGB (`readers.Named` calls it through a partial, pickled into workers)."""
+    from PIL import Image
 
-    def __init__(self, folder: Path, truth: GroundTruth, transform: Callable) -> None:
-        self.folder, self.ids, self.transform = folder, truth.ids, transform
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int):
-        from PIL import Image
-
-        path = image_path(self.folder, self.ids[index])
-        try:
-            with Image.open(path) as image:
-                return self.transform(image.convert("RGB")), index
-        except OSError as exc:
-            raise PipelineError(f"image {path} cannot be read ({one_line(exc)}); unpack {WHERE.split(':')[0]} again") from exc
+    path = image_path(folder, image)
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("RGB")
+    except OSError as exc:
+        raise PipelineError(f"image {path} cannot be read ({one_line(exc)}); unpack {WHERE.split(':')[0]} again") from exc
