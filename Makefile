@@ -8,7 +8,7 @@ TEST_WORKERS ?= 2
 PROMPTS ?= classname,a_photo_of,dataset,simple_imagenet,openai_imagenet
 
 .DEFAULT_GOAL := help
-.PHONY: help install assets demo explain test test-fast ui server server-user clean clean-store backup restore verify bench stress table
+.PHONY: help install java assets demo explain test test-fast ui server server-user clean clean-store backup restore verify bench stress table
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -19,7 +19,18 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv/ and install the project with its dev extras
+install: $(STAMP) java ## Create .venv/ and install the project with its dev extras (and Java, for the captioning metrics)
+
+# pycocoevalcap (the captioning metrics) runs its PTB tokenizer and METEOR on Java: where none is on PATH, Debian's
+# headless JRE is installed when apt-get can (as root); otherwise one line says what to install.
+JRE := default-jre-headless
+java:
+	@command -v java >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing $(JRE) (the captioning metrics run on Java)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q $(JRE) >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $(JRE) >/dev/null; }; \
+	  else echo "no java on PATH: the captioning metrics need one (Debian/Ubuntu: sudo apt-get install $(JRE))"; fi; }
 
 assets: $(STAMP) ## Build the bundled synthetic dataset and tiny checkpoint if missing
 	$(PY) -m pipeline.offline --outputs outputs
@@ -47,10 +58,10 @@ explain: assets ## Relevance maps of the tiny model over training on the first E
 	$(PY) -m pipeline -m explain=relevance explain.images=$(EXPLAIN_IMAGES) model=tiny dataset=shapes model.pretrained=$(EXPLAIN_MODELS)
 	@echo "Relevance grid: $$(ls -d $(CURDIR)/outputs/multirun/*/*/relevance.png | tail -1)"
 
-test: assets ## Run every test, the slow end-to-end ones included (TEST_WORKERS processes, a test file each)
+test: assets java ## Run every test, the slow end-to-end ones included (TEST_WORKERS processes, a test file each)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-test-fast: assets ## Run the fast unit tests only
+test-fast: assets java ## Run the fast unit tests only
 	$(PY) -m pytest -m "not slow"
 
 PORT ?= 5000

@@ -11,9 +11,11 @@ from hydra import compose, initialize_config_dir
 from hydra_plugins.clip_tables import launcher
 
 import pipeline  # noqa: F401  (registers the `abspath` resolver)
+from pipeline.offline.captions import ensure_captions
 from pipeline.offline.compositional import ensure_compositional
 from pipeline.offline.shapes import ensure_shapes
 from pipeline.offline.tiny_clip import ensure_checkpoint
+from pipeline.offline.tiny_coca import ensure_coca
 from pipeline.store import tracking
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,6 +40,19 @@ def compositional_root() -> Path:
     root = ASSETS / "data" / "compositional"
     ensure_compositional(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def captions_root() -> Path:
+    """The bundled MSCOCO caption-set stand-in, a mirror for `data_root=`."""
+    root = ASSETS / "data" / "captions"
+    ensure_captions(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_coca_checkpoint() -> Path:
+    return ensure_coca(ASSETS / "models" / "tiny-coca.pt")
 
 
 TRAINING_RUN = ASSETS / "models" / "tiny-clip-run" / "checkpoints"  # its checkpoints every 300 steps

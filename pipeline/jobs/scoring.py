@@ -15,9 +15,9 @@ from pipeline.data import annotated, datasets, languages, prompts, reading
 from pipeline.errors import PipelineError
 from pipeline.jobs import job_run, sweep
 from pipeline.models import precision
-from pipeline.models.loading import (NLLB_DEFAULT_LANGUAGE, ModelLoader, ModelSpec, device_type, library_versions,
-                                     resolve_device, tokenizer_language)
-from pipeline.stages import classify, embed, score, uncertainty
+from pipeline.models.loading import (NLLB_DEFAULT_LANGUAGE, ModelLoader, ModelSpec, device_type, generates_captions,
+                                     library_versions, resolve_device, tokenizer_language)
+from pipeline.stages import caption_metrics, classify, embed, generate, score, uncertainty
 from pipeline.stages.embed import projection
 from pipeline.stages.heads import HeadSpec, linear_probe
 from pipeline.store import tracking
@@ -105,6 +105,8 @@ class JobInputs:
     labels: Mapping[str, str]   # what the job run carries
     params: Mapping[str, Any]
     pre_is_embedding: bool
+    generation: Mapping[str, Any] | None = None  # captioning: CoCa.generate's arguments
+    spice: bool = False                          # captioning: SPICE scored too
 
     @property
     def prompt_tag(self) -> str:
@@ -133,6 +135,7 @@ def resolve_inputs(cfg: DictConfig) -> JobInputs:
     loader = ModelLoader(model_spec, device, tokenizer_language=tokenizer_language(model_spec.arch, language))
     loader.spec.fingerprint  # fails now, not mid-run, on a missing checkpoint
     metric = headline_metric(cfg.metric.name, spec.main_metric)
+    generation, spice = captioning_options(cfg, spec, model_spec) if spec.task == datasets.CAPTIONING else (None, False)
     versions = library_versions()
     # Prompt sets only shape zero-shot classifiers; probes, retrieval and WinoGAViL use none.
     prompt_tag = prompt_label(cfg.prompts) if class_prompts is not None else prompts.PROMPT_FREE
@@ -147,7 +150,20 @@ def resolve_inputs(cfg: DictConfig) -> JobInputs:
               **{f"lib.{name}": version for name, version in versions.items()}}
     return JobInputs(cfg=cfg, spec=spec, head=head, info=info, probe_infos=probe_infos, class_prompts=class_prompts,
                      loader=loader, recipe=recipe, device=device, versions=versions, metric=metric, tags=tags,
-                     labels=labels, params=flatten(cfg), pre_is_embedding=pre_is_embedding)
+                     labels=labels, params=flatten(cfg), pre_is_embedding=pre_is_embedding, generation=generation,
+                     spice=spice)
+
+
+def captioning_options(cfg: DictConfig, spec: datasets.DatasetSpec, model: ModelSpec) -> tuple[dict[str, Any], bool]:
+    """A captioning job's generation settings and SPICE switch, once the model can caption and Java can score."""
+    if not generates_captions(model.arch):
+        raise PipelineError(f"task captioning needs a model with a caption decoder, and {model.arch} has none; use a "
+                            f"CoCa (model=openclip/coca_ViT-L-14__mscoco_finetuned_laion2b_s13b_b90k, model=tiny_coca)")
+    spice = bool(cfg.get("spice", False))
+    if spec.main_metric == caption_metrics.SPICE and not spice:
+        raise PipelineError("dataset.main_metric=SPICE needs spice=true")
+    caption_metrics.check_java(spice)
+    return OmegaConf.to_container(cfg.generation, resolve=True), spice
 
 
 @dataclass
@@ -178,6 +194,9 @@ class Upstream:
     # -- keys ------------------------------------------------------------------------------------------------
     def score_key(self) -> str:
         job = self.job
+        if job.generation is not None:
+            generate_key = generate.generate_key(self.image_model, job.info, job.generation)
+            return score.score_key(job.spec, generate_key, generate_key, spice=job.spice)
         image_key = self.test_image_key()
         if job.head.is_probe:
             train_key, validation_key = (embed.image_key(self.image_model, i) if i else None for i in job.probe_infos)
@@ -241,15 +260,25 @@ class Upstream:
                                       tags=job.tags, params=job.params)
         return {"embed_image": image_stage, "text": text_stage, "classify": predicted}
 
+    def generate(self) -> dict[str, embed.Embedded]:
+        """A captioning job's generated captions, with the references they are scored against."""
+        job = self.job
+        return {"generate": generate.generate_captions(self.cache, job.loader, job.info, self.image_model,
+                                                       job.generation, tags=job.tags, params=job.params,
+                                                       batch_size=job.cfg.batch_size, num_workers=job.cfg.num_workers)}
+
     def stages(self) -> dict[str, embed.Embedded]:
         """What the score is computed from, by stage name."""
+        if self.job.generation is not None:
+            return self.generate()
         return self.linear_probe() if self.job.head.is_probe else self.classify()
 
 
 def run_stages(job: JobInputs, cache: StageCache) -> score.Scores:
     """embed -> classify (or the probe) -> score, each through the cache; the score is looked up first."""
     upstream = Upstream(job, cache)
-    return score.score(cache, job.spec, upstream.score_key(), upstream.stages, tags=job.tags, params=job.params)
+    return score.score(cache, job.spec, upstream.score_key(), upstream.stages, tags=job.tags, params=job.params,
+                       spice=job.spice)
 
 
 def run_job(cfg: DictConfig, output_dir: Path | None = None, sweep_dir: Path | None = None) -> JobResult:

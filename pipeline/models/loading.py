@@ -162,6 +162,15 @@ def register_project_architectures() -> None:
         open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
+def generates_captions(arch: str) -> bool:
+    """Whether open_clip builds `arch` with a caption decoder: its CoCa architectures, whose configs have a
+    `multimodal_cfg` (what its factory builds a CoCa from)."""
+    import open_clip
+
+    register_project_architectures()
+    return "multimodal_cfg" in (open_clip.get_model_config(arch) or {})
+
+
 @dataclass
 class LoadedModel:
     model: torch.nn.Module

@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from pipeline.data.datasets import MULTILABEL, SELECTION, DatasetSpec
+from pipeline.data.datasets import CAPTIONING, MULTILABEL, SELECTION, DatasetSpec
 from pipeline.errors import PipelineError
 from pipeline.stages import metrics, uncertainty
 from pipeline.stages.embed import Embedded
@@ -113,6 +113,27 @@ def selection_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -
                   uncertainty.structure_digest([outcomes["units"]]))
 
 
+def captioning_scores(spec: DatasetSpec, generated: Embedded, spice: bool) -> Scored:
+    """The COCO caption metrics of the generated captions against each image's references (pycocoevalcap, on
+    Java); BLEU, ROUGE-L and CIDEr resampled by image in Python, METEOR and SPICE without replicates."""
+    from pipeline.stages import caption_bootstrap, caption_metrics
+
+    owners = generated["reference_image"]
+    references = [[] for _ in range(len(generated["captions"]))]
+    for text, image in zip(generated["references"], owners):
+        references[image].append(str(text))
+    truth, made = caption_metrics.tokenize(references, [str(c) for c in generated["captions"]])
+    scores = caption_metrics.evaluate(truth, made, spice)
+    replicates = caption_bootstrap.caption_replicates(truth, made, scores.per_image["ROUGE_L"],
+                                                      seed=uncertainty.dataset_seed(spec.name))
+    outcomes = {**{f"image_{name}": values for name, values in scores.per_image.items()},
+                "tokenized_captions": np.array([made[i][0] for i in made], dtype=str),
+                "tokenized_references": np.array([text for i in truth for text in truth[i]], dtype=str),
+                "reference_image": owners}
+    values = {**scores.values, "num_images": float(len(references)), "num_references": float(len(owners))}
+    return Scored(values, outcomes, replicates, len(references), uncertainty.structure_digest([owners]))
+
+
 def with_intervals(scored: Scored) -> StageOutput:
     """The score's output: metrics with each one's interval bounds and the number of resampled units, the
     per-sample outcomes, and the replicates (`bootstrap`, one row per name in `bootstrap_metrics`) that averages
@@ -138,6 +159,10 @@ def metric_names(spec: DatasetSpec) -> list[str]:
         return list(metrics.MULTILABEL_METRICS)
     if spec.task == SELECTION:
         return list(metrics.SELECTION_METRICS)
+    if spec.task == CAPTIONING:
+        from pipeline.stages.caption_metrics import CAPTION_METRICS, SPICE
+
+        return [*CAPTION_METRICS, SPICE]
     return list(metrics.CLASSIFICATION_METRICS) + list(spec.extra_metrics) + [g["name"] for g in spec.group_metrics]
 
 
@@ -150,10 +175,14 @@ SCORERS: dict[str, Callable[[DatasetSpec, Embedded, Embedded], Scored]] = {
 }
 
 
-def score_key(spec: DatasetSpec, classify_key: str, image_key: str) -> str:
+def score_key(spec: DatasetSpec, classify_key: str, image_key: str, spice: bool = False) -> str:
     config = {"task": spec.task, "main_metric": spec.main_metric, "groups": list(spec.group_metrics),
               "extra": list(spec.extra_metrics), "fields": list(spec.metadata_fields),
               "bootstrap": [uncertainty.RESAMPLES, uncertainty.SEED, uncertainty.LEVEL]}
+    if spec.task == CAPTIONING:  # (only there, so every other task's keys stay what they were)
+        from importlib.metadata import version
+
+        config = {**config, "spice": spice, "pycocoevalcap": version("pycocoevalcap")}
     return cache_key("score", VERSION, config, [classify_key, image_key])
 
 
@@ -165,13 +194,16 @@ INPUT_TAG = "input."  # the stage runs a score was computed from, so a served sc
 
 
 def score(cache: StageCache, spec: DatasetSpec, key: str, inputs: Callable[[], Mapping[str, Embedded]], *,
-          tags: Mapping[str, str], params: Mapping[str, Any]) -> Scores:
-    """Looked up by `key` first: on a hit nothing upstream is read. `inputs` gives the `images` (the ground truth:
-    labels, metadata, caption owners, associations), `text` and `predicted` stages, only when scores are computed."""
+          tags: Mapping[str, str], params: Mapping[str, Any], spice: bool = False) -> Scores:
+    """Looked up by `key` first: on a hit nothing upstream is read. `inputs` gives the `embed_image` (the ground
+    truth: labels, metadata, caption owners, associations), `text` and `classify` stages, or a captioning job's
+    `generate` stage, only when scores are computed."""
     upstream: dict[str, Embedded] = {}
 
     def compute() -> StageOutput:
-        output = with_intervals(SCORERS[spec.task](spec, upstream["embed_image"], upstream["classify"]))
+        scored = (captioning_scores(spec, upstream["generate"], spice) if spec.task == CAPTIONING else
+                  SCORERS[spec.task](spec, upstream["embed_image"], upstream["classify"]))
+        output = with_intervals(scored)
         return replace(output, tags={**output.tags, **{INPUT_TAG + stage: e.run_id for stage, e in upstream.items()}})
 
     request = StageRequest("score", key, {**tags, "main_metric": spec.main_metric}, params,

@@ -15,7 +15,7 @@ from pipeline.data.readers import Batch, Unreadable
 from pipeline.errors import PipelineError, one_line
 from pipeline.models.loading import LoadedModel, ModelLoader
 from pipeline.models.precision import with_dtype
-from pipeline.stages.embed.projection import image_encoder
+from pipeline.stages.embed.projection import ImageEncoder, image_encoder
 from pipeline.store.artifacts import StageOutput
 
 log = logging.getLogger(__name__)
@@ -54,19 +54,20 @@ def _model_failure(loaded: LoadedModel, spec: datasets.DatasetSpec, images: torc
 
 
 def encode_batches(loaded: LoadedModel, batches: Iterator[Batch], spec: datasets.DatasetSpec, precision: str,
-                   collect: Callable[[Batch], None], progress: bool = True) -> StageOutput:
+                   collect: Callable[[Batch], None], progress: bool = True, encode: ImageEncoder | None = None,
+                   desc: str = "embed") -> StageOutput:
     """Encode the images of every batch and hand each batch to `collect` for its other fields.
 
     Only a failure to read a batch is reported as a data problem; the model's own failures (out of memory
     included) are reported as what they are. Features keep the dtype the tower produced (`with_dtype`).
     One progress bar counts images (and their rate); features go back to the CPU as each batch is done. Where the
     tower allows it, pre-projection features come from the same pass (`projection.image_encoder`), so a probe
-    added later never encodes this split again."""
+    added later never encodes this split again. `encode` replaces the image tower (the generate stage's captions)."""
     features: dict[str, list[torch.Tensor]] = {}
-    encode = image_encoder(loaded.model)
+    encode = encode or image_encoder(loaded.model)
     skipped: list[Unreadable] = []
     with torch.no_grad(), loaded.autocast(precision), \
-            tqdm(desc=f"embed {spec.name}/{spec.split}", unit="img", disable=not progress) as bar:
+            tqdm(desc=f"{desc} {spec.name}/{spec.split}", unit="img", disable=not progress) as bar:
         while True:
             try:
                 batch = next(batches)

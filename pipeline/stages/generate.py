@@ -1,0 +1,72 @@
+"""Generate stage: one caption per image of a dataset from a CoCa model's `generate`, called as clip_benchmark's
+captioning calls it (its arguments are the `generation` config), with every image's reference captions beside.
+Cached by model, images and generation settings, so scoring again (another metric, SPICE) never regenerates."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from pipeline.data import datasets, prompts
+from pipeline.models.loading import ModelLoader
+from pipeline.stages.embed import Embedded, ModelKey
+from pipeline.store.artifacts import StageOutput
+from pipeline.store.cache import StageCache, StageRequest, cache_key
+
+VERSION = "1"
+START, END = "<start_of_text>", "<end_of_text>"
+
+
+def generate_key(model: ModelKey, dataset: datasets.DatasetInfo, settings: Mapping[str, Any]) -> str:
+    return cache_key("generate", VERSION, {**model.material(), "dataset": dataset.image_identity,
+                                           "skip_corrupt": dataset.spec.skip_corrupt, "generation": dict(settings)})
+
+
+def decoded(tokenizer, tokens: np.ndarray) -> str:
+    """A generated token row as text, cut as clip_benchmark cuts it (metrics/captioning.py): up to the first end
+    token, the start token dropped, stripped."""
+    return tokenizer.decode(tokens.tolist()).split(END)[0].replace(START, "").strip()
+
+
+def generate_captions(cache: StageCache, loader: ModelLoader, dataset: datasets.DatasetInfo, model: ModelKey,
+                      settings: Mapping[str, Any], *, tags: Mapping[str, str], params: Mapping[str, Any],
+                      batch_size: int, num_workers: int) -> Embedded:
+    """`captions` (one per image, in reading order), `references` (every reference caption, flattened) and
+    `reference_image` (the image each reference belongs to)."""
+    spec = dataset.spec
+    key = generate_key(model, dataset, settings)
+    request = StageRequest("generate", key, {**tags, "prompts": prompts.PROMPT_FREE, "precision": model.precision,
+                                             "split": spec.split},
+                           params, name=f"generate:{loader.spec.name}:{spec.name}/{spec.split}")
+    result = cache.get_or_compute(request, lambda: captions_of(loader, spec, settings, model.precision, batch_size,
+                                                               num_workers))
+    return Embedded(result.output.arrays, key, result.run_id)
+
+
+def captions_of(loader: ModelLoader, spec: datasets.DatasetSpec, settings: Mapping[str, Any], precision: str,
+                batch_size: int, num_workers: int) -> StageOutput:
+    import torch.nn.functional as F
+
+    from pipeline.data import reading
+    from pipeline.models import beam_search
+    from pipeline.stages.embed.images import encode_batches, pinned
+
+    loaded = loader.get()
+    beam_search.install()
+    references: list[list[str]] = []
+    width = int(settings["seq_len"])
+
+    def generate(images):
+        # Batches end at different lengths; padded to seq_len (the longest a caption can be) they stack.
+        tokens = loaded.model.generate(images, **settings)
+        return {"tokens": F.pad(tokens, (0, width - tokens.shape[1]), value=loaded.model.pad_id)}
+
+    batches = reading.retrieval_batches(spec, loaded.preprocess, batch_size, num_workers, pinned(loaded))
+    made = encode_batches(loaded, batches, spec, precision, lambda batch: references.extend(batch.fields["txt"]),
+                          encode=generate, desc="generate")
+    tokens = made.arrays["tokens"].astype(np.int64)
+    captions = [decoded(loaded.tokenizer, row) for row in tokens]
+    owners = [image for image, texts in enumerate(references) for _ in texts]
+    return StageOutput(arrays={"captions": np.array(captions, dtype=str),
+                               "references": np.array([text for texts in references for text in texts], dtype=str),
+                               "reference_image": np.array(owners, dtype=np.int64)}, metrics=made.metrics)
