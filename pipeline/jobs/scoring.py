@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import CONF_DIR
 from pipeline.data import annotated, datasets, languages, prompts, reading
 from pipeline.errors import PipelineError
 from pipeline.jobs import job_run, sweep
@@ -148,6 +149,9 @@ def resolve_inputs(cfg: DictConfig) -> JobInputs:
               "main_metric": spec.main_metric, "metric": metric,
               **{f"precision.{tower}": getattr(recipe, tower) for tower in precision.TOWERS},
               **{f"lib.{name}": version for name, version in versions.items()}}
+    if generation is not None:  # a caption decoder, not a classifier head, made these results
+        clip_benchmark = OmegaConf.load(CONF_DIR / "generation" / "clip_benchmark.yaml")
+        labels["head"] = generate.describe(generation, OmegaConf.to_container(clip_benchmark))
     return JobInputs(cfg=cfg, spec=spec, head=head, info=info, probe_infos=probe_infos, class_prompts=class_prompts,
                      loader=loader, recipe=recipe, device=device, versions=versions, metric=metric, tags=tags,
                      labels=labels, params=flatten(cfg), pre_is_embedding=pre_is_embedding, generation=generation,
@@ -162,8 +166,10 @@ def captioning_options(cfg: DictConfig, spec: datasets.DatasetSpec, model: Model
     spice = bool(cfg.get("spice", False))
     if spec.main_metric == caption_metrics.SPICE and not spice:
         raise PipelineError("dataset.main_metric=SPICE needs spice=true")
+    settings = OmegaConf.to_container(cfg.generation, resolve=True)
+    generate.check(settings)
     caption_metrics.check_java(spice)
-    return OmegaConf.to_container(cfg.generation, resolve=True), spice
+    return settings, spice
 
 
 @dataclass

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from pipeline.data import datasets, prompts
+from pipeline.errors import PipelineError
 from pipeline.models.loading import ModelLoader
 from pipeline.stages.embed import Embedded, ModelKey
 from pipeline.store.artifacts import StageOutput
@@ -20,6 +21,35 @@ START, END = "<start_of_text>", "<end_of_text>"
 def generate_key(model: ModelKey, dataset: datasets.DatasetInfo, settings: Mapping[str, Any]) -> str:
     return cache_key("generate", VERSION, {**model.material(), "dataset": dataset.image_identity,
                                            "skip_corrupt": dataset.spec.skip_corrupt, "generation": dict(settings)})
+
+
+# What each generation type reads of the settings (open_clip's CoCa.generate), for the label that tells results apart.
+READS = {"beam_search": ("num_beams", "num_beam_groups", "seq_len", "min_seq_len", "repetition_penalty"),
+         "top_k": ("top_k", "temperature", "seq_len", "max_seq_len", "min_seq_len", "repetition_penalty"),
+         "top_p": ("top_p", "temperature", "seq_len", "max_seq_len", "min_seq_len", "repetition_penalty")}
+
+
+def check(settings: Mapping[str, Any]) -> None:
+    """What open_clip's `generate` would assert or raise mid-run, said before any run exists."""
+    kind = settings.get("generation_type")
+    if kind not in READS:
+        raise PipelineError(f"generation.generation_type={kind!r} is not one of {sorted(READS)}")
+    if not int(settings["seq_len"]) > int(settings["min_seq_len"]):
+        raise PipelineError(f"generation.seq_len={settings['seq_len']} must exceed generation.min_seq_len="
+                            f"{settings['min_seq_len']}")
+    beams, groups = int(settings["num_beams"]), int(settings["num_beam_groups"])
+    if kind == "beam_search" and (beams < 2 or groups < 1 or beams % groups):
+        raise PipelineError(f"generation.num_beams={beams} must be 2 or more and a multiple of "
+                            f"generation.num_beam_groups={groups}")
+
+
+def describe(settings: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
+    """`generate beam_search`, with every setting that type reads and that differs from `defaults` (clip_benchmark's):
+    the head column of a captioning result, so a sweep over settings keeps a row for each."""
+    kind = str(settings["generation_type"])
+    changed = [f"{name}={settings[name]}" for name in READS.get(kind, sorted(settings))
+               if name in settings and settings[name] != defaults.get(name)]
+    return " ".join(["generate", kind, ",".join(changed)]).strip()
 
 
 def decoded(tokenizer, tokens: np.ndarray) -> str:

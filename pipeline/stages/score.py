@@ -3,7 +3,7 @@ each with its 95 % bootstrap interval (`pipeline/uncertainty.py`); the per-sampl
 kept as small artifacts, so averages and paired comparisons never need the logits."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -36,6 +36,7 @@ class Scored:
     replicates: dict[str, np.ndarray]
     units: int
     order: str  # `uncertainty.structure_digest`: results pair only when theirs agree
+    figures: Mapping[str, bytes] = field(default_factory=dict)  # files for people, beside the arrays
 
 
 def group_array(field: str) -> str:
@@ -131,7 +132,21 @@ def captioning_scores(spec: DatasetSpec, generated: Embedded, spice: bool) -> Sc
                 "tokenized_references": np.array([text for i in truth for text in truth[i]], dtype=str),
                 "reference_image": owners}
     values = {**scores.values, "num_images": float(len(references)), "num_references": float(len(owners))}
-    return Scored(values, outcomes, replicates, len(references), uncertainty.structure_digest([owners]))
+    return Scored(values, outcomes, replicates, len(references), uncertainty.structure_digest([owners]),
+                  {CAPTIONS_FILE: captions_table(generated["captions"], references, scores.per_image)})
+
+
+CAPTIONS_FILE = "captions.csv"
+
+
+def captions_table(captions: np.ndarray, references: list[list[str]], per_image: Mapping[str, np.ndarray]) -> bytes:
+    """Each image's caption, its references and its scores, for reading in the MLflow UI."""
+    import pandas as pd
+
+    table = pd.DataFrame({"image": range(len(captions)), "caption": captions,
+                          "references": [" | ".join(texts) for texts in references],
+                          **{name: values for name, values in per_image.items()}})
+    return table.to_csv(index=False, float_format="%.4f").encode()
 
 
 def with_intervals(scored: Scored) -> StageOutput:
@@ -146,7 +161,7 @@ def with_intervals(scored: Scored) -> StageOutput:
     arrays = {**scored.outcomes, "bootstrap": np.stack([scored.replicates[name] for name in names]),
               "bootstrap_metrics": np.array(names, dtype=str)}
     return StageOutput(arrays=arrays, metrics={**scored.values, **bounds, uncertainty.N_METRIC: float(scored.units)},
-                       tags={ORDER_TAG: scored.order})
+                       tags={ORDER_TAG: scored.order}, figures=scored.figures)
 
 
 def metric_names(spec: DatasetSpec) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import open_clip
+import pandas as pd
 import pytest
 import torch
 from clip_benchmark.datasets.builder import image_captions_collate_fn
@@ -86,13 +87,19 @@ def test_scores_equal_clip_benchmark_captioning_evaluate(tmp_path, captions_root
 
 def test_intervals_cover_the_corpus_metrics_and_rescoring_never_regenerates(tmp_path, captions_root, worded_coca,
                                                                            caplog):
-    first = run_job(captioning_config(tmp_path, captions_root, worded_coca)).metrics
+    result = run_job(captioning_config(tmp_path, captions_root, worded_coca))
+    first = result.metrics
     for name in INTERVALS:
         assert first[uncertainty.CI_LOW + name] <= first[name] <= first[uncertainty.CI_HIGH + name], name
     assert first[uncertainty.CI_LOW + "CIDEr"] < first["CIDEr"] < first[uncertainty.CI_HIGH + "CIDEr"]
     for name in ("METEOR", "SPICE"):
         assert uncertainty.CI_LOW + name not in first
     assert "SPICE" not in first and first["METEOR"] > 0
+    store, _ = all_runs(tmp_path)
+    table = pd.read_csv(store.client.download_artifacts(result.score_run_id, "captions.csv", str(tmp_path)))
+    assert list(table.columns) == ["image", "caption", "references", *caption_metrics.CAPTION_METRICS]
+    assert len(table) == 24 and table["CIDEr"].mean() == pytest.approx(first["CIDEr"], abs=1e-4)
+    assert table["references"].str.count(" [|] ").eq(4).all()  # five references each
 
     again = run_job(captioning_config(tmp_path, captions_root, worded_coca, "dataset.main_metric=METEOR"))
     assert again.metric == "METEOR" and again.value == first["METEOR"]
