@@ -16,7 +16,7 @@ from pipeline.data import annotated, datasets, languages, prompts, reading
 from pipeline.errors import PipelineError
 from pipeline.jobs import job_run, sweep
 from pipeline.models import precision
-from pipeline.models.loading import (NLLB_DEFAULT_LANGUAGE, ModelLoader, ModelSpec, device_type, generates_captions,
+from pipeline.models.loading import (NLLB_DEFAULT_LANGUAGE, ModelLoader, ModelSpec, caption_context, device_type,
                                      library_versions, resolve_device, tokenizer_language)
 from pipeline.stages import caption_metrics, classify, embed, generate, score, uncertainty
 from pipeline.stages.embed import projection
@@ -150,8 +150,8 @@ def resolve_inputs(cfg: DictConfig) -> JobInputs:
               **{f"precision.{tower}": getattr(recipe, tower) for tower in precision.TOWERS},
               **{f"lib.{name}": version for name, version in versions.items()}}
     if generation is not None:  # a caption decoder, not a classifier head, made these results
-        clip_benchmark = OmegaConf.load(CONF_DIR / "generation" / "clip_benchmark.yaml")
-        labels["head"] = generate.describe(generation, OmegaConf.to_container(clip_benchmark))
+        clip_benchmark = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "generation" / "clip_benchmark.yaml"))
+        labels["head"] = generate.describe(generation, generate.settings(clip_benchmark, 77))
     return JobInputs(cfg=cfg, spec=spec, head=head, info=info, probe_infos=probe_infos, class_prompts=class_prompts,
                      loader=loader, recipe=recipe, device=device, versions=versions, metric=metric, tags=tags,
                      labels=labels, params=flatten(cfg), pre_is_embedding=pre_is_embedding, generation=generation,
@@ -160,14 +160,14 @@ def resolve_inputs(cfg: DictConfig) -> JobInputs:
 
 def captioning_options(cfg: DictConfig, spec: datasets.DatasetSpec, model: ModelSpec) -> tuple[dict[str, Any], bool]:
     """A captioning job's generation settings and SPICE switch, once the model can caption and Java can score."""
-    if not generates_captions(model.arch):
+    context = caption_context(model.arch)
+    if context is None:
         raise PipelineError(f"task captioning needs a model with a caption decoder, and {model.arch} has none; use a "
                             f"CoCa (model=openclip/coca_ViT-L-14__mscoco_finetuned_laion2b_s13b_b90k, model=tiny_coca)")
     spice = bool(cfg.get("spice", False))
     if spec.main_metric == caption_metrics.SPICE and not spice:
         raise PipelineError("dataset.main_metric=SPICE needs spice=true")
-    settings = OmegaConf.to_container(cfg.generation, resolve=True)
-    generate.check(settings)
+    settings = generate.settings(OmegaConf.to_container(cfg.generation, resolve=True), context)
     caption_metrics.check_java(spice)
     return settings, spice
 

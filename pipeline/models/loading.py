@@ -162,13 +162,14 @@ def register_project_architectures() -> None:
         open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
-def generates_captions(arch: str) -> bool:
-    """Whether open_clip builds `arch` with a caption decoder: its CoCa architectures, whose configs have a
-    `multimodal_cfg` (what its factory builds a CoCa from)."""
+def caption_context(arch: str) -> int | None:
+    """The text context of `arch`'s caption decoder, None where it has none: open_clip builds a CoCa, the one kind
+    with a decoder, from a config with a `multimodal_cfg`."""
     import open_clip
 
     register_project_architectures()
-    return "multimodal_cfg" in (open_clip.get_model_config(arch) or {})
+    decoder = (open_clip.get_model_config(arch) or {}).get("multimodal_cfg")
+    return None if decoder is None else int(decoder.get("context_length", 77))
 
 
 @dataclass

@@ -9,7 +9,9 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
 
@@ -52,36 +54,52 @@ def check_java(spice: bool) -> None:
 
 
 @contextlib.contextmanager
-def quiet() -> Iterator[None]:
+def quiet(said: list[str] | None = None) -> Iterator[None]:
     """pycocoevalcap prints (BLEU's counts) and lets Java write to the terminal (the tokenizer's rate); both go to
-    the log instead, so a job shows its progress bar and its result line only."""
-    with tempfile.TemporaryFile(mode="w+") as sink:
+    the log instead (at warning level when the block fails: then it is the reason), and into `said`, so a job shows
+    its progress bar and its result line only."""
+    failed = False
+    with tempfile.TemporaryFile(mode="w+", errors="replace") as sink:
+        sys.stdout.flush(), sys.stderr.flush()  # what was written before goes where it was going
         saved = [os.dup(1), os.dup(2)]
         try:
             for fd in (1, 2):
                 os.dup2(sink.fileno(), fd)
             with contextlib.redirect_stdout(sink):
                 yield
+        except BaseException:
+            failed = True
+            raise
         finally:
             for fd, copy in zip((1, 2), saved):
                 os.dup2(copy, fd)
                 os.close(copy)
             sink.seek(0)
-            for line in sink.read().splitlines():
-                log.debug("pycocoevalcap: %s", line)
+            lines = sink.read().splitlines()
+            if said is not None:
+                said.extend(lines)
+            for line in lines:
+                log.log(logging.WARNING if failed else logging.DEBUG, "pycocoevalcap: %s", line)
 
 
 Captions = Mapping[int, Sequence[str]]
 
 
 def tokenize(references: Sequence[Sequence[str]], generated: Sequence[str]) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
-    """Both sides through the PTB tokenizer, keyed by image number as clip_benchmark keys them."""
+    """Both sides through the PTB tokenizer, keyed by image number as clip_benchmark keys them. The tokenizer never
+    checks Java's exit status (a failed Java leaves one empty caption), so the counts are checked here."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    tokenizer = PTBTokenizer()
-    with quiet():
+    tokenizer, said = PTBTokenizer(), []
+    with quiet(said):
         truth = tokenizer.tokenize({i: [{"caption": c} for c in refs] for i, refs in enumerate(references)})
         made = tokenizer.tokenize({i: [{"caption": c}] for i, c in enumerate(generated)})
+    expected = [len(refs) for refs in references], [1] * len(generated)
+    if [[len(truth.get(i, ())) for i in range(len(references))], [len(made.get(i, ())) for i in range(len(generated))]] \
+            != list(expected):
+        reason = said[-1] if said else "no output"
+        raise PipelineError(f"pycocoevalcap's PTB tokenizer (Java) did not tokenize the captions ({reason}); "
+                            f"{JAVA_HINT}")
     return truth, made
 
 
@@ -104,18 +122,42 @@ def evaluate(truth: Captions, made: Captions, spice: bool = False) -> CaptionSco
     if spice:
         scorers.append((spice_scorer(), SPICE))
     for scorer, names in scorers:
-        with quiet():
-            try:
-                score, scores = scorer.compute_score(truth, made)
-            except (OSError, subprocess.CalledProcessError) as exc:
-                raise PipelineError(f"{scorer.method()} could not run ({one_line(exc)}); {JAVA_HINT}"
-                                    + ("; or leave spice=false" if names == SPICE else "")) from exc
+        score, scores = scored(scorer, truth, made)
         if names == SPICE:
             scores = [image["All"]["f"] for image in scores]
         for name, value, each in (zip(names, score, scores) if isinstance(names, tuple) else [(names, score, scores)]):
             values[name] = float(value)
             per_image[name] = np.asarray(each, dtype=np.float64)
     return CaptionScores(values, per_image)
+
+
+def scored(scorer, truth: Captions, made: Captions):
+    """One scorer's (corpus score, per-image scores); a Java failure ends in one line that says what Java said."""
+    said: list[str] = []
+    try:
+        with quiet(said):
+            return scorer.compute_score(truth, made)
+    except (OSError, ValueError, subprocess.CalledProcessError) as exc:
+        reason = stopped(scorer) or (said[-1] if said else one_line(exc))
+        extra = "; or leave spice=false" if scorer.method() == SPICE else ""
+        raise PipelineError(f"{scorer.method()} could not run ({reason}); {JAVA_HINT}{extra}") from exc
+
+
+def stopped(scorer) -> str:
+    """A scorer's Java process that failed mid-score (METEOR's): killed, its lock freed (pycocoevalcap's Meteor
+    takes it when collected, and would wait forever for a lock its failed call still holds), and the last line it
+    wrote to its stderr."""
+    process, lock = getattr(scorer, "meteor_p", None), getattr(scorer, "lock", None)
+    if process is None:
+        return ""
+    process.kill()
+    process.wait()
+    with contextlib.suppress(OSError):
+        process.stdin.close()
+    if lock is not None and lock.locked():
+        lock.release()
+    lines = process.stderr.read().decode(errors="replace").strip().splitlines() if process.stderr else []
+    return lines[-1] if lines else ""
 
 
 def spice_scorer():
@@ -125,7 +167,7 @@ def spice_scorer():
     try:
         with quiet():
             return Spice()
-    except OSError as exc:
+    except (OSError, zipfile.BadZipFile) as exc:
         raise PipelineError(f"SPICE needs Stanford CoreNLP 3.6.0, fetched from nlp.stanford.edu on first use, and "
                             f"the download failed ({one_line(exc)}); fetch it on a machine with internet access, or "
                             f"leave spice=false") from exc

@@ -19,36 +19,63 @@ START, END = "<start_of_text>", "<end_of_text>"
 
 
 def generate_key(model: ModelKey, dataset: datasets.DatasetInfo, settings: Mapping[str, Any]) -> str:
+    """Keyed by the model, the images and the checked settings; transformers too, whose logits processors (and,
+    below version 5, beam scorer) pick the tokens. A change to `models/beam_search.py` bumps VERSION."""
+    from importlib.metadata import version
+
     return cache_key("generate", VERSION, {**model.material(), "dataset": dataset.image_identity,
-                                           "skip_corrupt": dataset.spec.skip_corrupt, "generation": dict(settings)})
+                                           "skip_corrupt": dataset.spec.skip_corrupt, "generation": dict(settings),
+                                           "transformers": version("transformers")})
 
 
-# What each generation type reads of the settings (open_clip's CoCa.generate), for the label that tells results apart.
+# What each generation type reads of the settings (open_clip's CoCa.generate); sampling also draws with `seed`.
 READS = {"beam_search": ("num_beams", "num_beam_groups", "seq_len", "min_seq_len", "repetition_penalty"),
-         "top_k": ("top_k", "temperature", "seq_len", "max_seq_len", "min_seq_len", "repetition_penalty"),
-         "top_p": ("top_p", "temperature", "seq_len", "max_seq_len", "min_seq_len", "repetition_penalty")}
+         "top_k": ("top_k", "temperature", "seq_len", "max_seq_len", "min_seq_len", "repetition_penalty", "seed"),
+         "top_p": ("top_p", "temperature", "seq_len", "max_seq_len", "min_seq_len", "repetition_penalty", "seed")}
+INTEGERS = ("num_beams", "num_beam_groups", "seq_len", "max_seq_len", "min_seq_len", "top_k", "seed")
+# (setting, holds, what it must be): what open_clip or transformers would refuse mid-run
+RULES = (("min_seq_len", lambda s: s["min_seq_len"] >= 0, "0 or more"),
+         ("seq_len", lambda s: s["seq_len"] > s["min_seq_len"], "more than generation.min_seq_len"),
+         ("num_beams", lambda s: s["num_beams"] >= 2, "2 or more"),
+         ("num_beam_groups", lambda s: s["num_beam_groups"] >= 1 and s["num_beams"] % s["num_beam_groups"] == 0,
+          "a divisor of generation.num_beams"),
+         ("max_seq_len", lambda s: s["max_seq_len"] >= 1, "1 or more"),
+         ("top_k", lambda s: s["top_k"] >= 1, "1 or more"),
+         ("top_p", lambda s: 0 < s["top_p"] <= 1, "in (0, 1]"),
+         ("temperature", lambda s: s["temperature"] > 0, "above 0"),
+         ("repetition_penalty", lambda s: s["repetition_penalty"] > 0, "above 0"))
 
 
-def check(settings: Mapping[str, Any]) -> None:
-    """What open_clip's `generate` would assert or raise mid-run, said before any run exists."""
-    kind = settings.get("generation_type")
+def settings(config: Mapping[str, Any], context_length: int) -> dict[str, Any]:
+    """The arguments the generation type reads (and its name), each as a number of its kind, checked against what
+    open_clip's `generate` would assert or raise mid-run, and against the model's text context."""
+    kind = config.get("generation_type")
     if kind not in READS:
         raise PipelineError(f"generation.generation_type={kind!r} is not one of {sorted(READS)}")
-    if not int(settings["seq_len"]) > int(settings["min_seq_len"]):
-        raise PipelineError(f"generation.seq_len={settings['seq_len']} must exceed generation.min_seq_len="
-                            f"{settings['min_seq_len']}")
-    beams, groups = int(settings["num_beams"]), int(settings["num_beam_groups"])
-    if kind == "beam_search" and (beams < 2 or groups < 1 or beams % groups):
-        raise PipelineError(f"generation.num_beams={beams} must be 2 or more and a multiple of "
-                            f"generation.num_beam_groups={groups}")
+    found: dict[str, Any] = {"generation_type": kind}
+    for name in READS[kind]:
+        value = config.get(name)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise PipelineError(f"generation.{name}={value!r} is not a number; generation_type={kind} needs it") from None
+        if name in INTEGERS and not number.is_integer():
+            raise PipelineError(f"generation.{name}={value!r} must be a whole number")
+        found[name] = int(number) if name in INTEGERS else number
+    for name, holds, wanted in RULES:
+        if name in found and not holds(found):
+            raise PipelineError(f"generation.{name}={found[name]} must be {wanted}")
+    if found["seq_len"] > context_length:
+        raise PipelineError(f"generation.seq_len={found['seq_len']} is longer than the model's text context "
+                            f"({context_length} tokens)")
+    return found
 
 
 def describe(settings: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
     """`generate beam_search`, with every setting that type reads and that differs from `defaults` (clip_benchmark's):
     the head column of a captioning result, so a sweep over settings keeps a row for each."""
     kind = str(settings["generation_type"])
-    changed = [f"{name}={settings[name]}" for name in READS.get(kind, sorted(settings))
-               if name in settings and settings[name] != defaults.get(name)]
+    changed = [f"{name}={settings[name]}" for name in READS[kind] if settings[name] != defaults.get(name)]
     return " ".join(["generate", kind, ",".join(changed)]).strip()
 
 
@@ -75,6 +102,7 @@ def generate_captions(cache: StageCache, loader: ModelLoader, dataset: datasets.
 
 def captions_of(loader: ModelLoader, spec: datasets.DatasetSpec, settings: Mapping[str, Any], precision: str,
                 batch_size: int, num_workers: int) -> StageOutput:
+    import torch
     import torch.nn.functional as F
 
     from pipeline.data import reading
@@ -86,9 +114,13 @@ def captions_of(loader: ModelLoader, spec: datasets.DatasetSpec, settings: Mappi
     references: list[list[str]] = []
     width = int(settings["seq_len"])
 
+    arguments = {name: value for name, value in settings.items() if name != "seed"}
+    if "seed" in settings:  # sampling draws from torch's generator: the same captions for a seed (and batch size)
+        torch.manual_seed(settings["seed"])
+
     def generate(images):
         # Batches end at different lengths; padded to seq_len (the longest a caption can be) they stack.
-        tokens = loaded.model.generate(images, **settings)
+        tokens = loaded.model.generate(images, **arguments)
         return {"tokens": F.pad(tokens, (0, width - tokens.shape[1]), value=loaded.model.pad_id)}
 
     batches = reading.retrieval_batches(spec, loaded.preprocess, batch_size, num_workers, pinned(loaded))

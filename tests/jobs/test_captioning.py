@@ -67,6 +67,31 @@ def test_generated_tokens_are_cut_as_clip_benchmark_cuts_them():
     assert generate.decoded(tokenizer, rows[0].numpy()) == "a red circle"
 
 
+def test_generation_settings_are_numbers_of_their_kind_checked_before_any_run():
+    defaults = {"generation_type": "beam_search", "seq_len": 30, "max_seq_len": 77, "min_seq_len": 5, "num_beams": 6,
+                "num_beam_groups": 3, "repetition_penalty": 1, "temperature": 1.0, "top_p": 0.1, "top_k": 1, "seed": 0}
+    found = generate.settings(defaults, 76)
+    assert found == {"generation_type": "beam_search", "num_beams": 6, "num_beam_groups": 3, "seq_len": 30,
+                     "min_seq_len": 5, "repetition_penalty": 1.0}  # what beam search reads, and nothing else
+    assert type(found["repetition_penalty"]) is float and type(found["num_beams"]) is int
+    assert generate.settings({**defaults, "num_beams": 6.0}, 76) == found
+    assert generate.settings({**defaults, "generation_type": "top_p"}, 76)["seed"] == 0
+    assert generate.describe(generate.settings({**defaults, "num_beams": 4, "num_beam_groups": 2}, 76), found) == \
+        "generate beam_search num_beams=4,num_beam_groups=2"
+    for change, said in [({"num_beams": 4}, "num_beam_groups=3 must be a divisor of generation.num_beams"),
+                         ({"num_beams": 1, "num_beam_groups": 1}, "num_beams=1 must be 2 or more"),
+                         ({"seq_len": 5}, "seq_len=5 must be more than generation.min_seq_len"),
+                         ({"seq_len": 80}, "seq_len=80 is longer than the model's text context .76 tokens."),
+                         ({"num_beams": 6.5}, "num_beams=6.5 must be a whole number"),
+                         ({"repetition_penalty": "strong"}, "repetition_penalty='strong' is not a number"),
+                         ({"repetition_penalty": 0}, "repetition_penalty=0.0 must be above 0"),
+                         ({"generation_type": "top_p", "top_p": 1.5}, r"top_p=1.5 must be in \(0, 1\]"),
+                         ({"generation_type": "top_k", "top_k": None}, "top_k=None is not a number"),
+                         ({"generation_type": "greedy"}, "generation_type='greedy' is not one of")]:
+        with pytest.raises(PipelineError, match=said):
+            generate.settings({**defaults, **change}, 76)
+
+
 def test_scores_equal_clip_benchmark_captioning_evaluate(tmp_path, captions_root, worded_coca, monkeypatch):
     result = run_job(captioning_config(tmp_path, captions_root, worded_coca))
 
@@ -121,13 +146,17 @@ def test_a_model_without_a_caption_decoder_is_refused_before_any_run(tmp_path, c
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_spice_on_java_17_and_spice_as_main_metric_without_it_are_one_line(tmp_path, captions_root, tiny_coca_checkpoint):
-    if caption_metrics.java_version() in caption_metrics.SPICE_JAVA:
-        pytest.skip("this machine's Java runs SPICE")  # CI's and ours are 17: the refusal is what runs
-    with pytest.raises(PipelineError, match="spice=true: SPICE 1.0 fails on Java"):
-        run_job(captioning_config(tmp_path, captions_root, tiny_coca_checkpoint, "spice=true"))
+def test_spice_as_main_metric_needs_spice_and_spice_on_java_17_is_one_line(tmp_path, captions_root,
+                                                                          tiny_coca_checkpoint):
     with pytest.raises(PipelineError, match="dataset.main_metric=SPICE needs spice=true"):
         run_job(captioning_config(tmp_path, captions_root, tiny_coca_checkpoint, "dataset.main_metric=SPICE"))
+    with pytest.raises(PipelineError, match="generation.num_beams=4 must be 2 or more|num_beam_groups=3 must be"):
+        run_job(captioning_config(tmp_path, captions_root, tiny_coca_checkpoint, "generation.num_beams=4"))
+    assert not (tmp_path / "mlflow.db").exists()
+    if caption_metrics.java_version() in caption_metrics.SPICE_JAVA:
+        return  # this machine's Java runs SPICE (CI's and ours are 17: the refusal is what runs there)
+    with pytest.raises(PipelineError, match="spice=true: SPICE 1.0 fails on Java"):
+        run_job(captioning_config(tmp_path, captions_root, tiny_coca_checkpoint, "spice=true"))
 
 
 @pytest.mark.slow

@@ -27,8 +27,9 @@ def reference_scorer() -> type:
     folder = ASSETS / "reference_wheels"
     wheels = sorted(folder.glob("transformers-4.57.6-*.whl"))
     if not wheels:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(folder), REFERENCE],
-                       check=True)
+        fetched = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(folder),
+                                  REFERENCE], capture_output=True, text=True)
+        assert fetched.returncode == 0, f"the reference needs {REFERENCE} from PyPI once: {fetched.stderr[-500:]}"
         wheels = sorted(folder.glob("transformers-4.57.6-*.whl"))
     import transformers.generation  # noqa: F401  (the package the reference modules resolve `..utils` against)
 
@@ -78,9 +79,10 @@ def test_generation_matches_transformers_scorer_token_for_token(reference_scorer
     assert sum(ended) > 0
 
 
-def drive(scorer, steps: int, batch: int, beams: int, groups: int, seed: int) -> torch.Tensor:
+def drive(scorer, steps: int, batch: int, beams: int, groups: int, seed: int, tied: bool) -> torch.Tensor:
     """open_clip's calls on a scorer, with random candidates: each step, each group's 2 x group_size best
-    (token, score, beam) per image, EOS among them at random ranks, then `finalize`."""
+    (token, score, beam) per image, EOS among them at random ranks, then `finalize`. `tied` draws whole-number
+    scores, so finished captions often tie and the order they are kept and picked in decides."""
     rng = torch.Generator().manual_seed(seed)
     size = beams // groups
     input_ids = torch.randint(1, 50, (batch * beams, 1), generator=rng)
@@ -89,7 +91,9 @@ def drive(scorer, steps: int, batch: int, beams: int, groups: int, seed: int) ->
         next_ids = torch.zeros(batch * beams, dtype=torch.long)
         for group in range(groups):
             rows = [b * beams + group * size + i for b in range(batch) for i in range(size)]
-            candidate_scores = torch.sort(torch.randn(batch, 2 * size, generator=rng) * 3, descending=True).values
+            drawn = (torch.randint(-2, 1, (batch, 2 * size), generator=rng).float() if tied
+                     else torch.randn(batch, 2 * size, generator=rng) * 3)
+            candidate_scores = torch.sort(drawn, descending=True).values
             tokens = torch.randint(1, 50, (batch, 2 * size), generator=rng)
             ends = torch.rand(batch, 2 * size, generator=rng) < 0.3
             ends &= ends.cumsum(dim=1) <= size  # at least group_size candidates go on, as a model's top-k ensures
@@ -107,14 +111,15 @@ def drive(scorer, steps: int, batch: int, beams: int, groups: int, seed: int) ->
                            eos_token_id=torch.tensor([EOS]))["sequences"]
 
 
-@pytest.mark.parametrize("beams, groups", [(6, 3), (4, 1), (6, 2)])
-def test_scorer_matches_on_random_candidates(reference_scorer, beams, groups):
-    for seed in range(20):
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("beams, groups", [(6, 3), (4, 1), (6, 2), (8, 2)])
+def test_scorer_matches_on_random_candidates(reference_scorer, beams, groups, tied):
+    for seed in range(40):
         steps = 3 + seed % 9
         ours = drive(beam_search.GroupBeamScorer(3, beams, torch.device("cpu"), num_beam_groups=groups), steps, 3,
-                     beams, groups, seed)
+                     beams, groups, seed, tied)
         theirs = drive(reference_scorer(batch_size=3, num_beams=beams, device=torch.device("cpu"),
-                                        num_beam_groups=groups), steps, 3, beams, groups, seed)
+                                        num_beam_groups=groups), steps, 3, beams, groups, seed, tied)
         assert torch.equal(ours, theirs), f"seed {seed}"
 
 

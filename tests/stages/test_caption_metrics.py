@@ -115,10 +115,12 @@ def test_missing_java_is_one_line(monkeypatch, tmp_path):
         caption_metrics.check_java(spice=False)
 
 
-def fake_java(folder, version: str) -> None:
-    """A `java` that only says its version, as `java -version` does (on stderr)."""
+def fake_java(folder, version: str, fails: str = "") -> None:
+    """A `java` that says its version, as `java -version` does (on stderr), and with `fails` says that and exits 1
+    when asked to run a jar, as a JVM that cannot start does."""
     script = folder / "java"
-    script.write_text(f"#!/bin/sh\necho 'openjdk version \"{version}\" 2025-04-15' >&2\n")
+    failing = f'[ "$1" = -version ] || {{ echo "{fails}" >&2; exit 1; }}\n' if fails else ""
+    script.write_text(f"#!/bin/sh\n{failing}echo 'openjdk version \"{version}\" 2025-04-15' >&2\n")
     script.chmod(0o755)
 
 
@@ -133,3 +135,35 @@ def test_java_version_reads_old_and_new_numbering(monkeypatch, tmp_path, version
     else:
         caption_metrics.check_java(spice=True)
     caption_metrics.check_java(spice=False)
+
+
+def test_quiet_keeps_pycocoevalcap_off_the_terminal_and_logs_what_java_said_when_it_fails(capfd, caplog):
+    import logging
+    import subprocess
+
+    caplog.set_level(logging.DEBUG, logger="pipeline.stages.caption_metrics")
+    with caption_metrics.quiet():
+        subprocess.run(["sh", "-c", "echo tokenized 23 tokens >&2"], check=True)
+        print("{'testlen': 10}")
+    said = capfd.readouterr()
+    assert "tokenized" not in said.err and "testlen" not in said.out
+    assert [r.levelno for r in caplog.records if "tokenized 23 tokens" in r.getMessage()] == [logging.DEBUG]
+    with pytest.raises(subprocess.CalledProcessError), caption_metrics.quiet():
+        subprocess.run(["sh", "-c", "echo InaccessibleObjectException >&2; exit 1"], check=True)
+    assert [r.levelno for r in caplog.records if "InaccessibleObjectException" in r.getMessage()] == [logging.WARNING]
+
+
+def test_a_java_that_fails_to_start_is_one_line_with_its_reason_and_never_hangs(monkeypatch, tmp_path):
+    """The tokenizer never checks Java's exit status, and METEOR's failed call keeps the lock its Meteor object
+    waits on when collected: both end in one line naming what the JVM said."""
+    import gc
+
+    references, generated = caption_set(6)
+    truth, made = caption_metrics.tokenize(references, generated)  # with the real Java
+    fake_java(tmp_path, "17.0.15", fails="Could not reserve enough space for 2097152KB object heap")
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(PipelineError, match="PTB tokenizer .Java. did not tokenize the captions .Could not reserve"):
+        caption_metrics.tokenize(references, generated)
+    with pytest.raises(PipelineError, match="METEOR could not run .Could not reserve enough space"):
+        caption_metrics.evaluate(truth, made)
+    gc.collect()  # the Meteor object's __del__ runs here, and returns
