@@ -1,5 +1,5 @@
-"""One job of a sweep: resolve inputs, then embed -> classify -> score, each through the stage cache, and a job
-run that labels the result with what this job asked for."""
+"""One job of a sweep: resolve inputs, then embed -> classify -> score (a captioning job: generate -> score), each
+through the stage cache, and a job run that labels the result with what this job asked for."""
 from __future__ import annotations
 
 import json
@@ -281,7 +281,7 @@ class Upstream:
 
 
 def run_stages(job: JobInputs, cache: StageCache) -> score.Scores:
-    """embed -> classify (or the probe) -> score, each through the cache; the score is looked up first."""
+    """embed -> classify (or the probe), or generate -> score, each through the cache; the score is looked up first."""
     upstream = Upstream(job, cache)
     return score.score(cache, job.spec, upstream.score_key(), upstream.stages, tags=job.tags, params=job.params,
                        spice=job.spice)

@@ -92,8 +92,15 @@ def test_generation_settings_are_numbers_of_their_kind_checked_before_any_run():
             generate.settings({**defaults, **change}, 76)
 
 
-def test_scores_equal_clip_benchmark_captioning_evaluate(tmp_path, captions_root, worded_coca, monkeypatch):
-    result = run_job(captioning_config(tmp_path, captions_root, worded_coca))
+@pytest.fixture(scope="module")
+def first_job(tmp_path_factory, captions_root, worded_coca):
+    """One captioning job of the worded CoCa in a store of its own (only the interval test adds runs to it)."""
+    folder = tmp_path_factory.mktemp("captioning")
+    return folder, run_job(captioning_config(folder, captions_root, worded_coca))
+
+
+def test_scores_equal_clip_benchmark_captioning_evaluate(first_job, captions_root, worded_coca, monkeypatch):
+    _, result = first_job
 
     register_project_architectures()
     model, _, preprocess = open_clip.create_model_and_transforms("tiny-coca", pretrained=str(worded_coca))
@@ -110,9 +117,8 @@ def test_scores_equal_clip_benchmark_captioning_evaluate(tmp_path, captions_root
     assert result.metrics["num_images"] == 24 and result.metrics["num_references"] == 120
 
 
-def test_intervals_cover_the_corpus_metrics_and_rescoring_never_regenerates(tmp_path, captions_root, worded_coca,
-                                                                           caplog):
-    result = run_job(captioning_config(tmp_path, captions_root, worded_coca))
+def test_intervals_cover_the_corpus_metrics_and_rescoring_never_regenerates(first_job, captions_root, worded_coca):
+    tmp_path, result = first_job
     first = result.metrics
     for name in INTERVALS:
         assert first[uncertainty.CI_LOW + name] <= first[name] <= first[uncertainty.CI_HIGH + name], name

@@ -68,15 +68,16 @@ def test_generation_matches_transformers_scorer_token_for_token(reference_scorer
             ended.append(sum(f.added for f in self._beam_hyps) - before)
             return out
 
-    for seed in range(10):
+    for seed in range(8):
         model = favouring_coca(seed)
-        images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+        images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+        length = (12, 30)[seed % 2]  # clip_benchmark's 30 tokens, and a shorter cap where more captions hit it
         monkeypatch.setattr(coca_model, "BeamSearchScorer", Recorded)
-        ours = model.generate(images)
+        ours = model.generate(images, seq_len=length)
         monkeypatch.setattr(coca_model, "BeamSearchScorer", reference_scorer)
-        theirs = model.generate(images)
+        theirs = model.generate(images, seq_len=length)
         assert torch.equal(ours, theirs), f"seed {seed}: {ours.tolist()} {theirs.tolist()}"
-    assert sum(ended) > 0
+    assert sum(ended) > 0, ended
 
 
 def drive(scorer, steps: int, batch: int, beams: int, groups: int, seed: int, tied: bool) -> torch.Tensor:
