@@ -77,7 +77,7 @@ server-user: $(STAMP) ## Add a user to the running lab server: ARGS="name=NAME r
 # What `make clean` may remove: only what the project regenerates. The tracking store (mlflow.db, mlartifacts/),
 # the lab server's folder (server/: its database, artifacts, users and keys) and backups/ are never touched.
 OUTPUTS ?= outputs
-REGENERATED = multirun runs tables data models data_cache plot_cache mlflow-ui.log ui_screenshot.png
+REGENERATED = multirun runs tables data models data_cache plot_cache reference_wheels mlflow-ui.log ui_screenshot.png
 clean: ## Remove what the project regenerates (sweeps, tables, bundled assets, download caches); never the store or the server's folder
 	rm -rf $(addprefix $(OUTPUTS)/,$(REGENERATED))
 
