@@ -71,7 +71,8 @@ def snapshot_paths(folder: Path, steps: int = 1500, every: int = SNAPSHOT_EVERY)
     return [Path(folder) / f"step_{step}.pt" for step in range(every, steps + 1, every)]
 
 
-def _save(state: dict, path: Path) -> None:
+def save_checkpoint(state: dict, path: Path) -> None:
+    """`torch.save` into a scratch file renamed into place, so no reader ever finds half a checkpoint."""
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(state, tmp)
     tmp.replace(path)
@@ -88,9 +89,9 @@ def ensure_checkpoint(path: Path, steps: int = 1500, snapshots: Path | None = No
     path.parent.mkdir(parents=True, exist_ok=True)
     if snapshots is not None:
         Path(snapshots).mkdir(parents=True, exist_ok=True)
-    save_step = lambda step, model: _save({"step": step, "state_dict": model.state_dict()}, Path(snapshots) / f"step_{step}.pt")
+    save_step = lambda step, model: save_checkpoint({"step": step, "state_dict": model.state_dict()}, Path(snapshots) / f"step_{step}.pt")
     model = train(steps=steps, snapshot=save_step if snapshots is not None else None)
     if not path.exists():
-        _save({"state_dict": model.state_dict()}, path)
+        save_checkpoint({"state_dict": model.state_dict()}, path)
         log.info("saved tiny-clip checkpoint to %s", path)
     return path

@@ -3,13 +3,13 @@ with random weights, saved as a checkpoint in open_clip's layout, so the caption
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import open_clip
 import torch
 
 from pipeline.models.loading import register_project_architectures
+from pipeline.offline.tiny_clip import save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,6 @@ def ensure_coca(path: Path, seed: int = 0) -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"state_dict": build(seed).state_dict()}, tmp)
-    tmp.replace(path)
+    save_checkpoint({"state_dict": build(seed).state_dict()}, path)
     log.info("saved %s checkpoint to %s", ARCH, path)
     return path

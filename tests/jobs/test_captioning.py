@@ -20,17 +20,15 @@ from pipeline.models.loading import register_project_architectures
 from pipeline.offline import tiny_coca
 from pipeline.stages import caption_metrics, generate, uncertainty
 from tests.conftest import compose_config, run_pipeline
-from tests.jobs.test_scoring import all_runs
+from tests.jobs.test_scoring import all_runs, job_config
 from tests.stages.test_caption_metrics import NoSpice
 
 INTERVALS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr")
 
 
 def captioning_config(tmp_path: Path, captions_root: Path, checkpoint: Path, *overrides: str):
-    return compose_config("dataset=mscoco_captions", "model=tiny_coca", f"data_root={captions_root}",
-                          f"model.pretrained={checkpoint}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-                          f"tracking.artifact_location={tmp_path}/artifacts", "num_workers=0", "device=cpu",
-                          "batch_size=8", *overrides)
+    return job_config(tmp_path, checkpoint, "dataset=mscoco_captions", "model=tiny_coca", f"data_root={captions_root}",
+                      "batch_size=8", *overrides)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import types
 import zipfile
-from pathlib import Path
 
 import open_clip.coca_model as coca_model
 import pytest
