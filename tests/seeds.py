@@ -1,17 +1,27 @@
 """Read the published tables out of the seed documents (`../shared/seeds/`, beside the project), so the tests can
-check the project's bundled transcriptions against them cell by cell."""
+check the project's bundled transcriptions against them cell by cell. The documents are not part of the project: a
+clone without them skips those checks (`needs`), saying what each would check."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from tests.conftest import REPO
 
 SEEDS = REPO.parent / "shared" / "seeds"
 BLOG = SEEDS / "001_a80f9ccff5782a30.txt"
 CLIP_PAPER = SEEDS / "002_4fbd52847bea3d67.txt"
+
+
+def needs(document: Path, checks: str) -> pytest.MarkDecorator:
+    """Skip a test where the seed document it reads is absent (a user's clone), with one line naming what it
+    would check; it runs wherever the document is."""
+    return pytest.mark.skipif(not document.is_file(), reason=f"would check {checks} against {document.name}, a seed "
+                                                             f"document beside the project (../shared/seeds/), "
+                                                             f"which this clone lacks")
 
 
 def seed_text(path: Path) -> str:

@@ -42,12 +42,14 @@ def test_every_reference_parses_into_cells_with_a_metric_and_a_value():
     assert len(references.published_cells("clip_paper")) == 9 * 28  # 27 datasets, VOC2007 listed twice
 
 
+@seeds.needs(seeds.BLOG, "the bundled blog tables cell by cell")
 def test_the_blog_tables_are_the_blogs():
     for number, table in seeds.blog_tables().items():
         file = [f for f in references.BLOG_TABLES if f.startswith(f"blog_table{number}_")][0]
         assert references.read_csv(file).equals(table.astype(str)), file
 
 
+@seeds.needs(seeds.CLIP_PAPER, "the bundled CLIP paper's Tables 9, 10 and 11 cell by cell")
 def test_the_papers_tables_are_the_papers():
     for number, file in ((11, "clip_paper_table11_zeroshot.csv"), (10, "clip_paper_table10_linearprobe.csv")):
         text = " ".join(seeds.clip_paper_table_text(number).split())
