@@ -1,18 +1,23 @@
 """`make backup` (`python -m pipeline.lab.backup [server=true]`): one archive of a store, consistent while jobs may
 be writing to it. The local SQLite store is copied with SQLite's online backup API (a file copy could catch a write
 half done); the lab server's private PostgreSQL cluster with `pg_dump`. Beside the database go the artifacts,
-the server's users database and keys where authentication is on, and a manifest: the runs per stage, every
-artifact's checksum, the library versions and the project's. The archive is written under a temporary name and
-renamed once whole, so a failed backup never leaves one that looks complete.
+the server's users database and keys where authentication is on, and a manifest, the archive's first member: the
+runs per stage, the library versions and the project's, and the SHA-256 of every other file in the archive, which
+`make restore` checks before it places anything. The archive is written under a temporary name and renamed once
+whole, so a failed backup never leaves one that looks complete.
 
 A lab's own database (`backend_store_uri`) or a remote artifact store (`s3://...`) is backed up by the lab's own
 tools: those are refused in one line that says which.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import io
 import json
 import os
+import re
+import shutil
 import sqlite3
 import tarfile
 import tempfile
@@ -27,8 +32,10 @@ from pipeline import CONF_DIR
 from pipeline.errors import PipelineError, reported
 from pipeline.lab.auth import SERVER_FILE
 from pipeline.lab.postgres import Cluster
+from pipeline.store.artifacts import sha256_file
 
 MANIFEST = "manifest.json"
+FORMAT = 2  # 2: the manifest lists every file's SHA-256 ("files"); 1 listed only the cached artifacts' tags
 SQLITE, POSTGRES = "sqlite", "postgres"
 DATABASE_FILES = {SQLITE: "mlflow.db", POSTGRES: "mlflow.pgdump"}
 LIBRARIES = ("mlflow", "torch", "torchvision", "open_clip_torch", "clip-benchmark", "pillow")
@@ -37,6 +44,9 @@ LIBRARIES = ("mlflow", "torch", "torchvision", "open_clip_torch", "clip-benchmar
 STAGE_COUNTS = ("SELECT t.value, r.status, COUNT(*) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
                 "WHERE t.key = 'stage' AND r.lifecycle_stage = 'active' GROUP BY t.value, r.status")
 CHECKSUMS = "SELECT run_uuid, key, value FROM tags WHERE key LIKE 'checksum.%'"
+STATUSES = "SELECT run_uuid, status FROM runs"
+ENDED = {"FINISHED", "FAILED", "KILLED"}  # a run's files change no more once it has ended
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")  # MLflow's run ids; an artifact folder named so belongs to a run
 
 
 @dataclass(frozen=True)
@@ -85,14 +95,15 @@ def sqlite_copy(source: Path, target: Path) -> None:
 
 
 def inventory(connection) -> dict:
-    """Runs per (stage, status) and every artifact checksum, read from a database copy."""
+    """Runs per (stage, status), every artifact checksum and every run's status, read from a database copy."""
     runs: dict[str, dict[str, int]] = {}
     for stage, status, count in connection.execute(STAGE_COUNTS).fetchall():
         runs.setdefault(stage, {})[status] = int(count)
     artifacts: dict[str, dict[str, str]] = {}
     for run, key, value in connection.execute(CHECKSUMS).fetchall():
         artifacts.setdefault(run, {})[key.removeprefix("checksum.")] = value
-    return {"runs": runs, "artifacts": artifacts}
+    statuses = {run: status for run, status in connection.execute(STATUSES).fetchall()}
+    return {"runs": runs, "artifacts": artifacts, "statuses": statuses}
 
 
 def versions() -> dict[str, str]:
@@ -106,7 +117,7 @@ def versions() -> dict[str, str]:
 
 
 def snapshot(location: StoreLocation, staging: Path, postgres: DictConfig) -> dict:
-    """The database into `staging` (and the users database, for a server); what it holds."""
+    """The database into `staging` (and, for a server, its users database and keys); what it holds."""
     if location.kind == SQLITE:
         if not location.database.is_file():
             raise PipelineError(f"there is no store at {location.database} to back up")
@@ -125,41 +136,96 @@ def snapshot(location: StoreLocation, staging: Path, postgres: DictConfig) -> di
             raise PipelineError(f"pg_dump failed: {(done.stderr or done.stdout).strip()[-300:]}")
         with cluster.connect() as connection:
             held = inventory(connection)
-    users = location.folder / "auth" / "users.db"
-    if users.is_file():
+    keys = location.folder / "auth"
+    if keys.is_dir():
         (staging / "auth").mkdir()
-        sqlite_copy(users, staging / "auth" / "users.db")
+        if (keys / "users.db").is_file():
+            sqlite_copy(keys / "users.db", staging / "auth" / "users.db")
+        for secret in ("secret_key", "admin_password"):  # its config is written anew where restored
+            if (keys / secret).is_file():
+                shutil.copy2(keys / secret, staging / "auth" / secret)
     return held
 
 
-def backup(location: StoreLocation, output: Path, postgres: DictConfig) -> Path:
-    """The archive of `location` in `output`, named by its kind and time."""
+def archived_files(location: StoreLocation, staging: Path, statuses: dict[str, str]) -> tuple[dict[str, Path], int]:
+    """What goes into the archive (its name there -> the file), and how many artifact files were left out: those
+    of runs that had not ended when the database was copied (still being written: such a run is restored as it
+    was then, never served) or that it does not know (begun since)."""
+    files = {str(path.relative_to(staging)): path for path in sorted(staging.rglob("*")) if path.is_file()}
+    left_out = 0
+    if location.artifacts.is_dir():
+        for path in sorted(location.artifacts.rglob("*")):
+            parts = path.relative_to(location.artifacts).parts
+            if not path.is_file():
+                continue
+            if run_of(parts) and statuses.get(run_of(parts)) not in ENDED:
+                left_out += 1
+                continue
+            files["/".join(("artifacts", *parts))] = path
+    return files, left_out
+
+
+def run_of(parts: tuple[str, ...]) -> str | None:
+    """The run an artifact file belongs to: `<run id>/artifacts/...` under the root (or under an experiment's
+    folder, as a server's proxied artifacts are kept)."""
+    return next((part for part, after in zip(parts, parts[1:]) if after == "artifacts" and RUN_ID.match(part)), None)
+
+
+class _Hashing:
+    """A file read into the archive, hashed as it is read: the manifest's checksum is then known to be that of
+    the bytes the archive holds."""
+
+    def __init__(self, handle) -> None:
+        self.handle, self.digest = handle, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.digest.update(data)
+        return data
+
+
+def write_archive(partial: Path, manifest: dict, files: dict[str, Path]) -> None:
+    """The manifest first (a restore reads it without reading the rest), then every file, each checked to be the
+    one the manifest's checksum was taken of."""
+    with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
+        encoded = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        info = tarfile.TarInfo(MANIFEST)
+        info.size, info.mtime, info.mode = len(encoded), int(time.time()), 0o600
+        tar.addfile(info, io.BytesIO(encoded))
+        for name, path in files.items():
+            try:
+                with open(path, "rb") as handle:
+                    reader = _Hashing(handle)
+                    tar.addfile(tar.gettarinfo(path, name), reader)
+            except OSError as exc:
+                raise PipelineError(f"{path} could not be read whole ({exc}); nothing was written, run "
+                                    f"`make backup` again") from None
+            if reader.digest.hexdigest() != manifest["files"][name]:
+                raise PipelineError(f"{path} changed while it was backed up; nothing was written, run `make backup` "
+                                    f"again")
+
+
+def backup(location: StoreLocation, output: Path, postgres: DictConfig) -> tuple[Path, dict]:
+    """The archive of `location` in `output`, named by its kind and time, and its manifest."""
     output.mkdir(parents=True, exist_ok=True)
     name = f"clip-tables-{location.kind}-{time.strftime('%Y%m%d-%H%M%S')}.tar.gz"
     archive = output / name
     partial = output / f".{name}.partial"
     with tempfile.TemporaryDirectory(dir=output) as staging:
         held = snapshot(location, Path(staging), postgres)
-        manifest = {"format": 1, "kind": location.kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "artifact_root": str(location.artifacts), "versions": versions(), **held}
-        (Path(staging) / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        files, left_out = archived_files(location, Path(staging), held.pop("statuses"))
+        # Read twice (checksums for the manifest, which comes first; then the archive): a file of an ended run does
+        # not change, and one that did is caught as it is written.
+        manifest = {"format": FORMAT, "kind": location.kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "artifact_root": str(location.artifacts), "versions": versions(), **held,
+                    "files": {name: sha256_file(path) for name, path in files.items()}, "left_out": left_out}
         try:
-            with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
-                tar.add(Path(staging) / MANIFEST, MANIFEST)
-                tar.add(Path(staging) / DATABASE_FILES[location.kind], DATABASE_FILES[location.kind])
-                if (Path(staging) / "auth").is_dir():
-                    tar.add(Path(staging) / "auth" / "users.db", "auth/users.db")
-                if location.folder is not None and (location.folder / "auth").is_dir():
-                    for secret in ("secret_key", "admin_password"):  # its config is written anew where restored
-                        if (location.folder / "auth" / secret).is_file():
-                            tar.add(location.folder / "auth" / secret, f"auth/{secret}")
-                if location.artifacts.is_dir():
-                    tar.add(location.artifacts, "artifacts")
+            write_archive(partial, manifest, files)
             os.replace(partial, archive)
         finally:
             partial.unlink(missing_ok=True)
     archive.chmod(0o600)  # it holds the server's keys and every result
-    return archive
+    return archive, manifest
 
 
 def summary(manifest: dict) -> str:
@@ -173,11 +239,12 @@ def summary(manifest: dict) -> str:
 @reported
 def main(cfg: DictConfig) -> None:
     location = locate(cfg)
-    archive = backup(location, Path(cfg.output).expanduser().resolve(), cfg.postgres)
-    with tarfile.open(archive) as tar:
-        manifest = json.load(tar.extractfile(MANIFEST))
+    archive, manifest = backup(location, Path(cfg.output).expanduser().resolve(), cfg.postgres)
+    unfinished = (f"; {manifest['left_out']} file(s) of runs still running left out (those runs are never served)"
+                  if manifest["left_out"] else "")
     print(f"backed up {summary(manifest)} of the {location.kind} store into {archive} "
-          f"({archive.stat().st_size / 1e6:.1f} MB)", flush=True)
+          f"({archive.stat().st_size / 1e6:.1f} MB): {len(manifest['files'])} files, each with its SHA-256 in the "
+          f"manifest{unfinished}", flush=True)
 
 
 if __name__ == "__main__":
