@@ -20,6 +20,12 @@ class PipelineError(RuntimeError):
     """A bad input or environment: the message says what was wrong and what to do."""
 
 
+class Interrupted(BaseException):
+    """The process was told to stop (SIGTERM, a scheduler's preemption or time-limit signal) while a job ran: it
+    unwinds the job like Ctrl-C does, past every `except Exception`, so its runs end KILLED with this reason and its
+    claims are released on the way out."""
+
+
 def one_line(error: BaseException | str) -> str:
     """An error's message on one line: a DataLoader worker's re-raised error carries the worker's whole
     traceback, whose last line is the actual error; other multi-line messages keep their first line."""

@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # MLflow loads where the store is used: a table of result fil
 
 log = logging.getLogger(__name__)
 
+# While a job waits for another's claim, it says so this often, naming the holder.
+WAIT_LINE_S = 30.0
 # MLflow limits: 100 params per batch call, 6000 characters per param value.
 _PARAM_BATCH = 100
 _PARAM_MAX_CHARS = 6000
@@ -158,7 +160,7 @@ class StageCache:
                 label: str, compute: Callable[[list[StageRequest], str | None], list[StageResult]],
                 results: dict[str, StageResult]) -> None:
         """Serve or compute `pending` into `results`; returns early if the claim is lost before computing."""
-        delay, waiting = 0.05, False
+        delay, waiting_since, said_at = 0.05, None, 0.0
         while pending:
             # Who owns what is decided before looking the keys up: a key whose owner has released it by then was
             # FINISHED before the release, so the lookup finds it; looking up first would miss a key finished
@@ -178,10 +180,13 @@ class StageCache:
                 results.update((result.key, result) for result in compute(mine, claim.run_id))
                 pending = [request for request in pending if request.key not in results]
                 continue
-            if owners is not None and not waiting:
-                others = sorted({owners[request.key] for request in pending})
-                log.info("[%s] WAIT %s  (being computed under claim %s)", pending[0].stage, label, ", ".join(others))
-                waiting = True
+            now = time.monotonic()
+            if owners is not None and now - said_at >= WAIT_LINE_S:
+                waiting_since = waiting_since or now
+                others = "; ".join(claim.describe(owner) for owner in sorted({owners[r.key] for r in pending}))
+                log.info("[%s] WAIT %s  (being computed under %s; waited %.0f s)", pending[0].stage, label, others,
+                         now - waiting_since)
+                said_at = now
             time.sleep(delay)  # owners None: another claim is taking its ticket, decided a request later
             delay = min(delay * 1.5, self.claims.poll_s)
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
 
-from pipeline.errors import PipelineError
-from pipeline.store import indexes
+from pipeline.errors import Interrupted, PipelineError
+from pipeline.store import holders, indexes
 
 if TYPE_CHECKING:  # MLflow loads where the store is used: a table of result files never imports it
     from mlflow.entities import Run
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 JOB_STAGE = "job"  # the `stage` tag of a job run: what tables are built from
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests a run under the run it names
+KILLED_BY = "killed_by"  # on a KILLED run: why (a signal, an expired claim, a holder found dead)
 # MLflow 3's UI opens an experiment without this tag on its GenAI overview; ours holds classic runs.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 # A real API call, cheap on any store.
@@ -200,15 +201,22 @@ def connect_cfg(tracking_cfg, access: str = EDIT) -> TrackingStore:
 
 @contextmanager
 def finished_run(store: TrackingStore, tags: Mapping[str, str], name: str) -> Iterator[str]:
-    """An MLflow run that ends FINISHED only if the block completes; FAILED on an error, KILLED on Ctrl-C.
+    """An MLflow run that ends FINISHED only if the block completes; FAILED on an error, KILLED on Ctrl-C or when
+    the process is told to stop (`Interrupted`), with the reason in `killed_by`. It names this process as its
+    holder, so a run a killed process left RUNNING is recognised as dead (`store.orphans`).
 
     Lookups accept FINISHED runs alone, so nothing half-written is ever read back.
     """
     client = store.client
-    run_id = client.create_run(store.experiment_id, tags=dict(tags), run_name=name).info.run_id
+    run_id = client.create_run(store.experiment_id, tags={**tags, **holders.current_tags()}, run_name=name).info.run_id
     try:
         yield run_id
     except BaseException as exc:
-        client.set_terminated(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        if isinstance(exc, (KeyboardInterrupt, Interrupted)):
+            reason = str(exc) or "interrupted (Ctrl-C)"
+            client.log_batch(run_id, tags=run_tags({KILLED_BY: reason}))
+            client.set_terminated(run_id, "KILLED")
+        else:
+            client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
