@@ -113,7 +113,11 @@ def cached_inputs(arrays: CachedArrays, record: ScoreRecord) -> tuple[np.ndarray
     text_run, image_run = record.tags.get("run.text"), record.tags.get("run.embed_image")
     if not text_run or not image_run:
         return None
-    classifier = client.get_run(text_run)
+    # A served score names the runs it was computed from: one quarantined since is read from the run recomputed in
+    # its place, never blamed once healed (imported here: a table of result files never loads the store's modules).
+    from pipeline.store.verify import current
+
+    classifier = current(store, client.get_run(text_run))
     group = classifier.data.tags.get(TEMPLATE_SET_TAG)
     listed = arrays(classifier, ("templates",))
     if group is None or listed is None:
@@ -123,7 +127,7 @@ def cached_inputs(arrays: CachedArrays, record: ScoreRecord) -> tuple[np.ndarray
     if any(t not in by_template for t in templates):
         return None
     embeddings = [arrays(by_template[t], ("embeddings",))["embeddings"] for t in templates]
-    images = arrays(client.get_run(image_run), ("image_features", "labels"))
+    images = arrays(current(store, client.get_run(image_run)), ("image_features", "labels"))
     return images["image_features"], images["labels"], embeddings
 
 
