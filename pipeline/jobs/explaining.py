@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.data import datasets
-from pipeline.jobs import job_run, sweep
+from pipeline.jobs import job_run, settings, sweep
 from pipeline.jobs.scoring import RESULT_FILE, flatten
 from pipeline.models import precision
 from pipeline.models.loading import ModelLoader, ModelSpec, device_type, library_versions, resolve_device
@@ -49,7 +49,9 @@ def resolve_source(cfg: DictConfig, spec: inputs.ExplainSpec) -> inputs.Source:
 
 
 def run_explain_job(cfg: DictConfig, output_dir: Path | None = None, sweep_dir: Path | None = None) -> ExplainResult:
-    """Everything that can be wrong with the inputs fails before a run exists: the method, the tower, the images."""
+    """Everything that can be wrong with the inputs fails before a run exists: the run settings, the method, the
+    tower, the images."""
+    settings.check(cfg)
     model_spec = ModelSpec.from_cfg(cfg.model, cfg.get("weights_dir"))
     depth = vit_depth(model_spec.arch, model_spec.name)
     spec = inputs.ExplainSpec.from_cfg(cfg.explain).for_depth(depth, model_spec.name)

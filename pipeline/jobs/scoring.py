@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import CONF_DIR
 from pipeline.data import annotated, datasets, languages, prompts, reading
 from pipeline.errors import PipelineError
-from pipeline.jobs import job_run, sweep
+from pipeline.jobs import job_run, settings, sweep
 from pipeline.models import precision
 from pipeline.models.loading import (NLLB_DEFAULT_LANGUAGE, ModelLoader, ModelSpec, caption_context, device_type,
                                      library_versions, resolve_device, tokenizer_language)
@@ -116,6 +116,7 @@ class JobInputs:
 
 def resolve_inputs(cfg: DictConfig) -> JobInputs:
     """Read and check the config: everything that can be wrong with the inputs fails here."""
+    settings.check(cfg)
     language = str(cfg.get("language") or languages.ENGLISH)
     spec = datasets.DatasetSpec.from_cfg(cfg.dataset, cfg.get("data_cache"), cfg.paths.get("data_cache"), language)
     head = HeadSpec.from_cfg(cfg.get("head"))
