@@ -22,7 +22,7 @@ from pipeline.reports import comparisons, fewshot, layouts, page, plots, referen
 from pipeline.reports.results import ScoreRecord
 from pipeline.store import links, tracking
 from pipeline.store.artifacts import ArtifactUnavailable, CorruptArtifact
-from pipeline.store.tracking import PARENT_TAG, TrackingStore
+from pipeline.store.tracking import JOB_STAGE, PARENT_TAG, TrackingStore
 
 log = logging.getLogger(__name__)
 
@@ -159,12 +159,43 @@ def select(records: list[ScoreRecord], prompts: str | None, protocol: str | None
     return records
 
 
+def reads_files(cfg: DictConfig) -> bool:
+    """Whether the table's records come from result files (`results_dir=`) rather than the tracking store."""
+    return bool(cfg.results_dir) and cfg.layout != "robustness"
+
+
+def check_store(tracking_cfg: DictConfig) -> None:
+    """Refuse a table of a store that holds no finished job run: a local store that does not exist is never
+    created (connecting would create it), and an empty one says so."""
+    uri = str(tracking_cfg.uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise PipelineError(f"no tracking store at {uri.removeprefix('sqlite:///')}, so nothing to aggregate (none "
+                            f"created); run `python -m pipeline` first, or give tracking.uri= or results_dir=")
+    store = tracking.connect_cfg(tracking_cfg, access=tracking.READ)
+    if not tracking.search_all(store, f"tags.stage = '{JOB_STAGE}' and attributes.status = 'FINISHED'", limit=1):
+        raise PipelineError(f"no finished job runs in {uri}, so nothing to aggregate; run `python -m pipeline` first")
+
+
+class InputCheck(Callback):
+    """`python -m pipeline.aggregate`'s inputs checked before Hydra creates the job's folder (the tables folder), so
+    that a refused table leaves nothing behind: the layout, the reference, the result files, the store."""
+
+    @reported_hook("checking the table's inputs")
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        layouts.get(config.layout)
+        references.chosen(config.reference)
+        if config.results_dir:
+            results.from_directory(Path(config.results_dir))  # main reads them again: a few ms a file
+        if not reads_files(config):
+            check_store(config.tracking)
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="aggregate", version_base="1.3")
 @reported
 def main(cfg: DictConfig) -> None:
     layout = layouts.get(cfg.layout)  # an unknown layout or reference is refused before anything is read
     references.chosen(cfg.reference)
-    from_files = bool(cfg.results_dir) and cfg.layout != "robustness"
+    from_files = reads_files(cfg)
     wants_replicates = (cfg.intervals or layout.needs_replicates) and not cfg.results_dir
     # A table of result files neither reads nor writes the store unless asked (`log_run=true`): it never waits
     # for a server, and on a node without one it still works.

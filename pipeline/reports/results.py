@@ -140,6 +140,23 @@ def _numbers(metrics: Mapping) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def not_json(path: Path, exc: ValueError, expected: str, line: int = 0) -> PipelineError:
+    """A result file that is not JSON, in one line: the file, why, and its first bytes (a decoding error's own
+    message would carry the whole file)."""
+    if isinstance(exc, UnicodeDecodeError):
+        why = f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+    else:
+        why = f"not JSON ({exc.msg}{f' on line {line}' if line else ''})"
+    return PipelineError(f"{path} is {why}; it starts with {first_bytes(path)}; expected {expected}")
+
+
+def first_bytes(path: Path, limit: int = 100) -> str:
+    """A file's first bytes as Python writes them (printable, at most `limit` characters)."""
+    with open(path, "rb") as handle:
+        shown = repr(handle.read(limit))
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
+
+
 def read_clip_benchmark_json(path: Path) -> ScoreRecord:
     """One `clip_benchmark eval` output: {"dataset", "model", "pretrained", "task", "metrics", ...}."""
     try:
@@ -154,6 +171,8 @@ def read_clip_benchmark_json(path: Path) -> ScoreRecord:
                            task="zeroshot_classification" if probe else _task(dataset, metrics, payload.get("task")),
                            **({"head": LINEAR_PROBE, "k_shot": UNKNOWN_SHOTS, "features": "clip_benchmark"}
                               if probe else {}))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise not_json(path, exc, "a clip_benchmark result (JSON with dataset, model, pretrained and metrics)") from exc
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise PipelineError(f"cannot read clip_benchmark result {path}: {exc!r}; expected JSON with dataset, model, "
                             f"pretrained and metrics") from exc
@@ -161,7 +180,7 @@ def read_clip_benchmark_json(path: Path) -> ScoreRecord:
 
 def read_datacomp_jsonl(path: Path, model: str, pretrained: str = "") -> list[ScoreRecord]:
     """DataComp's `eval_results.jsonl`: one {"key", "dataset", "metrics"} line per task, for one model."""
-    records = []
+    records, number = [], 0
     try:
         for number, line in enumerate(path.read_text().splitlines(), start=1):
             if not line.strip():
@@ -171,6 +190,8 @@ def read_datacomp_jsonl(path: Path, model: str, pretrained: str = "") -> list[Sc
             key = str(payload["key"])
             records.append(ScoreRecord(model, pretrained, key, EXTERNAL_PROMPTS, _main_metric(key, metrics), metrics,
                                        run_id=f"{path}:{number}", task=_task(key, metrics)))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise not_json(path, exc, "DataComp results (JSON lines with key, dataset and metrics)", number) from exc
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise PipelineError(f"cannot read DataComp results {path}: {exc!r}; expected JSON lines with key, dataset "
                             f"and metrics") from exc
