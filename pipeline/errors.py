@@ -1,11 +1,13 @@
 """What every part shares about failure: `PipelineError` for a bad input or environment, and how it ends a
 command: its one-line message as the last line of stderr, a non-zero exit, and the traceback in the job's log file
-(Hydra's file handler) rather than on the terminal."""
+(Hydra's file handler) rather than on the terminal; Hydra's own refusals of a command line end the same way."""
 from __future__ import annotations
 
+import difflib
 import functools
 import logging
 import os
+import re
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -18,6 +20,11 @@ log = logging.getLogger("pipeline")
 
 class PipelineError(RuntimeError):
     """A bad input or environment: the message says what was wrong and what to do."""
+
+
+# What a launcher leaves in a sweep's folder when some jobs did not finish: the lines it reported and whether the
+# sweep was interrupted. The sweep's aggregate step builds the table from the others, then ends with status 1.
+FAILURES_FILE = "failures.json"
 
 
 class Interrupted(BaseException):
@@ -107,9 +114,10 @@ def _is_certificate_error(error: BaseException | None) -> bool:
 
 def reported(task: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a Hydra task function: a `PipelineError` (or a tracking store failure) exits with status 1 and its
-    message alone.
+    message alone; so does a config Hydra cannot compose, before any task runs (`report_config_errors`).
 
     SystemExit is not an Exception, so Hydra neither prints its own report nor runs later jobs of the sweep."""
+    report_config_errors()
 
     @functools.wraps(task)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -147,3 +155,104 @@ def reported_hook(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any
         return wrapper
 
     return decorate
+
+
+# -- Hydra's own refusals: a misspelt option, a malformed override ---------------------------------------------
+def report_config_errors() -> None:
+    """Make Hydra's refusals of a command line (a misspelt option, a malformed override) one line each, as ours
+    are. Hydra prints them itself before any task runs, in `run_and_report` (hydra/_internal/utils.py: a group's
+    every option and the search path, up to 35 lines, no suggestion), which `hydra.main` looks up in its module at
+    each call: wrapping it there reaches every entry point, and `reported`, which they all use, installs it once.
+    HYDRA_FULL_ERROR=1 still shows Hydra's own report."""
+    from hydra._internal import utils
+
+    if getattr(utils.run_and_report, "one_line", False):
+        return
+    hydras = utils.run_and_report
+
+    def run_and_report(func: Callable[[], Any]) -> Any:
+        return hydras(functools.partial(_config_errors_in_one_line, func))  # a partial adds no traceback frame
+
+    run_and_report.one_line = True  # type: ignore[attr-defined]
+    utils.run_and_report = run_and_report
+
+
+def _config_errors_in_one_line(func: Callable[[], Any]) -> Any:
+    from hydra.errors import ConfigCompositionException, OverrideParseException, SearchPathException
+
+    try:
+        return func()
+    except (ConfigCompositionException, OverrideParseException, SearchPathException) as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        _exit(exc, config_error(exc))
+
+
+def config_error(exc: Exception) -> str:
+    """What a Hydra composition or parsing error says, as one line: the override, the closest names, where to
+    look."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    if isinstance(exc, OverrideParseException):
+        reason = [line for line in exc.message.splitlines()
+                  if line.strip() and not line.startswith(("Error parsing override", "See https://"))]
+        said = reason[0].split(" expecting ")[0].strip() if reason else "it does not parse"
+        return (f"the override {exc.override!r} is malformed ({said[:100]}): write key=value or group=option, and "
+                f"quote a value that holds brackets, commas or '=' "
+                f"(https://hydra.cc/docs/advanced/override_grammar/basic/)")
+    if isinstance(exc, MissingConfigException) and "/" in (exc.missing_cfg_file or ""):
+        return _missing_option(exc)
+    text = str(exc).split("\nConfig search path:")[0].split("\nSearch path:")[0]
+    message = " ".join(text.split())[:300]
+    cause = exc.__cause__
+    parent, key = getattr(cause, "parent_node", None), getattr(cause, "key", None)
+    if isinstance(key, str) and hasattr(parent, "keys"):  # a setting that does not exist: name the close ones
+        close = difflib.get_close_matches(key, [str(k) for k in parent.keys()], n=3)
+        if close:
+            message += f"; did you mean {_either(close)}?"
+    return message
+
+
+def _missing_option(exc: Any) -> str:
+    """`model=vit_b_32_opnai`: the group's closest options (nested ones, `vtab/pets`, included) and where to list
+    them all."""
+    found = re.search(r"Available options in '([^']+)'", str(exc))
+    group = found.group(1) if found else exc.missing_cfg_file.rpartition("/")[0]
+    option = exc.missing_cfg_file[len(group) + 1:]
+    command = _command()
+    listing = f"`{command} --{'hydra-' if group.startswith('hydra/') else ''}help` lists every group's options"
+    if not option:
+        return f"{group}= names no option of {group}/: give one ({listing})"
+    close = difflib.get_close_matches(option, _group_options(group) or list(exc.options or ()), n=3)
+    guess = f"; did you mean {_either(close)}?" if close else ""
+    return f"{group}={option} is not an option of {group}/{guess} ({listing})"
+
+
+def _either(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _group_options(group: str) -> list[str]:
+    """Every option of a config group, those of its subgroups as `sub/name`, as Hydra's config loader finds them."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.object_type import ObjectType
+
+    if not GlobalHydra.instance().is_initialized():
+        return []
+    loader = GlobalHydra.instance().config_loader()
+
+    def walk(path: str, prefix: str) -> list[str]:
+        names = [prefix + name for name in loader.get_group_options(path, ObjectType.CONFIG)]
+        for sub in loader.get_group_options(path, ObjectType.GROUP):
+            names += walk(f"{path}/{sub}", f"{prefix}{sub}/")
+        return names
+
+    return walk(group, "")
+
+
+def _command() -> str:
+    """How this command was started: `python -m pipeline`, `python -m pipeline.aggregate`."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is None:
+        return f"python {sys.argv[0]}"
+    return f"python -m {spec.name.removesuffix('.__main__')}"
