@@ -6,6 +6,7 @@ rebuilds any layout from the tracking store, or from result files produced elsew
 from __future__ import annotations
 
 import logging
+import sys
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -20,7 +21,7 @@ from pipeline.errors import PipelineError, is_mlflow_error, one_line, reported, 
 from pipeline.jobs import sweep
 from pipeline.reports import comparisons, fewshot, layouts, page, plots, references, results, robustness
 from pipeline.reports.results import ScoreRecord
-from pipeline.store import links, tracking
+from pipeline.store import links, orphans, tracking
 from pipeline.store.artifacts import ArtifactUnavailable, CorruptArtifact
 from pipeline.store.tracking import JOB_STAGE, PARENT_TAG, TrackingStore
 
@@ -82,6 +83,7 @@ class AggregateCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Created once here, so parallel jobs never race to create the schema or experiment.
         store = tracking.connect_cfg(config.tracking)
+        orphans.close_dead_runs(store)  # what killed sweeps left RUNNING
         sweep.start(store, Path(config.hydra.sweep.dir))
 
     @reported_hook("the sweep's aggregate step")
@@ -90,10 +92,13 @@ class AggregateCallback(Callback):
         store = tracking.connect_cfg(config.tracking)
         sweep_run = sweep.recorded(sweep_dir, store)
         run_ids, explained = sweep_run_ids(sweep_dir), sweep.job_results(sweep_dir, sweep.EXPLAIN_KIND)
+        unfinished = sweep.failures(sweep_dir)
         if not run_ids and not explained:
             log.warning("no job of sweep %s finished; no table written", sweep_dir)
             if sweep_run:
                 sweep.finish(store, sweep_run, "FAILED")
+            if unfinished:
+                raise SystemExit(1)  # the launcher has said why, a line per cause
             return
         records = results.from_runs(store, run_ids)
         metric = config.metric.name
@@ -116,9 +121,13 @@ class AggregateCallback(Callback):
                                   store, str(config.tracking.get("ui_url") or store.uri), sweep_run, run_id)
             log_files(store, run_id, [f for done in written.values() for f in done.files] + [report])
         if sweep_run:
-            sweep.finish(store, sweep_run)
+            sweep.finish(store, sweep_run, "FAILED" if unfinished else "FINISHED")
         markdown = "\n".join(done.markdown for done in written.values() if done.markdown)
         print(f"\n{markdown}\nTables, plots and {report.name} written to {sweep_dir}", flush=True)
+        if unfinished:  # the table holds the jobs that finished; the sweep did not
+            print(f"Error: {unfinished['unfinished']} job(s) did not finish (the lines above say why); the table holds "
+                  f"the {len(run_ids) + len(explained)} that did", file=sys.stderr, flush=True)
+            raise SystemExit(1)
 
 
 def sweep_tables(records: list[ScoreRecord], metric: str, sweep_dir: Path, store: TrackingStore,

@@ -3,7 +3,10 @@ a sweep as one row that opens onto its jobs.
 
 The multirun callback starts it before any job and records its id in the sweep folder (`sweep_run.json`), where
 every job finds it, whichever launcher started the job (a subprocess, a SLURM node sharing the folder). It ends
-FINISHED with the aggregate step, or FAILED when the multirun process exits without reaching it.
+FINISHED with the aggregate step when every job finished; FAILED when some did not (the launcher's
+`errors.FAILURES_FILE` says which), or when the multirun process exits without reaching it; KILLED when the sweep
+was interrupted. A multirun process killed outright leaves it RUNNING, naming its holder, until the next sweep's
+start closes it (`store.orphans`).
 """
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ import json
 import logging
 from pathlib import Path
 
-from pipeline.store.tracking import EXPERIMENT_KIND, TrackingStore
+from pipeline.errors import FAILURES_FILE
+from pipeline.store import holders
+from pipeline.store.tracking import EXPERIMENT_KIND, KILLED_BY, TrackingStore, run_tags
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +35,10 @@ def start(store: TrackingStore, sweep_dir: Path) -> str:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     store.client.set_experiment_tag(store.experiment_id, *EXPERIMENT_KIND)  # an experiment made before the tag existed
     name = f"sweep:{sweep_dir.parent.name}/{sweep_dir.name}"
-    run_id = store.client.create_run(store.experiment_id, run_name=name,
-                                     tags={"stage": SWEEP_STAGE, "sweep_dir": str(sweep_dir)}).info.run_id
+    tags = {"stage": SWEEP_STAGE, "sweep_dir": str(sweep_dir), **holders.current_tags()}
+    run_id = store.client.create_run(store.experiment_id, run_name=name, tags=tags).info.run_id
     (sweep_dir / SWEEP_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": store.uri}))
-    atexit.register(_end_if_running, store, run_id)
+    atexit.register(_end_if_running, store, run_id, sweep_dir)
     return run_id
 
 
@@ -41,10 +46,19 @@ def finish(store: TrackingStore, run_id: str, status: str = "FINISHED") -> None:
     store.client.set_terminated(run_id, status)
 
 
-def _end_if_running(store: TrackingStore, run_id: str) -> None:
+def failures(sweep_dir: Path) -> dict | None:
+    """What the launcher reported as not finished (`lines`, `interrupted`), if anything."""
+    path = Path(sweep_dir) / FAILURES_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _end_if_running(store: TrackingStore, run_id: str, sweep_dir: Path) -> None:
     try:
         if store.client.get_run(run_id).info.status == "RUNNING":
-            store.client.set_terminated(run_id, "FAILED")
+            reported = failures(sweep_dir) or {}
+            if reported.get("interrupted"):
+                store.client.log_batch(run_id, tags=run_tags({KILLED_BY: "interrupted (Ctrl-C)"}))
+            store.client.set_terminated(run_id, "KILLED" if reported.get("interrupted") else "FAILED")
     except Exception as exc:  # the store is gone at exit: the run stays RUNNING, which the UI shows as such
         log.debug("sweep run %s not closed: %s", run_id, exc)
 

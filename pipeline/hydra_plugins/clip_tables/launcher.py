@@ -1,23 +1,29 @@
 """Hydra's submitit launchers (SLURM and local processes) that run one task per model, with failures reported
-the way every command here reports them: one line per failed job, with its log path, and a non-zero exit.
+the way every command here reports them: one line per failed job or dead task, with its log path, and a non-zero
+exit once the sweep's table of the finished jobs is written.
 
 The plugin submits one array task per job: a 13-model x 38-dataset sweep would start 494 processes, each
 importing torch and loading its model again. Here a task runs a group of jobs one after another (`group_by:
 model`, the default; `jobs_per_task: N` caps a group), each through Hydra's own per-job path (its folder, its
 config, its callbacks), in one process that keeps its libraries and its loaded model (the per-process registry,
 `models.loading.LOADED_MODELS`). A failed job is reported and the next one runs. The task's time limit is
-`timeout_min` per job times the largest group's size. A requeued task (preempted, or past its time) runs its
-whole group again: the jobs that had finished are served from the cache, in seconds.
+`timeout_min` per job times the largest group's size, and each model's tasks are named after it.
 
-The plugin's own `launch` raises the first failed job's whole stderr as a traceback and leaves the other jobs'
-results unread; these subclasses wait for every task, then name each failed job. The executor is built by
-`executor()`, which is also how a test renders the sbatch script without submitting it.
+A task told to stop (preempted, warned of its time limit, cancelled) abandons the job in progress cleanly and is
+requeued, by submitit or by SLURM; the requeued task skips the jobs its progress file lists as done (`tasks`).
+The launcher watches every task (`watch`): a task that dies is reported from SLURM's state with the jobs it did
+not finish, one SLURM cannot start is cancelled within `pending_limit_s`, and Ctrl-C cancels the sweep's tasks.
+The jobs that finished are returned to Hydra, so the sweep's aggregate step builds the table from them; what did
+not finish is written to the sweep's folder (`errors.FAILURES_FILE`), which ends the sweep with status 1.
+The executor is built by `executor()`, which is also how a test renders the sbatch script without submitting it.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import logging
 import sys
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -29,21 +35,26 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, LocalQueueConf, SlurmQueueConf
 from omegaconf import OmegaConf, open_dict
 
-from pipeline.errors import one_line
+from pipeline.errors import FAILURES_FILE, one_line
+
+from hydra_plugins.clip_tables import watch
+from hydra_plugins.clip_tables.tasks import GroupTask, JobDone, JobExited, progress_file
 
 log = logging.getLogger(__name__)
 
 # Launcher fields submitit's executor takes at construction rather than through update_parameters.
 _INIT_KEYS = {"submitit_folder", "max_num_timeout"}
-# The grouping: this launcher's own fields, never handed to submitit.
-_GROUPING_KEYS = {"group_by", "jobs_per_task"}
+# This launcher's own fields, never handed to submitit.
+_GROUPING_KEYS = {"group_by", "jobs_per_task", "pending_limit_s"}
 GROUP_BY = ("model", "none")
+NAME_PREFIX = "clip-tables"  # SLURM job names: clip-tables:<model>
 
 
 @dataclass
 class Grouping:
     group_by: str = "model"  # model: one task per model | none: one task per job (or per jobs_per_task jobs)
     jobs_per_task: Optional[int] = None  # at most this many jobs in one task
+    pending_limit_s: float = 30.0  # a task PENDING this long for a reason waiting cannot clear is cancelled
 
 
 # The plugin's presets under the same names, with the grouping fields: Hydra validates conf/hydra/launcher/*.yaml
@@ -119,63 +130,24 @@ def executor(cluster: str, params: Mapping[str, Any]):
     return built
 
 
-def failure_line(job: Any, exc: BaseException) -> str:
-    """What a failed task said: the `Error: ...` line our commands end with, else the last line of its stderr."""
-    stderr = Path(job.paths.stderr)
-    return said(stderr.read_text(errors="replace") if stderr.exists() else "") or one_line(exc)
+def task_label(overrides: Sequence[str], default: str | None) -> str:
+    """What a task runs, for its SLURM job name: its model's name (a checkpoint by its file's stem)."""
+    values = [override.split("=", 1)[1] for override in model_of(overrides)]
+    names = [Path(value).stem if "/" in value else value for value in values] or [default or "model"]
+    label = "+".join(names)
+    return "".join(char if char.isalnum() or char in "_.+-" else "_" for char in label)[:80]
 
 
-def said(text: str) -> str:
-    """The last `Error: ...` line of a log, else its last line."""
-    lines = text.splitlines()
-    errors = [line.removeprefix("Error: ") for line in lines if line.startswith("Error: ")]
-    return (errors[-1] if errors else next((line for line in reversed(lines) if line.strip()), "")).strip()
-
-
-@dataclass(frozen=True)
-class JobFailed:
-    """A job of a task that raised: what it said, read from the task's stderr."""
-
-    message: str
-
-
-class GroupTask:
-    """What one submitit task runs: its jobs one after another, each through the launcher's per-job path."""
-
-    def __init__(self, launcher: "_Reporting") -> None:
-        self.launcher = launcher
-
-    def __call__(self, jobs: Sequence[tuple]) -> list[JobReturn | JobFailed]:
-        import submitit
-
-        stderr = Path(submitit.JobEnvironment().paths.stderr)
-        outcomes: list[JobReturn | JobFailed] = []
-        for arguments in jobs:
-            sys.stderr.flush()
-            start = stderr.stat().st_size if stderr.exists() else 0
-            try:
-                outcomes.append(self.launcher(*arguments))
-            except Exception as exc:  # this job is reported; the next one runs
-                if not isinstance(exc, JobExited):  # its whole story goes to the task's log (it said its own line)
-                    traceback.print_exc()
-                sys.stderr.flush()
-                text = stderr.read_bytes()[start:].decode(errors="replace") if stderr.exists() else ""
-                outcomes.append(JobFailed(said(text) or f"{type(exc).__name__}: {one_line(exc)}"))
-        return outcomes
-
-    def checkpoint(self, jobs: Sequence[tuple]) -> Any:
-        """Requeued (preempted or past its time): the whole group again; finished jobs are served from the cache."""
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(self, jobs)
-
-
-class JobExited(RuntimeError):
-    """A job ended with `SystemExit` (a bad input, already reported on its stderr)."""
+def request_of(params: Mapping[str, Any]) -> str:
+    """The resources a task asks for, as the launcher's fields name them (for a one-line report)."""
+    keys = ("partition", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "constraint", "qos",
+            "account")
+    return " ".join(f"{key}={params[key]}" for key in keys if params.get(key) is not None)
 
 
 class _Reporting:
-    """Mixed into the plugin's launchers: submit every job, wait for all, then report each failure on one line."""
+    """Mixed into the plugin's launchers: submit every group, watch every task, return the jobs that finished and
+    report the others on one line per cause."""
 
     _EXECUTOR: str
 
@@ -211,40 +183,88 @@ class _Reporting:
                               Singleton.get_state()))
         grouping = Grouping(**{key: self.params[key] for key in _GROUPING_KEYS if key in self.params})
         try:
-            tasks = group_jobs(job_overrides, grouping)
+            groups = group_jobs(job_overrides, grouping)
         except ValueError as exc:
-            print(f"Error: {exc}", file=sys.stderr, flush=True)
-            raise SystemExit(1) from None
-        largest = max(len(task) for task in tasks)
+            _fail([f"Error: {exc}"])
+        largest = max(len(group) for group in groups)
         params = {**self.params, "timeout_min": int(self.params.get("timeout_min", 60)) * largest}
         log.info("%d jobs in %d tasks (group_by=%s, jobs_per_task=%s), up to %d min each", len(job_overrides),
-                 len(tasks), grouping.group_by, grouping.jobs_per_task, params["timeout_min"])
-        submitted = executor(self._EXECUTOR, params).map_array(GroupTask(self), [[arguments[i] for i in task]
-                                                                                  for task in tasks])
-        returns: dict[int, JobReturn] = {}
-        failures = []
-        for submitted_task, task in zip(submitted, tasks):
+                 len(groups), grouping.group_by, grouping.jobs_per_task, params["timeout_min"])
+        tasks = self._submit(groups, arguments, params, sweep_dir)
+        try:
+            watch.wait(tasks, self._EXECUTOR == "slurm", grouping.pending_limit_s, request_of(params))
+        except KeyboardInterrupt:
+            for task in tasks:
+                task.job.cancel(check=False)
+            ids = ", ".join(str(task.job.job_id) for task in tasks)
+            _record(sweep_dir, [], unfinished=len(job_overrides), interrupted=True)
+            _fail([f"Error: interrupted: cancelled the sweep's {len(tasks)} task(s) ({ids}); the jobs that finished "
+                   f"are in the store (python -m pipeline.aggregate rebuilds their table)"], status=130)
+        return self._report(tasks, job_overrides, initial_job_idx, sweep_dir)
+
+    def _submit(self, groups: list[list[int]], arguments: list[tuple], params: Mapping[str, Any],
+                sweep_dir: Path) -> list[watch.Task]:
+        """One submission (a SLURM array) per model, its tasks named after it; an sbatch refusal is one line."""
+        default = OmegaConf.select(self.config, "model.name", default=None)
+        by_name: dict[str, list[list[int]]] = {}
+        for group in groups:
+            by_name.setdefault(task_label([str(o) for o in arguments[group[0]][0]], default), []).append(group)
+        tasks: list[watch.Task] = []
+        for name, named in by_name.items():
+            built = executor(self._EXECUTOR, params)
+            built.update_parameters(name=f"{NAME_PREFIX}:{name}")
+            progress = [progress_file(sweep_dir, arguments[group[0]][2]) for group in named]
             try:
-                outcomes = submitted_task.results()[0]
-            except Exception as exc:  # the task itself died (killed, out of memory): every job it had is lost
-                outcomes = [JobFailed(failure_line(submitted_task, exc))] * len(task)
-            for index, outcome in zip(task, outcomes):
-                overrides = job_overrides[index]
-                described = f"job #{initial_job_idx + index} ({' '.join(filter_overrides(overrides))})"
-                log_path = submitted_task.paths.stderr
-                if isinstance(outcome, JobFailed):
-                    failures.append(f"Error: {described} failed: {outcome.message} (log: {log_path})")
-                elif outcome.status == JobStatus.FAILED:  # an unexpected error, which Hydra's run_job caught
-                    error = outcome._return_value
-                    failures.append(f"Error: {described} failed: {type(error).__name__}: {one_line(error)} "
-                                    f"(log: {log_path})")
+                with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's refusal itself
+                    jobs = built.map_array(GroupTask(self), [[arguments[i] for i in group] for group in named],
+                                           progress)
+            except Exception as exc:
+                for task in tasks:
+                    task.job.cancel(check=False)
+                _fail([f"Error: {self._EXECUTOR} refused the sweep's tasks: {one_line(exc)} (the request: "
+                       f"{request_of(params)}); change hydra.launcher.* (docs/lab.md, \"Scheduler\")"])
+            tasks += [watch.Task(job, [arguments[i][2] for i in group], watch.Progress(path), name)
+                      for job, group, path in zip(jobs, named, progress)]
+        return tasks
+
+    def _report(self, tasks: list[watch.Task], job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
+                sweep_dir: Path) -> list[JobReturn]:
+        """The finished jobs' returns for Hydra; a line for each failed job and for each task that died."""
+        returns: dict[int, JobReturn] = {}
+        lines = []
+        for task in tasks:
+            lost = []
+            for number, outcome in zip(task.numbers, task.outcomes or []):
+                overrides = list(job_overrides[number - initial_job_idx])
+                if isinstance(outcome, JobDone):
+                    returns[number] = JobReturn(overrides=overrides, status=JobStatus.COMPLETED,
+                                                _return_value=outcome.value)
+                elif task.cause and outcome.message == task.cause:
+                    lost.append(f"#{number}")
                 else:
-                    returns[index] = outcome
-        if failures:
+                    lines.append(f"Error: job #{number} ({' '.join(filter_overrides(overrides))}) failed: "
+                                 f"{outcome.message} (log: {task.log_path})")
+            if lost:
+                lines.append(f"Error: {len(lost)} of the {len(task.numbers)} jobs of task {task.name} did not finish "
+                             f"({', '.join(lost)}): {task.cause} (log: {task.log_path})")
+        if lines:
             sys.stderr.flush()
-            print("\n".join(failures), file=sys.stderr, flush=True)
-            raise SystemExit(1)
-        return [returns[index] for index in sorted(returns)]
+            print("\n".join(lines), file=sys.stderr, flush=True)
+            _record(sweep_dir, lines, unfinished=sum(len(task.numbers) for task in tasks) - len(returns),
+                    interrupted=False)
+        return [returns[number] for number in sorted(returns)]
+
+
+def _record(sweep_dir: Path, lines: list[str], unfinished: int, interrupted: bool) -> None:
+    """What did not finish, for the sweep's aggregate step (which then ends with status 1) and its sweep run."""
+    (sweep_dir / FAILURES_FILE).write_text(json.dumps({"lines": lines, "unfinished": unfinished,
+                                                       "interrupted": interrupted}, indent=2))
+
+
+def _fail(lines: list[str], status: int = 1) -> None:
+    sys.stderr.flush()
+    print("\n".join(lines), file=sys.stderr, flush=True)
+    raise SystemExit(status)
 
 
 class LocalLauncher(_Reporting, submitit_launcher.LocalLauncher):
