@@ -166,8 +166,8 @@ def report_config_errors() -> None:
     HYDRA_FULL_ERROR=1 still shows Hydra's own report."""
     from hydra._internal import utils
 
-    if getattr(utils.run_and_report, "one_line", False):
-        return
+    if not callable(getattr(utils, "run_and_report", None)) or getattr(utils.run_and_report, "one_line", False):
+        return  # a Hydra without it (not 1.3) keeps its own report
     hydras = utils.run_and_report
 
     def run_and_report(func: Callable[[], Any]) -> Any:
