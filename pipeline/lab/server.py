@@ -6,6 +6,7 @@ own PostgreSQL (`backend_store_uri=`) and artifact store (`artifacts_destination
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -25,7 +26,7 @@ from omegaconf import DictConfig
 
 from pipeline import CONF_DIR
 from pipeline.errors import PipelineError, reported
-from pipeline.lab.auth import AuthFiles, acting_as, record_server
+from pipeline.lab.auth import AuthFiles, acting_as, record_server, refresh_environments
 from pipeline.lab.postgres import Cluster
 from pipeline.store import indexes, tracking
 from pipeline.store.tracking import API_PROBE, Credentials
@@ -103,6 +104,7 @@ class Running:
     url: str
     process: subprocess.Popen
     log_path: Path
+    refreshed: tuple[str, ...] = ()  # the users whose environment files now name the server's certificate (or none)
 
 
 def ensure_port_free(host: str, port: int, what: str, setting: str) -> None:
@@ -212,7 +214,9 @@ def lab_server(cfg: DictConfig) -> Iterator[Running]:
         record_server(folder, url=settings.local_url, worker_url=running.url, experiment=str(cfg.experiment),
                       experiment_id=experiment_id, auth=auth, certificate=certificate,
                       backend_store_uri=cfg.backend_store_uri, artifacts_destination=str(cfg.artifacts_destination))
-        yield running
+        # Users added before TLS was turned on (or before the certificate changed) get its path now.
+        refreshed = tuple(refresh_environments(files.users, certificate)) if auth else ()
+        yield dataclasses.replace(running, refreshed=refreshed)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="server", version_base="1.3")
@@ -230,6 +234,10 @@ def main(cfg: DictConfig) -> None:
         if cfg.tls_cert:
             print(f"Workers trust its certificate with MLFLOW_TRACKING_SERVER_CERT_PATH={tls_files(cfg)[0]}",
                   flush=True)
+        if server.refreshed:
+            said = f"now name its certificate {tls_files(cfg)[0]}" if cfg.tls_cert else "no longer name a certificate"
+            print(f"The environment files of {', '.join(server.refreshed)} {said}; hand them out again "
+                  f"({Path(cfg.folder) / 'auth' / 'users'})", flush=True)
         print(f"Workers use: tracking=server tracking.uri={server.url}", flush=True)
         if cfg.host in ("0.0.0.0", "::") and not cfg.allowed_hosts:
             print("Note: MLflow refuses requests addressed to a name that is not loopback or a private IP; workers "
