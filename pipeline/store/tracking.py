@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import socket
 import ssl
 import time
 import urllib.error
@@ -87,6 +88,19 @@ def _probe_server(uri: str, credentials: Credentials) -> None:
     """MLflow's own client retries for minutes; one quick probe gives a clear answer instead. It is a real API call:
     MLflow 3.17's /health answers even where the server's host check refuses every API request, or where its
     authentication refuses this user."""
+
+    def speaks_tls(address: urllib.parse.SplitResult) -> bool:
+        """Whether an address that does not answer HTTP answers a TLS handshake (only the protocol is asked: the
+        certificate is not checked, nothing is sent)."""
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        try:
+            with socket.create_connection((address.hostname, address.port or 80), timeout=5) as raw, \
+                    context.wrap_socket(raw, server_hostname=address.hostname):
+                return True
+        except (OSError, ValueError):  # ssl.SSLError is an OSError
+            return False
+
     try:
         credentials.open(uri.rstrip("/") + API_PROBE, timeout_s=10).close()
     except urllib.error.HTTPError as exc:
@@ -108,6 +122,10 @@ def _probe_server(uri: str, credentials: Credentials) -> None:
                 f"MLflow tracking server {uri} presents a certificate this machine does not trust "
                 f"({getattr(exc, 'reason', exc)}); set MLFLOW_TRACKING_SERVER_CERT_PATH to that certificate (or its "
                 f"CA bundle)") from exc
+        if uri.startswith("http://") and speaks_tls(urllib.parse.urlsplit(uri)):
+            raise PipelineError(
+                f"MLflow tracking server {uri} speaks HTTPS, not HTTP: use tracking.uri=https://"
+                f"{uri.removeprefix('http://')} (and MLFLOW_TRACKING_SERVER_CERT_PATH for its certificate)") from exc
         raise PipelineError(
             f"MLflow tracking server {uri} is not reachable ({exc}). Start it (`make server`, or `mlflow server "
             f"--host 127.0.0.1 --port 5000`) or point tracking.uri at a reachable store "
