@@ -16,7 +16,7 @@ from pipeline.errors import PipelineError
 from pipeline.reports import heatmap, plots, tables
 from pipeline.reports.results import Bootstrap, ScoreRecord
 from pipeline.reports.tables import MEAN_COLUMN, WEIGHTED_COLUMN
-from pipeline.stages import uncertainty
+from pipeline.stages import ties, uncertainty
 
 Replicates = Callable[[ScoreRecord], Bootstrap]
 RESULT_KEYS = ["model", "pretrained", "dataset", "source", "protocol", "prompts", "head", "k_shot", "seed", "features",
@@ -29,28 +29,36 @@ BASELINE_FIELDS = ("model", "pretrained", "protocol", "prompts", "head", "k_shot
 # describe the data. results.csv gives them as columns of each result, never as metrics.
 UNIT_COUNTS = ("num_samples", "num_images", "num_games")
 COUNT_COLUMNS = {"num_classes": "classes", "num_captions": "captions", "skipped_samples": "skipped"}
+# The outcomes a tie decided (`pipeline/stages/ties.py`): a column of results.csv, and so of the report, only where
+# some result has one.
+TIES_COLUMNS = {ties.TIES: "ties"}
 
 
 def base_metrics(record: ScoreRecord) -> list[str]:
     """A record's metrics, without interval bounds and counts."""
-    skip = {uncertainty.N_METRIC, "ci_low", "ci_high", *UNIT_COUNTS, *COUNT_COLUMNS}
+    skip = {uncertainty.N_METRIC, "ci_low", "ci_high", *UNIT_COUNTS, *COUNT_COLUMNS, *TIES_COLUMNS}
     return [m for m in record.metrics if m not in skip and not m.startswith((uncertainty.CI_LOW, uncertainty.CI_HIGH))]
 
 
 def results_frame(records: Iterable[ScoreRecord]) -> pd.DataFrame:
     """`results.csv`: one row per (result, metric) with value, ci_low, ci_high, and the result's counts as columns:
-    n (the resampled units), classes, captions, skipped samples (empty where unknown or not applicable)."""
+    n (the resampled units), classes, captions, skipped samples (empty where unknown or not applicable), and the
+    outcomes a tie decided (`ties`) where any result has one."""
+    records = list(records)
+    counted = dict(COUNT_COLUMNS)
+    if any(r.metrics.get(name, 0) > 0 for r in records for name in TIES_COLUMNS):
+        counted.update(TIES_COLUMNS)
     rows = []
     for r in records:
         labels = dict(zip(RESULT_KEYS, (r.model, r.pretrained, r.dataset, r.source, r.protocol, r.prompts,
                                         r.head, r.k_shot, r.seed, r.features, r.language)))
-        counts = {"n": r.units, **{column: r.metrics.get(name, math.nan) for name, column in COUNT_COLUMNS.items()}}
+        counts = {"n": r.units, **{column: r.metrics.get(name, math.nan) for name, column in counted.items()}}
         for metric in base_metrics(r):
             rows.append({**labels, "metric": metric, "value": r.metrics[metric],
                          "ci_low": r.metrics.get(uncertainty.CI_LOW + metric, math.nan),
                          "ci_high": r.metrics.get(uncertainty.CI_HIGH + metric, math.nan), **counts})
-    columns = RESULT_KEYS + ["metric", "value", "ci_low", "ci_high", "n", *COUNT_COLUMNS.values()]
-    return pd.DataFrame(rows, columns=columns).astype({c: "Int64" for c in ["n", *COUNT_COLUMNS.values()]})
+    columns = RESULT_KEYS + ["metric", "value", "ci_low", "ci_high", "n", *counted.values()]
+    return pd.DataFrame(rows, columns=columns).astype({c: "Int64" for c in ["n", *counted.values()]})
 
 
 def replicates_of(record: ScoreRecord, metric: str, replicates: Replicates) -> np.ndarray | None:
@@ -131,9 +139,10 @@ def paired_row(candidate: ScoreRecord, baseline: ScoreRecord, metric: str, repli
     a, b = replicates_of(candidate, metric, replicates), replicates_of(baseline, metric, replicates)
     orders = replicates(candidate).order, replicates(baseline).order
     if candidate.units != baseline.units or (all(orders) and orders[0] != orders[1]):
-        raise PipelineError(f"{candidate.dataset}: {candidate.run_id} and {baseline.run_id} were scored on the test "
-                            f"samples in different orders (or numbers: {candidate.units:.0f}, {baseline.units:.0f}), so "
-                            f"they cannot be paired; embed both with the same batch_size and num_workers")
+        raise PipelineError(f"{candidate.dataset}: {candidate.run_id} and {baseline.run_id} were scored on different "
+                            f"test samples (in another order, or numbers: {candidate.units:.0f}, "
+                            f"{baseline.units:.0f}), so they cannot be paired; a result scored before samples were "
+                            f"stored in the dataset's order (issue 35) pairs once its job is run again")
     return summary(candidate.value(metric), baseline.value(metric), a, b, candidate.units)
 
 

@@ -2,6 +2,8 @@
 
 Features come back in the dtype their tower produced, and each product runs under the autocast the
 protocol puts it in, so the logits are the ones the reference code computes (see `pipeline/precision.py`).
+Equal features are multiplied once (`ties.distinct`), so equal texts or images get bit-equal similarities and
+their tie is broken by the one rule, the earlier index first, never by rounding noise.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.models.precision import FP32_RECIPE, Recipe, autocast, normalized, restored
-from pipeline.stages import metrics
+from pipeline.stages import metrics, ties
 from pipeline.stages.embed import Embedded
 from pipeline.store.artifacts import StageOutput
 from pipeline.store.cache import StageCache, StageRequest, cache_key
@@ -19,7 +21,8 @@ from pipeline.store.cache import StageCache, StageRequest, cache_key
 if TYPE_CHECKING:  # torch is imported where logits are computed: a served job computes none
     import torch
 
-VERSION = "2"
+# 3: equal features give equal similarities, ties go to the earlier index, and each tie is recorded (issue 35)
+VERSION = "3"
 LOGIT_SCALE = 100.0
 
 
@@ -36,9 +39,13 @@ def zero_shot_logits(images: Mapping[str, np.ndarray], classifier: Mapping[str, 
     device = device or torch.device("cpu")
     features = restored(images, "image_features", device)
     weights = restored(classifier, "classifier", device)
+    classes = ties.distinct(weights.T.cpu())  # classes named alike (ImageNet's two "sunglasses") share a column
+    if classes is not None:
+        weights = weights[:, classes[0].to(weights.device)]
     with torch.no_grad(), autocast(device, recipe.logits):
         logits = promoted_matmul(LOGIT_SCALE * normalized(features), weights)
-    return logits.float().cpu().numpy()
+    logits = logits.float().cpu().numpy()
+    return logits if classes is None else logits[:, classes[1].numpy()]
 
 
 def promoted_matmul(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
@@ -71,6 +78,26 @@ def _product(left: torch.Tensor, right: torch.Tensor, recipe: Recipe, device: to
     return product.cpu().numpy() if product.dtype == torch.float16 else product.float().cpu().numpy()
 
 
+def distinct_product(left: torch.Tensor, right: torch.Tensor, recipe: Recipe,
+                     device: torch.device) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """`_product` of the distinct rows of `left` and the distinct columns of `right`, with each row's and each
+    column's index into it (None where all differ: the product is then the plain one): equal features share one
+    computed similarity."""
+    rows, columns = ties.distinct(left.cpu()), ties.distinct(right.T.cpu())
+    if rows is not None:
+        left = left[rows[0].to(left.device)]
+    if columns is not None:
+        right = right[:, columns[0].to(right.device)]
+    return (_product(left, right, recipe, device), None if rows is None else rows[1].numpy(),
+            None if columns is None else columns[1].numpy())
+
+
+def expanded(product: np.ndarray, rows: np.ndarray | None, columns: np.ndarray | None) -> np.ndarray:
+    """The full matrix from a `distinct_product`."""
+    product = product if rows is None else product[rows]
+    return product if columns is None else product[:, columns]
+
+
 def classification_outputs(images: Embedded, text: Embedded, recipe: Recipe, device: torch.device) -> StageOutput:
     logits = zero_shot_logits(images.arrays, text.arrays, recipe, device)
     return StageOutput(arrays={"logits": logits, "predictions": logits.argmax(axis=1).astype(np.int64)})
@@ -84,9 +111,8 @@ def retrieval_outputs(images: Embedded, text: Embedded, recipe: Recipe, device: 
     owners, shown = caption_owners(images, text)
     if shown is not None:
         image_features = image_features[torch.as_tensor(shown, device=image_features.device)]
-    scores = _product(text_features, image_features.T, recipe, device)
-    image_rank, text_rank = metrics.retrieval_ranks_from_scores(scores, owners)
-    return StageOutput(arrays={"image_rank": image_rank, "text_rank": text_rank, "caption_image": owners})
+    scores = expanded(*distinct_product(text_features, image_features.T, recipe, device))
+    return StageOutput(arrays={**ties.retrieval_ranks(scores, owners), "caption_image": owners})
 
 
 def caption_owners(images: Embedded, text: Embedded) -> tuple[np.ndarray, np.ndarray | None]:
@@ -111,14 +137,18 @@ def image_rows(images: Embedded, names: np.ndarray) -> np.ndarray:
 
 def winogavil_outputs(images: Embedded, text: Embedded, recipe: Recipe, device: torch.device) -> StageOutput:
     image_features, cue_features = _normalized_pair(images.arrays, text.arrays, recipe, device)
-    chosen, start = [], 0
+    chosen, tied, start = [], [], 0
     truth = images["associations"]
     for game, size in enumerate(images["game_sizes"]):
-        # wino_eval.py:79: `text_features @ image_features.T` for one cue against its candidates
-        similarities = _product(cue_features[game][None], image_features[start:start + size].T, recipe, device)[0]
-        chosen.append(metrics.winogavil_predictions(similarities, int(truth[start:start + size].sum())))
+        # wino_eval.py:79: `text_features @ image_features.T` for one cue against its candidates; DataComp's own
+        # `np.argsort` then orders their ties, and `tied` records each game whose choice fell on one
+        similarities = expanded(*distinct_product(cue_features[game][None], image_features[start:start + size].T,
+                                                  recipe, device))[0]
+        n_chosen = int(truth[start:start + size].sum())
+        chosen.append(metrics.winogavil_predictions(similarities, n_chosen))
+        tied.append(ties.chosen_by_tie(similarities, n_chosen))
         start += size
-    return StageOutput(arrays={"chosen": np.concatenate(chosen)})
+    return StageOutput(arrays={"chosen": np.concatenate(chosen), "tied": np.array(tied, dtype=bool)})
 
 
 def selection_outputs(images: Embedded, text: Embedded, recipe: Recipe, device: torch.device) -> StageOutput:
@@ -128,14 +158,20 @@ def selection_outputs(images: Embedded, text: Embedded, recipe: Recipe, device: 
 
     image_features, text_features = _normalized_pair(images.arrays, text.arrays, recipe, device)
     shown = text["instance_images"]
-    rows = torch.as_tensor(image_rows(images, shown), device=device)
-    captions = text_features.reshape(len(shown), -1, text_features.shape[-1])
-    with torch.no_grad(), autocast(device, recipe.logits):
-        # clip_benchmark's image_caption_selection.py: `images_emb @ texts_emb.t()` per instance
-        scores = torch.einsum("nid,ncd->nic", *(t.to(torch.promote_types(image_features.dtype, captions.dtype))
-                                                 for t in (image_features[rows], captions)))
-    units = np.unique(rows[:, 0].cpu().numpy(), return_inverse=True)[1].astype(np.int64)
-    return StageOutput(arrays={"scores": scores.float().cpu().numpy(), "units": units})
+    rows = image_rows(images, shown)
+    # clip_benchmark's image_caption_selection.py: `images_emb @ texts_emb.t()` per instance; here one product of
+    # the distinct images shown and the distinct captions, each instance's block read from it, so a negative
+    # caption equal to the caption gets exactly the caption's similarity (and argmax takes the caption, as there)
+    used = np.unique(rows)
+    product, image_index, caption_index = distinct_product(
+        image_features[torch.as_tensor(used, device=image_features.device)], text_features.T, recipe, device)
+    image_at = np.searchsorted(used, rows)                                       # (N, I) rows of `used`
+    image_at = image_at if image_index is None else image_index[image_at]
+    caption_at = np.arange(len(text_features)) if caption_index is None else caption_index
+    caption_at = caption_at.reshape(len(shown), -1)                              # (N, C)
+    scores = product[image_at[:, :, None], caption_at[:, None, :]].astype(np.float32)
+    units = np.unique(rows[:, 0], return_inverse=True)[1].astype(np.int64)
+    return StageOutput(arrays={"scores": scores, "units": units})
 
 
 OUTPUTS: dict[str, Callable[[Embedded, Embedded, Recipe, torch.device], StageOutput]] = {

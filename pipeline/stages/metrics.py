@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 
+from pipeline.stages import ties
+
 
 def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     """Fraction of samples whose label is among the k highest logits; NaN with fewer than k classes."""
@@ -145,10 +147,9 @@ def selection_outcomes(scores: np.ndarray) -> dict[str, np.ndarray]:
 
 # -- WILDS and fairness ------------------------------------------------------------------------------
 def top_k_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """Per-sample 0/1: is the label among the k highest logits."""
-    # argpartition is O(N*C) and, unlike a full sort, needs no tie-breaking beyond membership.
-    top_k = np.argpartition(-logits, k - 1, axis=1)[:, :k] if k > 1 else logits.argmax(axis=1)[:, None]
-    return (top_k == labels[:, None]).any(axis=1)
+    """Per-sample 0/1: is the label among the k highest logits, a tie going to the earlier class (`ties`), as
+    `argmax` takes it for k = 1."""
+    return ties.label_ranks(logits, labels)[0] <= k
 
 
 def group_accuracies(correct: np.ndarray, groups: np.ndarray) -> dict[int, float]:
@@ -184,21 +185,22 @@ EXTRA_METRICS = {"F1-macro_all": macro_f1_present, "recall-macro_all": macro_rec
 def retrieval_ranks(caption_features: np.ndarray, image_features: np.ndarray,
                     caption_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """1-based ranks of the right item (features L2-normalized): for each caption, the rank of its own image
-    among all images; for each image, the rank of its best-ranked caption among all captions."""
+    among all images; for each image, the rank of its best-ranked caption among all captions. Among equal scores
+    the earlier item ranks first (`ties`)."""
     return retrieval_ranks_from_scores(caption_features @ image_features.T, caption_image)
 
 
 def retrieval_ranks_from_scores(scores: np.ndarray, caption_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`retrieval_ranks` from the (captions, images) similarity matrix."""
-    own = scores[np.arange(len(caption_image)), caption_image]
-    image_rank = 1 + (scores > own[:, None]).sum(axis=1)
-    best_own = np.full(scores.shape[1], -np.inf, dtype=scores.dtype)
-    np.maximum.at(best_own, caption_image, own)
-    text_rank = 1 + (scores > best_own[None, :]).sum(axis=0)
-    return image_rank.astype(np.int64), text_rank.astype(np.int64)
+    """`retrieval_ranks` from the (captions, images) similarity matrix; among equal scores the earlier image (or
+    caption) ranks first (`ties.retrieval_ranks`, which also gives each rank's bounds over the orders of its ties)."""
+    ranks = ties.retrieval_ranks(scores, caption_image)
+    return ranks["image_rank"], ranks["text_rank"]
 
 
-def retrieval_metrics(image_rank: np.ndarray, text_rank: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+RECALL_KS = (1, 5, 10)  # DataComp's recall_k_list
+
+
+def retrieval_metrics(image_rank: np.ndarray, text_rank: np.ndarray, ks: tuple[int, ...] = RECALL_KS) -> dict[str, float]:
     """clip_benchmark's recall@k in both directions, DataComp's mean_recall@1, and the mean ranks.
 
     image_retrieval_recall@k: captions whose own image is in the top k images; text_retrieval_recall@k:

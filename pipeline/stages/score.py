@@ -10,12 +10,13 @@ import numpy as np
 
 from pipeline.data.datasets import CAPTIONING, MULTILABEL, SELECTION, DatasetSpec
 from pipeline.errors import PipelineError
-from pipeline.stages import metrics, uncertainty
+from pipeline.stages import metrics, ties, uncertainty
 from pipeline.stages.embed import Embedded
 from pipeline.store.artifacts import METRICS_FILE, StageOutput
 from pipeline.store.cache import StageCache, StageRequest, cache_key
 
-VERSION = "3"  # 3: per-sample outcomes, bootstrap replicates and intervals
+VERSION = "4"  # 3: per-sample outcomes, bootstrap replicates and intervals; 4: `ties` (issue 35)
+TIES = ties.TIES
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,9 @@ def classification_scores(spec: DatasetSpec, images: Embedded, predicted: Embedd
         values[group["name"]] = metrics.worst_group_accuracy(logits, labels, images["metadata"][:, field], k=k)
     seed = uncertainty.dataset_seed(spec.name)
     replicates = uncertainty.classification_replicates(outcomes, n_classes, extra, groups, seed=seed)
-    values = {**values, "num_samples": float(len(labels)), "num_classes": float(n_classes)}
+    _, best, worst = ties.label_ranks(logits, labels)
+    tied = ties.decided(best, worst, [k for k in (1, 5) if k <= n_classes])
+    values = {**values, "num_samples": float(len(labels)), "num_classes": float(n_classes), TIES: float(tied.sum())}
     order = [labels, *(outcomes[group_array(g["field"])] for g in spec.group_metrics)]
     return Scored(values, outcomes, replicates, len(labels), uncertainty.structure_digest(order))
 
@@ -75,8 +78,9 @@ def retrieval_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -
     owners = predicted["caption_image"] if "caption_image" in predicted.arrays else images["caption_image"]
     outcomes = {"image_rank": predicted["image_rank"], "text_rank": predicted["text_rank"], "caption_image": owners}
     values = metrics.retrieval_metrics(predicted["image_rank"], predicted["text_rank"])
+    tied = [ties.decided(*predicted[f"{side}_rank_bounds"].T, metrics.RECALL_KS) for side in ("image", "text")]
     values = {**values, "num_images": float(len(predicted["text_rank"])),
-              "num_captions": float(len(predicted["image_rank"]))}
+              "num_captions": float(len(predicted["image_rank"])), TIES: float(sum(t.sum() for t in tied))}
     replicates = uncertainty.retrieval_replicates(outcomes, seed=uncertainty.dataset_seed(spec.name))
     return Scored(values, outcomes, replicates, len(outcomes["text_rank"]),
                   uncertainty.structure_digest([outcomes["caption_image"]]))
@@ -88,7 +92,7 @@ def winogavil_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -
     chosen = np.split(predicted["chosen"], bounds)
     outcomes = {"game_scores": metrics.winogavil_jaccards(truths, chosen), "game_sizes": images["game_sizes"]}
     values = {**metrics.winogavil_breakdown(outcomes["game_scores"], outcomes["game_sizes"]),
-              "num_games": float(len(truths))}
+              "num_games": float(len(truths)), TIES: float(predicted["tied"].sum())}
     replicates = uncertainty.winogavil_replicates(outcomes, seed=uncertainty.dataset_seed(spec.name))
     return Scored(values, outcomes, replicates, len(truths),
                   uncertainty.structure_digest([outcomes["game_sizes"], images["associations"]]))
@@ -98,7 +102,8 @@ def multilabel_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) 
     """VOC2007's mAPs from the logits and the devkit's flags; both are kept, since resampling needs every score."""
     outcomes = {"scores": predicted["logits"], "labels": images["labels"]}
     values = {name: float(value[0]) for name, value in metrics.multilabel_metrics(predicted["logits"], images["labels"]).items()}
-    values = {**values, "num_samples": float(len(outcomes["labels"])), "num_classes": float(outcomes["scores"].shape[1])}
+    values = {**values, "num_samples": float(len(outcomes["labels"])), "num_classes": float(outcomes["scores"].shape[1]),
+              TIES: float(ties.ranking_ties(predicted["logits"], images["labels"]))}
     replicates = uncertainty.multilabel_replicates(outcomes, seed=uncertainty.dataset_seed(spec.name))
     return Scored(values, outcomes, replicates, len(outcomes["labels"]),
                   uncertainty.structure_digest([outcomes["labels"]]))
@@ -108,7 +113,8 @@ def selection_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -
     """SugarCrepe's and Winoground's metrics from each instance's similarities; resampled by unit."""
     outcomes = {**metrics.selection_outcomes(predicted["scores"]), "units": predicted["units"]}
     values = {name: float(outcomes[name].mean()) for name in metrics.SELECTION_METRICS}
-    values = {**values, "num_instances": float(len(outcomes["units"]))}
+    values = {**values, "num_instances": float(len(outcomes["units"])),
+              TIES: float(ties.selection_ties(predicted["scores"]).sum())}
     replicates = uncertainty.selection_replicates(outcomes, seed=uncertainty.dataset_seed(spec.name))
     return Scored(values, outcomes, replicates, int(outcomes["units"].max()) + 1,
                   uncertainty.structure_digest([outcomes["units"]]))

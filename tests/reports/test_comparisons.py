@@ -54,6 +54,16 @@ def test_results_csv_rows_and_interval_cells():
     assert own.loc[0, "x"] == "0.5000 [0.4000, 0.6000]" and own.loc[0, "mean"] == "0.5000"
 
 
+def test_results_csv_gives_the_ties_a_column_only_where_a_tie_decided_an_outcome():
+    metrics = {"acc1": 0.5, "n": 10, "num_samples": 10, "num_classes": 3}
+    untied, tied = (ScoreRecord("M", "w", dataset, "a", "acc1", {**metrics, "ties": ties}, source="local",
+                                protocol="datacomp") for dataset, ties in (("x", 0.0), ("y", 2.0)))
+    assert "ties" not in comparisons.results_frame([untied]).columns
+    frame = comparisons.results_frame([untied, tied]).set_index("dataset")
+    assert list(frame["metric"]) == ["acc1", "acc1"]  # a count, never a metric
+    assert frame["ties"].to_dict() == {"x": 0, "y": 2}
+
+
 def test_a_baseline_is_named_as_hydra_passes_it():
     assert comparisons.parse_baseline("prompts:dataset") == {"prompts": "dataset"}
     assert comparisons.parse_baseline({"model": "A", "pretrained": "b"}) == {"model": "A", "pretrained": "b"}
@@ -63,8 +73,8 @@ def test_a_baseline_is_named_as_hydra_passes_it():
 
 def test_results_pair_only_in_the_same_sample_order_and_a_compare_without_partners_says_so():
     records = [record("a", "x", 0.5), record("b", "x", 0.6)]
-    orders = {"a": "1111", "b": "2222"}  # e.g. embedded with different batch sizes
-    with pytest.raises(PipelineError, match="different orders"):
+    orders = {"a": "1111", "b": "2222"}  # e.g. one scored before samples were kept in the dataset's order
+    with pytest.raises(PipelineError, match="different test samples .* cannot be paired"):
         comparisons.compare(records, "acc1", {"prompts": "a"},
                             lambda r: Bootstrap({"acc1": np.zeros(R)}, order=orders[r.prompts]))
     assert comparisons.compare([record("a", "x", 0.5), record("c", "y", 0.5)], "acc1", {"prompts": "a"},

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from pipeline.models.loading import LoadedModel, ModelLoader
 from pipeline.models.precision import with_dtype
 from pipeline.stages.embed.trimmed import encode_tokens, length_order
+from pipeline.stages.ties import distinct
 from pipeline.store.artifacts import StageOutput
 
 TEXT_BATCH = 256
@@ -19,12 +20,23 @@ TEXT_BATCH = 256
 def encode_strings(loaded: LoadedModel, texts: Sequence[str], precision: str, desc: str = "embed texts") -> torch.Tensor:
     """L2-normalized embeddings of `texts`, in their order, normalized inside the tower as the references do.
 
-    They are encoded in batches of similar length, so each batch is trimmed to its own longest prompt."""
+    Texts that tokenize alike (duplicates, long captions cut at the context length, class names listed twice) are
+    encoded once and share their embedding: encoded apart, in batches trimmed to other lengths, they could differ
+    in the last bit, and a tie between them would be decided by rounding. They are encoded in batches of similar
+    length, so each batch is trimmed to its own longest prompt."""
     tokens = loaded.tokenizer(list(texts))
+    repeated = distinct(tokens)
+    if repeated is not None:
+        return encode_distinct(loaded, tokens[repeated[0]], precision, desc)[repeated[1]]
+    return encode_distinct(loaded, tokens, precision, desc)
+
+
+def encode_distinct(loaded: LoadedModel, tokens: torch.Tensor, precision: str, desc: str) -> torch.Tensor:
+    """`encode_strings` of token rows that all differ."""
     order = length_order(loaded.model, tokens)
     chunks = []
-    with torch.no_grad(), loaded.autocast(precision), tqdm(total=len(texts), desc=desc, unit="text") as bar:
-        for start in range(0, len(texts), TEXT_BATCH):
+    with torch.no_grad(), loaded.autocast(precision), tqdm(total=len(tokens), desc=desc, unit="text") as bar:
+        for start in range(0, len(tokens), TEXT_BATCH):
             batch = order[start:start + TEXT_BATCH]
             chunks.append(encode_tokens(loaded.model, tokens[batch].to(loaded.device), normalize=True).cpu())
             bar.update(len(batch))
