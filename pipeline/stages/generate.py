@@ -15,6 +15,9 @@ from pipeline.store.artifacts import StageOutput
 from pipeline.store.cache import StageCache, StageRequest, cache_key
 
 VERSION = "1"
+# 2: a webdataset's images (and their references) in the dataset's order whatever batch_size and num_workers read
+# them (issue 35); other readers always read in that order, so their keys stay what they were.
+ORDERED_VERSIONS = {"wds": "2"}
 START, END = "<start_of_text>", "<end_of_text>"
 
 
@@ -23,7 +26,8 @@ def generate_key(model: ModelKey, dataset: datasets.DatasetInfo, settings: Mappi
     below version 5, beam scorer) pick the tokens. A change to `models/beam_search.py` bumps VERSION."""
     from importlib.metadata import version
 
-    return cache_key("generate", VERSION, {**model.material(), "dataset": dataset.image_identity,
+    version = ORDERED_VERSIONS.get(dataset.spec.format, VERSION)
+    return cache_key("generate", version, {**model.material(), "dataset": dataset.image_identity,
                                            "skip_corrupt": dataset.spec.skip_corrupt, "generation": dict(settings),
                                            "transformers": version("transformers")})
 
@@ -88,7 +92,7 @@ def decoded(tokenizer, tokens: np.ndarray) -> str:
 def generate_captions(cache: StageCache, loader: ModelLoader, dataset: datasets.DatasetInfo, model: ModelKey,
                       settings: Mapping[str, Any], *, tags: Mapping[str, str], params: Mapping[str, Any],
                       batch_size: int, num_workers: int) -> Embedded:
-    """`captions` (one per image, in reading order), `references` (every reference caption, flattened) and
+    """`captions` (one per image, in the dataset's order), `references` (every reference caption, flattened) and
     `reference_image` (the image each reference belongs to)."""
     spec = dataset.spec
     key = generate_key(model, dataset, settings)

@@ -4,8 +4,10 @@ Each result gets `RESAMPLES` bootstrap replicates of each metric: test samples f
 (no stratification), samples within each group for worst-group metrics, images with all their captions for
 retrieval, games for WinoGAViL, images with all their classes for VOC2007's mAP, images with all their entries for
 SugarCrepe and examples for Winoground. The draws depend only on the dataset (its own seed, `dataset_seed`, and its
-structure: size, groups, caption owners), never on the model, so replicate b of two results on the same test set,
-in the same sample order, saw the same resampled samples: their difference is a paired bootstrap replicate. Each
+structure: size, groups, caption owners), never on the model, and every per-sample array is stored in the dataset's
+own order (`embed.images.encode_batches`), never in the order a loader delivered it, so replicate b of two results
+on the same test set saw the same resampled samples, wherever and however each was computed: their difference is a
+paired bootstrap replicate. Each
 dataset has its own seed, so averages over datasets combine independent resamples, replicate b of each. The 95 %
 interval is the percentile interval. The bootstrap of a minimum (worst-group accuracy) is biased downwards: its
 interval can lie below the value.
@@ -35,8 +37,10 @@ def dataset_seed(dataset: str, seed: int = SEED) -> list[int]:
 
 
 def structure_digest(arrays: Iterable[np.ndarray]) -> str:
-    """What pairing needs two results to share: the order of the test samples, told by their labels, groups,
-    caption owners or game sizes (sample order follows batch_size and num_workers, which are not in any key)."""
+    """What pairing needs two results to share: the test samples in the same order, told by their labels, groups,
+    caption owners or game sizes. Samples are stored in the dataset's order, so results on the same data agree
+    whatever batch_size, num_workers or device computed them; results scored before that order was fixed (score
+    version 3 and older) may not."""
     digest = hashlib.sha256()
     for array in arrays:
         digest.update(np.ascontiguousarray(array).tobytes())
@@ -119,7 +123,7 @@ def classification_replicates(outcomes: Mapping[str, np.ndarray], n_classes: int
     return values
 
 
-def retrieval_replicates(outcomes: Mapping[str, np.ndarray], ks: tuple[int, ...] = (1, 5, 10),
+def retrieval_replicates(outcomes: Mapping[str, np.ndarray], ks: tuple[int, ...] = metrics.RECALL_KS,
                          resamples: int = RESAMPLES, seed: int | Sequence[int] = SEED) -> dict[str, np.ndarray]:
     """Images resampled with all their captions: text recall over the drawn images, image recall over their
     captions (an image drawn twice brings its captions twice)."""

@@ -1,5 +1,6 @@
 """Readers: undecodable samples named by shard and key (or skipped on request), and nlphuji's datasets from three
 mirror layouts giving the same scores."""
+import io
 import shutil
 import tarfile
 from pathlib import Path
@@ -85,6 +86,43 @@ def test_a_model_failure_is_reported_as_a_model_error(loader, shapes_root, monke
     message = str(failure.value)
     assert "model error, not a data problem" in message and "cannot be multiplied" in message
     assert "corrupt" not in message
+
+
+def test_two_workers_interleave_the_shards_and_each_sample_keeps_its_place(shapes_root):
+    """The shapes split has two shards: two workers deliver their batches in turn, so the stage sorts by place."""
+    read = lambda workers: list(wds.batches(remote.shard_paths(shapes_root, "test"), ("cls",),
+                                            lambda image: torch.zeros(1), 7, workers))
+    alone, two = read(0), read(2)
+    places = [place for batch in two for place in batch.order]
+    assert places != sorted(places)  # as delivered: interleaved
+    in_order = [label for batch in alone for label in batch.fields["cls"]]
+    labels = [label for batch in two for label in batch.fields["cls"]]
+    assert [labels[i] for i in np.argsort(places)] == in_order
+    assert [place for batch in alone for place in batch.order] == sorted(places)
+
+
+def test_a_reading_failure_is_called_damage_only_where_it_is_a_decoding_error(tmp_path, loader):
+    from PIL import Image
+
+    from pipeline.stages.embed.images import read_failure
+
+    root = synthetic.write_wds_classification(tmp_path / "fine", per_class=1)
+    with pytest.raises(PipelineError) as failure:  # a setting no check caught: the reader's own TypeError
+        encode_classification_images(loader, spec(root), "fp32", "abc", 0)
+    message = str(failure.value)
+    assert "TypeError" in message and "not a decoding error" in message and "corrupt" not in message
+    (root / "test" / "0.tar").write_bytes(b"not a tar archive" * 100 + bytes(1024))  # ends as a tar ends
+    with pytest.raises(PipelineError, match=r"not a readable tar file.*may be corrupt or truncated"):
+        encode_classification_images(loader, spec(root), "fp32", 8, 0)
+    causes = {}
+    for name, attempt in (("image", lambda: Image.open(io.BytesIO(b"\x89PNG junk"))),
+                          ("missing", lambda: open(tmp_path / "absent.png", "rb"))):
+        try:
+            attempt()
+        except Exception as exc:
+            causes[name] = str(read_failure(spec(root), exc))
+    assert "corrupt" in causes["image"] and "corrupt" not in causes["missing"]
+    assert "FileNotFoundError" in causes["missing"]
 
 
 # -- nlphuji's datasets: three mirror layouts --------------------------------------------------------------

@@ -19,9 +19,15 @@ from pipeline.store.cache import StageCache, StageRequest, cache_key
 # The encoders (`images`, `texts`: torch, the readers) are imported where something is encoded, so a job that is
 # served every stage never imports them.
 
-VERSION = "2"
+# 3: texts that tokenize alike are encoded once, so they get equal features (issue 35), and a webdataset's captions
+# come in the dataset's order.
+VERSION = "3"
+CLASSES_VERSION = "2"  # a view of the image stage's rows, whose key follows the image key
 # 3: image runs also hold pre-projection features (issue 10), so older image runs are never served to a probe.
 IMAGE_VERSION = "3"
+# 4: a webdataset's samples in the dataset's order whatever batch_size and num_workers read them (issue 35); every
+# other reader always read in that order, so their image keys stay what they were.
+ORDERED_IMAGE_VERSIONS = {"wds": "4"}
 TEMPLATE_SET_TAG = "template_set"
 
 
@@ -55,13 +61,14 @@ class ModelKey:
 # -- keys: all computable from fingerprints and configs, before anything is read --------------------------
 def image_key(model: ModelKey, dataset: datasets.DatasetInfo) -> str:
     # Features that lack skipped samples are never served to a run that did not ask to skip.
-    return cache_key("embed/image", IMAGE_VERSION, {**model.material(), "dataset": dataset.image_identity,
+    version = ORDERED_IMAGE_VERSIONS.get(dataset.spec.format, IMAGE_VERSION)
+    return cache_key("embed/image", version, {**model.material(), "dataset": dataset.image_identity,
                                               "task": dataset.spec.task, "skip_corrupt": dataset.spec.skip_corrupt})
 
 
 def subset_key(image_key: str, classes: tuple[int, ...]) -> str:
     """The key of `class_subset`'s view of the images keyed `image_key`."""
-    return cache_key("embed/classes", VERSION, {"classes": list(classes)}, [image_key])
+    return cache_key("embed/classes", CLASSES_VERSION, {"classes": list(classes)}, [image_key])
 
 
 def class_subset(images: "Embedded", classes: tuple[int, ...]) -> "Embedded":

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.data import datasets, reading
-from pipeline.data.readers import Batch, Unreadable
+from pipeline.data.readers import Batch, Unreadable, is_decoding_error
 from pipeline.errors import PipelineError, one_line
 from pipeline.models.loading import LoadedModel, ModelLoader
 from pipeline.models.precision import with_dtype
@@ -21,9 +21,14 @@ from pipeline.store.artifacts import StageOutput
 log = logging.getLogger(__name__)
 
 
-def _read_failure(spec: datasets.DatasetSpec, exc: Exception) -> PipelineError:
-    return PipelineError(f"reading dataset {spec.name} ({spec.root}, split {spec.split}) failed: {one_line(exc)}. "
-                         f"A shard may be corrupt or truncated; re-download or regenerate it.")
+def read_failure(spec: datasets.DatasetSpec, exc: Exception) -> PipelineError:
+    """A reader's failure as what it is: damaged data only where the error is a decoding error."""
+    where = f"reading dataset {spec.name} ({spec.root}, split {spec.split}) failed"
+    if is_decoding_error(exc):
+        return PipelineError(f"{where}: {one_line(exc)}. A shard may be corrupt or truncated; re-download or "
+                             f"regenerate it.")
+    return PipelineError(f"{where}: {type(exc).__name__}: {one_line(exc)} (not a decoding error: the data is not "
+                         f"known to be damaged; the job's log has the traceback)")
 
 
 def _unreadable_sample(spec: datasets.DatasetSpec, sample: Unreadable) -> PipelineError:
@@ -56,14 +61,20 @@ def _model_failure(loaded: LoadedModel, spec: datasets.DatasetSpec, images: torc
 def encode_batches(loaded: LoadedModel, batches: Iterator[Batch], spec: datasets.DatasetSpec, precision: str,
                    collect: Callable[[Batch], None], progress: bool = True, encode: ImageEncoder | None = None,
                    desc: str = "embed") -> StageOutput:
-    """Encode the images of every batch and hand each batch to `collect` for its other fields.
+    """Encode the images of every batch; `collect` then gets the other fields of every sample at once, as one
+    `Batch` without images, in the dataset's order.
 
-    Only a failure to read a batch is reported as a data problem; the model's own failures (out of memory
-    included) are reported as what they are. Features keep the dtype the tower produced (`with_dtype`).
-    One progress bar counts images (and their rate); features go back to the CPU as each batch is done. Where the
-    tower allows it, pre-projection features come from the same pass (`projection.image_encoder`), so a probe
-    added later never encodes this split again. `encode` replaces the image tower (the generate stage's captions)."""
+    Features and fields are stored in the dataset's order (`Batch.order`), never in the order a loader happened to
+    deliver them, so every per-sample array, and every bootstrap drawn on it, is the same whatever `batch_size`,
+    `num_workers` or device read it. Only a failure to read a batch is reported as a data problem, and as damage
+    only where it is a decoding error; the model's own failures (out of memory included) are reported as what
+    they are. Features keep the dtype the tower produced (`with_dtype`). One progress bar counts images (and their
+    rate); features go back to the CPU as each batch is done. Where the tower allows it, pre-projection features
+    come from the same pass (`projection.image_encoder`), so a probe added later never encodes this split again.
+    `encode` replaces the image tower (the generate stage's captions)."""
     features: dict[str, list[torch.Tensor]] = {}
+    fields: dict[str, list] = {}
+    places: list[int] = []
     encode = encode or image_encoder(loaded.model)
     skipped: list[Unreadable] = []
     with torch.no_grad(), loaded.autocast(precision), \
@@ -76,7 +87,7 @@ def encode_batches(loaded: LoadedModel, batches: Iterator[Batch], spec: datasets
             except PipelineError as exc:
                 raise from_worker(exc) from exc
             except Exception as exc:
-                raise _read_failure(spec, exc) from exc
+                raise read_failure(spec, exc) from exc
             missing = [sample for sample in batch.unreadable if sample.missing]
             if missing or (batch.unreadable and not spec.skip_corrupt):
                 raise _unreadable_sample(spec, (missing or batch.unreadable)[0])
@@ -88,18 +99,35 @@ def encode_batches(loaded: LoadedModel, batches: Iterator[Batch], spec: datasets
                         features.setdefault(name, []).append(encoded.cpu())
                 except Exception as exc:
                     raise _model_failure(loaded, spec, batch.images, exc) from exc
-                collect(batch)
+                for name, values in batch.fields.items():
+                    fields.setdefault(name, []).extend(values)
+                places.extend(batch.order if batch.order is not None else [])
                 bar.update(len(batch.images))
     if not features:
         raise PipelineError(f"dataset {spec.name} ({spec.root}, split {spec.split}) yielded no readable samples")
-    arrays = {key: value for name, parts in features.items() for key, value in with_dtype(name, torch.cat(parts)).items()}
+    stacked = {name: torch.cat(parts) for name, parts in features.items()}
+    if places:  # fields are then per image, as the reader gave each image its place
+        order = dataset_order(places, len(next(iter(stacked.values()))))
+        stacked = {name: values[torch.as_tensor(order)] for name, values in stacked.items()}
+        fields = {name: [values[i] for i in order] for name, values in fields.items()}
+    collect(Batch(None, fields))
+    arrays = {key: value for name, values in stacked.items() for key, value in with_dtype(name, values).items()}
     if not spec.skip_corrupt:
         return StageOutput(arrays=arrays)
+    skipped.sort(key=lambda sample: (sample.shard, sample.key))
     if skipped:
         log.warning("dataset %s: skipped %d undecodable sample(s) (dataset.skip_corrupt=true), e.g. %s",
                     spec.name, len(skipped), skipped[0].describe())
     listed = np.array([f"{sample.shard}:{sample.key}" for sample in skipped], dtype=str)
     return StageOutput(arrays={**arrays, "skipped_samples": listed}, metrics={"skipped_samples": float(len(skipped))})
+
+
+def dataset_order(places: list[int], count: int) -> np.ndarray:
+    """The permutation that puts `count` images read in loader order into the dataset's order, by each one's place
+    (readers whose loader keeps the dataset's order give none, and their images stay as read)."""
+    if len(places) != count:
+        raise ValueError(f"{len(places)} sample places for {count} samples")  # a reader's bug, never the data's
+    return np.argsort(np.asarray(places, dtype=np.int64), kind="stable")
 
 
 def pinned(loaded: LoadedModel) -> bool:
@@ -185,10 +213,10 @@ def encode_winogavil_images(loader: ModelLoader, spec: datasets.DatasetSpec, pre
     sizes, truth, cues = [], [], []
 
     def collect(batch: Batch) -> None:
-        [game] = batch.fields["game"]
-        sizes.append(len(game.candidates))
-        truth.extend(np.isin(game.candidates, game.associations))
-        cues.append(winogavil_cue_text(game.cue))
+        for game in batch.fields["game"]:
+            sizes.append(len(game.candidates))
+            truth.extend(np.isin(game.candidates, game.associations))
+            cues.append(winogavil_cue_text(game.cue))
 
     # One game per batch: its candidates are the images DataComp encodes together.
     games = (Batch(torch.stack([loaded.preprocess(image) for image in game.images]), {"game": [game]})

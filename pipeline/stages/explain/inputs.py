@@ -13,7 +13,8 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import Compose, Normalize
 
 from pipeline.data import datasets, reading
-from pipeline.errors import PipelineError, one_line
+from pipeline.stages.embed.images import read_failure
+from pipeline.errors import PipelineError
 
 NONE = "none"
 METHODS = ("relevance",)
@@ -195,8 +196,7 @@ def read(source: Source, view: Callable) -> tuple[torch.Tensor, list[int] | None
     except PipelineError:
         raise
     except Exception as exc:  # the readers raise whatever their decoders do on a damaged file
-        raise PipelineError(f"reading dataset {spec.name} ({spec.root}, split {spec.split}) failed: {one_line(exc)}; "
-                            f"a shard may be corrupt or truncated") from exc
+        raise read_failure(spec, exc) from exc
     missing = sorted(set(source.indices) - set(found))
     if missing:
         raise PipelineError(f"explain.images asks for sample {missing[0]} of {spec.name}, which has {count} samples "
