@@ -26,8 +26,8 @@ def generate_key(model: ModelKey, dataset: datasets.DatasetInfo, settings: Mappi
     below version 5, beam scorer) pick the tokens. A change to `models/beam_search.py` bumps VERSION."""
     from importlib.metadata import version
 
-    version = ORDERED_VERSIONS.get(dataset.spec.format, VERSION)
-    return cache_key("generate", version, {**model.material(), "dataset": dataset.image_identity,
+    stage_version = ORDERED_VERSIONS.get(dataset.spec.format, VERSION)
+    return cache_key("generate", stage_version, {**model.material(), "dataset": dataset.image_identity,
                                            "skip_corrupt": dataset.spec.skip_corrupt, "generation": dict(settings),
                                            "transformers": version("transformers")})
 
