@@ -4,11 +4,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import webdataset
 
+from pipeline.data import datasets
 from pipeline.jobs.scoring import run_job
+from pipeline.models.loading import ModelLoader, ModelSpec
 from pipeline.reports import comparisons, results
 from pipeline.stages import score
+from pipeline.stages.embed.images import encode_retrieval_images
 from pipeline.store import artifacts, tracking
+from tests import synthetic
 from tests.conftest import TRAINING_RUN, compose_config
 
 # (batch_size, num_workers): the bundled shapes split has two shards, so two workers interleave their batches
@@ -44,3 +50,31 @@ def test_a_job_gives_one_answer_whatever_loader_settings_computed_it(tmp_path, t
     table = comparisons.compare(records, "acc1", {"pretrained": baseline.pretrained}, results.replicate_loader(store))
     [row] = table[table["dataset"] == "shapes"].to_dict("records")
     assert row["n"] == 480 and row["difference"] != 0 and row["ci_low"] <= row["difference"] <= row["ci_high"]
+
+
+def split_into_shards(root: Path, shards: int) -> Path:
+    """The split's one shard dealt out, sample by sample in turn, over `shards` shards."""
+    samples = list(webdataset.WebDataset(str(root / "test" / "0.tar"), shardshuffle=False))
+    (root / "test" / "0.tar").unlink()
+    writers = [webdataset.TarWriter(str(root / "test" / f"{i}.tar")) for i in range(shards)]
+    for index, sample in enumerate(samples):
+        writers[index % shards].write({k: v for k, v in sample.items() if k != "__url__"})
+    for writer in writers:
+        writer.close()
+    (root / "test" / "nshards.txt").write_text(f"{shards}\n")
+    return root
+
+
+def test_retrieval_captions_and_their_images_keep_the_datasets_order(tmp_path, tiny_checkpoint):
+    """A retrieval webdataset in two shards: the captions and each one's image come out alike with one reader
+    and with two workers interleaving their batches."""
+    root = split_into_shards(synthetic.write_wds_retrieval(tmp_path / "retrieval", per_class=2), 2)
+    spec = datasets.DatasetSpec("retrieval_shapes", "zeroshot_retrieval", str(root), "test", "mean_recall@1")
+    loader = ModelLoader(ModelSpec("tiny", "tiny-clip", str(tiny_checkpoint), "fp32"), torch.device("cpu"))
+    alone, two = (encode_retrieval_images(loader, spec, "fp32", 3, workers).arrays for workers in (0, 2))
+    assert alone.keys() == two.keys() and len(alone["caption_image"]) == 48
+    for name in alone:
+        np.testing.assert_array_equal(two[name], alone[name], err_msg=name)
+    # the dataset's order: shard 0's samples (pictures 0, 2, 4, ...), then shard 1's, two captions each
+    pictures = [int(caption.rsplit("picture ", 1)[1].rstrip(".")) for caption in alone["captions"][::2]]
+    assert pictures == [*range(0, 24, 2), *range(1, 24, 2)]
