@@ -160,3 +160,12 @@ def test_selection_resamples_units_with_all_their_instances():
         instances = [i for u in drawn for i in np.flatnonzero(units == u)]
         direct.append(outcomes["acc"][instances].mean())
     assert uncertainty.interval(replicates["acc"]) == pytest.approx(direct_interval(direct))
+
+
+def test_a_sample_order_digest_from_before_the_dataset_order_never_matches_a_new_one():
+    """Score version 3 hashed the owners alone, which every order of images with five captions each shares."""
+    import hashlib
+
+    owners = np.repeat(np.arange(4), 5)
+    before = hashlib.sha256(np.ascontiguousarray(owners).tobytes()).hexdigest()[:16]
+    assert uncertainty.structure_digest([owners]) == uncertainty.structure_digest([owners.copy()]) != before
