@@ -8,7 +8,7 @@ TEST_WORKERS ?= 2
 PROMPTS ?= classname,a_photo_of,dataset,simple_imagenet,openai_imagenet
 
 .DEFAULT_GOAL := help
-.PHONY: help install java assets demo explain test test-fast ui server server-user clean clean-store backup restore verify bench stress table
+.PHONY: help install java slurm-packages slurm slurm-down assets demo explain test test-fast ui server server-user clean clean-store backup restore verify bench stress table
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -31,6 +31,23 @@ java:
 	    export DEBIAN_FRONTEND=noninteractive; \
 	    apt-get install -y -q $(JRE) >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $(JRE) >/dev/null; }; \
 	  else echo "no java on PATH: the captioning metrics need one (Debian/Ubuntu: sudo apt-get install $(JRE))"; fi; }
+
+# The SLURM launcher's fault tests run on a one-node SLURM cluster inside this machine (as root): Debian's packages,
+# installed where apt-get can; otherwise one line says what to install, and those tests skip saying why.
+SLURM_PACKAGES := slurm-wlm munge slurmdbd mariadb-server
+slurm-packages:
+	@command -v slurmctld >/dev/null 2>&1 && command -v slurmdbd >/dev/null 2>&1 && command -v mariadbd >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing $(SLURM_PACKAGES) (the SLURM launcher's tests run on a one-node cluster)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q $(SLURM_PACKAGES) >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $(SLURM_PACKAGES) >/dev/null; }; \
+	  else echo "no SLURM here: the SLURM launcher's tests will skip (Debian/Ubuntu, as root: apt-get install $(SLURM_PACKAGES))"; fi; }
+
+slurm: $(STAMP) slurm-packages ## A one-node SLURM cluster in outputs/slurm/ to try the SLURM launcher (as root; prints the SLURM_CONF to export)
+	$(PY) -m pipeline.lab.slurm action=up $(ARGS)
+
+slurm-down: $(STAMP) ## Stop the one-node SLURM cluster's daemons (by their pids)
+	$(PY) -m pipeline.lab.slurm action=down $(ARGS)
 
 assets: $(STAMP) ## Build the bundled synthetic dataset and tiny checkpoint if missing
 	$(PY) -m pipeline.offline --outputs outputs
@@ -58,7 +75,7 @@ explain: assets ## Relevance maps of the tiny model over training on the first E
 	$(PY) -m pipeline -m explain=relevance explain.images=$(EXPLAIN_IMAGES) model=tiny dataset=shapes model.pretrained=$(EXPLAIN_MODELS)
 	@echo "Relevance grid: $$(ls -d $(CURDIR)/outputs/multirun/*/*/relevance.png | tail -1)"
 
-test: assets java ## Run every test, the slow end-to-end ones included (TEST_WORKERS processes, a test file each)
+test: assets java slurm-packages ## Run every test, the slow end-to-end ones included (TEST_WORKERS processes, a test file each)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: assets java ## Run the fast unit tests only

@@ -90,6 +90,7 @@ class AggregateCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         store = tracking.connect_cfg(config.tracking)
+        orphans.close_dead_runs(store)  # what a task stopped mid-request left RUNNING before it was requeued
         sweep_run = sweep.recorded(sweep_dir, store)
         run_ids, explained = sweep_run_ids(sweep_dir), sweep.job_results(sweep_dir, sweep.EXPLAIN_KIND)
         unfinished = sweep.failures(sweep_dir)

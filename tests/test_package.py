@@ -46,6 +46,8 @@ COVERED_BY = {
     "pipeline.lab.restore": "tests/lab/test_backup.py",
     "pipeline.bench.lab": "tests/test_bench.py",
     "pipeline.hydra_plugins.clip_tables.launcher": "tests/lab/test_server.py",
+    "pipeline.hydra_plugins.clip_tables.tasks": "tests/lab/test_slurm.py",
+    "pipeline.hydra_plugins.clip_tables.watch": "tests/lab/test_slurm.py",
     "pipeline.bench.__main__": "tests/test_bench.py",
     "pipeline.offline.compositional": "tests/test_offline.py",
     "pipeline.offline.captions": "tests/test_offline.py",

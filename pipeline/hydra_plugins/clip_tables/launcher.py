@@ -131,11 +131,14 @@ def executor(cluster: str, params: Mapping[str, Any]):
 
 
 def task_label(overrides: Sequence[str], default: str | None) -> str:
-    """What a task runs, for its SLURM job name: its model's name (a checkpoint by its file's stem)."""
-    values = [override.split("=", 1)[1] for override in model_of(overrides)]
-    names = [Path(value).stem if "/" in value else value for value in values] or [default or "model"]
-    label = "+".join(names)
-    return "".join(char if char.isalnum() or char in "_.+-" else "_" for char in label)[:80]
+    """What a task runs, for its SLURM job name: its model's preset, and the checkpoint's file stem when a sweep
+    chooses the weights (`model.pretrained=`)."""
+    chosen = dict(override.split("=", 1) for override in model_of(overrides))
+    parts = [chosen.get("model") or default or "model"]
+    if chosen.get("model.pretrained"):
+        parts.append(Path(chosen["model.pretrained"]).stem)
+    label = ":".join(parts)
+    return "".join(char if char.isalnum() or char in "_.:+-" else "_" for char in label)[:80]
 
 
 def request_of(params: Mapping[str, Any]) -> str:
@@ -223,7 +226,8 @@ class _Reporting:
                     task.job.cancel(check=False)
                 _fail([f"Error: {self._EXECUTOR} refused the sweep's tasks: {one_line(exc)} (the request: "
                        f"{request_of(params)}); change hydra.launcher.* (docs/lab.md, \"Scheduler\")"])
-            tasks += [watch.Task(job, [arguments[i][2] for i in group], watch.Progress(path), name)
+            tasks += [watch.Task(job, [arguments[i][2] for i in group], watch.Progress(path), name,
+                                 self._EXECUTOR == "slurm")
                       for job, group, path in zip(jobs, named, progress)]
         return tasks
 
@@ -244,9 +248,10 @@ class _Reporting:
                 else:
                     lines.append(f"Error: job #{number} ({' '.join(filter_overrides(overrides))}) failed: "
                                  f"{outcome.message} (log: {task.log_path})")
-            if lost:
+            if lost:  # a task that never started has no log
+                log_path = f" (log: {task.log_path})" if Path(task.log_path).exists() else ""
                 lines.append(f"Error: {len(lost)} of the {len(task.numbers)} jobs of task {task.name} did not finish "
-                             f"({', '.join(lost)}): {task.cause} (log: {task.log_path})")
+                             f"({', '.join(lost)}): {task.cause}{log_path}")
         if lines:
             sys.stderr.flush()
             print("\n".join(lines), file=sys.stderr, flush=True)

@@ -121,7 +121,12 @@ class StopSignals:
         (as submitit does on USR2). Otherwise (cancelled, past its time limit, not under SLURM) it ends."""
         sys.stderr.flush()
         if self.usr in self.received and callable(self.submitit_handler):
-            self.submitit_handler(self.usr, None)
+            try:
+                self.submitit_handler(self.usr, None)
+            except Exception:  # submitit's UncompletedJobError: timed out once more than max_num_timeout allows
+                print("Error: the task reached its time limit more often than hydra.launcher.max_num_timeout allows; "
+                      "raise hydra.launcher.timeout_min (per job) or max_num_timeout", file=sys.stderr, flush=True)
+                raise
         job = os.environ.get("SLURM_JOB_ID")
         if job and self.received[0] == signal.SIGTERM and (holders.slurm_state(job) or ("",))[0] == "RUNNING":
             said = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
@@ -158,10 +163,14 @@ class GroupTask:
                 if number in outcomes:
                     continue
                 outcome = self._run(arguments)
-                if stop.received:  # the job unwound because the task was told to stop, whatever it raised then
+                # A job that failed once the task was told to stop failed of the stop, whatever it raised on the way
+                # out; one that finished (the signal came as it returned) is done.
+                if stop.received and not isinstance(outcome, JobDone):
                     break
                 outcomes[number] = outcome
                 progress.add(number, outcome)
+                if stop.received:
+                    break
         except Interrupted:
             pass  # told to stop between two jobs
         if stop.received:

@@ -3,8 +3,8 @@ dies without returning, SLURM's account of why (CANCELLED, TIMEOUT, OUT_OF_MEMOR
 progress file does not list as done; a task SLURM will never start (PENDING for a reason that waiting cannot
 clear) is cancelled and said so within about a minute, instead of waiting forever.
 
-submitit's `results()` blocks on one task at a time and looks at SLURM at most every few minutes once a sweep is
-old; this loop looks at every task at once, each few seconds.
+submitit's `results()` blocks on one task at a time and asks SLURM's accounting at most every few minutes once a
+sweep is old; this loop looks at every task at once, and asks SLURM every `SQUEUE_S` seconds.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from pipeline.errors import one_line
 
-from hydra_plugins.clip_tables.tasks import JobFailed, Outcome, Progress, said
+from hydra_plugins.clip_tables.tasks import JobFailed, Outcome, Progress
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,8 @@ HOPELESS = {
     "AssocMaxMemPerJob", "AssocMaxNodesPerJob", "AssocMaxWallDurationPerJobLimit", "PartitionInactive",
     "DependencyNeverSatisfied",
 }
+# SLURM's end states of a task that was stopped from outside, which therefore leaves no result file.
+KILLED = {"CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 POLL_S = 2.0     # how often the tasks' result files are looked for
 SQUEUE_S = 10.0  # how often SLURM is asked for the pending tasks' reasons
 
@@ -41,6 +43,7 @@ class Task:
     numbers: list[int]
     progress: Progress
     name: str
+    slurm: bool = True
     outcomes: list[Outcome] | None = None
     cause: str = ""  # why its unfinished jobs did not finish, when it died
     pending_since: dict[str, float] = field(default_factory=dict)  # a hopeless reason -> first seen
@@ -55,20 +58,25 @@ def wait(tasks: Sequence[Task], slurm: bool, give_up_pending_s: float, request: 
     waiting = list(tasks)
     asked = 0.0
     while waiting:
-        for task in [task for task in waiting if task.job.done()]:
-            collect(task)
-            waiting.remove(task)
-        if slurm and waiting and time.monotonic() - asked >= SQUEUE_S:
+        if slurm and time.monotonic() - asked >= SQUEUE_S:
             asked = time.monotonic()
+            waiting[0].job.watcher.update()  # one `sacct` for every task: a task that died is seen within seconds
             for task in hopeless(waiting, give_up_pending_s, request):
                 task.job.cancel(check=False)
                 waiting.remove(task)
+        for task in [task for task in waiting if task.job.done()]:
+            collect(task)
+            waiting.remove(task)
         if waiting:
             time.sleep(POLL_S)
 
 
 def collect(task: Task, cause: str | None = None) -> None:
     """A task's outcomes: as it returned them, or, when it died, the progress it recorded and why it died."""
+    if cause is None and task.slurm and not task.job.paths.result_pickle.exists():
+        state = task.job.watcher.get_state(task.job.job_id, mode="cache")
+        if state.split()[0] in KILLED:  # nothing to wait for (submitit waits 15 s for a result file on slow disks)
+            cause = f"its SLURM task {task.job.job_id} ended {state}"
     if cause is None:
         try:
             task.outcomes = list(task.job.results()[0])
@@ -81,17 +89,20 @@ def collect(task: Task, cause: str | None = None) -> None:
 
 
 def death(task: Task, exc: BaseException) -> str:
-    """Why a task died: SLURM's state where SLURM ran it, else the `Error:` line or last line it wrote."""
+    """Why a task died: SLURM's state when it was stopped from outside, else the last `Error:` line it wrote (the
+    task's own last words come after any job's), else the end of its traceback."""
     state = ""
-    try:
-        state = str(task.job.get_info(mode="force").get("State", "")).strip()
-    except Exception as error:  # not a SLURM task (local), or accounting does not answer
-        log.debug("no SLURM state for task %s: %s", task.job.job_id, error)
-    if state and not state.startswith(("COMPLETED", "RUNNING")):
+    if task.slurm:
+        try:
+            state = str(task.job.get_info(mode="force").get("State", "")).strip()
+        except Exception as error:  # accounting does not answer
+            log.debug("no SLURM state for task %s: %s", task.job.job_id, error)
+    if state.split(" ")[0] in KILLED:
         return f"its SLURM task {task.job.job_id} ended {state}"
     stderr = task.job.paths.stderr
     text = stderr.read_text(errors="replace") if stderr.exists() else ""
-    return said(text) or one_line(exc)
+    errors = [line for line in text.splitlines() if line.startswith("Error: ")]
+    return errors[-1].removeprefix("Error: ") if errors else one_line(exc)
 
 
 def hopeless(tasks: Sequence[Task], give_up_s: float, request: str) -> list[Task]:
