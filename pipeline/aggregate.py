@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import CONF_DIR
 from pipeline.data.prompts import PROMPT_FREE
-from pipeline.errors import PipelineError, is_mlflow_error, one_line, reported, reported_hook
+from pipeline.errors import PipelineError, check_sweep_choices, is_mlflow_error, one_line, reported, reported_hook
 from pipeline.jobs import sweep
 from pipeline.reports import comparisons, fewshot, layouts, page, plots, references, results, robustness
 from pipeline.reports.results import ScoreRecord
@@ -81,6 +81,7 @@ class AggregateCallback(Callback):
 
     @reported_hook("preparing the sweep")
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_sweep_choices(list(config.hydra.overrides.task))  # a misspelt choice creates nothing
         # Created once here, so parallel jobs never race to create the schema or experiment.
         store = tracking.connect_cfg(config.tracking)
         orphans.close_dead_runs(store)  # what killed sweeps left RUNNING

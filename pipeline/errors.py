@@ -219,13 +219,32 @@ def _missing_option(exc: Any) -> str:
     found = re.search(r"Available options in '([^']+)'", str(exc))
     group = found.group(1) if found else exc.missing_cfg_file.rpartition("/")[0]
     option = exc.missing_cfg_file[len(group) + 1:]
-    command = _command()
-    listing = f"`{command} --{'hydra-' if group.startswith('hydra/') else ''}help` lists every group's options"
+    return unknown_option(group, option, _group_options(group) or list(exc.options or ()))
+
+
+def unknown_option(group: str, option: str, options: list[str]) -> str:
+    """A choice that is not an option of its group, with the closest ones and where to list them all."""
+    listing = f"`{_command()} --{'hydra-' if group.startswith('hydra/') else ''}help` lists every group's options"
     if not option:
         return f"{group}= names no option of {group}/: give one ({listing})"
-    close = difflib.get_close_matches(option, _group_options(group) or list(exc.options or ()), n=3)
+    close = difflib.get_close_matches(option, options, n=3)
     guess = f"; did you mean {_either(close)}?" if close else ""
     return f"{group}={option} is not an option of {group}/{guess} ({listing})"
+
+
+def check_sweep_choices(task_overrides: list[str]) -> None:
+    """A multirun's swept choices (`model=a,b`) are composed by Hydra only after the sweep has started (its store,
+    its folder, its run); each is checked against its group's options here, before any of that exists."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in OverridesParser.create().parse_overrides(task_overrides):
+        group = override.get_key_element()
+        options = _group_options(group) if override.is_sweep_override() else []
+        if not options:  # not a config group (a value sweep), or not swept: Hydra checks those first
+            continue
+        for option in override.sweep_string_iterator():
+            if option not in options:
+                raise PipelineError(unknown_option(group, option, options))
 
 
 def _either(names: list[str]) -> str:

@@ -139,6 +139,8 @@ BAD_INPUTS = {
                                                       "mean vit_b_32_openai, "),
     "unknown dataset": Case(("dataset=nosuch",), "dataset=nosuch is not an option of dataset/"),
     "unknown dataset, multirun": Case(("-m", "dataset=vtab/nosuch"), "dataset=vtab/nosuch is not an option of "),
+    "misspelt model among the swept ones": Case(("-m", "model=tiny,vit_b_32_opnai"), "model=vit_b_32_opnai is not an "
+                                                "option of model/; did you mean vit_b_32_openai, "),
     "empty option": Case(("prompts=",), "prompts= names no option of prompts/"),
     "malformed override": Case(("model==x",), "the override 'model==x' is malformed"),
     "unclosed bracket": Case(("dataset=[a",), "the override 'dataset=[a' is malformed"),
