@@ -2,8 +2,9 @@
 
 Features come back in the dtype their tower produced, and each product runs under the autocast the
 protocol puts it in, so the logits are the ones the reference code computes (see `pipeline/precision.py`).
-Equal features are multiplied once (`ties.distinct`), so equal texts or images get bit-equal similarities and
-their tie is broken by the one rule, the earlier index first, never by rounding noise.
+Each product is the reference's own (the same operands and shapes, so the same rounding), and then equal texts or
+images are given the first one's numbers (`ties.equalized`), so a tie among them is decided by the call the
+reference makes (`ties.top_k`: torch.topk; argmax), never by rounding noise.
 """
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ from pipeline.store.cache import StageCache, StageRequest, cache_key
 if TYPE_CHECKING:  # torch is imported where logits are computed: a served job computes none
     import torch
 
-# 3: equal features give equal similarities, ties go to the earlier index, and each tie is recorded (issue 35)
-VERSION = "3"
+# 3: equal features give equal similarities, ties go to the earlier index, and each tie is recorded (issue 35);
+# 4: the references' own products, equal features then equalized (the products over distinct rows rounded other
+# numbers otherwise); selection one product per instance; retrieval keeps torch.topk's verdict per query and k
+# (`image_found`, `text_found`); WinoGAViL chooses with DataComp's very expression
+VERSION = "4"
 LOGIT_SCALE = 100.0
 
 
@@ -39,13 +43,10 @@ def zero_shot_logits(images: Mapping[str, np.ndarray], classifier: Mapping[str, 
     device = device or torch.device("cpu")
     features = restored(images, "image_features", device)
     weights = restored(classifier, "classifier", device)
-    classes = ties.distinct(weights.T.cpu())  # classes named alike (ImageNet's two "sunglasses") share a column
-    if classes is not None:
-        weights = weights[:, classes[0].to(weights.device)]
     with torch.no_grad(), autocast(device, recipe.logits):
         logits = promoted_matmul(LOGIT_SCALE * normalized(features), weights)
-    logits = logits.float().cpu().numpy()
-    return logits if classes is None else logits[:, classes[1].numpy()]
+    # classes named alike (ImageNet's two "sunglasses") get bit-equal columns
+    return ties.equalized(logits.float().cpu().numpy(), columns=ties.first_equal(weights.T.cpu()))
 
 
 def promoted_matmul(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
@@ -78,41 +79,29 @@ def _product(left: torch.Tensor, right: torch.Tensor, recipe: Recipe, device: to
     return product.cpu().numpy() if product.dtype == torch.float16 else product.float().cpu().numpy()
 
 
-def distinct_product(left: torch.Tensor, right: torch.Tensor, recipe: Recipe,
-                     device: torch.device) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """`_product` of the distinct rows of `left` and the distinct columns of `right`, with each row's and each
-    column's index into it (None where all differ: the product is then the plain one): equal features share one
-    computed similarity."""
-    rows, columns = ties.distinct(left.cpu()), ties.distinct(right.T.cpu())
-    if rows is not None:
-        left = left[rows[0].to(left.device)]
-    if columns is not None:
-        right = right[:, columns[0].to(right.device)]
-    return (_product(left, right, recipe, device), None if rows is None else rows[1].numpy(),
-            None if columns is None else columns[1].numpy())
-
-
-def expanded(product: np.ndarray, rows: np.ndarray | None, columns: np.ndarray | None) -> np.ndarray:
-    """The full matrix from a `distinct_product`."""
-    product = product if rows is None else product[rows]
-    return product if columns is None else product[:, columns]
+def equal_product(left: torch.Tensor, right: torch.Tensor, recipe: Recipe, device: torch.device) -> np.ndarray:
+    """`_product`, then equal rows of `left` (columns of `right`) given bit-equal numbers (`ties.equalized`)."""
+    return ties.equalized(_product(left, right, recipe, device), ties.first_equal(left.cpu()),
+                          ties.first_equal(right.T.cpu()))
 
 
 def classification_outputs(images: Embedded, text: Embedded, recipe: Recipe, device: torch.device) -> StageOutput:
     logits = zero_shot_logits(images.arrays, text.arrays, recipe, device)
+    # clip_benchmark's and DataComp's `pred = logits.argmax(axis=1)` (zeroshot_classification.py:225): the first maximum
     return StageOutput(arrays={"logits": logits, "predictions": logits.argmax(axis=1).astype(np.int64)})
 
 
 def retrieval_outputs(images: Embedded, text: Embedded, recipe: Recipe, device: torch.device) -> StageOutput:
-    # The caption x image similarity matrix (25k x 5k for MSCOCO) is not stored; the ranks carry every metric.
+    # The caption x image similarity matrix (25k x 5k for MSCOCO) is not stored: torch.topk's verdicts and the ranks
+    # carry every metric.
     import torch
 
     image_features, text_features = _normalized_pair(images.arrays, text.arrays, recipe, device)
     owners, shown = caption_owners(images, text)
     if shown is not None:
         image_features = image_features[torch.as_tensor(shown, device=image_features.device)]
-    scores = expanded(*distinct_product(text_features, image_features.T, recipe, device))
-    return StageOutput(arrays={**ties.retrieval_ranks(scores, owners), "caption_image": owners})
+    scores = equal_product(text_features, image_features.T, recipe, device)  # zeroshot_retrieval.py:66
+    return StageOutput(arrays={**metrics.retrieval_outcomes(scores, owners), "caption_image": owners})
 
 
 def caption_owners(images: Embedded, text: Embedded) -> tuple[np.ndarray, np.ndarray | None]:
@@ -140,10 +129,9 @@ def winogavil_outputs(images: Embedded, text: Embedded, recipe: Recipe, device: 
     chosen, tied, start = [], [], 0
     truth = images["associations"]
     for game, size in enumerate(images["game_sizes"]):
-        # wino_eval.py:79: `text_features @ image_features.T` for one cue against its candidates; DataComp's own
+        # wino_eval.py: `text_features @ image_features.T` for one cue against its candidates; DataComp's own
         # `np.argsort` then orders their ties, and `tied` records each game whose choice fell on one
-        similarities = expanded(*distinct_product(cue_features[game][None], image_features[start:start + size].T,
-                                                  recipe, device))[0]
+        similarities = equal_product(cue_features[game][None], image_features[start:start + size].T, recipe, device)[0]
         n_chosen = int(truth[start:start + size].sum())
         chosen.append(metrics.winogavil_predictions(similarities, n_chosen))
         tied.append(ties.chosen_by_tie(similarities, n_chosen))
@@ -158,18 +146,22 @@ def selection_outputs(images: Embedded, text: Embedded, recipe: Recipe, device: 
 
     image_features, text_features = _normalized_pair(images.arrays, text.arrays, recipe, device)
     shown = text["instance_images"]
-    rows = image_rows(images, shown)
-    # clip_benchmark's image_caption_selection.py: `images_emb @ texts_emb.t()` per instance; here one product of
-    # the distinct images shown and the distinct captions, each instance's block read from it, so a negative
-    # caption equal to the caption gets exactly the caption's similarity (and argmax takes the caption, as there)
-    used = np.unique(rows)
-    product, image_index, caption_index = distinct_product(
-        image_features[torch.as_tensor(used, device=image_features.device)], text_features.T, recipe, device)
-    image_at = np.searchsorted(used, rows)                                       # (N, I) rows of `used`
-    image_at = image_at if image_index is None else image_index[image_at]
-    caption_at = np.arange(len(text_features)) if caption_index is None else caption_index
-    caption_at = caption_at.reshape(len(shown), -1)                              # (N, C)
-    scores = product[image_at[:, :, None], caption_at[:, None, :]].astype(np.float32)
+    rows = image_rows(images, shown)                                             # (N, I)
+    captions = text_features.reshape(len(shown), -1, text_features.shape[-1])  # (N, C, dim), in order
+    pictures = image_features[torch.as_tensor(rows, device=image_features.device)]
+    # clip_benchmark's image_caption_selection.py:184-190: one `images_emb @ texts_emb.t()` per instance, which torch
+    # rounds otherwise than the same numbers inside one larger product (most of them at 512 dimensions); argmax
+    # (l.193-194) then decides
+    scores = np.stack([_product(pictures[m], captions[m].T, recipe, device)
+                       for m in range(len(shown))]).astype(np.float32)
+    # an instance's equal captions (a negative word for word the caption) or images get bit-equal similarities
+    same_text, same_image = ties.distinct(text_features.cpu()), ties.distinct(image_features.cpu())
+    if same_text is not None:
+        first = ties.first_within(same_text[1].numpy().reshape(captions.shape[:2]))
+        scores = np.take_along_axis(scores, first[:, None, :], axis=2)
+    if same_image is not None:
+        first = ties.first_within(same_image[1].numpy()[rows])
+        scores = np.take_along_axis(scores, first[:, :, None], axis=1)
     units = np.unique(rows[:, 0], return_inverse=True)[1].astype(np.int64)
     return StageOutput(arrays={"scores": scores, "units": units})
 

@@ -8,11 +8,35 @@ import numpy as np
 from pipeline.stages import ties
 
 
+def top_k_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per sample, whether the label is among `torch.topk(logits, k)`'s indices (`ties.top_k`: the call clip_benchmark
+    and DataComp make, so a tie is decided as there)."""
+    return (ties.top_k(logits, k) == np.asarray(labels)[:, None]).any(axis=1)
+
+
 def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Fraction of samples whose label is among the k highest logits; NaN with fewer than k classes."""
+    """Fraction of samples whose label is among the k highest logits (`top_k_correct`); NaN with fewer than k
+    classes."""
     if logits.shape[1] < k:
         return math.nan
-    return float(top_k_correct(logits, labels, k).mean())
+    return share(top_k_correct(logits, labels, k))
+
+
+def share(correct: np.ndarray) -> float:
+    """The fraction of outcomes that count, as clip_benchmark's `accuracy` divides: `float(count) / n`
+    (zeroshot_classification.py:82); NaN without outcomes."""
+    return float(np.count_nonzero(correct)) / len(correct) if len(correct) else math.nan
+
+
+def accuracy_outcomes(logits: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Per sample, top-1 and top-5 as clip_benchmark's `evaluate` asks its `accuracy` for them
+    (zeroshot_classification.py:227-231): one `output.topk(max(topk), 1, True, True)` (l.79), topk = (1, 5) from
+    five classes on and (1,) below. `correct1` is that call's first column, so where the label ties for the top,
+    acc1 is what torch's heap or introselect put first (`ties.top_k`), not always argmax's choice; `correct5` is
+    whether the label is among its five."""
+    k = 5 if logits.shape[1] >= 5 else 1
+    hits = ties.top_k(logits, k) == np.asarray(labels)[:, None]
+    return {"correct1": hits[:, 0], **({"correct5": hits.any(axis=1)} if k == 5 else {})}
 
 
 def mean_per_class_recall(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -30,90 +54,30 @@ def chance_adjusted_accuracy(acc1: float, num_classes: int) -> float:
 CLASSIFICATION_METRICS = ("acc1", "acc5", "mean_per_class_recall", "acc1_adjusted")
 
 
-def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Every metric that applies to single-label zero-shot classification."""
-    predictions = logits.argmax(axis=1)
-    acc1 = top_k_accuracy(logits, labels, 1)
+def classification_values(outcomes: dict[str, np.ndarray], n_classes: int) -> dict[str, float]:
+    """Every metric of single-label zero-shot classification from the per-sample outcomes (`accuracy_outcomes`, with
+    `labels` and the argmax `predictions`): acc1 and acc5 from torch.topk's verdicts, mean per-class recall from
+    argmax's predictions (clip_benchmark's `pred = logits.argmax(axis=1)`, zeroshot_classification.py:225, 232)."""
+    acc1 = share(outcomes["correct1"])
     return {
         "acc1": acc1,
-        "acc5": top_k_accuracy(logits, labels, 5),
-        "mean_per_class_recall": mean_per_class_recall(predictions, labels),
-        "acc1_adjusted": chance_adjusted_accuracy(acc1, logits.shape[1]),
+        "acc5": share(outcomes["correct5"]) if "correct5" in outcomes else math.nan,
+        "mean_per_class_recall": mean_per_class_recall(outcomes["predictions"], outcomes["labels"]),
+        "acc1_adjusted": chance_adjusted_accuracy(acc1, n_classes),
     }
 
 
-# -- multi-label classification (Pascal VOC 2007) ---------------------------------------------------
+def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Every metric that applies to single-label zero-shot classification, from the logits."""
+    outcomes = {"labels": labels, "predictions": logits.argmax(axis=1), **accuracy_outcomes(logits, labels)}
+    return classification_values(outcomes, logits.shape[1])
+
+
+# -- multi-label classification (Pascal VOC 2007; the APs are in `multilabel.py`) -----------------------------
 # The VOC devkit's classification ground truth of an (image, class): present, absent, or "difficult" (the image
 # holds only objects of the class marked difficult), which the devkit's evaluation leaves out of that class.
 PRESENT, ABSENT, DIFFICULT = 1, -1, 0
-# The recall levels of the 11-point AP as the Python ports of the devkit write them (py-faster-rcnn's voc_eval.py,
-# `np.arange(0., 1.1, 0.1)`: 0.30000000000000004, 0.6000000000000001, 0.7000000000000001): a recall of exactly
-# 3/10 does not reach the fourth level. MATLAB's `0:0.1:1` in VOCevalcls.m may hold 0.6 and 0.7 exactly (its colon
-# fills the upper half from the end); the two differ only where a recall equals 3/5 or 7/10 exactly.
-ELEVEN_POINTS = np.arange(0.0, 1.1, 0.1)
 MULTILABEL_METRICS = ("map_11point", "mean_average_precision")
-
-
-def ranked(scores: np.ndarray) -> np.ndarray:
-    """Indices by descending score, ties in index order (a stable sort, as MATLAB's `sort` in the devkit)."""
-    return np.argsort(-scores, kind="stable")
-
-
-def _ranked_counts(scores: np.ndarray, truth: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """The flags in rank order, and how often each ranked image counts: per row of `weights` (a bootstrap
-    resample's draws of each image), or one row of ones."""
-    order = ranked(scores)
-    drawn = np.ones((1, len(scores))) if weights is None else np.atleast_2d(weights)[:, order].astype(np.float64)
-    return truth[order], drawn
-
-
-def eleven_point_ap(scores: np.ndarray, truth: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """One class's 11-point interpolated AP, VOC2007's (devkit VOCevalcls.m; py-faster-rcnn's voc_eval.py with
-    use_07_metric): images ranked by score, difficult ones left out, precision and recall at each rank; the mean
-    over recall levels t = 0, 0.1, ..., 1 of the highest precision at a recall of at least t (0 if never reached).
-    One AP per row of `weights`. Only the points at positives are needed: a negative's point has its preceding
-    positive's recall and less precision, and so has every copy of an image but its last. NaN without positives."""
-    flags, drawn = _ranked_counts(scores, truth, weights)
-    at = np.flatnonzero(flags == PRESENT)
-    counted = np.cumsum(drawn * (flags != DIFFICULT), axis=1)[:, at]  # images ranked so far, difficult ones out
-    tp = np.cumsum(drawn[:, at], axis=1)
-    positives = tp[:, -1:] if len(at) else np.zeros((len(drawn), 1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        recall = tp / positives
-        precision = np.where(counted > 0, tp / np.maximum(counted, 1e-300), 0.0)
-    best_from = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]  # the highest precision at or after
-    rows = np.arange(len(drawn))
-    ap = np.zeros(len(drawn))
-    for level in ELEVEN_POINTS:
-        first = (recall < level).sum(axis=1)  # recall never falls along the ranking
-        reached = first < len(at)
-        ap += np.where(reached, best_from[rows, np.minimum(first, max(len(at) - 1, 0))] if len(at) else 0.0, 0.0)
-    return np.where(positives[:, 0] > 0, ap / len(ELEVEN_POINTS), np.nan)
-
-
-def clip_benchmark_ap(scores: np.ndarray, truth: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """One class's plain (non-interpolated) AP as clip_benchmark computes it (metrics/zeroshot_classification.py,
-    `average_precision_per_class`): every image ranked, the class present wherever VOC lists an object of it,
-    difficult or not (its voc2007.py reads every box); the sum of the precision at each positive's rank over
-    max(positives, 1). One AP per row of `weights`, the copies of an image ranked next to each other."""
-    flags, drawn = _ranked_counts(scores, truth, weights)
-    at = np.flatnonzero(flags != ABSENT)
-    seen_before = (np.cumsum(drawn, axis=1) - drawn)[:, at]
-    copies = drawn[:, at]
-    hits_before = np.cumsum(copies, axis=1) - copies
-    total = np.zeros(len(drawn))
-    for copy in range(1, int(copies.max(initial=0)) + 1):
-        total += np.where(copies >= copy, (hits_before + copy) / (seen_before + copy), 0.0).sum(axis=1)
-    return total / np.maximum(copies.sum(axis=1), 1)
-
-
-def multilabel_metrics(scores: np.ndarray, truth: np.ndarray, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The paper's mAP (the mean over classes of 11-point AP, difficult images left out) and clip_benchmark's
-    (plain AP, difficult counted as present); one value per row of `weights`."""
-    classes = range(scores.shape[1])
-    return {"map_11point": np.mean([eleven_point_ap(scores[:, k], truth[:, k], weights) for k in classes], axis=0),
-            "mean_average_precision": np.mean([clip_benchmark_ap(scores[:, k], truth[:, k], weights)
-                                               for k in classes], axis=0)}
 
 
 # -- image-caption selection (SugarCrepe, Winoground) ------------------------------------------------------
@@ -145,11 +109,28 @@ def selection_outcomes(scores: np.ndarray) -> dict[str, np.ndarray]:
             "group_score": text_score & image_score, "text_score": text_score, "image_score": image_score}
 
 
+def float32_share(flags: np.ndarray) -> float:
+    """The share of true flags as clip_benchmark reports it: `.float().mean().item()`, a float32 mean
+    (zeroshot_retrieval.py:82-83, image_caption_selection.py:202-204)."""
+    import torch
+
+    return torch.from_numpy(np.asarray(flags, dtype=bool)).float().mean().item()
+
+
+def selection_values(outcomes: dict[str, np.ndarray]) -> dict[str, float]:
+    """Each selection metric's share of instances: clip_benchmark's three as its float32 mean, Winoground's three
+    (which clip_benchmark does not compute) as a plain mean."""
+    return {name: float32_share(outcomes[name]) if name in ("acc", "text_acc", "image_acc")
+            else float(np.mean(outcomes[name])) for name in SELECTION_METRICS}
+
+
 # -- WILDS and fairness ------------------------------------------------------------------------------
-def top_k_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """Per-sample 0/1: is the label among the k highest logits, a tie going to the earlier class (`ties`), as
-    `argmax` takes it for k = 1."""
-    return ties.label_ranks(logits, labels)[0] <= k
+def group_correct(outcomes: dict[str, np.ndarray], k: int) -> np.ndarray | None:
+    """Per sample, what DataComp's worst-group metric counts: for k = 1 its argmax prediction is right (wds_eval.py's
+    `pred = logits.argmax(axis=1)`, scored by WILDS' Accuracy: FMoW, GeoDE, Camelyon17), for k > 1 the label is
+    among `torch.topk(logits, k, dim=1)` (Dollar Street's `return_topk=5` and TopKAccuracy, fairness_eval.py), the
+    call whose top 5 `accuracy_outcomes` keeps as `correct5`; None with fewer than k classes."""
+    return outcomes["predictions"] == outcomes["labels"] if k == 1 else outcomes.get(f"correct{k}")
 
 
 def group_accuracies(correct: np.ndarray, groups: np.ndarray) -> dict[int, float]:
@@ -157,11 +138,19 @@ def group_accuracies(correct: np.ndarray, groups: np.ndarray) -> dict[int, float
     return {int(g): float(correct[groups == g].mean()) for g in np.unique(groups)}
 
 
-def worst_group_accuracy(logits: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: int = 1) -> float:
-    """The lowest top-k accuracy over non-empty groups: WILDS' `acc_wg`, FMoW's `acc_worst_region`
-    ("Other" included, as DataComp computes it), Dollar Street's `acc_top5_wg`."""
-    per_group = group_accuracies(top_k_correct(logits, labels, k), groups)
+def worst_group(correct: np.ndarray | None, groups: np.ndarray) -> float:
+    """The lowest accuracy over non-empty groups (`group_correct`'s outcomes): WILDS' `acc_wg`, FMoW's
+    `acc_worst_region` ("Other" included, as DataComp computes it), Dollar Street's `acc_top5_wg`."""
+    per_group = {} if correct is None else group_accuracies(correct, groups)
     return min(per_group.values()) if per_group else math.nan
+
+
+def worst_group_accuracy(logits: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: int = 1) -> float:
+    """`worst_group` from the logits."""
+    outcomes = {"labels": labels, "predictions": logits.argmax(axis=1)}
+    if 1 < k <= logits.shape[1]:
+        outcomes[f"correct{k}"] = top_k_correct(logits, labels, k)
+    return worst_group(group_correct(outcomes, k), groups)
 
 
 def macro_f1_present(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -182,46 +171,47 @@ EXTRA_METRICS = {"F1-macro_all": macro_f1_present, "recall-macro_all": macro_rec
 
 
 # -- retrieval ----------------------------------------------------------------------------------------
-def retrieval_ranks(caption_features: np.ndarray, image_features: np.ndarray,
-                    caption_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """1-based ranks of the right item (features L2-normalized): for each caption, the rank of its own image
-    among all images; for each image, the rank of its best-ranked caption among all captions. Among equal scores
-    the earlier item ranks first (`ties`)."""
-    return retrieval_ranks_from_scores(caption_features @ image_features.T, caption_image)
-
-
-def retrieval_ranks_from_scores(scores: np.ndarray, caption_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`retrieval_ranks` from the (captions, images) similarity matrix; among equal scores the earlier image (or
-    caption) ranks first (`ties.retrieval_ranks`, which also gives each rank's bounds over the orders of its ties)."""
-    ranks = ties.retrieval_ranks(scores, caption_image)
-    return ranks["image_rank"], ranks["text_rank"]
-
-
 RECALL_KS = (1, 5, 10)  # DataComp's recall_k_list
 
 
-def retrieval_metrics(image_rank: np.ndarray, text_rank: np.ndarray, ks: tuple[int, ...] = RECALL_KS) -> dict[str, float]:
-    """clip_benchmark's recall@k in both directions, DataComp's mean_recall@1, and the mean ranks.
+def retrieval_outcomes(scores: np.ndarray, caption_image: np.ndarray,
+                       ks: tuple[int, ...] = RECALL_KS) -> dict[str, np.ndarray]:
+    """Per query, from the (captions, images) similarities, what clip_benchmark's `recall_at_k(...) > 0` counts
+    (zeroshot_retrieval.py:82-83, 95-116): `image_found` (captions, len(ks)), whether a caption's own image is
+    among `torch.topk(its row, k)`; `text_found` (images, len(ks)), whether one of an image's captions is among the
+    topk of its row of `scores.T` (its positive pairs, l.69-70, are exactly its own captions). The choice among tied
+    scores is torch's own (`ties.top_k`), the candidates in the dataset's order. With the ranks and their bounds over
+    the orders of their ties (`ties.retrieval_ranks`), for the mean ranks and the ties count."""
+    owners = np.asarray(caption_image)
+    images = np.arange(scores.shape[1])[:, None]
+    image_found = np.stack([(ties.top_k(scores, k) == owners[:, None]).any(axis=1) for k in ks], axis=1)
+    text_found = np.stack([(owners[ties.top_k(scores.T, k)] == images).any(axis=1) for k in ks], axis=1)
+    return {"image_found": image_found, "text_found": text_found, **ties.retrieval_ranks(scores, owners)}
+
+
+def retrieval_metrics(image_found: np.ndarray, text_found: np.ndarray, image_rank: np.ndarray, text_rank: np.ndarray,
+                      ks: tuple[int, ...] = RECALL_KS) -> dict[str, float]:
+    """clip_benchmark's recall@k in both directions (its float32 share of the queries found, column j of the
+    `retrieval_outcomes` for ks[j]), DataComp's mean_recall@1 (retr_eval.py), and the mean ranks.
 
     image_retrieval_recall@k: captions whose own image is in the top k images; text_retrieval_recall@k:
     images with at least one of their captions in the top k captions.
     """
     values: dict[str, float] = {}
-    for k in ks:
-        values[f"image_retrieval_recall@{k}"] = float((image_rank <= k).mean())
-        values[f"text_retrieval_recall@{k}"] = float((text_rank <= k).mean())
-    values["mean_recall@1"] = 0.5 * (values["image_retrieval_recall@1"] + values["text_retrieval_recall@1"])
-    values["image_retrieval_mean_rank"] = float(image_rank.mean())
-    values["text_retrieval_mean_rank"] = float(text_rank.mean())
+    for column, k in enumerate(ks):
+        values[f"image_retrieval_recall@{k}"] = float32_share(image_found[:, column])
+        values[f"text_retrieval_recall@{k}"] = float32_share(text_found[:, column])
+    values["mean_recall@1"] = 0.5 * (values["text_retrieval_recall@1"] + values["image_retrieval_recall@1"])
+    values["image_retrieval_mean_rank"] = float(np.mean(image_rank))
+    values["text_retrieval_mean_rank"] = float(np.mean(text_rank))
     return values
 
 
 # -- WinoGAViL ----------------------------------------------------------------------------------------
 def winogavil_predictions(similarities: np.ndarray, n_associations: int) -> np.ndarray:
-    """Choose the n candidates most similar to the cue."""
-    chosen = np.zeros(len(similarities), dtype=bool)
-    chosen[np.argsort(similarities)[len(similarities) - n_associations:]] = True
-    return chosen
+    """Choose the n candidates most similar to the cue with DataComp's own call (wino_eval.py,
+    `np.argsort(image_logits)[-n_assoc:]`), whose order of equal similarities numpy's argsort decides."""
+    return np.isin(np.arange(len(similarities)), np.argsort(similarities)[-n_associations:])
 
 
 def winogavil_jaccards(truths: list[np.ndarray], predictions: list[np.ndarray]) -> np.ndarray:
@@ -251,5 +241,6 @@ def winogavil_scores(truths: list[np.ndarray], predictions: list[np.ndarray]) ->
 
 
 # The names each task's score carries (known before anything runs: configs are checked against them).
-RETRIEVAL_METRICS = tuple(retrieval_metrics(np.ones(1), np.ones(1)))
+RETRIEVAL_METRICS = (*(f"{side}_retrieval_recall@{k}" for k in RECALL_KS for side in ("image", "text")),
+                     "mean_recall@1", "image_retrieval_mean_rank", "text_retrieval_mean_rank")
 WINOGAVIL_METRICS = tuple(winogavil_breakdown(np.ones(1), np.array([10])))

@@ -10,12 +10,15 @@ import numpy as np
 
 from pipeline.data.datasets import CAPTIONING, MULTILABEL, SELECTION, DatasetSpec
 from pipeline.errors import PipelineError
-from pipeline.stages import metrics, ties, uncertainty
+from pipeline.stages import metrics, multilabel, ties, uncertainty
 from pipeline.stages.embed import Embedded
 from pipeline.store.artifacts import METRICS_FILE, StageOutput
 from pipeline.store.cache import StageCache, StageRequest, cache_key
 
-VERSION = "4"  # 3: per-sample outcomes, bootstrap replicates and intervals; 4: `ties` (issue 35)
+# 3: per-sample outcomes, bootstrap replicates and intervals; 4: `ties` (issue 35); 5: ties decided by the references'
+# own calls (torch.topk for acc1/acc5 and recall@k, torch.sort for clip_benchmark's mAP), their float32 shares
+VERSION = "5"
+TASK_VERSIONS = {CAPTIONING: "4"}  # captioning decides no tie: its results stay where they are
 TIES = ties.TIES
 
 
@@ -45,25 +48,23 @@ def group_array(field: str) -> str:
 
 
 def classification_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -> Scored:
+    """acc1 and acc5 from clip_benchmark's `torch.topk` call, predictions (mean per-class recall, WILDS' metrics,
+    DataComp's top-1 groups) from argmax, as the references decide each (`metrics.accuracy_outcomes`)."""
     logits, labels = predicted["logits"], images["labels"]
-    values = metrics.classification_metrics(logits, labels)
     n_classes = logits.shape[1]
-    predictions = logits.argmax(axis=1)
-    outcomes = {"labels": labels, "predictions": predictions,
-                "correct1": metrics.top_k_correct(logits, labels, 1)}
-    if n_classes >= 5:
-        outcomes["correct5"] = metrics.top_k_correct(logits, labels, 5)
+    outcomes = {"labels": labels, "predictions": logits.argmax(axis=1), **metrics.accuracy_outcomes(logits, labels)}
+    values = metrics.classification_values(outcomes, n_classes)
     extra = {name: metrics.EXTRA_METRICS[name] for name in spec.extra_metrics}
     for name, metric in extra.items():
-        values[name] = metric(predictions, labels)
+        values[name] = metric(outcomes["predictions"], labels)
     groups: dict[str, tuple[str, int]] = {}
     for group in spec.group_metrics:
         field, k = spec.metadata_fields.index(group["field"]), int(group.get("k", 1))
         outcomes[group_array(group["field"])] = images["metadata"][:, field]
-        if n_classes >= k and f"correct{k}" not in outcomes:  # top-1/top-5 are already there
+        if 1 < k <= n_classes and f"correct{k}" not in outcomes:  # top-5 is already there
             outcomes[f"correct{k}"] = metrics.top_k_correct(logits, labels, k)
         groups[group["name"]] = (group_array(group["field"]), k)
-        values[group["name"]] = metrics.worst_group_accuracy(logits, labels, images["metadata"][:, field], k=k)
+        values[group["name"]] = metrics.worst_group(metrics.group_correct(outcomes, k), images["metadata"][:, field])
     seed = uncertainty.dataset_seed(spec.name)
     replicates = uncertainty.classification_replicates(outcomes, n_classes, extra, groups, seed=seed)
     _, best, worst = ties.label_ranks(logits, labels)
@@ -73,11 +74,14 @@ def classification_scores(spec: DatasetSpec, images: Embedded, predicted: Embedd
     return Scored(values, outcomes, replicates, len(labels), uncertainty.structure_digest(order))
 
 
+RETRIEVAL_OUTCOMES = ("image_found", "text_found", "image_rank", "text_rank")
+
+
 def retrieval_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -> Scored:
-    # a classify run cached before it kept the owners has them only with the images
-    owners = predicted["caption_image"] if "caption_image" in predicted.arrays else images["caption_image"]
-    outcomes = {"image_rank": predicted["image_rank"], "text_rank": predicted["text_rank"], "caption_image": owners}
-    values = metrics.retrieval_metrics(predicted["image_rank"], predicted["text_rank"])
+    """Recall@k from the classify stage's `torch.topk` verdicts (`metrics.retrieval_outcomes`), mean ranks from the
+    ranks; resampled by image."""
+    outcomes = {**{name: predicted[name] for name in RETRIEVAL_OUTCOMES}, "caption_image": predicted["caption_image"]}
+    values = metrics.retrieval_metrics(*(outcomes[name] for name in RETRIEVAL_OUTCOMES))
     tied = [ties.decided(*predicted[f"{side}_rank_bounds"].T, metrics.RECALL_KS) for side in ("image", "text")]
     values = {**values, "num_images": float(len(predicted["text_rank"])),
               "num_captions": float(len(predicted["image_rank"])), TIES: float(sum(t.sum() for t in tied))}
@@ -101,7 +105,7 @@ def winogavil_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -
 def multilabel_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -> Scored:
     """VOC2007's mAPs from the logits and the devkit's flags; both are kept, since resampling needs every score."""
     outcomes = {"scores": predicted["logits"], "labels": images["labels"]}
-    values = {name: float(value[0]) for name, value in metrics.multilabel_metrics(predicted["logits"], images["labels"]).items()}
+    values = {name: float(value[0]) for name, value in multilabel.multilabel_metrics(predicted["logits"], images["labels"]).items()}
     values = {**values, "num_samples": float(len(outcomes["labels"])), "num_classes": float(outcomes["scores"].shape[1]),
               TIES: float(ties.ranking_ties(predicted["logits"], images["labels"]))}
     replicates = uncertainty.multilabel_replicates(outcomes, seed=uncertainty.dataset_seed(spec.name))
@@ -112,7 +116,7 @@ def multilabel_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) 
 def selection_scores(spec: DatasetSpec, images: Embedded, predicted: Embedded) -> Scored:
     """SugarCrepe's and Winoground's metrics from each instance's similarities; resampled by unit."""
     outcomes = {**metrics.selection_outcomes(predicted["scores"]), "units": predicted["units"]}
-    values = {name: float(outcomes[name].mean()) for name in metrics.SELECTION_METRICS}
+    values = metrics.selection_values(outcomes)
     values = {**values, "num_instances": float(len(outcomes["units"])),
               TIES: float(ties.selection_ties(predicted["scores"]).sum())}
     replicates = uncertainty.selection_replicates(outcomes, seed=uncertainty.dataset_seed(spec.name))
@@ -204,7 +208,7 @@ def score_key(spec: DatasetSpec, classify_key: str, image_key: str, spice: bool 
         from importlib.metadata import version
 
         config = {**config, "spice": spice, "pycocoevalcap": version("pycocoevalcap")}
-    return cache_key("score", VERSION, config, [classify_key, image_key])
+    return cache_key("score", TASK_VERSIONS.get(spec.task, VERSION), config, [classify_key, image_key])
 
 
 ORDER_TAG = "sample_order"

@@ -1,13 +1,14 @@
-"""Ties, by one rule: equal inputs are computed once, so they get bit-equal similarities wherever they sit, and
-among equal scores the earlier index ranks first (pure functions, see docs/precision.md#ties).
+"""Ties, decided as the references decide them: equal inputs are computed once, so they get bit-equal similarities
+wherever they sit, and every choice among equal scores is made by the very call the reference makes, on CPU (pure
+functions, see docs/precision.md#ties).
 
-The rule is the one `argmax` documents (torch's and numpy's: the first maximal index), which clip_benchmark and
-DataComp use for predictions, per-class recall and image-caption selection. Their top-k metrics (acc1 and acc5,
-recall@k) go through `torch.topk`, whose order of tied elements torch leaves unspecified: on CPU, with k = 1 and
-n >= 64, a heap of one that only a strictly higher score replaces keeps the first maximum, as the rule does; for
-larger k (a heap of k, from which either of two tied elements may be evicted) or smaller n (introselect) it may
-keep either. Each outcome is therefore also given its best and worst rank over every order of its ties, and a score
-counts the outcomes a tie decided (`TIES`): how far its numbers can be from those of any other tie order.
+clip_benchmark 1.6.2 and DataComp take top-k accuracy and recall@k from `torch.topk` (`top_k`, the same call on the
+same scores), predictions, per-class recall, WILDS' metrics and image-caption selection from `argmax` (the first
+maximal index), clip_benchmark's VOC AP from `torch.sort` (`sorted_descending`), WinoGAViL from `np.argsort`.
+`torch.topk` on CPU keeps a heap of k (libstdc++'s partial_sort) when there are at least 64 * k candidates and
+introselect (nth_element) below: its choice among tied scores is a function of the row's values alone (not of the
+batch, the strides or the dtype the values are held in), but not the earlier index in general. Each outcome is also
+given its best and worst rank over every order of its ties, so a score counts the outcomes a tie decided (`TIES`).
 """
 from __future__ import annotations
 
@@ -22,10 +23,38 @@ TIES = "ties"  # the metric every score logs: how many outcomes a tie decided (a
 CHUNK = 4096  # rows compared at once: (CHUNK, n) boolean matrices, whatever the number of rows
 
 
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Each row's `torch.topk(row, k, largest=True, sorted=True)` indices on CPU, (rows, min(k, columns)): the call
+    clip_benchmark makes (zeroshot_classification.py:79, zeroshot_retrieval.py:105; DataComp's wds_eval.py, Dollar
+    Street's top 5), so a tie falls where it falls there. torch decides each row from that row's values alone, so
+    blocks of rows and any strides (`scores.T` for text retrieval) give the same choice; a float32 copy of bfloat16
+    or float16 scores orders as they do. Where k exceeds the candidates clip_benchmark's topk refuses; here every
+    candidate is taken."""
+    import torch
+
+    array = np.asarray(scores)
+    if not array.flags.writeable or min(array.strides, default=0) < 0:  # torch takes neither
+        array = array.copy()
+    values = torch.from_numpy(array)
+    k = min(k, values.shape[1])
+    if len(values) == 0 or k == 0:
+        return np.zeros((len(values), k), dtype=np.int64)
+    return torch.cat([values[start:start + CHUNK].topk(k, 1, True, True)[1]
+                      for start in range(0, len(values), CHUNK)]).numpy()
+
+
+def sorted_descending(scores: np.ndarray) -> np.ndarray:
+    """`torch.sort(scores, 0, True)` indices on CPU, as clip_benchmark's `average_precision_per_class` ranks one
+    class's images (zeroshot_classification.py:155): not stable (std::sort, beyond a few elements), so among equal
+    scores its order, not the index order, decides an AP."""
+    import torch
+
+    return torch.sort(torch.from_numpy(np.array(scores)), 0, True)[1].numpy()
+
+
 def distinct(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(the first row holding each distinct value, in order; each row's index among those), or None when no two
-    rows are equal. A product over distinct rows gives equal rows one computed number: a matrix product may round
-    a row in a block's tail otherwise than the same row elsewhere."""
+    rows are equal."""
     import torch
 
     _, inverse = torch.unique(rows, dim=0, return_inverse=True)
@@ -40,9 +69,34 @@ def distinct(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     return kept, position[inverse]
 
 
+def first_equal(rows: torch.Tensor) -> np.ndarray | None:
+    """Per row, the index of the first row equal to it (its own where none is earlier), or None when no two rows
+    are equal."""
+    found = distinct(rows)
+    return None if found is None else found[0][found[1]].numpy()
+
+
+def first_within(ids: np.ndarray) -> np.ndarray:
+    """Per row of `ids` (N, K), each position's first position holding the same id (an instance's equal captions)."""
+    return (ids[:, :, None] == ids[:, None, :]).argmax(axis=2)
+
+
+def equalized(values: np.ndarray, rows: np.ndarray | None = None, columns: np.ndarray | None = None) -> np.ndarray:
+    """`values`, changed in place, with each row (column) that `first_equal` maps to an earlier one holding that
+    one's numbers: torch's CPU matmul may round an equal row or column an ulp apart (where it falls in the kernel's
+    blocks decides), and a tie would then be decided by rounding noise. Every other number stays the product's."""
+    if rows is not None:
+        moved = rows != np.arange(len(rows))
+        values[moved] = values[rows[moved]]
+    if columns is not None:
+        moved = columns != np.arange(len(columns))
+        values[:, moved] = values[:, columns[moved]]
+    return values
+
+
 def label_ranks(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row of `scores` (samples, classes), the rank of its label's score by the rule, and the best and worst
-    rank it could have over every order of its ties: (rank, best, worst), 1-based."""
+    """Per row of `scores` (samples, classes), the rank of its label's score with ties in index order (the earlier
+    first), and the best and worst rank it could have over every order of its ties: (rank, best, worst), 1-based."""
     rank, best, worst = (np.empty(len(labels), dtype=np.int64) for _ in range(3))
     columns = np.arange(scores.shape[1])
     for start in range(0, len(labels), CHUNK):
@@ -59,8 +113,9 @@ def label_ranks(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
 
 def retrieval_ranks(scores: np.ndarray, caption_image: np.ndarray) -> dict[str, np.ndarray]:
     """From the (captions, images) similarities: each caption's own image's rank among the images (`image_rank`),
-    each image's best-ranked own caption's rank among the captions (`text_rank`), by the rule, with the best and
-    worst of each over every order of its ties (`image_rank_bounds`, `text_rank_bounds`: (n, 2))."""
+    each image's best-ranked own caption's rank among the captions (`text_rank`), ties in index order (the mean
+    ranks, which no reference computes), with the best and worst of each over every order of its ties
+    (`image_rank_bounds`, `text_rank_bounds`: (n, 2)), which tell whether a tie decided a recall."""
     n_captions, n_images = scores.shape
     index = np.arange(n_captions)
     own = scores[index, caption_image]

@@ -15,6 +15,7 @@ from pipeline.stages import metrics
 from pipeline.stages.classify import normalize
 from pipeline.stages.embed.images import encode_retrieval_images, winogavil_cue_text
 from pipeline.stages.embed.texts import encode_texts
+from pipeline.stages.score import RETRIEVAL_OUTCOMES
 from tests import synthetic
 from tests.conftest import compose_config
 
@@ -86,11 +87,13 @@ def test_retrieval_worked_example():
     # captions 0,1 belong to image 0; caption 2 to image 1; caption 3 to image 2
     captions = normalize(np.array([[1, 0.2, 0], [0.1, 1, 0], [0, 1, 0.5], [0, 0.9, 1]], dtype=np.float32))
     owner = np.array([0, 0, 1, 2])
-    image_rank, text_rank = metrics.retrieval_ranks(captions, images, owner)
-    assert image_rank.tolist() == [1, 2, 1, 1]
+    outcomes = metrics.retrieval_outcomes(captions @ images.T, owner)
+    assert outcomes["image_rank"].tolist() == [1, 2, 1, 1]
+    assert outcomes["image_found"].tolist() == [[True] * 3, [False, True, True], [True] * 3, [True] * 3]
     # image 1's own caption 2 scores 0.89 against it, but caption 1 (image 0's) scores 0.995
-    assert text_rank.tolist() == [1, 2, 1]
-    values = metrics.retrieval_metrics(image_rank, text_rank)
+    assert outcomes["text_rank"].tolist() == [1, 2, 1]
+    assert outcomes["text_found"][:, 0].tolist() == [True, False, True]
+    values = metrics.retrieval_metrics(*(outcomes[name] for name in RETRIEVAL_OUTCOMES))
     assert values["image_retrieval_recall@1"] == 0.75 and values["text_retrieval_recall@1"] == pytest.approx(2 / 3)
     assert values["text_retrieval_recall@5"] == 1.0
     assert values["mean_recall@1"] == pytest.approx((0.75 + 2 / 3) / 2)
@@ -114,8 +117,8 @@ def test_retrieval_matches_clip_benchmark(loader, tmp_path):
 
     images = encode_retrieval_images(loader, spec, "fp32", batch_size=8, num_workers=0).arrays
     captions = encode_texts(loader, [str(c) for c in images["captions"]], "fp32").arrays["text_features"]
-    ours = metrics.retrieval_metrics(*metrics.retrieval_ranks(captions, normalize(images["image_features"]),
-                                                             images["caption_image"]))
+    outcomes = metrics.retrieval_outcomes(captions @ normalize(images["image_features"]).T, images["caption_image"])
+    ours = metrics.retrieval_metrics(*(outcomes[name] for name in RETRIEVAL_OUTCOMES))
     for name, value in reference.items():
         assert ours[name] == pytest.approx(value, abs=1e-6), name
     assert ours["mean_recall@1"] > 0.1  # better than chance (1/36 images)
