@@ -78,9 +78,10 @@ def log_inputs(store: TrackingStore, run_id: str, inputs: list[DatasetInput], at
 
 
 def model_labels(spec: ModelSpec) -> tuple[dict[str, str], dict[str, str]]:
-    """The tags every stage run of a job on this model carries, and the checkpoint labels its job run adds (a
-    training run's checkpoint is named by its run, since every training run writes `epoch_1.pt`)."""
-    tags = {"model": spec.arch, "pretrained": spec.pretrained_label, "model_name": spec.name}
+    """The tags every stage run of a job on this model carries (a transformers model's also name its library and
+    builds), and the checkpoint labels its job run adds (a training run's checkpoint is named by its run, since
+    every training run writes `epoch_1.pt`)."""
+    tags = {"model": spec.arch, "pretrained": spec.pretrained_label, "model_name": spec.name, **spec.library_labels}
     checkpoint = checkpoint_position(spec.pretrained) if spec.is_local_checkpoint else {}
     if checkpoint:
         checkpoint["pretrained"] = f"{checkpoint['checkpoint_run']}/{tags['pretrained']}"

@@ -1,4 +1,5 @@
-"""Load open_clip models (pretrained tags or local checkpoints) and fingerprint them for cache keys."""
+"""Load open_clip models (pretrained tags or local checkpoints), or transformers checkpoints
+(`model.library=transformers`, `hf_checkpoints`), and fingerprint them for cache keys."""
 from __future__ import annotations
 
 import ctypes
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from pipeline.errors import PipelineError
-from pipeline.models import precision
+from pipeline.models import hf_checkpoints, precision
 from pipeline.store.artifacts import sha256_file
 
 if TYPE_CHECKING:  # torch and open_clip are imported where a model is built: a served job never builds one
@@ -35,9 +36,14 @@ def library_versions() -> dict[str, str]:
     return {name: importlib.metadata.version(name) for name in FEATURE_LIBRARIES}
 
 
+OPEN_CLIP = "open_clip"
+LIBRARIES = (OPEN_CLIP, hf_checkpoints.LIBRARY)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """What identifies a model: open_clip architecture, pretrained tag or checkpoint path.
+    """What identifies a model: open_clip architecture, pretrained tag or checkpoint path; or, for
+    `library=transformers`, the model class (`arch`) and a Hub id or folder (`pretrained`).
 
     `precision` is `amp` (the protocol decides what runs under autocast) or `fp32` (nothing does)."""
 
@@ -45,24 +51,48 @@ class ModelSpec:
     arch: str
     pretrained: str | None
     precision: str = "fp32"
-    cache_dir: str | None = None  # where open_clip looks for (and downloads) pretrained weights; not part of a key
+    cache_dir: str | None = None  # where open_clip (or the Hub, for transformers) keeps downloads; not part of a key
+    library: str = OPEN_CLIP
+    context_length: int | None = None  # transformers: the tokenizer's padded length (default: its own limit)
 
     @classmethod
     def from_cfg(cls, cfg: Any, cache_dir: str | None = None) -> "ModelSpec":
-        spec = cls(cfg.name, cfg.arch, cfg.get("pretrained"), cfg.get("precision", "amp"), cache_dir)
+        library = str(cfg.get("library") or OPEN_CLIP)
+        if library not in LIBRARIES:
+            raise PipelineError(f"model.library={library!r} is not one of {', '.join(LIBRARIES)}")
+        context = cfg.get("context_length")
+        if context is not None and (library == OPEN_CLIP or not isinstance(context, int) or context < 2):
+            raise PipelineError(f"model.context_length={context!r}: a whole number of tokens (at least 2), for "
+                                f"model.library=transformers only (open_clip architectures fix their own)")
+        spec = cls(cfg.name, cfg.arch, cfg.get("pretrained"), cfg.get("precision", "amp"), cache_dir, library, context)
         if spec.precision not in precision.MODEL_PRECISIONS:
             raise PipelineError(f"model.precision={spec.precision!r} is not one of {precision.MODEL_PRECISIONS}")
-        check_openai_quickgelu(spec.arch, spec.pretrained)
+        if spec.is_transformers:
+            hf_checkpoints.family(spec.arch)
+            if not spec.pretrained:
+                hf_checkpoints.checkpoint_folder(spec.pretrained, cache_dir)  # refuses, saying what to set
+        else:
+            check_openai_quickgelu(spec.arch, spec.pretrained)
         return spec
 
     @property
+    def is_transformers(self) -> bool:
+        return self.library == hf_checkpoints.LIBRARY
+
+    @property
     def is_local_checkpoint(self) -> bool:
+        if self.is_transformers:
+            return bool(self.pretrained) and hf_checkpoints.is_local(self.pretrained)
         return bool(self.pretrained) and (Path(self.pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"}
                                           or Path(self.pretrained).exists())
 
     @cached_property
     def fingerprint(self) -> dict[str, Any]:
-        """Key material: a local checkpoint is keyed by its content, a pretrained tag by its name."""
+        """Key material: a local checkpoint is keyed by its content, a pretrained tag by its name; a transformers
+        checkpoint by its files' content (`hf_checkpoints.fingerprint`), which alone adds the library."""
+        if self.is_transformers:
+            folder = hf_checkpoints.checkpoint_folder(self.pretrained, self.cache_dir)
+            return hf_checkpoints.fingerprint(self.arch, folder, self.context_length, checkpoint_digest)
         weights = self.pretrained
         if self.is_local_checkpoint:
             path = Path(self.pretrained)
@@ -76,10 +106,22 @@ class ModelSpec:
 
     @property
     def pretrained_label(self) -> str:
-        """The `pretrained` tag value: the open_clip tag, or the checkpoint's file name."""
+        """The `pretrained` tag value: the open_clip tag, or the checkpoint's file name; a transformers
+        checkpoint's Hub id or folder name."""
+        if self.is_transformers:
+            return hf_checkpoints.label(self.pretrained)
         if self.is_local_checkpoint:
             return Path(self.pretrained).name
         return self.pretrained or "none"
+
+    @property
+    def library_labels(self) -> dict[str, str]:
+        """Labels a transformers model's runs add (`library`, `lib.transformers`, ...); none for open_clip's, whose
+        labels stay what they were."""
+        if not self.is_transformers:
+            return {}
+        versions = {f"lib.{name}": version for name, version in hf_checkpoints.library_versions().items()}
+        return {"library": self.library, **versions}
 
 
 # -- what a checkpoint is, read once ---------------------------------------------------------------------------
@@ -217,11 +259,19 @@ def cuda_available() -> bool:
 
 
 def load_model(spec: ModelSpec, device: str | torch.device) -> LoadedModel:
-    import open_clip
     import torch
 
-    register_project_architectures()
     device = torch.device(device)
+    if spec.is_transformers:
+        from pipeline.models import transformers_clip
+
+        log.info("loading %s (%s, transformers) on %s", spec.pretrained, spec.arch, device)
+        model, preprocess, tokenizer = transformers_clip.load(spec.arch, spec.pretrained, spec.cache_dir,
+                                                              spec.context_length, device)
+        return LoadedModel(model, preprocess, tokenizer, device)
+    import open_clip
+
+    register_project_architectures()
     if spec.arch not in open_clip.list_models():
         raise PipelineError(f"unknown open_clip architecture {spec.arch!r}; see open_clip.list_models()")
     log.info("loading %s (%s) on %s", spec.arch, spec.pretrained, device)
@@ -242,7 +292,7 @@ class LoadedModels:
     loaded: LoadedModel | None = None
 
     def get(self, spec: ModelSpec, device: str | torch.device) -> LoadedModel:
-        key = (spec.arch, spec.pretrained, spec.cache_dir, str(device))
+        key = (spec.library, spec.arch, spec.pretrained, spec.cache_dir, spec.context_length, str(device))
         if self.key != key:
             self.key, self.loaded = None, None  # release the previous model before loading the next
             self.loaded, self.key = load_model(spec, device), key

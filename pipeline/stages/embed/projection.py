@@ -1,6 +1,7 @@
 """Pre-projection image features, the CLIP paper's probe features (appendix A.3): the image tower's penultimate
 output. For open_clip's ViTs that is the pooled token before `proj`; for ModifiedResNet the attention-pool output
-(its own last layer, so the same as the embedding). Other towers (timm, Hugging Face, CoCa's) are refused.
+(its own last layer, so the same as the embedding); for a transformers checkpoint what `visual_projection` gets
+(SigLIP's have none: the embedding). Other towers (timm, open_clip's Hugging Face towers, CoCa's) are refused.
 
 The embed stage runs a ViT tower once with `proj` set aside and applies `proj` itself, inside the same autocast,
 which is the product open_clip's forward computes: both features come from one pass, and the embedding is the one
@@ -23,7 +24,13 @@ ImageEncoder = Callable[..., dict]  # a batch of images -> {feature name: tensor
 
 
 def tower_kind(arch: str) -> str:
-    """`vit` or `resnet` from open_clip's model config, before any weights are loaded; other towers are refused."""
+    """`vit` or `resnet` from open_clip's model config, before any weights are loaded; other towers are refused.
+    A transformers family (`arch` is its class) is `vit` where it projects its pooled output, and `resnet` (the
+    embedding is the pre-projection feature) where its pooling head is its last layer (SigLIP's)."""
+    from pipeline.models.hf_checkpoints import FAMILIES
+
+    if arch in FAMILIES:
+        return VIT if FAMILIES[arch].projected else RESNET
     import open_clip
 
     from pipeline.models.loading import register_project_architectures
@@ -72,6 +79,12 @@ def image_encoder(model: torch.nn.Module) -> ImageEncoder:
     from open_clip.model import CLIP, CustomTextCLIP
     from open_clip.transformer import VisionTransformer
 
+    if getattr(model, "has_pre_projection", False):  # a transformers model (models/transformers_clip.py)
+        def projected(images: torch.Tensor) -> dict[str, torch.Tensor]:
+            pre, embedding = model.encode_image_with_pre_projection(images)
+            return {PRE_PROJECTION: pre, EMBEDDING: embedding}
+
+        return projected
     visual = getattr(model, "visual", None)
     if type(model) in (CLIP, CustomTextCLIP) and isinstance(visual, VisionTransformer) and visual.proj is not None \
             and not visual.output_tokens:
