@@ -2,7 +2,6 @@
 (`model.library=transformers`, `hf_checkpoints`), and fingerprint them for cache keys."""
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -10,7 +9,6 @@ import json
 import logging
 import os
 import re
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pipeline.errors import PipelineError
 from pipeline.models import hf_checkpoints, precision
+from pipeline.models.devices import cuda_available, device_type, resolve_device  # noqa: F401  (the jobs' imports)
 from pipeline.store.artifacts import sha256_file
 
 if TYPE_CHECKING:  # torch and open_clip are imported where a model is built: a served job never builds one
@@ -224,38 +223,6 @@ class LoadedModel:
     def autocast(self, label: str):
         """Autocast for a recipe entry (`fp32`, `amp-fp16`, `amp-bf16`) on this model's device."""
         return precision.autocast(self.device, label)
-
-
-def resolve_device(device: str) -> str:
-    """`auto` as the device it stands for (`cuda` where torch can use a GPU, else `cpu`); any other name as given."""
-    if device != "auto":
-        return device
-    return "cuda" if cuda_available() else "cpu"
-
-
-def device_type(device: str) -> str:
-    """`cuda` for `cuda:1`: what the precision recipes (and so the cache keys) depend on."""
-    return device.split(":", 1)[0]
-
-
-def cuda_available() -> bool:
-    """`torch.cuda.is_available()`, without importing torch (a second or two a process) when nothing else needs it:
-    torch can use a GPU when it was built with CUDA (its `version.py` says which) and the CUDA driver counts at least
-    one device (the driver applies CUDA_VISIBLE_DEVICES, as it does for torch)."""
-    if "torch" in sys.modules:
-        return sys.modules["torch"].cuda.is_available()
-    spec = importlib.util.find_spec("torch")
-    version = Path(spec.origin).with_name("version.py") if spec and spec.origin else None
-    if version is None or not version.is_file():
-        return False
-    if not re.search(r"^cuda\s*(:\s*[^=]*)?=\s*['\"]\d", version.read_text(), re.M):
-        return False  # a CPU build
-    try:
-        driver = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False  # no NVIDIA driver
-    count = ctypes.c_int(0)
-    return driver.cuInit(0) == 0 and driver.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
 
 
 def load_model(spec: ModelSpec, device: str | torch.device) -> LoadedModel:
