@@ -139,12 +139,18 @@ def load(cls: str, pretrained: str, cache_dir: str | None, configured_context: i
     if model_class is None:
         raise PipelineError(f"transformers {transformers.__version__} has no {family.cls} ({family.title})")
     try:
-        model = model_class.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+        model, report = model_class.from_pretrained(folder, dtype=torch.float32, local_files_only=True,
+                                                    output_loading_info=True)
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
         processor = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, ImportError) as exc:
-        raise PipelineError(f"the transformers checkpoint {pretrained} did not load ({type(exc).__name__}: "
-                            f"{one_line(exc)})") from exc
+    except (OSError, ValueError, ImportError, RuntimeError) as exc:  # RuntimeError: weights of another shape
+        raise PipelineError(f"the transformers checkpoint {pretrained} did not load as {family.cls} "
+                            f"({type(exc).__name__}: {one_line(exc)})") from exc
+    missing = sorted(report.get("missing_keys") or ())
+    if missing:  # transformers would initialize them at random and only warn
+        raise PipelineError(f"the transformers checkpoint {pretrained} lacks {len(missing)} of {family.cls}'s weights "
+                            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): it is not a "
+                            f"{family.cls} checkpoint (a model of its own code, such as rinna's Japanese CLIP?)")
     model = model.to(device).eval()
     return (TransformersCLIP(model, family), ImageTransform(processor, family.packed_images),
             Tokenizer(tokenizer, family.text_inputs, context_length(tokenizer, model, configured_context)))

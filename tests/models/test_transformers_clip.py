@@ -5,6 +5,7 @@ the bundled open_clip model scores as that model does, in real jobs."""
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +243,20 @@ def test_every_task_type_runs_on_the_converted_model_as_on_open_clip(task, tmp_p
     # L-BFGS turns the towers' last-bit differences into a sample or two of the probe's 480; the rest is argmax
     tolerance = 2 / theirs.metrics["n"] if task == "linear_probe" else 1e-6
     assert theirs.value == pytest.approx(ours.value, abs=tolerance), (ours.metrics, theirs.metrics)
+
+
+def test_a_checkpoint_lacking_weights_of_its_class_is_refused_not_filled_at_random(checkpoints, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "partial"
+    shutil.copytree(checkpoints["CLIPModel"], folder)
+    weights = load_file(folder / "model.safetensors")
+    del weights["text_projection.weight"]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(PipelineError, match="^the transformers checkpoint .*/partial lacks 1 of CLIPModel's weights "
+                                            r"\(text_projection.weight\): it is not a CLIPModel checkpoint"):
+        loader_for(folder, "CLIPModel").get()
+    weights["text_projection.weight"] = torch.zeros(3, 3)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(PipelineError, match="did not load as CLIPModel"):
+        loader_for(folder, "CLIPModel").get()
