@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from PIL import Image
 
 from pipeline.errors import PipelineError
 from pipeline.jobs.scoring import run_job
+from pipeline.models import hf_checkpoints
 from pipeline.models.loading import LoadedModels, ModelLoader, ModelSpec
 from pipeline.models.transformers_clip import pooled
 from pipeline.stages.embed import projection, texts
@@ -132,12 +135,44 @@ def test_encoded_strings_are_the_checkpoints_own(family, checkpoints):
     assert (encoded - reference_texts(checkpoints[family], family, TEXTS)).abs().max() <= 1e-5
 
 
-def test_the_text_tower_follows_the_model_precision_protocols(checkpoints):
-    """bfloat16 autocast on CPU (clip_benchmark's protocol) changes the features, and the features keep their dtype."""
-    loaded = loader_for(checkpoints["CLIPModel"], "CLIPModel").get()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_both_towers_follow_the_precision_protocols(family, checkpoints, pictures):
+    """bfloat16 autocast on CPU (clip_benchmark's protocol) changes the features, which keep their dtype."""
+    loaded = loader_for(checkpoints[family], family).get()
     full, low = (texts.encode_strings(loaded, TEXTS, label) for label in ("fp32", "amp-bf16"))
     assert full.dtype == torch.float32 and low.dtype == torch.bfloat16
     assert 0 < (full - low.float()).abs().max() < 0.05
+    batch = torch.stack([loaded.preprocess(image) for image in pictures[1]])
+    with torch.no_grad():
+        full = loaded.model.encode_image(batch, normalize=True)
+        with loaded.autocast("amp-bf16"):
+            low = loaded.model.encode_image(batch, normalize=True)
+    assert low.dtype == torch.bfloat16 and 0 < (full - low.float()).abs().max() < 0.05
+
+
+def test_every_transformers_preset_names_a_family_the_installed_transformers_has():
+    presets = sorted((CONF / "model" / "transformers").glob("*.yaml"))
+    assert len(presets) >= 10
+    families = set()
+    for preset in presets:
+        model = compose_config(f"model=transformers/{preset.stem}").model
+        spec = ModelSpec.from_cfg(model)
+        assert spec.is_transformers and spec.pretrained and model.name == f"transformers/{preset.stem}"
+        families.add(spec.arch)
+    assert families == set(hf_checkpoints.FAMILIES)
+
+
+def test_resolving_a_transformers_job_imports_no_torch(checkpoints):
+    """A job whose stages are all served never builds the model: naming and fingerprinting it imports no torch (nor
+    open_clip; transformers' own package is lazy, and finding a family's module imports none of its code)."""
+    code = ("import sys\nfrom omegaconf import OmegaConf\nfrom pipeline.models.loading import ModelSpec\n"
+            "from pipeline.stages.embed import projection\n"
+            f"spec = ModelSpec.from_cfg(OmegaConf.create({{'name': 'm', 'library': 'transformers', 'arch': "
+            f"'CLIPModel', 'pretrained': {str(checkpoints['CLIPModel'])!r}}}))\n"
+            "spec.fingerprint, spec.library_labels, projection.tower_kind(spec.arch)\n"
+            "print(sorted(m for m in ('torch', 'open_clip', 'transformers.models.clip.modeling_clip') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]", done.stderr[-2000:]
 
 
 def test_equal_texts_share_their_features_and_long_ones_are_cut_at_the_context(checkpoints):
@@ -149,8 +184,6 @@ def test_equal_texts_share_their_features_and_long_ones_are_cut_at_the_context(c
 
 
 def test_a_model_of_another_family_a_missing_class_and_a_missing_folder_are_refused(checkpoints, monkeypatch, tmp_path):
-    from pipeline.models import hf_checkpoints
-
     def spec(**model):
         return ModelSpec.from_cfg(OmegaConf.create({"name": "m", "library": "transformers", **model}))
 
