@@ -44,6 +44,9 @@ OmegaConf.register_new_resolver("visible_gpus", lambda: __import__("torch").cuda
 warnings.filterwarnings("ignore", message=r"\n'hydra/launcher/submitit_\w+' is validated against ConfigStore schema")
 # A cache hit downloads a few small files; MLflow's per-download progress bars would bury the one line per stage.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Against a tracking server MLflow prints "View run ... / View experiment ..." as each run ends: 8 lines a job. The
+# report links every run, and `make ui` prints the sweep's view; =false brings the lines back.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 # MLflow's usage telemetry starts at `import mlflow`: a thread fetching its config unsets an environment variable
 # when the fetch fails (always, offline) while another thread's request iterates os.environ, and that request
 # fails with a KeyError (docs/lab.md). A lab's workers have no reason to send it. MLflow reads this once, when it is

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,6 +21,8 @@ from pipeline.data.prompts import PROMPT_FREE
 from pipeline.errors import PipelineError, check_sweep_choices, is_mlflow_error, one_line, reported, reported_hook
 from pipeline.jobs import sweep
 from pipeline.reports import comparisons, fewshot, layouts, page, plots, references, results, robustness
+from pipeline.reports import sections as report_sections
+from pipeline.reports import titles
 from pipeline.reports.results import ScoreRecord
 from pipeline.store import links, orphans, tracking
 from pipeline.store.artifacts import ArtifactUnavailable, CorruptArtifact
@@ -57,22 +60,34 @@ def sweep_run_ids(sweep_dir: Path) -> list[str]:
     return [job["job_run_id"] for job in sweep.job_results(sweep_dir, sweep.SCORE_KIND)]
 
 
-def jobs_view(store: TrackingStore, sweep_run: str) -> str:
-    """A saved view of the runs table listing this sweep's job runs with their metric columns (a link alone cannot
-    choose columns)."""
+def jobs_view(store: TrackingStore, sweep_run: str, records: list[ScoreRecord]) -> str:
+    """A saved view of the runs table listing this sweep's job runs in the results table's order (each run tagged
+    with its row), with what each ran and its main metric with its interval (a link alone cannot choose columns)."""
     client = store.client
+    for row, record in enumerate(titles.table_order(records)):
+        client.set_tag(record.run_id, links.TABLE_ROW_TAG, f"{row:05d}")
     search = f"{links.JOB_FILTER} and tags.`{PARENT_TAG}` = '{sweep_run}'"
-    return links.share_view(client, store.experiment_id, f"sweep-{sweep_run}", search,
-                            links.job_metric_columns(client, store.experiment_id, search))
+    return links.save_job_view(client, store.experiment_id, links.sweep_view_name(sweep_run), search,
+                               order_by=f"tags.`{links.TABLE_ROW_TAG}`")
 
 
-def write_report(out_dir: Path, title: str, sections: list[page.Section], records: list[ScoreRecord],
-                 store: TrackingStore | None, ui_url: str, sweep_run: str | None, aggregate: str | None) -> Path:
+def ui_base(tracking_cfg: DictConfig, store: TrackingStore, overrides: list[str]) -> str:
+    """Where the page's links point: `tracking.ui_url` when given on the command line, else where `make ui` last
+    served this store, else the configured default."""
+    configured = str(tracking_cfg.get("ui_url") or store.uri)
+    if any(override.lstrip("+").startswith("tracking.ui_url=") for override in overrides):
+        return configured
+    return links.ui_base(store.client, store.experiment_id, configured)
+
+
+def write_report(path: Path, title: str, sections: list[page.Section], records: list[ScoreRecord],
+                 store: TrackingStore | None, ui_url: str, sweep_run: str | None, aggregate: str | None,
+                 about: str) -> Path:
     found = None
     if store is not None:
-        view = jobs_view(store, sweep_run) if sweep_run and records else None  # explain jobs have no metric columns
+        view = jobs_view(store, sweep_run, records) if sweep_run and records else None  # explain jobs: no metrics
         found = page.Links(ui_url, store.experiment_id, sweep_run, aggregate, view)
-    return page.write(out_dir / page.REPORT_FILE, title, sections, records, found)
+    return page.write(path, title, sections, records, found, about)
 
 
 class AggregateCallback(Callback):
@@ -118,9 +133,11 @@ class AggregateCallback(Callback):
                     if not (expected or is_mlflow_error(exc)):
                         raise
                     log.warning("no relevance grid for this sweep: %s", one_line(exc))
-            sections = [page.Section(title, done.on_page) for title, done in written.items()]
-            report = write_report(sweep_dir, f"Sweep {sweep_dir.parent.name}/{sweep_dir.name}", sections, records,
-                                  store, str(config.tracking.get("ui_url") or store.uri), sweep_run, run_id)
+            sections = report_sections.sweep(records, written)
+            title = titles.describe(records) if records else "Relevance maps"
+            report = write_report(sweep_dir / page.REPORT_FILE, title, sections, records, store,
+                                  ui_base(config.tracking, store, list(config.hydra.overrides.task)), sweep_run,
+                                  run_id, f"sweep {sweep_dir.parent.name} {sweep_dir.name} ({sweep_dir})")
             log_files(store, run_id, [f for done in written.values() for f in done.files] + [report])
         if sweep_run:
             sweep.finish(store, sweep_run, "FAILED" if unfinished else "FINISHED")
@@ -237,12 +254,25 @@ def main(cfg: DictConfig) -> None:
     tags = {"source": source, "layout": cfg.layout, "metric": cfg.metric.name}
     with (aggregate_run(store, tags, required=False) if logged else nullcontext()) as run_id:
         written = layouts.write_layout(cfg.layout, request)
-        ui_url = str(cfg.tracking.get("ui_url") or (store.uri if store else ""))
-        report = write_report(out_dir, f"{layout.title} ({source})", [page.Section(layout.title, written.on_page)],
-                              records, store, ui_url, None, run_id)
+        ui_url = ui_base(cfg.tracking, store, list(HydraConfig.get().overrides.task)) if store else ""
+        report = write_layout_page(layout, request, written, source, store, ui_url, run_id)
         if logged:
             log_files(store, run_id, written.files + [report])
-    print(f"\n{written.markdown}\nWritten: {', '.join(map(str, written.files + [report]))}", flush=True)
+    print(f"\n{written.markdown}\nWritten: {', '.join(map(str, written.files))}\nPage: {report} (every page: "
+          f"{out_dir / page.INDEX_FILE})", flush=True)
+
+
+def write_layout_page(layout: layouts.Layout, request: layouts.Request, written: layouts.Written, source: str,
+                      store: TrackingStore | None = None, ui_url: str = "", run_id: str | None = None) -> Path:
+    """The layout's own page, `<layout>.html` (never overwritten by another layout's), and the index of them all:
+    does it reproduce, then the layout's table and plots; the reproduction layout's page is its answer."""
+    records = request.records
+    sections = report_sections.layout(layout, records, request.reference, written)
+    report = write_report(request.out_dir / f"{layout.name}.html", f"{layout.title} — {titles.describe(records)}",
+                          sections, records, store, ui_url, None, run_id,
+                          f"python -m pipeline.aggregate layout={layout.name}: {len(records)} results from {source}")
+    page.write_index(request.out_dir)
+    return report
 
 
 def robustness_baseline(cfg: DictConfig) -> robustness.Baseline:

@@ -1,4 +1,6 @@
-"""A headless Chromium for tests that read pages as a browser renders them: Debian's package, installed on first use."""
+"""Headless Chromium for tests that read pages as a browser renders them: Debian's package (`make install` installs
+it, or the first test that needs it), driven by Playwright, which reports what a page logs, how it lays out and what
+it looks like."""
 from __future__ import annotations
 
 import html
@@ -6,12 +8,39 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+
+import pytest
 
 PACKAGE = "chromium"
+WINDOW = (1280, 800)  # a laptop's screen: what "the first screen" means here
+# What a page shows, measured in the page: tables wider than the page (or than their scrolling box), images that did
+# not load, the results table's place, the page's own horizontal overflow.
+MEASURE = """() => {
+  const width = document.documentElement.clientWidth;
+  const named = (table) => {
+    let node = table;
+    while (node && !(node.tagName === 'SECTION')) node = node.parentElement;
+    const heading = node ? node.querySelector('h2') : null;
+    return (heading ? heading.textContent : 'page') + ': ' + [...table.tHead.rows[0].cells].slice(0, 4)
+      .map((cell) => cell.textContent.trim()).join(', ');
+  };
+  const wide = [...document.querySelectorAll('table')].filter((table) => {
+    const box = table.getBoundingClientRect();
+    const holder = table.parentElement;
+    return box.right > width + 1 || holder.scrollWidth > holder.clientWidth + 1;
+  }).map(named);
+  const broken = [...document.images].filter((image) => !image.complete || image.naturalWidth === 0)
+    .map((image) => image.alt || image.src.slice(0, 60));
+  const results = document.getElementById('results');
+  const firstRow = results && results.tBodies[0].rows[0];
+  return {wide, broken, overflow: document.documentElement.scrollWidth - width, images: document.images.length,
+          resultsBottom: firstRow ? firstRow.getBoundingClientRect().bottom : null,
+          height: window.innerHeight, title: document.title};
+}"""
 
 
 def ensure_chromium() -> str:
@@ -42,35 +71,94 @@ def visible_text(page: str) -> str:
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page))).strip()
 
 
-@dataclass(frozen=True)
-class Chromium:
-    """Loads every page in a profile of its own, so nothing a page stored (local storage) shapes the next one."""
+@dataclass
+class Rendered:
+    """What a page did in the browser: its console errors and failed requests, its measurements (`MEASURE`), and
+    where its first screen's screenshot is."""
+
+    url: str
+    errors: list[str]
+    measured: dict
+    screenshot: Path
+
+    @property
+    def problems(self) -> list[str]:
+        """Everything that makes the page fail: a console error, a missing image, a table wider than the page, a
+        page that scrolls sideways, or a first screen without the results table."""
+        found = [f"console: {error}" for error in self.errors]
+        found += [f"image not shown: {name}" for name in self.measured["broken"]]
+        found += [f"table wider than the page: {name}" for name in self.measured["wide"]]
+        if self.measured["overflow"] > 1:
+            found.append(f"the page scrolls sideways by {self.measured['overflow']} px")
+        bottom = self.measured["resultsBottom"]
+        if bottom is None or bottom > self.measured["height"]:
+            found.append("the first screen does not show the results table (id=results)")
+        return found
+
+
+@dataclass
+class Browser:
+    """One headless Chromium; every page opens in a context of its own (nothing one page stored shapes the next)."""
 
     binary: str
-    profiles: Path
-    window: tuple[int, int] = (1600, 1000)
-    budget_ms: int = 15_000  # virtual time for the page's scripts and requests; it passes faster when idle
+    playwright: object = None
+    browser: object = None
+    window: tuple[int, int] = WINDOW
+    opened: list = field(default_factory=list)
 
-    def _run(self, url: str, output: str, budget_ms: int) -> subprocess.CompletedProcess:
-        self.profiles.mkdir(parents=True, exist_ok=True)
-        profile = tempfile.mkdtemp(dir=self.profiles)
-        command = [self.binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                   "--no-first-run", f"--user-data-dir={profile}", "--window-size={},{}".format(*self.window),
-                   f"--virtual-time-budget={budget_ms}", output, url]
-        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+    @contextmanager
+    def page(self, url: str, javascript: bool = True) -> Iterator[tuple[object, list[str]]]:
+        """The page at `url`, loaded, and the list its console errors, uncaught exceptions and failed requests go to."""
+        context = self.browser.new_context(viewport={"width": self.window[0], "height": self.window[1]},
+                                           java_script_enabled=javascript)
+        errors: list[str] = []
+        tab = context.new_page()
+        tab.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        tab.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
+        tab.on("requestfailed", lambda request: errors.append(f"failed to load {request.url[:80]}"))
+        try:
+            tab.goto(url, wait_until="load")
+            yield tab, errors
+        finally:
+            context.close()
 
-    def dom(self, url: str, ready: Callable[[str], bool]) -> str:
-        """The page's DOM once rendered; loaded once more with a larger budget when `ready(dom)` does not hold."""
-        for budget_ms in (self.budget_ms, 3 * self.budget_ms):
-            page = self._run(url, "--dump-dom", budget_ms).stdout
-            if ready(page):
-                break
-        return page
+    def render(self, url: str, screenshot: Path, full_page: bool = False) -> Rendered:
+        """Load `url`, measure it, and keep a screenshot of its first screen (of all of it with `full_page`)."""
+        with self.page(url) as (tab, errors):
+            measured = tab.evaluate(MEASURE)
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            tab.screenshot(path=str(screenshot), full_page=full_page)
+            return Rendered(url, list(errors), measured, screenshot)
 
-    def screenshot(self, url: str, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
-        done = self._run(url, f"--screenshot={path}", self.budget_ms)
-        if not path.exists():
-            raise RuntimeError(f"chromium wrote no screenshot of {url}: {done.stderr[-500:]}")
-        return path
+    def dom(self, url: str, ready: Callable[[str], bool], timeout_s: float = 60) -> str:
+        """The page's DOM once `ready(dom)` holds (or the time is up): for pages that fetch what they show."""
+        with self.page(url) as (tab, _):
+            deadline = timeout_s * 1000
+            waited = 0
+            while waited < deadline and not ready(tab.content()):
+                tab.wait_for_timeout(250)
+                waited += 250
+            return tab.content()
+
+
+@contextmanager
+def chromium_or_skip() -> Iterator[Browser]:
+    """A running Browser; the test skips, in one line, where Chromium or Playwright cannot be had."""
+    try:
+        from playwright.sync_api import Error as PlaywrightError, sync_playwright
+    except ImportError:
+        pytest.skip("no browser test: Playwright is not installed (pip install -e '.[dev]')")
+    try:
+        binary = ensure_chromium()
+    except RuntimeError as exc:
+        pytest.skip(f"no browser test: {exc}")
+    with sync_playwright() as playwright:
+        try:
+            launched = playwright.chromium.launch(executable_path=binary,
+                                                  args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+        except PlaywrightError as exc:
+            pytest.skip(f"no browser test: Chromium at {binary} does not start: {str(exc).splitlines()[0]}")
+        try:
+            yield Browser(binary, playwright, launched)
+        finally:
+            launched.close()

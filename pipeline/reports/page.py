@@ -1,44 +1,96 @@
-"""`report.html`: the page a person opens first, from the sweep folder. It leads with each result and its 95 %
-interval (a dot-and-whisker plot, then the table whose cells read `value [low, high]`), then every report the
-aggregate step wrote, plots before tables; a long table is folded behind its plot with a link to its CSV, and the
-MLflow runs behind it all are linked.
+"""The report pages a person opens first: a sweep's `report.html`, each aggregate layout's page, and the index of
+those pages. A page is titled by what it shows, answers "does it reproduce?" at the top, then leads with the results
+table and the plot that summarizes it; every other report follows, each table before its plots.
 
-Plots are embedded as data URIs, so the page stays whole when it is mailed or downloaded from MLflow's artifact
-view on its own; links to CSVs are relative, so they work beside the page in the sweep folder and in MLflow.
+Plots are embedded as data URIs and the table script inline, so a page stays whole when it is mailed or downloaded
+from MLflow's artifact view on its own; links to CSVs are relative, so they work beside the page and in MLflow.
+Tables sort, filter and page in the page itself (`page.js`); with scripts off every row is still there.
 """
 from __future__ import annotations
 
 import base64
+import datetime
 import html
+import itertools
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Union
 
 import pandas as pd
 
+from pipeline.reports import titles
 from pipeline.reports.results import ScoreRecord
 from pipeline.store.links import run_url, runs_url
 
 REPORT_FILE = "report.html"
-FOLDED_ROWS = 15  # a table longer than this is folded behind its plot
+INDEX_FILE = "index.html"
+PAGE_ROWS = 15  # a longer table is shown a page at a time (all of it with scripts off)
+SHORT_ROWS = 5  # the page size of a table that must leave the first screen to the results
+MANY_COLUMNS = 12  # a table with more columns is set smaller, to fit the page
+TURNED_COLUMNS = 18  # a table with more columns, and fewer rows than columns, is shown turned (`turned`)
+RESULTS_ID = "results"  # the page's main table, which its first screen shows
+SCRIPT = Path(__file__).with_name("page.js")
+_BREAKS = re.compile(r"([/_])(?=[^/_\s])")
+_INTERVAL = re.compile(r"^(\S+) (\[[^\]]*\])$")  # `value [low, high]`, as comparisons.cell prints it
 
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 110em; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1.5em; }
-th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; white-space: nowrap; }
-th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
-img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0 1em; }
-details { margin: 0.3em 0 1.5em; } summary { cursor: pointer; color: #036; }
+body { font-family: system-ui, sans-serif; margin: 1em 2em 3em; color: #222; max-width: 110em; }
+h1 { font-size: 1.45em; margin: 0 0 0.25em; overflow-wrap: anywhere; }
+h2 { font-size: 1.15em; margin: 1.1em 0 0.35em; }
+p { margin: 0.3em 0; max-width: 75em; }
+.about { color: #555; font-size: 0.88em; overflow-wrap: anywhere; }
+.answer { font-size: 1.02em; }
+table { border-collapse: collapse; font-size: 0.82em; margin: 0.3em 0 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.15em 0.45em; text-align: left; vertical-align: top; }
+th { background: #f2f2f2; font-weight: 600; }
+td.num { text-align: right; }
+td.num span { white-space: nowrap; }
+table.data th { cursor: pointer; }
+table.many { font-size: 0.74em; }
+th[aria-sort=ascending]::after { content: " \\25B2"; font-size: 0.7em; }
+th[aria-sort=descending]::after { content: " \\25BC"; font-size: 0.7em; }
+.controls { display: flex; flex-wrap: wrap; gap: 0.6em; align-items: center; font-size: 0.82em; margin-top: 0.4em; }
+.controls input { width: 18em; }
+figure { margin: 0.3em 0 1em; }
+img { max-width: 100%; height: auto; border: 1px solid #eee; }
+details { margin: 0.3em 0 1em; } summary { cursor: pointer; color: #036; }
 .scroll { overflow-x: auto; }
+.file { font-size: 0.85em; margin: 0.6em 0 0; }
 """
 
 
 @dataclass(frozen=True)
+class Table:
+    """A table shown from a DataFrame: `caption` above it, `csv` (a file beside the page) linked when given,
+    `folded` behind a summary line that names it, `rows` a page."""
+
+    frame: pd.DataFrame
+    caption: str = ""
+    csv: str | None = None
+    folded: bool = False
+    rows: int = PAGE_ROWS
+
+
+@dataclass(frozen=True)
+class Text:
+    """A paragraph of plain text (escaped on the page)."""
+
+    text: str
+
+
+Item = Union[Path, Table, Text]
+
+
+@dataclass(frozen=True)
 class Section:
-    """A heading and the files under it: CSV tables and PNG plots, in the order given."""
+    """A heading and what is under it: PNG plots and CSV tables (files beside the page), tables and text. Each
+    section leads with its first table, then its plots; the `main` section's first table is the page's results
+    table."""
 
     title: str
-    files: Sequence[Path]
+    files: Sequence[Item]
+    main: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,15 +104,6 @@ class Links:
     jobs_view: str | None = None  # a saved view of the sweep's job runs with their metric columns (`links.share_view`)
 
 
-def folded(summary: str, body: str) -> str:
-    return f"<details><summary>{summary}</summary>{body}</details>"
-
-
-def table_html(table: pd.DataFrame, escape: bool = True) -> str:
-    rendered = table.to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0, escape=escape, na_rep="")
-    return f'<div class="scroll">{rendered}</div>'
-
-
 def printed(cell: str) -> str:
     """A CSV cell as the page shows it: as the file prints it (a table rounded for print, the paper's one decimal,
     stays so), but a longer number to 4 decimals."""
@@ -72,18 +115,135 @@ def printed(cell: str) -> str:
     return cell if len(decimals) <= 4 and "e" not in cell.lower() and cell.strip() == cell else f"{value:.4f}"
 
 
-def _file_html(path: Path) -> str:
+def _text(value: object) -> str:
+    if isinstance(value, float):
+        return "" if pd.isna(value) else printed(repr(value))
+    return "" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(_INTERVAL.sub(r"\1", text).split(" ± ")[0])
+        return True
+    except ValueError:
+        return False
+
+
+def _cell(text: str, linked: bool) -> str:
+    """A cell's HTML: a value and its interval kept apart, so a narrow column wraps between them and nowhere else."""
+    if linked:
+        return text
+    found = _INTERVAL.match(text)
+    if found:
+        return f"<span>{html.escape(found.group(1))}</span> <span>{html.escape(found.group(2))}</span>"
+    if _is_number(text):  # `mean ± std` may wrap before its ±
+        return " ".join(f"<span>{html.escape(part)}</span>" for part in text.replace(" ± ", " \0± ").split(" \0"))
+    return _breakable(text)
+
+
+def _breakable(text: str) -> str:
+    """Escaped, and free to wrap after / and _ (a path, a snake_case name) where a column is narrow."""
+    return _BREAKS.sub(r"\1<wbr>", html.escape(text))
+
+
+def with_spread(frame: pd.DataFrame) -> pd.DataFrame:
+    """A column `X` followed by `X std` shown as one, `mean ± std` (the few-shot table: half as many columns)."""
+    columns, shown = list(frame.columns), {}
+    for column in columns:
+        spread = f"{column} std"
+        if column.endswith(" std") and column.removesuffix(" std") in columns:
+            continue
+        if spread in columns:
+            shown[f"{column} ± std"] = [f"{v} ± {s}" if v and s else v for v, s in zip(frame[column], frame[spread])]
+        else:
+            shown[column] = list(frame[column])
+    return pd.DataFrame(shown, columns=list(shown))
+
+
+def turned(texts: pd.DataFrame, numeric: set[str]) -> pd.DataFrame:
+    """A wide, short table turned a quarter: a row per column after its leading labels, a column per row, named by
+    those labels (open_clip's 38 datasets down the page rather than across it)."""
+    labels = list(itertools.takewhile(lambda c: c not in numeric, texts.columns)) or list(texts.columns[:1])
+    names = texts[labels].agg(" / ".join, axis=1)
+    body = texts.drop(columns=labels).T
+    body.columns = [name if list(names).count(name) == 1 else f"{name} ({n + 1})" for n, name in enumerate(names)]
+    body.insert(0, " / ".join(labels), list(body.index))
+    return body.reset_index(drop=True)
+
+
+def frame_html(frame: pd.DataFrame, main: bool = False, linked: Sequence[str] = (), rows: int = PAGE_ROWS) -> str:
+    """A sortable, filterable table; numeric columns right-aligned; `linked` columns hold HTML already; a column
+    empty in every row is left out (its file keeps it); a wide, short table is shown turned (`turned`)."""
+    texts = frame.apply(lambda column: column.map(_text)) if len(frame) else frame.astype(str)
+    if len(texts):
+        texts = texts[[c for c in texts.columns if (texts[c] != "").any()]]
+    numeric = _numeric(texts, linked)
+    note = ""
+    if len(texts.columns) > TURNED_COLUMNS and len(texts) < len(texts.columns) and not linked:
+        texts = turned(texts, numeric)
+        numeric, note = _numeric(texts, linked), '<p class="file">shown turned: a row per column of the file</p>'
+    head = "".join(f"<th>{_breakable(str(c))}</th>" for c in texts.columns)
+    body = "".join("<tr>" + "".join(f'<td{" class=num" if c in numeric else ""}>{_cell(row[c], c in linked)}</td>'
+                                    for c in texts.columns) + "</tr>" for _, row in texts.iterrows())
+    marked = f' id="{RESULTS_ID}"' if main else ""
+    many = " many" if len(texts.columns) > MANY_COLUMNS else ""
+    return (f'{note}<div class="scroll"><table class="data{many}"{marked} data-rows="{rows}"><thead><tr>{head}</tr>'
+            f"</thead><tbody>{body}</tbody></table></div>")
+
+
+def _numeric(texts: pd.DataFrame, linked: Sequence[str]) -> set[str]:
+    return {c for c in texts.columns if c not in linked and (texts[c] != "").any()
+            and texts[c][texts[c] != ""].map(_is_number).all()}
+
+
+def _csv_link(name: str) -> str:
+    return f'<a href="{html.escape(name, quote=True)}"><code>{html.escape(name)}</code></a>'
+
+
+def _table_html(table: Table, main: bool) -> str:
+    link = f" ({_csv_link(table.csv)})" if table.csv else ""
+    body = frame_html(table.frame, main, rows=table.rows)
+    if table.folded:
+        return f"<details><summary>{html.escape(table.caption)}{link}</summary>{body}</details>"
+    caption = f'<p class="file">{html.escape(table.caption)}{link}</p>' if table.caption or link else ""
+    return caption + body
+
+
+def _file_html(path: Path, main: bool) -> str:
     name = html.escape(path.name)
     if path.suffix == ".png":
         encoded = base64.b64encode(path.read_bytes()).decode()
         return f'<figure><img alt="{name}" src="data:image/png;base64,{encoded}"></figure>'
     if path.suffix == ".csv":
-        table = pd.read_csv(path, dtype=str, keep_default_na=False).apply(lambda column: column.map(printed))
-        link = f'<a href="{html.escape(path.name, quote=True)}"><code>{name}</code></a>'
-        if len(table) > FOLDED_ROWS:
-            return folded(f"{link}: {len(table)} rows", table_html(table))
-        return f"<p>{link}</p>{table_html(table)}"
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False).apply(lambda column: column.map(printed))
+        return f'<p class="file">{_csv_link(path.name)}</p>{frame_html(with_spread(frame), main)}'
     return ""
+
+
+def _is_table(item: Item) -> bool:
+    return isinstance(item, Table) or (isinstance(item, Path) and item.suffix == ".csv")
+
+
+def arranged(items: Sequence[Item]) -> list[Item]:
+    """The section's first table moved before its plots: the numbers first, then the plot that summarizes them."""
+    items = list(items)
+    first_table = next((i for i, item in enumerate(items) if _is_table(item)), None)
+    first_plot = next((i for i, item in enumerate(items) if isinstance(item, Path) and item.suffix == ".png"), None)
+    if first_table is None or first_plot is None or first_table < first_plot:
+        return items
+    return items[:first_plot] + [items[first_table]] + items[first_plot:first_table] + items[first_table + 1:]
+
+
+def _section_html(section: Section) -> str:
+    parts, main = [], section.main
+    for item in arranged(section.files):
+        if isinstance(item, Text):
+            parts.append(f'<p class="answer">{html.escape(item.text)}</p>')
+            continue
+        parts.append(_table_html(item, main) if isinstance(item, Table) else _file_html(Path(item), main))
+        main = main and not _is_table(item)  # only the first table is the results table
+    body = "".join(parts)
+    return f"<section><h2>{html.escape(section.title)}</h2>{body}</section>" if body else ""
 
 
 def _runs_html(records: Sequence[ScoreRecord], links: Links | None) -> str:
@@ -92,41 +252,75 @@ def _runs_html(records: Sequence[ScoreRecord], links: Links | None) -> str:
     one_metric = len({r.main_metric for r in records}) == 1
     rows = [{"job run": f'<a href="{html.escape(run_url(links.ui_url, links.experiment_id, r.run_id))}">'
                         f'{html.escape(r.run_id[:12])}</a>',
-             "model": html.escape(r.model), "pretrained": html.escape(r.pretrained), "dataset": html.escape(r.dataset),
-             "prompts": html.escape(r.prompts), "head": html.escape(r.head_label), "protocol": html.escape(r.protocol),
+             "model": r.model, "pretrained": r.pretrained, "dataset": r.dataset, "prompts": r.prompts,
+             "head": r.head_label, "seed": r.seed, "protocol": r.protocol,
              (r.main_metric if one_metric else "main metric"): f"{r.value('main'):.4f}"}
-            for r in records if not r.is_external]
+            for r in titles.table_order(records) if not r.is_external]
     if not rows:
         return ""
-    runs = table_html(pd.DataFrame(rows), escape=False)
-    return folded(f"{len(rows)} job runs", runs) if len(rows) > FOLDED_ROWS else runs
+    frame = pd.DataFrame(rows)
+    frame = frame.drop(columns=[c for c in ("seed",) if set(frame[c]) <= {"", "-"}])
+    return frame_html(frame, linked=["job run"])
 
 
 def _navigation(links: Links | None) -> str:
     if links is None:
         return ""
-    found = [f'<a href="{html.escape(runs_url(links.ui_url, links.experiment_id))}">all runs in the MLflow UI</a>']
+    found = []
     if links.jobs_view:
         url = runs_url(links.ui_url, links.experiment_id, view=links.jobs_view)
-        found.append(f'<a href="{html.escape(url)}">this sweep\'s jobs with their metrics</a>')
-    for label, run in (("this sweep's run", links.sweep_run), ("the aggregate run (these files)", links.aggregate_run)):
+        found.append(f'<a href="{html.escape(url)}">these jobs in the MLflow UI</a>')
+    for label, run in (("the sweep's run", links.sweep_run), ("the aggregate run (these files)", links.aggregate_run)):
         if run:
             found.append(f'<a href="{html.escape(run_url(links.ui_url, links.experiment_id, run))}">{label}</a>')
-    return f"<p>{' · '.join(found)} (start the UI with <code>make ui</code>)</p>"
+    found.append(f'<a href="{html.escape(runs_url(links.ui_url, links.experiment_id))}">every run</a>')
+    return f"MLflow: {' · '.join(found)} (start the UI with <code>make ui</code>)"
 
 
-def write(path: Path, title: str, sections: Sequence[Section], records: Sequence[ScoreRecord], links: Links | None) -> Path:
-    """The page: `sections` in order (the first is what a reader sees first), then the job runs (none when the
-    page was built without the tracking store, from result files)."""
-    parts = [f"<h1>{html.escape(title)}</h1>", _navigation(links)]
-    for section in sections:
-        body = "".join(_file_html(Path(f)) for f in section.files)
-        if body:
-            parts.append(f"<h2>{html.escape(section.title)}</h2>{body}")
+def write(path: Path, title: str, sections: Sequence[Section], records: Sequence[ScoreRecord], links: Links | None,
+          about: str = "") -> Path:
+    """The page: `sections` in order (the first ones are what a reader sees first), then the job runs (none when
+    the page was built without the tracking store, from result files). `about` says where the results come from."""
+    written = datetime.datetime.now().isoformat(timespec="seconds")
+    line = " · ".join(part for part in (html.escape(about), f"written {written.replace('T', ' ')}",
+                                         _navigation(links)) if part)
+    parts = [f"<header><h1>{html.escape(title)}</h1><p class=\"about\">{line}</p></header>"]
+    parts += [_section_html(section) for section in sections]
     runs = _runs_html(records, links)
     if runs:
-        parts.append(f"<h2>Job runs</h2>{runs}")
-    page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")
-    path.write_text(page)
+        parts.append(f"<section><h2>Job runs</h2>{runs}</section>")
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
+            f'<meta name="clip-tables-written" content="{written}"><meta name="clip-tables-about" '
+            f'content="{html.escape(about, quote=True)}"><style>{_STYLE}</style></head><body>{"".join(parts)}'
+            f"<script>{SCRIPT.read_text()}</script></body></html>")
+    return _save(path, page)
+
+
+def _save(path: Path, text: str) -> Path:
+    partial = path.with_name(f".{path.name}.partial")  # never half a page served to a reader
+    partial.write_text(text)
+    partial.replace(path)
     return path
+
+
+_META = re.compile(r'<title>(?P<title>.*?)</title><meta name="clip-tables-written" content="(?P<written>[^"]*)">'
+                   r'<meta name="clip-tables-about" content="(?P<about>[^"]*)">', re.S)
+
+
+def write_index(folder: Path) -> Path:
+    """`index.html`: every page in `folder`, the latest first, each with its title, when it was written and from
+    what; the pages themselves are never overwritten by one another."""
+    rows = []
+    for page in folder.glob("*.html"):
+        found = _META.search(page.read_text()[:4000]) if page.name != INDEX_FILE else None
+        if found:
+            rows.append({"page": f'<a href="{html.escape(page.name, quote=True)}">{found["title"]}</a>',
+                         "written": found["written"].replace("T", " "), "from": found["about"]})
+    rows.sort(key=lambda row: row["written"], reverse=True)
+    frame = pd.DataFrame(rows, columns=["page", "written", "from"])
+    title = "Tables rebuilt by python -m pipeline.aggregate"
+    body = (f"<header><h1>{title}</h1><p class=\"about\">one page per layout in {html.escape(str(folder))}</p>"
+            f"</header><section><h2>Pages</h2>{frame_html(frame, main=True, linked=['page'])}</section>")
+    return _save(folder / INDEX_FILE, f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}'
+                 f"</title><style>{_STYLE}</style></head><body>{body}<script>{SCRIPT.read_text()}</script></body></html>")

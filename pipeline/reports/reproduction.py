@@ -31,6 +31,7 @@ VERDICTS = (REPRODUCED, DIFFERS, NOT_COMPARABLE)
 TOLERANCE = 0.005  # how far a result without an interval may lie from the published value
 COLUMNS = ["reference", "model", "pretrained", "dataset", "metric", "ours", "published", "delta", "ci_low", "ci_high",
            "verdict", "cause", "published_name", "protocol", "prompts", "n"]
+ROWS_FILE, SUMMARY_FILE = "reproduction.csv", "reproduction_summary.csv"  # as the layout writes them
 SUMMARY = ["reference", "model", "pretrained", "compared", "reproduced", "differs", "not comparable", "mean delta",
            "largest |delta|", "where"]
 
@@ -180,14 +181,47 @@ def applies(records: Sequence[ScoreRecord]) -> bool:
     return bool(records)
 
 
-def plot(table: pd.DataFrame, path: Path) -> Path:
+LABELLED = 8  # a panel names the datasets of its largest differences, at most this many
+LABEL_GAP = 0.05  # the least distance between two labels, as a fraction of the panel's height
+
+
+def spread(positions: Sequence[float], gap: float = LABEL_GAP) -> list[float]:
+    """Label heights (fractions of the panel, in the order given) as close as they can be to `positions` with at
+    least `gap` between any two and all within [0, 1]: pushed up past their lower neighbour, then back down from
+    the top."""
+    order = sorted(range(len(positions)), key=lambda i: positions[i])
+    placed = [min(max(positions[i], 0.0), 1.0) for i in order]
+    for k in range(1, len(placed)):
+        placed[k] = max(placed[k], placed[k - 1] + gap)
+    for k in range(len(placed) - 1, -1, -1):
+        ceiling = 1.0 if k == len(placed) - 1 else placed[k + 1] - gap
+        placed[k] = max(min(placed[k], ceiling), 0.0)
+    heights = [0.0] * len(positions)
+    for k, i in enumerate(order):
+        heights[i] = placed[k]
+    return heights
+
+
+def worst_by_dataset(rows: pd.DataFrame, limit: int = LABELLED) -> pd.DataFrame:
+    """The differing results a panel names: each dataset once, at its largest |delta|, with how many of its
+    results differ (`count`), the `limit` largest first."""
+    differing = rows[rows["verdict"] == DIFFERS]
+    if differing.empty:
+        return differing.assign(count=pd.Series(dtype=int))
+    worst = differing.loc[differing.groupby("dataset")["delta"].apply(lambda d: d.abs().idxmax())]
+    worst = worst.assign(count=differing.groupby("dataset").size().reindex(worst["dataset"]).to_numpy())
+    return worst.reindex(worst["delta"].abs().sort_values(ascending=False).index).head(limit)
+
+
+def figure(table: pd.DataFrame):
     """Ours against published, one panel per reference: each result with its interval, the line y = x, and the
-    results that differ labelled by dataset."""
+    datasets that differ most named in a column beside the panel, each label joined to its point (labels never
+    cover each other or the points)."""
     plt = plots.pyplot()
 
     shown = table[table["verdict"] != NOT_COMPARABLE]
     panels = list(shown.groupby("reference", sort=False))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 6.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(8.8 * len(panels), 6.5), squeeze=False)
     colours = {REPRODUCED: "C0", DIFFERS: "C3"}
     for ax, (reference, rows) in zip(axes[0], panels):
         low = min(rows["published"].min(), rows["ours"].min())
@@ -200,22 +234,30 @@ def plot(table: pd.DataFrame, path: Path) -> Path:
             ax.errorbar(group["published"], group["ours"], yerr=np.nan_to_num(errors.astype(float)), fmt="o",
                         markersize=4, capsize=2, linewidth=0.8, color=colours[outcome],
                         label=f"{outcome} ({len(group)})")
-        differing = rows[rows["verdict"] == DIFFERS]
-        for dataset, group in differing.groupby("dataset"):  # each dataset once, at its largest difference
-            row = group.loc[group["delta"].abs().idxmax()]
-            count = f" ×{len(group)}" if len(group) > 1 else ""
-            ax.annotate(f"{dataset.split('/')[-1]}{count}", (row["published"], row["ours"]), fontsize=7,
-                        xytext=(4, -3 if row["delta"] < 0 else 3), textcoords="offset points")
         ax.set_xlim(low - pad, high + pad)
         ax.set_ylim(low - pad, high + pad)
         ax.set_aspect("equal")
+        worst = worst_by_dataset(rows)
+        heights = spread([(y - (low - pad)) / (high - low + 2 * pad) for y in worst["ours"]])
+        for (_, row), height in zip(worst.iterrows(), heights):
+            count = f" ×{row['count']}" if row["count"] > 1 else ""
+            ax.annotate(f"{row['dataset'].split('/')[-1]}{count}: {row['delta']:+.3f}", (row["published"], row["ours"]),
+                        xytext=(1.03, height), textcoords="axes fraction", fontsize=7, va="center",
+                        arrowprops={"arrowstyle": "-", "color": "C3", "linewidth": 0.5, "alpha": 0.6})
         ax.set_xlabel(f"published ({reference})")
         ax.set_ylabel("ours")
-        ax.set_title(references.REFERENCES[reference].title, fontsize=9)
+        named = f"; named: the {len(worst)} datasets that differ most (×n results, largest delta)" if len(worst) else ""
+        ax.set_title(f"{references.REFERENCES[reference].title}{named}", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small", loc="upper left")
     fig.suptitle("Does it reproduce? Each result against the published value (whiskers: our 95 % interval)")
     fig.tight_layout()
+    return fig
+
+
+def plot(table: pd.DataFrame, path: Path) -> Path:
+    plt = plots.pyplot()
+    fig = figure(table)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -232,3 +274,37 @@ def nothing_to_compare(report: Reproduction, chosen: Sequence[Reference]) -> Pip
     return PipelineError(f"none of the {report.results} results has a published counterpart in "
                          f"{', '.join(r.name for r in chosen)} (the same model, weights and dataset); the references "
                          f"list their models in pipeline/reports/published/")
+
+
+DIFFERING = ["reference", "model", "pretrained", "dataset", "metric", "ours", "ci_low", "ci_high", "published", "delta",
+             "cause"]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What every report page says first: one sentence, the verdicts per (reference, model), and the results that
+    differ with their detected causes, largest difference first (both empty when nothing could be compared)."""
+
+    sentence: str
+    summary: pd.DataFrame
+    differing: pd.DataFrame
+
+
+def answer(report: Reproduction, chosen: Sequence[Reference]) -> Answer:
+    """The report in the words and tables a page leads with."""
+    if report.rows.empty:
+        searched = ", ".join(reference.name for reference in chosen)
+        return Answer(f"Nothing here can be checked: none of the {report.results} results has a published counterpart "
+                      f"(the same model, weights and dataset) in the references searched: {searched} (their models "
+                      f"are listed in pipeline/reports/published/).",
+                      pd.DataFrame(columns=SUMMARY), pd.DataFrame(columns=DIFFERING))
+    counts = report.rows["verdict"].value_counts()
+    reproduced, differs, other = (int(counts.get(verdict, 0)) for verdict in VERDICTS)
+    sentence = (f"{reproduced} of {reproduced + differs} published values reproduce (each lies within our 95 % "
+                f"interval, widened by its rounding); {differs} differ"
+                + (f" and {other} cannot be compared (a metric defined otherwise)" if other else "")
+                + f". {described(report, chosen)[0].upper()}{described(report, chosen)[1:]}.")
+    differing = report.rows[report.rows["verdict"] == DIFFERS]
+    differing = differing.reindex(differing["delta"].abs().sort_values(ascending=False).index)[DIFFERING]
+    differing = differing.assign(cause=differing["cause"].replace("", "none detected"))
+    return Answer(sentence, report.summary, differing.reset_index(drop=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -25,6 +26,15 @@ MEAN_COLUMN = "mean"
 WEIGHTED_COLUMN = "size-weighted mean"
 OPENCLIP38_AVERAGE = "Average perf. on 38 datasets"
 OPENCLIP38_LEAD = ["name", "pretrained", "params (M)", "FLOPs (B)", OPENCLIP38_AVERAGE]
+
+
+def natural_key(label: str) -> str:
+    """A sort key that orders the numbers inside labels by value: step_300 before step_1200, RN50x4 before RN50x16."""
+    return re.sub(r"\d+", lambda number: number.group().zfill(20), str(label))
+
+
+def natural(labels: pd.Series) -> pd.Series:
+    return labels.map(natural_key)
 
 
 def metric_label(metric: str) -> str:
@@ -74,7 +84,8 @@ def build_table(records: Iterable[ScoreRecord], metric: str) -> pd.DataFrame:
         axis=1, min_count=len(datasets))
     table = table.reset_index().rename_axis(columns=None)
     order = table["head"].map(head_order)
-    return table.assign(_order=order).sort_values(["model", "pretrained", "protocol", "_order"]) \
+    return table.assign(_order=order).sort_values(["model", "pretrained", "protocol", "_order"],
+                                                  key=lambda c: natural(c) if c.name in ("model", "pretrained") else c) \
         .drop(columns="_order").reset_index(drop=True)
 
 

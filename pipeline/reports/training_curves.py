@@ -46,6 +46,9 @@ def frame(records: Iterable[ScoreRecord], metric: str) -> pd.DataFrame:
     wide = long.groupby(index + ["dataset"], dropna=False)["value"].mean().unstack("dataset")
     wide[tables.MEAN_COLUMN] = wide.mean(axis=1, skipna=False)
     wide = wide.reset_index()
+    for position in ("epoch", "step"):  # a step is a count: 300, not 300.0000
+        if position in wide.columns and (wide[position].dropna() % 1 == 0).all():
+            wide[position] = wide[position].astype("Int64")
     return wide.sort_values(GROUP + [axis_of(wide)]).reset_index(drop=True)
 
 
@@ -57,6 +60,7 @@ def axis_of(table: pd.DataFrame) -> str:
 def plot(table: pd.DataFrame, metric: str, path: Path) -> Path:
     """One panel per training run (and prompt set, head, protocol): a line per dataset and the mean."""
     plt = plots.pyplot()
+    from matplotlib.ticker import MaxNLocator
 
     axis = axis_of(table)
     value_columns = [c for c in table.columns if c not in GROUP + ["checkpoint", "epoch", "step"]]
@@ -67,8 +71,9 @@ def plot(table: pd.DataFrame, metric: str, path: Path) -> Path:
     for ax, (group, rows) in zip(axes[:, 0], panels):
         for column in value_columns:
             mean = column == tables.MEAN_COLUMN
-            ax.plot(rows[axis], rows[column], marker="o", markersize=3, label=column,
+            ax.plot(rows[axis].astype(float), rows[column], marker="o", markersize=3, label=column,
                     linewidth=2.5 if mean else 1.2, color="black" if mean else None)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(axis)
         ax.set_ylabel(tables.metric_label(metric))
         ax.set_title(" / ".join(map(str, group)))

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from pipeline.store.tracking import JOB_STAGE
 
 if TYPE_CHECKING:  # MLflow loads where the store is used: a table of result files never imports it
+    from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
 WORKFLOW_TYPE = "machine_learning"
@@ -22,6 +23,21 @@ BY_RUN_NAME = "tags.`mlflow.runName`"
 # with this prefix, opened with `viewStateShareKey=<name>`. A link's own parameters cannot choose columns.
 SHARED_VIEW_TAG = "mlflow.sharedViewState."
 JOB_FILTER = f"tags.stage = '{JOB_STAGE}'"
+SWEEP_STAGE = "sweep"  # the sweep run's stage tag, as jobs/sweep.py sets it (jobs import the store, not back)
+# The UI's column keys: the run name's (pinned first; wide enough for `job:<model>:<dataset>:<prompts>`), and what a
+# job run's tags say it ran, in the order the views show them.
+RUN_NAME_COLUMN = "attributes.`Run Name`"
+RUN_NAME_WIDTH = 270
+COLUMN_WIDTH = 95  # a tag's or a metric's: the UI's 100 px default, a little narrower so that more fit
+JOB_LABELS = ["model", "pretrained", "dataset", "prompts", "head", "k_shot", "seed"]
+ALWAYS_SHOWN = {"model", "dataset", "prompts"}
+MAIN_METRIC_TAG = "main_metric"
+INTERVAL_PREFIXES = ("ci_low/", "ci_high/")
+COUNTS = {"n", "num_samples", "num_classes", "captions", "skipped", "ties"}
+# A job run's place in its sweep's results table (zero-padded: the UI sorts tags as text); a sweep's view sorts by it.
+TABLE_ROW_TAG = "table_row"
+# Where `make ui` last served the store's UI (an experiment tag): the reports written after it link there.
+UI_URL_TAG = "clip_tables.ui_url"
 
 
 def runs_url(base: str, experiment_id: str, *, search_filter: str | None = None, order_by: str | None = None,
@@ -60,24 +76,61 @@ def run_url(base: str, experiment_id: str, run_id: str, artifact: str | None = N
 
 
 def share_view(client: MlflowClient, experiment_id: str, name: str, search_filter: str, columns: Sequence[str],
-               order_by: str = BY_RUN_NAME, ascending: bool = True) -> str:
+               order_by: str = BY_RUN_NAME, ascending: bool = True, widths: Mapping[str, int] | None = None) -> str:
     """Save a view of the runs table in the experiment; returns its name for `runs_url(view=...)`.
 
     Args:
-        columns: column keys to show, e.g. "metrics.`acc1`", "params.`batch_size`", "tags.`dataset`".
+        columns: column keys to show, in this order after the run's name, e.g. "tags.`model`", "metrics.`acc1`".
         order_by: anything but the creation time, which would nest the matches under their parents, collapsed.
+        widths: columns' widths in pixels, by key (the run name's is RUN_NAME_COLUMN).
     """
     state = {"searchFilter": search_filter, "orderByKey": order_by, "orderByAsc": ascending,
-             "selectedColumns": list(columns)}
+             "selectedColumns": list(columns), "columnOrder": [RUN_NAME_COLUMN, *columns],
+             "columnWidths": dict(widths or {})}
     client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + name, json.dumps(state))
     return name
 
 
-def job_metric_columns(client: MlflowClient, experiment_id: str, search_filter: str = JOB_FILTER,
-                       runs: int = 1000) -> list[str]:
-    """The metric columns of the latest job runs `search_filter` matches (their headline metrics, intervals, `n`)."""
-    found = client.search_runs([experiment_id], search_filter, max_results=runs,
-                               order_by=["attributes.start_time DESC"])
-    keys = {key for run in found for key in run.data.metrics}
-    # Values first, then their intervals (`ci_low/acc1`): the table shows the first columns without scrolling.
-    return [f"metrics.`{key}`" for key in sorted(keys, key=lambda key: ("/" in key, key))]
+def job_columns(runs: Sequence[Run]) -> list[str]:
+    """The columns a view of job runs shows, in this order: what each job ran (model, weights, dataset, prompt set,
+    and head, shots and seed where they vary), then each main metric with its 95 % interval beside it."""
+    tags = [run.data.tags for run in runs]
+    shown = [label for label in JOB_LABELS if any(label in t for t in tags)
+             and (label in ALWAYS_SHOWN or len({t.get(label) for t in tags}) > 1)]
+    metrics = dict.fromkeys(t[MAIN_METRIC_TAG] for t in tags if t.get(MAIN_METRIC_TAG))
+    if not metrics:  # runs from before the tag: their metrics, values before intervals
+        keys = {key for run in runs for key in run.data.metrics}
+        metrics = dict.fromkeys(sorted(k for k in keys if "/" not in k and k not in COUNTS))
+    columns = [f"tags.`{label}`" for label in shown]
+    for metric in metrics:
+        columns += [f"metrics.`{prefix}{metric}`" for prefix in ("", *INTERVAL_PREFIXES)]
+    return columns
+
+
+def save_job_view(client: MlflowClient, experiment_id: str, name: str, search_filter: str, order_by: str = BY_RUN_NAME,
+                  runs: int = 1000) -> str:
+    """A view of the job runs `search_filter` matches (the latest `runs` of them) with `job_columns`."""
+    found = client.search_runs([experiment_id], search_filter, max_results=runs, order_by=["attributes.start_time DESC"])
+    columns = job_columns(found)
+    return share_view(client, experiment_id, name, search_filter, columns, order_by,
+                      widths={RUN_NAME_COLUMN: RUN_NAME_WIDTH, **dict.fromkeys(columns, COLUMN_WIDTH)})
+
+
+def ui_base(client: MlflowClient, experiment_id: str, configured: str) -> str:
+    """Where the reports' links point: where `make ui` last served this store (it records it), else `configured`."""
+    return client.get_experiment(experiment_id).tags.get(UI_URL_TAG) or configured
+
+
+def latest_sweep_view(client: MlflowClient, experiment_id: str) -> str | None:
+    """The saved view of the latest sweep that has one (a sweep whose aggregate step ran)."""
+    views = client.get_experiment(experiment_id).tags
+    for run in client.search_runs([experiment_id], f"tags.stage = '{SWEEP_STAGE}'", max_results=50,
+                                  order_by=["attributes.start_time DESC"]):
+        name = sweep_view_name(run.info.run_id)
+        if SHARED_VIEW_TAG + name in views:
+            return name
+    return None
+
+
+def sweep_view_name(sweep_run: str) -> str:
+    return f"sweep-{sweep_run}"

@@ -1,6 +1,7 @@
-"""report.html: it leads with each result and its interval (the dot-and-whisker plot, then the interval table),
-then the reports; long tables are folded and linked to their CSV; counts are never listed as metrics; every run
-is linked."""
+"""report.html: it leads with each result and its interval (the interval table, then the dot-and-whisker plot), then
+the reports; long tables are paged and linked to their CSV; counts are never listed as metrics; every run is linked;
+cells are escaped; wide tables wrap, turn or pair their spreads; pages are titled by their results; the index lists
+every layout's page. (tests/reports/test_browser_pages.py reads them in a browser.)"""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -30,7 +31,7 @@ class Outline(HTMLParser):
         elif tag == "img":
             self.items.append(("img", attributes.get("alt", "")))
         elif tag == "table":
-            self.items.append(("table", "folded" if self.folded_depth else "open"))
+            self.items.append(("table", attributes.get("id") or ("folded" if self.folded_depth else "open")))
         elif tag == "details":
             self.folded_depth += 1
         elif tag == "a" and attributes.get("href", "").endswith(".csv"):
@@ -60,7 +61,7 @@ def sweep_page(tmp_path: Path, datasets: int) -> tuple[str, Path]:
     written = layouts.write_layout("per_prompts", layouts.Request(records, "acc1", tmp_path,
                                                                   replicates=replicates_from(reps)))
     links = page.Links("http://127.0.0.1:5000", "7", sweep_run="sweep1", aggregate_run="agg1")
-    sections = [page.Section(layouts.LAYOUTS["per_prompts"].title, written.on_page)]
+    sections = [page.Section(layouts.LAYOUTS["per_prompts"].title, written.on_page, main=True)]
     report = page.write(tmp_path / "report.html", "Sweep", sections, records, links)
     return report.read_text(), tmp_path
 
@@ -70,26 +71,27 @@ def test_the_page_leads_with_each_result_and_its_interval(tmp_path: Path):
     outline = Outline()
     outline.feed(text)
     assert outline.items[0] == ("h2", "Results with 95 % intervals")
-    assert outline.items[1] == ("img", "table.png")
-    assert outline.items[2:4] == [("csv link", "intervals.csv"), ("table", "open")]
+    assert outline.items[1:4] == [("csv link", "intervals.csv"), ("table", page.RESULTS_ID), ("img", "table.png")]
     intervals = pd.read_csv(folder / "intervals.csv")
     assert intervals.loc[0, "d0"].startswith("0.8800 [") and intervals.loc[0, "mean"].count("[") == 1
     # The plot's axis is fitted to the values (0.85-0.91 here), not 0-1.
     assert (folder / "table.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_long_tables_are_folded_and_linked_and_counts_are_no_metrics(tmp_path: Path):
+def test_long_tables_are_paged_and_linked_and_counts_are_no_metrics(tmp_path: Path):
     text, folder = sweep_page(tmp_path, datasets=4)
     outline = Outline()
     outline.feed(text)
     results = pd.read_csv(folder / "results.csv")
-    assert len(results) > page.FOLDED_ROWS
+    assert len(results) > page.PAGE_ROWS
     assert set(results["metric"]) == {"acc1", "acc5", "mean_per_class_recall"}  # num_samples and num_classes are columns, not metrics
     assert set(results["n"]) == {100} and set(results["classes"]) == {12}
     where = outline.items.index(("csv link", "results.csv"))
-    assert outline.items[where + 1] == ("table", "folded")
+    assert outline.items[where + 1] == ("table", "open")
     assert ("img", "heatmap.png") in outline.items[:where]
-    assert "8 job runs" not in text  # 8 runs fit unfolded
+    assert text.count(f'data-rows="{page.PAGE_ROWS}"') == 3  # intervals, results, job runs: paged by the script
+    body = text[text.index("results.csv"):text.index("<h2>Job runs</h2>")]
+    assert body.count("<tr>") == len(results) + 1  # every row is in the HTML: read whole with scripts off
     assert "#/experiments/7/runs/agg1" in text and "#/experiments/7/runs/sweep1" in text
     assert "#/experiments/7/runs/d0-dataset" in text  # the job run's own link
 
@@ -110,3 +112,31 @@ def test_a_csv_cell_shows_as_printed_unless_longer_than_four_decimals():
     assert [page.printed(c) for c in ("91.7", "0.9123", "1", "", "incomplete (21/38)", "0.88 [0.7, 0.9]")] == \
         ["91.7", "0.9123", "1", "", "incomplete (21/38)", "0.88 [0.7, 0.9]"]
     assert [page.printed(c) for c in ("0.912346", "1e-05", "0.51234")] == ["0.9123", "0.0000", "0.5123"]
+
+
+def test_wide_tables_pair_their_spreads_and_turn_when_short(tmp_path: Path):
+    shots = pd.DataFrame({"model": ["m"], "1-shot": ["0.7340"], "1-shot std": ["0.0589"], "full probe": ["0.9"],
+                          "empty": [""]})
+    assert list(page.with_spread(shots).columns) == ["model", "1-shot ± std", "full probe", "empty"]
+    assert page.with_spread(shots).loc[0, "1-shot ± std"] == "0.7340 ± 0.0589"
+    wide = pd.DataFrame({"name": ["A", "B"], "pretrained": ["x", "y"],
+                         **{f"dataset {i}": [f"0.{i:04d}", "0.5"] for i in range(page.TURNED_COLUMNS)}})
+    text = page.frame_html(wide)
+    assert "shown turned" in text and text.count("<tr>") == 1 + page.TURNED_COLUMNS
+    assert "<th>name / pretrained</th><th>A / x</th><th>B / y</th>" in text  # named by the labels
+    assert "shown turned" not in page.frame_html(pd.concat([wide] * 20))  # as many rows as columns: as it is
+    cells = page.frame_html(pd.DataFrame({"pretrained": ["run/step_300.pt"], "acc1": ["0.8917 [0.8646, 0.9187]"],
+                                          "never": [""]}))
+    assert "run/<wbr>step_<wbr>300.pt" in cells  # a path wraps after / and _, nowhere else
+    assert "<td class=num><span>0.8917</span> <span>[0.8646, 0.9187]</span></td>" in cells  # only before [
+    assert "never" not in cells  # a column empty in every row is left out (its file keeps it)
+
+
+def test_each_layout_page_stays_and_the_index_lists_them_latest_first(tmp_path: Path):
+    records = [prompt_record("cars", "dataset", 0.5)]
+    for name in ("compare", "per_prompts"):
+        page.write(tmp_path / f"{name}.html", f"{name} — ViT-B-32 on cars", [], records, None, f"layout={name}")
+    index = page.write_index(tmp_path).read_text()
+    assert index.count("<tr>") == 3 and 'href="per_prompts.html"' in index and 'href="compare.html"' in index
+    assert "compare — ViT-B-32 on cars" in index and "layout=compare" in index
+    assert (tmp_path / "compare.html").is_file() and not (tmp_path / ".compare.html.partial").exists()

@@ -1,16 +1,19 @@
 """Does it reproduce? Results equal to the published values reproduce every cell; moved cells differ, and only
 those; the interval widened by the published rounding decides where there is one; the causes that can be
-detected are named; a bad request is one line."""
+detected are named; a bad request is one line. What a page says first, and a plot whose labels never cover one
+another or the points."""
 from __future__ import annotations
 
 import math
 from dataclasses import replace
+from itertools import combinations
 
 import pandas as pd
 import pytest
+from matplotlib.text import Text
 
 from pipeline.errors import PipelineError
-from pipeline.reports import layouts, references, reproduction
+from pipeline.reports import layouts, references, reproduction, results
 from pipeline.reports.results import ScoreRecord
 from tests.conftest import run_pipeline
 
@@ -125,10 +128,57 @@ def test_clip_benchmarks_published_results_against_open_clips_table(tmp_path):
     done = run_pipeline(tmp_path, "layout=reproduction", "reference=openclip", f"results_dir={published}",
                         module="pipeline.aggregate")
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = pd.read_csv(tmp_path / "outputs" / "tables" / "reproduction.csv")
+    tables = tmp_path / "outputs" / "tables"
+    rows = pd.read_csv(tables / "reproduction.csv")
+    assert "<title>Does it reproduce the published numbers? — 8 models (13 weights) on 39 datasets</title>" in \
+        (tables / "reproduction.html").read_text()  # its own page, and the index of them all
+    assert 'href="reproduction.html"' in (tables / "index.html").read_text()
+    assert f"Page: {tables / 'reproduction.html'}" in done.stdout
     svhn = rows[(rows["dataset"] == "vtab/svhn") & (rows["verdict"] != reproduction.NOT_COMPARABLE)]
     assert len(svhn) == 13 and svhn["delta"].abs().max() > 0.2  # different copies of SVHN
     close = rows[rows["verdict"] == reproduction.REPRODUCED].groupby("dataset").size()
     assert (close == 13).sum() >= 15  # about 20 datasets agree within the tolerance for every model
     bad = run_pipeline(tmp_path, "layout=reproduction", "reference=paper", module="pipeline.aggregate")
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("Error: unknown reference 'paper'")
+
+
+BENCHMARK = references.PUBLISHED / "clip_benchmark_benchmark.csv"
+
+
+def test_the_answer_says_what_reproduces_and_lists_the_differences_largest_first():
+    chosen = references.chosen("openclip")
+    found = reproduction.answer(reproduction.reproduce(results.from_directory(BENCHMARK), chosen), chosen)
+    assert found.sentence.startswith("340 of 403 published values reproduce (each lies within our 95 % interval")
+    assert "63 differ and 130 cannot be compared" in found.sentence and len(found.differing) == 63
+    assert list(found.differing.columns) == reproduction.DIFFERING and len(found.summary) == 13
+    assert list(found.differing["delta"].abs()) == sorted(found.differing["delta"].abs(), reverse=True)
+    assert set(found.differing["cause"]) == {"none detected"}  # result files say nothing of protocol or prompts
+    unknown = [ScoreRecord("tiny", "tiny-clip.pt", "shapes", "dataset", "acc1", {"acc1": 0.9}, source="local",
+                           protocol="datacomp", task="zeroshot_classification")]
+    every = references.chosen(references.ALL)
+    nothing = reproduction.answer(reproduction.reproduce(unknown, every), every)
+    assert nothing.sentence.startswith("Nothing here can be checked: none of the 1 results has a published counterpart")
+    assert all(reference.name in nothing.sentence for reference in every) and nothing.summary.empty
+
+
+def test_labels_are_spread_apart_within_the_panel():
+    heights = reproduction.spread([0.5, 0.5, 0.98, 0.99, 0.2])
+    ordered = sorted(heights)
+    assert all(b - a >= reproduction.LABEL_GAP - 1e-9 for a, b in zip(ordered, ordered[1:]))
+    assert 0 <= min(heights) and max(heights) <= 1 and heights[4] == 0.2  # one alone stays at its point
+    assert reproduction.spread([]) == []
+
+
+def test_the_plot_names_the_worst_datasets_beside_the_panel_and_no_label_covers_another():
+    rows = reproduction.reproduce(results.from_directory(BENCHMARK), references.chosen("openclip")).rows
+    figure = reproduction.figure(rows)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    [panel] = [ax for ax in figure.axes if ax.texts]
+    boxes = [Text.get_window_extent(label, renderer) for label in panel.texts]  # the words, not their leader lines
+    differing = rows[rows["verdict"] == reproduction.DIFFERS]
+    assert len(boxes) == min(reproduction.LABELLED, differing["dataset"].nunique())
+    assert not any(a.overlaps(b) for a, b in combinations(boxes, 2))
+    assert not any(box.overlaps(panel.get_window_extent(renderer)) for box in boxes)  # never over a point
+    worst = differing.loc[differing["delta"].abs().idxmax()]
+    assert any(label.get_text().startswith(worst["dataset"].split("/")[-1]) for label in panel.texts)

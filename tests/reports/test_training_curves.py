@@ -21,7 +21,7 @@ def test_training_curves_table_and_plot(tmp_path: Path):
                for d, v in zip(("cars", "pets"), values)]
     assert training_curves.applies(records)
     table = training_curves.frame(records, "acc1")
-    assert list(table["epoch"]) == [1, 2, 10]
+    assert list(table["epoch"]) == [1, 2, 10] and str(table["epoch"].dtype) == "Int64"  # a count, printed as one
     assert list(table["checkpoint"]) == ["epoch_1.pt", "epoch_2.pt", "epoch_10.pt"]
     assert table["mean"].tolist() == pytest.approx([0.15, 0.4, 0.75])
     assert training_curves.plot(table, "acc1", tmp_path / "curves.png").stat().st_size > 1000
