@@ -8,7 +8,9 @@ checks it):
                     content-keyed cache, artifacts, claims, links into the MLflow UI (neither imports the other)
     models          open_clip models, their fingerprints and the precision recipes
     stages          embed -> heads (zero-shot classifier, linear probe) / classify -> score (metrics, intervals),
-                    and the explain stage
+                    generate and explain: task-agnostic, one contract (StageContext in, StageResult out)
+    tasks           the task types, one module each (what a kind of evaluation encodes, computes, scores), and
+                    their registry
     reports         score records, tables, layouts, plots and report.html, and the published reference data
     jobs, lab,      one job of a sweep, its job run and the sweep run (and the Hydra launchers in hydra_plugins/) |
     offline         the lab's tracking server, its PostgreSQL cluster and the UI | the bundled offline assets

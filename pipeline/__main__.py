@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from pipeline import CONF_DIR
 from pipeline.errors import reported
 from pipeline.jobs.scoring import run_job
+from pipeline.jobs.spec import JobSpec
 
 launcher.install()  # the submitit launchers that group jobs into tasks, and their presets
 
@@ -22,12 +23,13 @@ def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     sweep_dir = Path(hydra_cfg.sweep.dir) if in_sweep else None
-    if (cfg.get("explain") or {}).get("name", "none") != "none":
+    spec = JobSpec.from_cfg(cfg)  # the one reader of the job's config: jobs take its typed spec
+    if spec.explain is not None:
         from pipeline.jobs.explaining import run_explain_job  # torch and the model, which only explaining needs
 
-        run_explain_job(cfg, output_dir=Path(hydra_cfg.runtime.output_dir), sweep_dir=sweep_dir)
+        run_explain_job(spec, output_dir=Path(hydra_cfg.runtime.output_dir), sweep_dir=sweep_dir)
         return None
-    return run_job(cfg, output_dir=hydra_cfg.runtime.output_dir, sweep_dir=sweep_dir).value
+    return run_job(spec, output_dir=hydra_cfg.runtime.output_dir, sweep_dir=sweep_dir).value
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def replicates_from(table: dict[str, np.ndarray]):
 
 
 def direct_interval(values: list[float]) -> tuple[float, float]:
-    """The 95 % percentile interval, written out independently of `pipeline.stages.uncertainty`."""
+    """The 95 % percentile interval, written out independently of `pipeline.stages.score.uncertainty`."""
     low, high = np.percentile(values, [2.5, 97.5])
     return float(low), float(high)
 

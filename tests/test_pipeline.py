@@ -52,7 +52,7 @@ def assert_intervals_are_the_stored_outcomes_resampled(workdir: Path, score_run)
     interval is a direct resampling of its stored outcomes; job runs log their headline metric's bounds."""
     import numpy as np
 
-    from pipeline.stages import uncertainty
+    from pipeline.stages.score import uncertainty
 
     results = pd.read_csv(sweep_dirs(workdir)[0] / "results.csv")
     acc1 = results[results["metric"] == "acc1"]

@@ -45,3 +45,10 @@ def suite(name: str) -> tuple[str, ...]:
 def lookup(dataset: str) -> CatalogEntry | None:
     """A catalog entry by key, accepting clip_benchmark's `wds/` prefix."""
     return entries().get(dataset.removeprefix("wds/"))
+
+
+@lru_cache(maxsize=1)
+def generation_defaults() -> dict:
+    """`conf/generation/clip_benchmark.yaml`: open_clip's CoCa.generate defaults, as clip_benchmark calls it (a
+    captioning result's `head` names the settings that differ from these)."""
+    return yaml.safe_load((CONF_DIR / "generation" / "clip_benchmark.yaml").read_text())

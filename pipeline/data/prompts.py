@@ -7,7 +7,10 @@ import sys
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Union
+
+from omegaconf import OmegaConf
 
 from pipeline.errors import PipelineError
 
@@ -16,6 +19,37 @@ PLACEHOLDER = "{c}"
 PROMPT_FREE = "*"
 # A list of templates shared by every class, or sentences written for each class.
 Prompts = Union[list[str], dict[str, list[str]]]
+SOURCES = ("dataset", "list", "open_clip", "file", "clip_benchmark", "clip_paper", "per_dataset", "clip_benchmark_cupl")
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """A `prompts/` config: where its templates come from, and what that source needs (`templates` for a list,
+    `attribute` of open_clip's templates, a file's `path`, per-dataset lists with their `default`, CuPL's dataset)."""
+
+    name: str
+    source: str
+    templates: tuple[str, ...] = ()
+    attribute: str | None = None
+    path: str | None = None
+    by_dataset: Mapping[str, list[str]] = field(default_factory=dict)
+    default: tuple[str, ...] = ()
+    dataset_key: str | None = None
+
+    @classmethod
+    def from_cfg(cls, cfg: Any) -> "PromptSet":
+        plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+        source = str(plain.get("source"))
+        if source not in SOURCES:
+            raise PipelineError(f"unknown prompts.source {source!r}; use {', '.join(SOURCES)}")
+        return cls(str(plain["name"]), source, tuple(plain.get("templates") or ()), plain.get("attribute"),
+                   plain.get("path"), dict(plain.get("by_dataset") or {}), tuple(plain.get("default") or ()),
+                   plain.get("dataset_key"))
+
+    @property
+    def label(self) -> str:
+        """The prompt set's name in results; template files are told apart by their file name."""
+        return f"file:{Path(str(self.path)).stem}" if self.source == "file" else self.name
 
 
 def _from_open_clip(attribute: str) -> list[str]:
@@ -83,31 +117,28 @@ def _cupl(dataset_key: str, classnames: list[str]) -> dict[str, list[str]]:
     return {c: list(per_class[c]) for c in classnames}
 
 
-def resolve(prompts_cfg: Any, dataset_key: str, dataset_templates: list[str], classnames: list[str]) -> Prompts:
-    """The prompts for a prompt-set config on one dataset, validated."""
-    source = prompts_cfg.source
+def resolve(prompt_set: PromptSet, dataset_key: str, dataset_templates: list[str], classnames: list[str]) -> Prompts:
+    """The prompts of a prompt set on one dataset, read from its source and validated."""
+    source = prompt_set.source
     if source == "dataset":
         templates = list(dataset_templates)
         if not templates:
             raise PipelineError("prompts=dataset, but the dataset ships no zeroshot_classification_templates.txt")
     elif source == "list":
-        templates = list(prompts_cfg.templates)
+        templates = list(prompt_set.templates)
     elif source == "open_clip":
-        templates = _from_open_clip(prompts_cfg.attribute)
+        templates = _from_open_clip(str(prompt_set.attribute))
     elif source == "file":
-        templates = _from_file(prompts_cfg.path)
+        templates = _from_file(str(prompt_set.path))
     elif source == "clip_benchmark":
         templates = list(_lookup(_clip_benchmark_json("en_zeroshot_classification_templates.json"), dataset_key, "imagenet1k"))
     elif source == "clip_paper":
         templates = _clip_paper(dataset_key)
     elif source == "per_dataset":
-        templates = list(_lookup(prompts_cfg.by_dataset, dataset_key) or prompts_cfg.default)
-    elif source == "clip_benchmark_cupl":
-        return _cupl(prompts_cfg.dataset_key, classnames)
-    else:
-        raise PipelineError(f"unknown prompts.source {source!r}; use dataset, list, open_clip, file, clip_benchmark, "
-                            f"clip_paper, per_dataset or clip_benchmark_cupl")
-    validate(templates, prompts_cfg.name)
+        templates = list(_lookup(prompt_set.by_dataset, dataset_key) or prompt_set.default)
+    else:  # clip_benchmark_cupl
+        return _cupl(str(prompt_set.dataset_key), classnames)
+    validate(templates, prompt_set.name)
     return templates
 
 

@@ -1,28 +1,26 @@
-"""One job of a sweep: resolve inputs, then embed -> classify -> score (a captioning job: generate -> score), each
-through the stage cache, and a job run that labels the result with what this job asked for."""
+"""One scoring job of a sweep: its typed spec (`spec.JobSpec`, from the config) resolved once, by reading what it
+names (the datasets' descriptions, the checkpoint's fingerprint, the prompt set's templates), then the stages its
+task scores through the cache (embed -> classify, or the linear probe, or generate -> score), and a job run that
+labels the result with what this job asked for."""
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from pipeline import CONF_DIR
-from pipeline.data import annotated, datasets, languages, prompts, reading
+from pipeline.data import catalog, datasets, prompts
 from pipeline.errors import PipelineError
-from pipeline.jobs import job_run, settings, sweep
-from pipeline.models import precision
-from pipeline.models.loading import (NLLB_DEFAULT_LANGUAGE, ModelLoader, ModelSpec, caption_context, device_type,
-                                     library_versions, resolve_device, tokenizer_language)
-from pipeline.stages import caption_metrics, classify, embed, generate, score, uncertainty
+from pipeline.jobs import job_run, sweep
+from pipeline.jobs.skeleton import ResolvedModel, open_job, resolve_model
+from pipeline.jobs.spec import JobSpec
+from pipeline.models.loading import NLLB_DEFAULT_LANGUAGE, caption_context
+from pipeline.stages import StageContext, StageResult, classify, embed, generate, score
 from pipeline.stages.embed import projection
 from pipeline.stages.heads import HeadSpec, linear_probe
-from pipeline.store import tracking
-from pipeline.store.cache import StageCache
+from pipeline.stages.score import uncertainty
 
 log = logging.getLogger(__name__)
 
@@ -38,36 +36,36 @@ class JobResult:
     metrics: dict[str, float]
 
 
-def flatten(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as dotted MLflow params."""
-    flat: dict[str, Any] = {}
+@dataclass(frozen=True)
+class Job:
+    """A job's spec resolved: what its datasets are, the prompts it scores with, its model as it runs, and the
+    labels of its runs. Everything that can be wrong with the inputs has failed by now, before any run exists."""
 
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            flat[prefix.rstrip(".")] = node
+    spec: JobSpec
+    info: datasets.DatasetInfo
+    probe_infos: list[datasets.DatasetInfo | None]  # the probe's train and validation splits
+    class_prompts: prompts.Prompts | None
+    model: ResolvedModel
+    generation: Mapping[str, Any] | None  # captioning: CoCa.generate's checked arguments
+    tags: Mapping[str, str]     # what every stage run of this job carries
+    labels: Mapping[str, str]   # what the job run carries
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return flat
+    @property
+    def prompt_tag(self) -> str:
+        return self.tags["prompts"]
+
+    @property
+    def pre_is_embedding(self) -> bool:
+        """A ResNet's pre-projection features are its embedding (its attention pool is the projection)."""
+        head = self.spec.head
+        return head.is_probe and head.features == "pre_projection" and (
+            projection.tower_kind(self.spec.model.arch) == projection.RESNET)
 
 
-def headline_metric(metric_name: str, main_metric: str) -> str:
-    return main_metric if metric_name == "main" else metric_name
-
-
-def protocol_label(cfg: DictConfig, model_precision: str) -> str:
+def protocol_label(spec: JobSpec) -> str:
     """The protocol a result was computed under: `model.precision=fp32` computes everything in fp32, whatever
     protocol was named, so its results are `fp32`'s and never pass for DataComp's."""
-    return "fp32" if model_precision == "fp32" else str(cfg.protocol.name)
-
-
-def prompt_label(prompts_cfg: DictConfig) -> str:
-    """A prompt set's name; template files are told apart by their file name."""
-    if prompts_cfg.get("source") == "file":
-        return f"file:{Path(str(prompts_cfg.path)).stem}"
-    return str(prompts_cfg.name)
+    return "fp32" if spec.model.precision == "fp32" else spec.protocol.name
 
 
 def head_description(head: HeadSpec, prompt_tag: str) -> str:
@@ -80,97 +78,46 @@ def head_description(head: HeadSpec, prompt_tag: str) -> str:
 def described_like(split: datasets.DatasetSpec, test: datasets.DatasetInfo) -> datasets.DatasetInfo:
     """Another split of the test split's dataset; its classes must be the test split's, since the probe's labels
     index them."""
-    info = datasets.describe(split)
+    info = datasets.describe(split, classes=True)
     if info.classnames != test.classnames:
         raise PipelineError(f"dataset {split.name}: split {split.split!r} lists other classes than split "
                             f"{test.spec.split!r}; a probe needs one class list")
     return info
 
 
-@dataclass(frozen=True)
-class JobInputs:
-    """Everything a job resolved from its config, checked before any MLflow run exists."""
-
-    cfg: DictConfig
-    spec: datasets.DatasetSpec
-    head: HeadSpec
-    info: datasets.DatasetInfo
-    probe_infos: list[datasets.DatasetInfo | None]
-    class_prompts: prompts.Prompts | None
-    loader: ModelLoader
-    recipe: precision.Recipe
-    device: str  # cpu, cuda or cuda:N
-    versions: Mapping[str, str]
-    metric: str
-    tags: Mapping[str, str]     # what every stage run of this job carries
-    labels: Mapping[str, str]   # what the job run carries
-    params: Mapping[str, Any]
-    pre_is_embedding: bool
-    generation: Mapping[str, Any] | None = None  # captioning: CoCa.generate's arguments
-    spice: bool = False                          # captioning: SPICE scored too
-
-    @property
-    def prompt_tag(self) -> str:
-        return self.tags["prompts"]
-
-
-def resolve_inputs(cfg: DictConfig) -> JobInputs:
-    """Read and check the config: everything that can be wrong with the inputs fails here."""
-    settings.check(cfg)
-    language = str(cfg.get("language") or languages.ENGLISH)
-    spec = datasets.DatasetSpec.from_cfg(cfg.dataset, cfg.get("data_cache"), cfg.paths.get("data_cache"), language)
-    head = HeadSpec.from_cfg(cfg.get("head"))
-    languages.check(spec.name, spec.task, language, str(cfg.prompts.get("source")), annotated.own_languages(spec))
-    known = score.metric_names(spec)
-    if spec.main_metric not in known:
-        raise PipelineError(f"dataset.main_metric={spec.main_metric!r} is not computed for {spec.task}; use one of {known}")
-    probe_specs = datasets.probe_splits(spec) if head.is_probe else None
-    model_spec = ModelSpec.from_cfg(cfg.model, cfg.get("weights_dir"))
-    pre_is_embedding = (head.is_probe and head.features == "pre_projection"
-                        and projection.tower_kind(model_spec.arch) == projection.RESNET)
-    info = datasets.describe(spec)
-    class_prompts = (prompts.resolve(cfg.prompts, spec.name, info.templates, info.classnames)
-                     if spec.task in datasets.CLASS_TASKS and not head.is_probe else None)
+def resolve(spec: JobSpec) -> Job:
+    """Read what the spec names, and check what only that reveals (a class list per split, a caption decoder, Java)."""
+    probe_specs = datasets.probe_splits(spec.dataset) if spec.head.is_probe else None
+    info = datasets.describe(spec.dataset, classes=spec.task.class_prompts or spec.task.probe)
+    class_prompts = (prompts.resolve(spec.prompts, spec.dataset.name, info.templates, info.classnames)
+                     if spec.uses_class_prompts else None)
     probe_infos = [described_like(s, info) if s is not None else None for s in probe_specs] if probe_specs else []
-    device = resolve_device(cfg.device)
-    recipe = precision.recipe(OmegaConf.to_container(cfg.protocol), spec.task, device_type(device), model_spec.precision)
-    loader = ModelLoader(model_spec, device, tokenizer_language=tokenizer_language(model_spec.arch, language))
-    loader.spec.fingerprint  # fails now, not mid-run, on a missing checkpoint
-    metric = headline_metric(cfg.metric.name, spec.main_metric)
-    generation, spice = captioning_options(cfg, spec, model_spec) if spec.task == datasets.CAPTIONING else (None, False)
-    versions = library_versions()
+    model = resolve_model(spec, spec.task.name)
+    generation = captioning_settings(spec) if spec.task.generates else None
     # Prompt sets only shape zero-shot classifiers; probes, retrieval and WinoGAViL use none.
-    prompt_tag = prompt_label(cfg.prompts) if class_prompts is not None else prompts.PROMPT_FREE
-    model_tags, checkpoint = job_run.model_labels(loader.spec)
-    tags = {**model_tags, "dataset": spec.name, "source": spec.source, "prompts": prompt_tag, "task": spec.task,
-            "language": language}
-    if spec.column:
-        tags["column"] = spec.column
-    labels = {**tags, **head.labels(), **checkpoint, "protocol": protocol_label(cfg, model_spec.precision),
-              "main_metric": spec.main_metric, "metric": metric,
-              **{f"precision.{tower}": getattr(recipe, tower) for tower in precision.TOWERS},
-              **{f"lib.{name}": version for name, version in versions.items()}}
+    prompt_tag = spec.prompts.label if class_prompts is not None else prompts.PROMPT_FREE
+    tags = {**model.tags, "dataset": spec.dataset.name, "source": spec.dataset.source, "prompts": prompt_tag,
+            "task": spec.task.name, "language": spec.language}
+    if spec.dataset.column:
+        tags["column"] = spec.dataset.column
+    labels = {**tags, **spec.head.labels(), **model.checkpoint, "protocol": protocol_label(spec),
+              "main_metric": spec.dataset.main_metric, "metric": spec.metric, **model.labels}
     if generation is not None:  # a caption decoder, not a classifier head, made these results
-        clip_benchmark = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "generation" / "clip_benchmark.yaml"))
-        labels["head"] = generate.describe(generation, generate.settings(clip_benchmark, 77))
-    return JobInputs(cfg=cfg, spec=spec, head=head, info=info, probe_infos=probe_infos, class_prompts=class_prompts,
-                     loader=loader, recipe=recipe, device=device, versions=versions, metric=metric, tags=tags,
-                     labels=labels, params=flatten(cfg), pre_is_embedding=pre_is_embedding, generation=generation,
-                     spice=spice)
+        labels["head"] = generate.describe(generation, generate.settings(catalog.generation_defaults(), 77))
+    return Job(spec, info, probe_infos, class_prompts, model, generation, tags, labels)
 
 
-def captioning_options(cfg: DictConfig, spec: datasets.DatasetSpec, model: ModelSpec) -> tuple[dict[str, Any], bool]:
-    """A captioning job's generation settings and SPICE switch, once the model can caption and Java can score."""
-    context = caption_context(model.arch)
+def captioning_settings(spec: JobSpec) -> dict[str, Any]:
+    """A captioning job's generation settings, once the model can caption and Java can score."""
+    from pipeline.stages.score import caption_metrics
+
+    context = caption_context(spec.model.arch)
     if context is None:
-        raise PipelineError(f"task captioning needs a model with a caption decoder, and {model.arch} has none; use a "
-                            f"CoCa (model=openclip/coca_ViT-L-14__mscoco_finetuned_laion2b_s13b_b90k, model=tiny_coca)")
-    spice = bool(cfg.get("spice", False))
-    if spec.main_metric == caption_metrics.SPICE and not spice:
-        raise PipelineError("dataset.main_metric=SPICE needs spice=true")
-    settings = generate.settings(OmegaConf.to_container(cfg.generation, resolve=True), context)
-    caption_metrics.check_java(spice)
-    return settings, spice
+        raise PipelineError(f"task captioning needs a model with a caption decoder, and {spec.model.arch} has none; use "
+                            f"a CoCa (model=openclip/coca_ViT-L-14__mscoco_finetuned_laion2b_s13b_b90k, model=tiny_coca)")
+    settings = generate.settings(spec.generation or {}, context)
+    caption_metrics.check_java(spec.spice)
+    return settings
 
 
 @dataclass
@@ -179,18 +126,20 @@ class Upstream:
     and configs (`score_key` needs nothing read), and each stage runs, or is served, at most once per job, and only
     when the score itself has to be computed."""
 
-    job: JobInputs
-    cache: StageCache
-    embedded: dict[str, embed.Embedded] = field(default_factory=dict)  # image features by split
+    job: Job
+    stages: StageContext
+    embedded: dict[str, StageResult] = field(default_factory=dict)  # image features by split
 
     @property
     def image_model(self) -> embed.ModelKey:
-        return embed.ModelKey(self.job.loader.spec.fingerprint, self.job.recipe.image, self.job.versions)
+        model = self.job.model
+        return embed.ModelKey(model.loader.spec.fingerprint, model.recipe.image, model.versions)
 
     @property
     def text_model(self) -> embed.ModelKey:
-        language = self.job.loader.tokenizer_language
-        return embed.ModelKey(self.job.loader.spec.fingerprint, self.job.recipe.text, self.job.versions,
+        model = self.job.model
+        language = model.loader.tokenizer_language
+        return embed.ModelKey(model.loader.spec.fingerprint, model.recipe.text, model.versions,
                               None if language == NLLB_DEFAULT_LANGUAGE else language)
 
     def test_image_key(self) -> str:
@@ -200,117 +149,110 @@ class Upstream:
 
     # -- keys ------------------------------------------------------------------------------------------------
     def score_key(self) -> str:
-        job = self.job
-        if job.generation is not None:
+        job, task = self.job, self.job.spec.task
+        version, material = task.score_version or score.VERSION, task.score_material(job.spec.score_options)
+        if task.generates:
             generate_key = generate.generate_key(self.image_model, job.info, job.generation)
-            return score.score_key(job.spec, generate_key, generate_key, spice=job.spice)
+            return score.score_key(job.spec.dataset, generate_key, generate_key, version, material)
         image_key = self.test_image_key()
-        if job.head.is_probe:
+        if job.spec.head.is_probe:
             train_key, validation_key = (embed.image_key(self.image_model, i) if i else None for i in job.probe_infos)
-            classify_key = linear_probe.probe_key(job.head, train_key, image_key, validation_key)
+            classify_key = linear_probe.probe_key(job.spec.head, train_key, image_key, validation_key)
         else:
             text_key = (embed.classifier_key(self.text_model, job.info.classnames, job.class_prompts)
                         if job.class_prompts is not None else embed.texts_key(self.text_model, job.info))
-            classify_key = classify.classify_key(job.spec.task, job.recipe.logits, image_key, text_key)
-        return score.score_key(job.spec, classify_key, image_key)
+            classify_key = classify.classify_key(task.name, job.model.recipe.logits, image_key, text_key)
+        return score.score_key(job.spec.dataset, classify_key, image_key, version, material)
 
     # -- the stages ------------------------------------------------------------------------------------------
-    def embed_image(self, split_info: datasets.DatasetInfo | None = None) -> embed.Embedded:
+    def embed_image(self, split_info: datasets.DatasetInfo | None = None) -> StageResult:
         """Image features of the test split, or of the probe's train or validation split."""
         job, split_info = self.job, split_info or self.job.info
         split = split_info.spec.split
         if split not in self.embedded:
-            embedded = embed.embed_images(self.cache, job.loader, split_info, self.image_model, tags=job.tags,
-                                          params=job.params, batch_size=job.cfg.batch_size,
-                                          num_workers=job.cfg.num_workers)
+            embedded = embed.embed_images(self.stages, job.model.loader, split_info, self.image_model,
+                                          job.spec.task.encode_images, batch_size=job.spec.run.batch_size,
+                                          num_workers=job.spec.run.num_workers)
             subset = split_info.class_subset
             self.embedded[split] = embed.class_subset(embedded, subset) if subset else embedded
         return self.embedded[split]
 
-    def text(self) -> embed.Embedded:
-        """The zero-shot classifier, or the dataset's own texts (retrieval captions, WinoGAViL cues)."""
+    def text(self) -> StageResult:
+        """The zero-shot classifier, or the dataset's own texts (the task's: captions, cues, instances)."""
         job = self.job
         if job.class_prompts is not None:
-            return embed.embed_classifier(self.cache, job.loader, job.info.classnames, job.class_prompts,
-                                          self.text_model, tags=job.tags, params=job.params)
-        if job.spec.format == "lines":
-            def texts():  # the job language's captions, each with its image's name
-                captions, owners = reading.lines_captions(job.spec)
-                return captions, {"caption_names": np.array(owners, dtype=str)}
-        elif job.spec.task == datasets.SELECTION:
-            def texts():  # the captions of each instance, with the images it shows (the image stage is shared)
-                captions, shown = reading.selection_instances(job.spec)
-                return captions, {"instance_images": np.array(shown, dtype=str)}
-        else:
-            field_name = "captions" if job.spec.task == "zeroshot_retrieval" else "cues"
-            texts = lambda: ([str(t) for t in self.embed_image()[field_name]], {})
-        return embed.embed_texts(self.cache, job.loader, job.info, texts, self.text_model, tags=job.tags,
-                                 params=job.params)
+            return embed.embed_classifier(self.stages, job.model.loader, job.info.classnames, job.class_prompts,
+                                          self.text_model)
+        texts = job.spec.task.texts(job.info, self.embed_image)
+        return embed.embed_texts(self.stages, job.model.loader, job.info, texts, self.text_model)
 
-    def linear_probe(self) -> dict[str, embed.Embedded]:
+    def linear_probe(self) -> dict[str, StageResult]:
         """The probe's logits on the test split, with the image features of every split it used."""
         job = self.job
         train_info, validation_info = job.probe_infos
         stages = {"embed_image": self.embed_image(), "embed_train": self.embed_image(train_info)}
         if validation_info is not None:
             stages["embed_validation"] = self.embed_image(validation_info)
-        predicted = linear_probe.linear_probe(self.cache, job.head, stages["embed_train"], stages["embed_image"],
+        predicted = linear_probe.linear_probe(self.stages, job.spec.head, stages["embed_train"], stages["embed_image"],
                                               stages.get("embed_validation"), len(job.info.classnames),
-                                              tags=job.tags, params=job.params, pre_is_embedding=job.pre_is_embedding)
+                                              job.pre_is_embedding)
         return {**stages, "classify": predicted}
 
-    def classify(self) -> dict[str, embed.Embedded]:
-        """Zero-shot logits, retrieval ranks or WinoGAViL choices, with the embeddings they came from."""
-        job = self.job
+    def classify(self) -> dict[str, StageResult]:
+        """What the task computes from the image and text embeddings, with the embeddings it came from."""
+        job, task = self.job, self.job.spec.task
         image_stage, text_stage = self.embed_image(), self.text()
-        predicted = classify.classify(self.cache, job.spec.task, image_stage, text_stage, job.recipe, job.device,
-                                      tags=job.tags, params=job.params)
+        predicted = classify.classify(self.stages, task.name, task.outputs, image_stage, text_stage, job.model.recipe,
+                                      job.model.device)
         return {"embed_image": image_stage, "text": text_stage, "classify": predicted}
 
-    def generate(self) -> dict[str, embed.Embedded]:
+    def generate(self) -> dict[str, StageResult]:
         """A captioning job's generated captions, with the references they are scored against."""
         job = self.job
-        return {"generate": generate.generate_captions(self.cache, job.loader, job.info, self.image_model,
-                                                       job.generation, tags=job.tags, params=job.params,
-                                                       batch_size=job.cfg.batch_size, num_workers=job.cfg.num_workers)}
+        return {"generate": generate.generate_captions(self.stages, job.model.loader, job.info, self.image_model,
+                                                       job.generation, batch_size=job.spec.run.batch_size,
+                                                       num_workers=job.spec.run.num_workers)}
 
-    def stages(self) -> dict[str, embed.Embedded]:
+    def inputs(self) -> dict[str, StageResult]:
         """What the score is computed from, by stage name."""
-        if self.job.generation is not None:
+        if self.job.spec.task.generates:
             return self.generate()
-        return self.linear_probe() if self.job.head.is_probe else self.classify()
+        return self.linear_probe() if self.job.spec.head.is_probe else self.classify()
 
 
-def run_stages(job: JobInputs, cache: StageCache) -> score.Scores:
-    """embed -> classify (or the probe), or generate -> score, each through the cache; the score is looked up first."""
-    upstream = Upstream(job, cache)
-    return score.score(cache, job.spec, upstream.score_key(), upstream.stages, tags=job.tags, params=job.params,
-                       spice=job.spice)
+def run_stages(job: Job, stages: StageContext) -> StageResult:
+    """The task's stages, each through the cache; the score is looked up first, and asks for its inputs on a miss."""
+    upstream = Upstream(job, stages)
+    task, spec = job.spec.task, job.spec
+
+    def scorer(inputs: Mapping[str, StageResult]) -> score.TaskScores:
+        return task.scores(spec.dataset, inputs, spec.score_options)
+
+    return score.score(stages, spec.dataset, upstream.score_key(), upstream.inputs, scorer)
 
 
-def run_job(cfg: DictConfig, output_dir: Path | None = None, sweep_dir: Path | None = None) -> JobResult:
-    """Evaluate cfg.model on cfg.dataset with cfg.prompts; writes `result.json` into `output_dir` if given. A job
-    of a multirun (`sweep_dir`) logs its run as a child of the sweep's run."""
-    job = resolve_inputs(cfg)
-    store = tracking.connect_cfg(cfg.tracking)
+def run_job(spec: JobSpec | DictConfig, output_dir: Path | None = None, sweep_dir: Path | None = None) -> JobResult:
+    """Evaluate the spec's model on its dataset (a job config is parsed first); writes `result.json` into
+    `output_dir` if given. A job of a multirun (`sweep_dir`) logs its run as a child of the sweep's run."""
+    job = resolve(spec if isinstance(spec, JobSpec) else JobSpec.from_cfg(spec))
     inputs = [job_run.dataset_input(info, context)
               for info, context in zip([job.info, *job.probe_infos], ("test", "train", "validation")) if info is not None]
-    with job_run.job_run(store, job.labels, job.params, sweep.parent_of(sweep_dir, store)) as job_run_id:
-        cache = StageCache(store, enabled=cfg.cache.enabled, force=cfg.cache.force,
-                           claim_timeout_s=float(cfg.cache.claim_timeout_s), parent_run_id=job_run_id)
-        scores = run_stages(job, cache)
-        headline = {bound: scores.metrics.get(prefix + job.metric, float("nan"))
+    with open_job(job.spec, job.labels, job.tags, sweep_dir) as opened:
+        scored = run_stages(job, opened.stages)
+        metric = job.spec.metric
+        headline = {bound: scored.metrics.get(prefix + metric, float("nan"))
                     for bound, prefix in (("ci_low", uncertainty.CI_LOW), ("ci_high", uncertainty.CI_HIGH))}
-        job_run.record(store, job_run_id, {**scores.inputs, "score": scores.run_id},
-                       {**scores.metrics, **headline}, inputs)
+        job_run.record(opened.store, opened.run_id, {**score.inputs_of(scored), "score": scored.run_id},
+                       {**scored.metrics, **headline}, inputs)
 
-    result = JobResult(job_run_id, scores.run_id, job.metric, scores.metrics.get(job.metric, float("nan")),
-                       dict(scores.metrics))
-    log.info("%s/%s on %s with %s, protocol=%s: %s = %.4f [%.4f, %.4f]", job.loader.spec.arch,
-             job.loader.spec.pretrained_label, job.spec.name, head_description(job.head, job.prompt_tag),
-             job.labels["protocol"], job.metric, result.value, headline["ci_low"], headline["ci_high"])
+    result = JobResult(opened.run_id, scored.run_id, metric, scored.metrics.get(metric, float("nan")),
+                       dict(scored.metrics))
+    log.info("%s/%s on %s with %s, protocol=%s: %s = %.4f [%.4f, %.4f]", job.model.loader.spec.arch,
+             job.model.loader.spec.pretrained_label, job.spec.dataset.name,
+             head_description(job.spec.head, job.prompt_tag), job.labels["protocol"], metric, result.value,
+             headline["ci_low"], headline["ci_high"])
     if output_dir is not None:
-        payload = {"job_run_id": job_run_id, "score_run_id": result.score_run_id, "tracking_uri": store.uri,
-                   "metric": job.metric, "value": result.value}
-        (Path(output_dir) / RESULT_FILE).write_text(json.dumps(payload, indent=2))
+        payload = {"job_run_id": opened.run_id, "score_run_id": result.score_run_id,
+                   "tracking_uri": opened.store.uri, "metric": metric, "value": result.value}
+        sweep.write_result(Path(output_dir), payload)
     return result

@@ -69,6 +69,14 @@ def parent_of(sweep_dir: Path | None, store: TrackingStore) -> str | None:
     return recorded(sweep_dir, store) if sweep_dir is not None else None
 
 
+def write_result(output_dir: Path, payload: dict) -> None:
+    """A job's `result.json`, whole or not at all (a job killed while writing leaves none, and is not done)."""
+    path = Path(output_dir) / RESULT_FILE
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(payload, indent=2))
+    partial.replace(path)
+
+
 def job_results(sweep_dir: Path, kind: str) -> list[dict]:
     """The `result.json` of every job of one kind (`score`, or `explain`) in `sweep_dir`, in job order."""
     paths = sorted(Path(sweep_dir).glob(f"*/{RESULT_FILE}"), key=lambda path: _job_number(path.parent.name))

@@ -16,7 +16,7 @@ from pipeline.errors import PipelineError
 from pipeline.reports import heatmap, plots, tables
 from pipeline.reports.results import Bootstrap, ScoreRecord
 from pipeline.reports.tables import MEAN_COLUMN, WEIGHTED_COLUMN
-from pipeline.stages import ties, uncertainty
+from pipeline.stages.score import ties, uncertainty
 
 Replicates = Callable[[ScoreRecord], Bootstrap]
 RESULT_KEYS = ["model", "pretrained", "dataset", "source", "protocol", "prompts", "head", "k_shot", "seed", "features",
@@ -29,7 +29,7 @@ BASELINE_FIELDS = ("model", "pretrained", "protocol", "prompts", "head", "k_shot
 # describe the data. results.csv gives them as columns of each result, never as metrics.
 UNIT_COUNTS = ("num_samples", "num_images", "num_games")
 COUNT_COLUMNS = {"num_classes": "classes", "num_captions": "captions", "skipped_samples": "skipped"}
-# The outcomes a tie decided (`pipeline/stages/ties.py`): a column of results.csv, and so of the report, only where
+# The outcomes a tie decided (`pipeline/stages/score/ties.py`): a column of results.csv, and so of the report, only where
 # some result has one.
 TIES_COLUMNS = {ties.TIES: "ties"}
 

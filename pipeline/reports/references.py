@@ -19,12 +19,11 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
+from pipeline import tasks
 from pipeline.data import catalog
 from pipeline.data.languages import ENGLISH
 from pipeline.errors import PipelineError
 from pipeline.stages.heads import LINEAR_PROBE, ZEROSHOT
-from pipeline.stages.metrics import (CLASSIFICATION_METRICS, MULTILABEL_METRICS, RETRIEVAL_METRICS,
-                                     SELECTION_METRICS, WINOGAVIL_METRICS)
 
 PUBLISHED = Path(__file__).with_name("published")
 MANIFEST = PUBLISHED / "manifest.json"  # each file's SHA-256 and cell count, checked by the tests
@@ -106,12 +105,9 @@ DEFINITIONS = {
 def computed_metrics(dataset: str) -> set[str]:
     """The metrics the score stage gives a catalog dataset (its task's, and its group and extra metrics)."""
     entry = catalog.lookup(dataset)
-    if entry is None:
+    if entry is None or entry.task not in tasks.REGISTRY:
         return set()
-    by_task = {"zeroshot_classification": CLASSIFICATION_METRICS, "zeroshot_retrieval": RETRIEVAL_METRICS,
-               "winogavil": WINOGAVIL_METRICS, "multilabel_classification": MULTILABEL_METRICS,
-               "image_caption_selection": SELECTION_METRICS}
-    return set(by_task.get(entry.task, ())) | set(entry.metrics)
+    return set(tasks.REGISTRY[entry.task].metrics) | set(entry.metrics)
 
 
 def comparability(dataset: str, metric: str) -> tuple[bool, str]:

@@ -24,7 +24,7 @@ from pipeline.reports import plots, references
 from pipeline.reports.references import QUICKGELU, Reference
 from pipeline.reports.results import EXTERNAL_PROMPTS, ScoreRecord
 from pipeline.stages.heads import ALL_SHOTS, LINEAR_PROBE
-from pipeline.stages.uncertainty import CI_HIGH, CI_LOW
+from pipeline.stages.score.uncertainty import CI_HIGH, CI_LOW
 
 REPRODUCED, DIFFERS, NOT_COMPARABLE = "reproduced", "differs", "not comparable"
 VERDICTS = (REPRODUCED, DIFFERS, NOT_COMPARABLE)

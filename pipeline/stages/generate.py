@@ -10,9 +10,10 @@ import numpy as np
 from pipeline.data import datasets, prompts
 from pipeline.errors import PipelineError
 from pipeline.models.loading import ModelLoader
-from pipeline.stages.embed import Embedded, ModelKey
+from pipeline.stages import StageContext, StageResult
+from pipeline.stages.embed import ModelKey
 from pipeline.store.artifacts import StageOutput
-from pipeline.store.cache import StageCache, StageRequest, cache_key
+from pipeline.store.cache import cache_key
 
 VERSION = "1"
 # 2: a webdataset's images (and their references) in the dataset's order whatever batch_size and num_workers read
@@ -89,19 +90,15 @@ def decoded(tokenizer, tokens: np.ndarray) -> str:
     return tokenizer.decode(tokens.tolist()).split(END)[0].replace(START, "").strip()
 
 
-def generate_captions(cache: StageCache, loader: ModelLoader, dataset: datasets.DatasetInfo, model: ModelKey,
-                      settings: Mapping[str, Any], *, tags: Mapping[str, str], params: Mapping[str, Any],
-                      batch_size: int, num_workers: int) -> Embedded:
+def generate_captions(ctx: StageContext, loader: ModelLoader, dataset: datasets.DatasetInfo, model: ModelKey,
+                      settings: Mapping[str, Any], *, batch_size: int, num_workers: int) -> StageResult:
     """`captions` (one per image, in the dataset's order), `references` (every reference caption, flattened) and
     `reference_image` (the image each reference belongs to)."""
     spec = dataset.spec
-    key = generate_key(model, dataset, settings)
-    request = StageRequest("generate", key, {**tags, "prompts": prompts.PROMPT_FREE, "precision": model.precision,
-                                             "split": spec.split},
-                           params, name=f"generate:{loader.spec.name}:{spec.name}/{spec.split}")
-    result = cache.get_or_compute(request, lambda: captions_of(loader, spec, settings, model.precision, batch_size,
-                                                               num_workers))
-    return Embedded(result.output.arrays, key, result.run_id)
+    name = f"generate:{loader.spec.name}:{spec.name}/{spec.split}"
+    return ctx.run("generate", generate_key(model, dataset, settings), name,
+                   lambda: captions_of(loader, spec, settings, model.precision, batch_size, num_workers),
+                   tags={"prompts": prompts.PROMPT_FREE, "precision": model.precision, "split": spec.split})
 
 
 def captions_of(loader: ModelLoader, spec: datasets.DatasetSpec, settings: Mapping[str, Any], precision: str,

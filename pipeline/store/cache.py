@@ -69,14 +69,18 @@ class StageRequest:
 
 @dataclass(frozen=True)
 class StageResult:
-    output: StageOutput
-    run_id: str
-    hit: bool
-    tags: Mapping[str, str] = field(default_factory=dict)  # the run's tags (served or written)
+    """What every stage hands the next: its arrays and metrics, the key it was computed or served under, its run,
+    whether it was served, and the run's tags."""
 
-    @property
-    def key(self) -> str:
-        return self.tags["cache_key"]
+    arrays: Mapping[str, Any]
+    key: str
+    run_id: str
+    hit: bool = False
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.arrays[name]
 
 
 @dataclass(frozen=True)
@@ -220,7 +224,8 @@ class StageCache:
         for run in runs:
             try:
                 output = artifacts.load(run, self.store.uri, request.serve_only)
-                return StageResult(output, run.info.run_id, hit=True, tags=dict(run.data.tags))
+                return StageResult(output.arrays, request.key, run.info.run_id, True, output.metrics,
+                                   dict(run.data.tags))
             except ArtifactUnavailable as exc:
                 log.warning("[%s] cached run %s could not be read now (%s); it stays servable",
                             request.stage, run.info.run_id, exc)
@@ -251,7 +256,7 @@ class StageCache:
                 tags=run_tags({**{artifacts.CHECKSUM_TAG + name: digest for name, digest in checksums.items()},
                                **output.tags}),
             )
-        return StageResult(output, run_id, hit=False, tags={**tags, **output.tags})
+        return StageResult(output.arrays, request.key, run_id, False, output.metrics, {**tags, **output.tags})
 
 
 def log_params(client, run_id: str, params: Mapping[str, Any]) -> None:

@@ -212,9 +212,27 @@ def run_tags(tags: Mapping[str, str]) -> list:
     return [RunTag(name, value) for name, value in tags.items()]
 
 
+@dataclass(frozen=True)
+class TrackingSpec:
+    """A `tracking/` config: the store's URI, the experiment, where a local store keeps artifacts, and the UI the
+    reports link to."""
+
+    uri: str
+    experiment: str
+    artifact_location: str | None = None
+    ui_url: str | None = None
+
+    @classmethod
+    def from_cfg(cls, cfg) -> "TrackingSpec":
+        return cls(str(cfg.uri), str(cfg.experiment), cfg.get("artifact_location"), cfg.get("ui_url"))
+
+    def connect(self, access: str = EDIT) -> TrackingStore:
+        return connect(self.uri, self.experiment, self.artifact_location, access=access)
+
+
 def connect_cfg(tracking_cfg, access: str = EDIT) -> TrackingStore:
     """`connect` from a `tracking` config group node."""
-    return connect(tracking_cfg.uri, tracking_cfg.experiment, tracking_cfg.get("artifact_location"), access=access)
+    return TrackingSpec.from_cfg(tracking_cfg).connect(access)
 
 
 @contextmanager

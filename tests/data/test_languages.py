@@ -59,14 +59,15 @@ def job(tmp_path, tiny_checkpoint, *overrides):
 
 
 def test_imagenet_in_italian_and_babel_imagenet_share_imagenets_image_stage(tmp_path, tiny_checkpoint):
-    from pipeline.jobs.scoring import resolve_inputs
+    from pipeline.jobs.scoring import resolve
+    from pipeline.jobs.spec import JobSpec
 
     babel_it = languages.babel("it")[0]
     outside = next(i for i in range(1000) if i not in babel_it)  # a class Babel-ImageNet has no Italian name for
     root = tmp_path / "mirror" / "wds_imagenet1k_test"
     synthetic.write_imagenet_stand_in(root, classes=[*babel_it[:11], outside])
     italian_cfg = compose_config("dataset=imagenet1k", "language=it", f"data_root={tmp_path / 'mirror'}")
-    resolved = resolve_inputs(italian_cfg)  # prompts=dataset: the language's own templates
+    resolved = resolve(JobSpec.from_cfg(italian_cfg))  # prompts=dataset: the language's own templates
     assert resolved.class_prompts == clip_benchmark_file("it_zeroshot_classification_templates.json")["imagenet1k"]
     assert resolved.info.classnames[1] == clip_benchmark_file("it_classnames.json")["imagenet1k"][1]
     one = ["prompts=a_photo_of"]  # one template (a list): 1,000 classes encode in seconds

@@ -7,7 +7,7 @@ from pipeline.errors import PipelineError
 
 
 def cfg(**values):
-    return OmegaConf.create({"name": "test", **values})
+    return prompts.PromptSet.from_cfg(OmegaConf.create({"name": "test", **values}))
 
 
 def test_dataset_prompts_use_the_dataset_templates():
@@ -80,8 +80,8 @@ PAPER_DIFFERS = {"vtab/resisc45", "vtab/pcam", "vtab/clevr_count_all"}
 def test_clip_paper_prompts_cover_the_suite_and_differ_from_clip_benchmark_only_where_recorded():
     from pipeline.data import catalog
 
-    paper = OmegaConf.create({"name": "clip_paper", "source": "clip_paper"})
-    benchmark = OmegaConf.create({"name": "clip_benchmark", "source": "clip_benchmark"})
+    paper = prompts.PromptSet.from_cfg({"name": "clip_paper", "source": "clip_paper"})
+    benchmark = prompts.PromptSet.from_cfg({"name": "clip_benchmark", "source": "clip_benchmark"})
     differ = {key for key in catalog.suite("clip_paper")
               if prompts.resolve(paper, key, [], ["x"]) != prompts.resolve(benchmark, key, [], ["x"])}
     assert differ == PAPER_DIFFERS

@@ -14,7 +14,7 @@ from pipeline.data.readers import hf, wds
 from pipeline.errors import PipelineError
 from pipeline.jobs.scoring import run_job
 from pipeline.models.loading import ModelLoader, ModelSpec
-from pipeline.stages.embed.images import encode_classification_images
+from pipeline.tasks.classification import encode_classification_images
 from tests import synthetic
 from tests.conftest import compose_config
 

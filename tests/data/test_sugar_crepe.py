@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline import tasks
 from pipeline.data import datasets, reading
 from pipeline.data.readers import hf, sugar_crepe
 from pipeline.errors import PipelineError
@@ -85,8 +86,8 @@ def test_bad_sugar_crepe_inputs_fail_in_one_line(tmp_path):
     (root / "add_obj.json").write_text('{"1": {"filename": "x.jpg"}}')
     with pytest.raises(PipelineError, match=r"add_obj.json is not a SugarCrepe annotation file \(an entry lacks 'caption'\)"):
         datasets.describe(spec("sugar_crepe/add_att", str(root)))
-    with pytest.raises(PipelineError, match="task image_caption_selection cannot be read from format wds"):
-        spec("sugar_crepe/add_att", str(root), fmt="wds")
+    with pytest.raises(PipelineError, match="task image_caption_selection reads formats sugar_crepe, hf, not wds"):
+        tasks.check(spec("sugar_crepe/add_att", str(root), fmt="wds"))
 
 
 def test_winoground_rows_become_instances_of_two_images_and_two_captions(tmp_path):

@@ -76,9 +76,13 @@ def test_describe_and_read_a_local_devkit(tmp_path):
 
 
 def test_task_and_format_go_together():
-    with pytest.raises(PipelineError, match="task multilabel_classification cannot be read from format wds"):
-        datasets.DatasetSpec.from_cfg({"name": "x", "task": "multilabel_classification", "root": "/x",
-                                       "split": "test", "main_metric": "map_11point"})
+    from pipeline import tasks
+
+    with pytest.raises(PipelineError, match="dataset x: task multilabel_classification reads formats voc, not wds "
+                                            r"\(format wds is read by captioning, zeroshot_classification, "
+                                            r"zeroshot_retrieval\)"):
+        tasks.check(datasets.DatasetSpec.from_cfg({"name": "x", "task": "multilabel_classification", "root": "/x",
+                                                   "split": "test", "main_metric": "map_11point"}))
 
 
 def archive_of(folder: Path, extra: tarfile.TarInfo | None = None) -> bytes:

@@ -18,7 +18,8 @@ from pipeline.jobs.scoring import run_job
 from pipeline.models import beam_search
 from pipeline.models.loading import register_project_architectures
 from pipeline.offline import tiny_coca
-from pipeline.stages import caption_metrics, generate, uncertainty
+from pipeline.stages import generate
+from pipeline.stages.score import caption_metrics, uncertainty
 from tests.conftest import compose_config, run_pipeline
 from tests.jobs.test_scoring import all_runs, job_config
 from tests.stages.test_caption_metrics import NoSpice

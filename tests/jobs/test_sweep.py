@@ -23,7 +23,7 @@ def test_a_sweep_run_is_recorded_in_its_folder_and_closed(store: tracking.Tracki
 def test_a_sweep_that_dies_is_marked_failed_and_another_store_never_adopts_it(store, tmp_path: Path):
     sweep_dir = tmp_path / "sweep"
     run_id = sweep.start(store, sweep_dir)
-    sweep._end_if_running(store, run_id)  # what the exit hook does when the multirun never reached its aggregate
+    sweep._end_if_running(store, run_id, sweep_dir)  # the exit hook, when the multirun never reached its aggregate
     assert store.client.get_run(run_id).info.status == "FAILED"
     other = tracking.connect(f"sqlite:///{tmp_path}/other.db", "test", str(tmp_path / "other"))
     assert sweep.recorded(sweep_dir, other) is None
@@ -36,3 +36,18 @@ def test_job_results_come_in_job_order_by_kind(tmp_path: Path):
         (tmp_path / str(number) / sweep.RESULT_FILE).write_text(json.dumps(payload))
     assert [job["job_run_id"] for job in sweep.job_results(tmp_path, "score")] == ["run0", "run2", "run10"]
     assert [job["job_run_id"] for job in sweep.job_results(tmp_path, "explain")] == ["run1"]
+
+
+def test_an_interrupted_sweep_is_marked_killed(store, tmp_path: Path):
+    """The launcher says the sweep was interrupted (Ctrl-C) in its failures file; the exit hook marks it KILLED."""
+    import json
+
+    from pipeline.errors import FAILURES_FILE
+
+    sweep_dir = tmp_path / "sweep"
+    run_id = sweep.start(store, sweep_dir)
+    (sweep_dir / FAILURES_FILE).write_text(json.dumps({"lines": [], "unfinished": 3, "interrupted": True}))
+    sweep._end_if_running(store, run_id, sweep_dir)
+    run = store.client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags["killed_by"] == "interrupted (Ctrl-C)"
+    assert sweep.failures(sweep_dir)["unfinished"] == 3

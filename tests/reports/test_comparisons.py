@@ -8,7 +8,7 @@ import pytest
 from pipeline.errors import PipelineError
 from pipeline.reports import comparisons
 from pipeline.reports.results import Bootstrap, ScoreRecord
-from pipeline.stages import uncertainty
+from pipeline.stages.score import uncertainty
 from tests.records import direct_interval
 
 R = uncertainty.RESAMPLES

@@ -14,7 +14,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
 from pipeline.errors import PipelineError
-from pipeline.stages import caption_bootstrap, caption_metrics
+from pipeline.stages.score import caption_bootstrap, caption_metrics
 
 COLOURS = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square", "triangle", "cross")
@@ -141,7 +141,7 @@ def test_quiet_keeps_pycocoevalcap_off_the_terminal_and_logs_what_java_said_when
     import logging
     import subprocess
 
-    caplog.set_level(logging.DEBUG, logger="pipeline.stages.caption_metrics")
+    caplog.set_level(logging.DEBUG, logger="pipeline.stages.score.caption_metrics")
     with caption_metrics.quiet():
         subprocess.run(["sh", "-c", "echo tokenized 23 tokens >&2"], check=True)
         print("{'testlen': 10}")

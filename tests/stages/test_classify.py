@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from pipeline.errors import PipelineError
 from pipeline.models.precision import Recipe, with_dtype
 from pipeline.stages.classify import zero_shot_logits
-from pipeline.stages.embed import Embedded
+from pipeline.stages import StageResult
 
 
 def test_zero_shot_logits_follow_the_definition():
@@ -47,9 +47,9 @@ def test_captions_find_their_images_by_name_and_only_captioned_images_are_scored
     """A multilingual set's captions name their images: the rows follow the names, whatever the encoding order."""
     from pipeline.stages.classify import caption_owners
 
-    images = Embedded({"image_names": np.array(["c.jpg", "a.jpg", "b.jpg"])}, "k", "r")
-    text = Embedded({"caption_names": np.array(["a.jpg", "c.jpg"])}, "k", "r")
+    images = StageResult({"image_names": np.array(["c.jpg", "a.jpg", "b.jpg"])}, "k", "r")
+    text = StageResult({"caption_names": np.array(["a.jpg", "c.jpg"])}, "k", "r")
     owners, shown = caption_owners(images, text)
     assert list(shown) == [0, 1] and list(owners) == [1, 0]  # b.jpg has no caption: not scored
     with pytest.raises(PipelineError, match="1 captioned images .*d.jpg.* are not among the encoded ones"):
-        caption_owners(images, Embedded({"caption_names": np.array(["d.jpg"])}, "k", "r"))
+        caption_owners(images, StageResult({"caption_names": np.array(["d.jpg"])}, "k", "r"))

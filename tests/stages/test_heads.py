@@ -107,19 +107,20 @@ def test_probe_logits_cover_every_class_and_more_shots_help():
 
 
 def test_the_probe_stage_caches_logits_and_records_its_search(store):
-    from pipeline.stages.embed import Embedded
+    from pipeline.stages import StageContext, StageResult
     from pipeline.stages.heads.linear_probe import linear_probe
     from pipeline.store.cache import StageCache
 
     rng = np.random.default_rng(2)
     centres = rng.normal(size=(3, 8)) * 2
     train_y, test_y = np.repeat(np.arange(3), 30), np.repeat(np.arange(3), 10)
-    train = Embedded({"pre_projection_features": centres[train_y] + rng.normal(size=(90, 8)), "labels": train_y}, "train-k", "r1")
-    test = Embedded({"pre_projection_features": centres[test_y] + rng.normal(size=(30, 8)), "labels": test_y}, "test-k", "r2")
+    train = StageResult({"pre_projection_features": centres[train_y] + rng.normal(size=(90, 8)), "labels": train_y}, "train-k", "r1")
+    test = StageResult({"pre_projection_features": centres[test_y] + rng.normal(size=(30, 8)), "labels": test_y}, "test-k", "r2")
     head = HeadSpec("linear_probe", k_shot=4, seed=1)
     cache = StageCache(store)
-    first = linear_probe(cache, head, train, test, None, 3, tags={"model": "m", "dataset": "d"}, params={})
-    again = linear_probe(cache, head, train, test, None, 3, tags={"model": "m", "dataset": "d"}, params={})
+    stages = StageContext(cache, {"model": "m", "dataset": "d"}, {})
+    first = linear_probe(stages, head, train, test, None, 3)
+    again = linear_probe(stages, head, train, test, None, 3)
     assert first.run_id == again.run_id and first["logits"].shape == (30, 3)
     run = store.client.get_run(first.run_id)
     assert run.data.tags["validation_source"] == "carved" and run.data.tags["k_shot"] == "4"
@@ -127,7 +128,7 @@ def test_the_probe_stage_caches_logits_and_records_its_search(store):
     assert len(first["curve_lambda"]) == len(first["curve_accuracy"]) >= 7
     assert np.all(np.diff(first["curve_lambda"]) > 0)  # stored in λ order, ready to plot
     assert "validation_curve.png" in {f.path for f in store.client.list_artifacts(first.run_id)}
-    other_seed = linear_probe(cache, replace(head, seed=2), train, test, None, 3, tags={}, params={})
+    other_seed = linear_probe(StageContext(cache, {}, {}), replace(head, seed=2), train, test, None, 3)
     assert other_seed.run_id != first.run_id
 
 
@@ -154,11 +155,19 @@ def test_probes_need_a_train_split_and_refuse_test_only_copies(shapes_root):
                 ({"source": "datacomp", "root": "/data/x"}, "holds only the test split"),
                 ({"train_split": None}, "has no train split"),
                 ({"train_split": "test"}, "also the split the probe is scored on"),
-                ({"validation_split": "test"}, "validation_split='test' is the split"),
-                ({"task": "zeroshot_retrieval", "main_metric": "mean_recall@1"}, "is a zeroshot_retrieval task")]
+                ({"validation_split": "test"}, "validation_split='test' is the split")]
     for change, message in refusals:
         with pytest.raises(PipelineError, match=message.replace(".", r"\.").replace("(", r"\(")):
             probe_splits(DatasetSpec.from_cfg({**base, **change}))
+
+
+def test_a_probe_is_refused_where_its_task_has_none():
+    from pipeline.jobs.spec import JobSpec
+    from tests.conftest import compose_config
+
+    with pytest.raises(PipelineError, match="head=linear_probe fits single-label classes; dataset mscoco_captions is "
+                                            "a captioning task: use head=zeroshot"):
+        JobSpec.from_cfg(compose_config("dataset=mscoco_captions", "head=linear_probe"))
 
 
 def test_the_catalog_says_which_splits_probes_can_use():
@@ -255,14 +264,14 @@ def test_a_k_shot_sweep_on_the_tiny_model_end_to_end(tmp_path, shapes_root, tiny
 def test_probe_features_are_the_papers_or_clip_benchmarks():
     """pre_projection: the tower's stored penultimate features (a ResNet's embedding); embedding: CLIP_benchmark's
     L2-normalized embedding."""
-    from pipeline.stages.embed import Embedded
+    from pipeline.stages import StageResult
     from pipeline.stages.heads.linear_probe import probe_features
 
     pre, emb = np.arange(6.0).reshape(2, 3), np.array([[3.0, 4.0], [0.0, 2.0]])
-    images = Embedded({"pre_projection_features": pre, "image_features": emb}, "k", "r")
+    images = StageResult({"pre_projection_features": pre, "image_features": emb}, "k", "r")
     assert np.array_equal(probe_features(images, HeadSpec("linear_probe")), pre)
     assert np.allclose(probe_features(images, HeadSpec("linear_probe", features="embedding")), [[0.6, 0.8], [0, 1]])
-    resnet = Embedded({"image_features": emb}, "k", "r")
+    resnet = StageResult({"image_features": emb}, "k", "r")
     assert np.array_equal(probe_features(resnet, HeadSpec("linear_probe"), pre_is_embedding=True), emb)
     with pytest.raises(PipelineError, match="no pre-projection features"):
         probe_features(resnet, HeadSpec("linear_probe"))

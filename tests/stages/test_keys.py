@@ -8,6 +8,7 @@ import importlib.metadata
 
 import pytest
 
+from pipeline import tasks
 from pipeline.data.datasets import DatasetInfo, DatasetSpec
 from pipeline.stages import classify, generate, score
 from pipeline.stages.embed import (ModelKey, classifier_key, image_key, subset_key, template_key, template_set,
@@ -76,7 +77,9 @@ def keys_of_each_task() -> dict[str, dict[str, str]]:
     settings = {"generation_type": "beam_search", "num_beams": 6, "num_beam_groups": 3, "seq_len": 30,
                 "min_seq_len": 5, "repetition_penalty": 1.0}
     generated = generate.generate_key(MODEL, captions, settings)
-    found["captioning"] = {"generate": generated, "score": score.score_key(captions.spec, generated, generated, False)}
+    task = tasks.get("captioning")
+    found["captioning"] = {"generate": generated, "score": score.score_key(
+        captions.spec, generated, generated, task.score_version, task.score_material({"spice": False}))}
     return found
 
 

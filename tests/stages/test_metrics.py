@@ -6,7 +6,7 @@ import torch
 from clip_benchmark.metrics import zeroshot_classification as cb
 from sklearn.metrics import balanced_accuracy_score, top_k_accuracy_score
 
-from pipeline.stages import metrics
+from pipeline.stages.score import metrics
 
 
 def random_problem(seed: int, n: int = 300, c: int = 12):

@@ -1,4 +1,4 @@
-"""VOC2007's multi-label mAPs (pipeline/stages/multilabel.py): the paper's 11-point AP and clip_benchmark's plain
+"""VOC2007's multi-label mAPs (pipeline/stages/score/multilabel.py): the paper's 11-point AP and clip_benchmark's plain
 AP, on worked examples and against clip_benchmark's own function."""
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from clip_benchmark.metrics import zeroshot_classification as cb
 
-from pipeline.stages import metrics, multilabel
+from pipeline.stages.score import metrics, multilabel
 
 P, N, D = metrics.PRESENT, metrics.ABSENT, metrics.DIFFICULT
 

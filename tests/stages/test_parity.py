@@ -6,10 +6,10 @@ from clip_benchmark.metrics import zeroshot_classification
 
 from pipeline.data import datasets, prompts
 from pipeline.models.loading import ModelLoader, ModelSpec
-from pipeline.stages import metrics
+from pipeline.stages.score import metrics
 from pipeline.stages.classify import zero_shot_logits
 from pipeline.stages.embed import encode_classifier
-from pipeline.stages.embed.images import encode_classification_images
+from pipeline.tasks.classification import encode_classification_images
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pipeline.jobs.scoring import run_job
 from pipeline.models.loading import ModelLoader, ModelSpec
 from pipeline.reports import comparisons, results
 from pipeline.stages import score
-from pipeline.stages.embed.images import encode_retrieval_images
+from pipeline.tasks.retrieval import encode_retrieval_images
 from pipeline.store import artifacts, tracking
 from tests import synthetic
 from tests.conftest import TRAINING_RUN, compose_config

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from pipeline.data import prompts
 from pipeline.models.loading import LoadedModels, ModelLoader, ModelSpec, library_versions
 from pipeline.offline.shapes import CLASSNAMES
-from pipeline.stages import embed
+from pipeline.stages import StageContext, embed
 from pipeline.stages.embed import texts
 from pipeline.store.cache import StageCache
 
@@ -47,7 +47,7 @@ def test_shared_templates_are_encoded_once_and_known_ones_never_again(store, loa
     model = embed.ModelKey(loader.spec.fingerprint, "fp32", library_versions())
 
     def classifier(templates: list[str], loader=loader):
-        return embed.embed_classifier(cache, loader, CLASSNAMES, templates, model, tags=TAGS, params={})
+        return embed.embed_classifier(StageContext(cache, TAGS, {}), loader, CLASSNAMES, templates, model)
 
     classifier([T1, T2])
     classifier([T2, T3])

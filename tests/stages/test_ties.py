@@ -1,4 +1,4 @@
-"""Ties decided as the references decide them (pipeline/stages/ties.py): equal texts get bit-equal similarities, and
+"""Ties decided as the references decide them (pipeline/stages/score/ties.py): equal texts get bit-equal similarities, and
 clip_benchmark 1.6.2's own functions, run on the same tie-rich features, give exactly our numbers: its
 zeroshot_classification.evaluate and accuracy, zeroshot_retrieval.evaluate, image_caption_selection.evaluate and
 average_precision_per_class, with fewer candidates than torch.topk's heap needs (64 per k) and with more."""
@@ -14,9 +14,11 @@ from sklearn.metrics import balanced_accuracy_score
 from pipeline.data import datasets
 from pipeline.models.loading import ModelLoader, ModelSpec
 from pipeline.models.precision import FP32_RECIPE
-from pipeline.stages import classify, metrics, multilabel, score, ties
-from pipeline.stages.embed import Embedded
+from pipeline.stages import classify, score
+from pipeline.stages.score import metrics, multilabel, ties
+from pipeline.stages import StageResult
 from pipeline.stages.embed.texts import encode_strings
+from pipeline.tasks import classification, retrieval, selection
 
 CPU = torch.device("cpu")
 
@@ -40,8 +42,8 @@ class Lookup(torch.nn.Module):
         return self.table[tokens]
 
 
-def embedded(**arrays) -> Embedded:
-    return Embedded({name: np.asarray(value) for name, value in arrays.items()}, "key", "run")
+def embedded(**arrays) -> StageResult:
+    return StageResult({name: np.asarray(value) for name, value in arrays.items()}, "key", "run")
 
 
 def test_distinct_rows_point_every_row_at_the_first_equal_one():
@@ -130,7 +132,7 @@ def test_classes_named_alike_give_clip_benchmarks_classification_numbers(n_class
     reference, _ = zeroshot_classification.run_classification(model, classifier, batches, "cpu", amp=False)
     assert np.array_equal(logits, reference.numpy())  # the same logits, ties included
     spec = datasets.DatasetSpec("named_alike", "zeroshot_classification", "-", "test", "acc1")
-    scored = score.classification_scores(spec, embedded(labels=labels.numpy()), embedded(logits=logits))
+    scored = classification.classification_scores(spec, embedded(labels=labels.numpy()), embedded(logits=logits))
     for name in ("acc1", "acc5", "mean_per_class_recall"):
         assert scored.values[name] == theirs[name] or np.isnan(scored.values[name]) and np.isnan(theirs[name]), name
     # ties decided them, and the count says so; from 63 classes on, topk's first choice and argmax's disagree on
@@ -164,10 +166,10 @@ def test_duplicate_captions_and_images_give_clip_benchmarks_recalls(n_images):
 
     text_features = F.normalize(torch.stack([vectors[t] for t in flat]), dim=-1)
     owners = np.repeat(np.arange(n_images), [len(texts) for texts in captions])
-    predicted = classify.retrieval_outputs(embedded(image_features=images.numpy(), caption_image=owners),
+    predicted = retrieval.retrieval_outputs(embedded(image_features=images.numpy(), caption_image=owners),
                                            embedded(text_features=text_features.numpy()), FP32_RECIPE, CPU)
     spec = datasets.DatasetSpec("duplicates", "zeroshot_retrieval", "-", "test", "mean_recall@1")
-    scored = score.retrieval_scores(spec, embedded(caption_image=owners), embedded(**predicted.arrays))
+    scored = retrieval.retrieval_scores(spec, embedded(caption_image=owners), embedded(**predicted.arrays))
     for name, value in theirs.items():
         assert scored.values[name] == value, name
     assert scored.values["ties"] > 0
@@ -197,13 +199,13 @@ def test_equal_captions_in_an_instance_give_clip_benchmarks_verdict(shape):
 
     names = np.array([f"{m:06d}-{j}.jpg" for m in range(n) for j in range(i)])
     texts = F.normalize(torch.stack([vectors[t] for texts in entries for t in texts]), dim=-1)
-    predicted = classify.selection_outputs(embedded(image_features=images.reshape(n * i, dim).numpy(), image_names=names),
+    predicted = selection.selection_outputs(embedded(image_features=images.reshape(n * i, dim).numpy(), image_names=names),
                                            embedded(text_features=texts.numpy(), instance_images=names.reshape(n, i)),
                                            FP32_RECIPE, CPU).arrays
     equal = np.array([texts[0] == texts[1] for texts in entries])
     assert (predicted["scores"][equal, :, 0] == predicted["scores"][equal, :, 1]).all()
     spec = datasets.DatasetSpec("equal", "image_caption_selection", "-", "test", "acc")
-    scored = score.selection_scores(spec, embedded(), embedded(**predicted))
+    scored = selection.selection_scores(spec, embedded(), embedded(**predicted))
     for name in ("acc", "text_acc", "image_acc"):
         assert scored.values[name] == theirs[name], name
     assert scored.values["ties"] == equal.sum() > 0
@@ -222,7 +224,7 @@ def test_where_clip_benchmarks_own_product_rounds_equal_captions_apart_ours_keep
     normalized = F.normalize(images, dim=-1)                        # its l.181, once per image as ours
     theirs = torch.stack([normalized[m:m + 1] @ texts[m].t() for m in range(n)]).numpy()  # (N, 1, 2), its call
     names = np.array([f"{m:06d}.jpg" for m in range(n)])
-    ours = classify.selection_outputs(embedded(image_features=images.numpy(), image_names=names),
+    ours = selection.selection_outputs(embedded(image_features=images.numpy(), image_names=names),
                                       embedded(text_features=texts.reshape(2 * n, dim).numpy(),
                                                instance_images=names[:, None]), FP32_RECIPE, CPU).arrays["scores"]
     assert np.array_equal(ours[:, :, 0], theirs[:, :, 0]) and np.array_equal(ours[1::2], theirs[1::2])

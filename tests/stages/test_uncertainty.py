@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from pipeline.stages import metrics, multilabel, uncertainty
+from pipeline.stages.score import metrics, multilabel, uncertainty
+from pipeline.tasks import classification, retrieval, selection, winogavil
+from pipeline.tasks import multilabel as multilabel_task
 from tests.records import direct_interval
 
 R = uncertainty.RESAMPLES
@@ -20,7 +22,7 @@ def test_the_interval_covers_the_true_accuracy_about_95_percent_of_the_time():
         correct = rng.random(1000) < 0.7
         outcomes = {"labels": np.zeros(1000, dtype=np.int64), "predictions": np.zeros(1000, dtype=np.int64),
                     "correct1": correct}
-        low, high = uncertainty.interval(uncertainty.classification_replicates(outcomes, 2)["acc1"])
+        low, high = uncertainty.interval(classification.classification_replicates(outcomes, 2)["acc1"])
         covered += low <= 0.7 <= high
     assert 0.92 <= covered / 500 <= 0.98, covered / 500
 
@@ -36,7 +38,7 @@ def classification_outcomes(n=300, classes=6, seed=0):
 def test_plain_metrics_equal_a_direct_resampling_of_the_outcomes():
     outcomes = classification_outcomes()
     extra = {"F1-macro_all": metrics.macro_f1_present}
-    replicates = uncertainty.classification_replicates(outcomes, 6, extra)
+    replicates = classification.classification_replicates(outcomes, 6, extra)
     rng = np.random.default_rng(uncertainty.SEED)
     acc1, recall, f1 = [], [], []
     for _ in range(R):
@@ -55,7 +57,7 @@ def test_plain_metrics_equal_a_direct_resampling_of_the_outcomes():
 def test_worst_group_metrics_resample_within_each_group():
     outcomes = classification_outcomes()
     groups = outcomes["group_region"]
-    replicates = uncertainty.classification_replicates(outcomes, 6, groups={"acc_worst_region": ("group_region", 1)})
+    replicates = classification.classification_replicates(outcomes, 6, groups={"acc_worst_region": ("group_region", 1)})
     rng = np.random.default_rng(uncertainty.SEED)
     members = [np.flatnonzero(groups == g) for g in range(4)]
     direct = []
@@ -73,7 +75,7 @@ def test_retrieval_resamples_images_with_all_their_captions():
     outcomes = {"image_found": rng.random((len(owner), ks)) < 0.4, "text_found": rng.random((40, ks)) < 0.5,
                 "image_rank": rng.integers(1, 20, len(owner)), "text_rank": rng.integers(1, 8, 40),
                 "caption_image": owner}
-    replicates = uncertainty.retrieval_replicates(outcomes)
+    replicates = retrieval.retrieval_replicates(outcomes)
     draw = np.random.default_rng(uncertainty.SEED)
     direct, ranks = [], []
     for _ in range(R):
@@ -89,7 +91,7 @@ def test_retrieval_resamples_images_with_all_their_captions():
 def test_winogavil_resamples_games():
     rng = np.random.default_rng(5)
     outcomes = {"game_scores": rng.random(30), "game_sizes": rng.choice([5, 6, 10, 12], 30)}
-    replicates = uncertainty.winogavil_replicates(outcomes)
+    replicates = winogavil.winogavil_replicates(outcomes)
     draw = np.random.default_rng(uncertainty.SEED)
     direct = [outcomes["game_scores"][draw.integers(0, 30, 30)].mean() for _ in range(R)]
     assert uncertainty.interval(replicates["avg_jaccard_score"]) == pytest.approx(direct_interval(direct))
@@ -97,12 +99,12 @@ def test_winogavil_resamples_games():
 
 def test_the_paired_test_finds_nothing_against_itself_and_a_clear_difference_where_there_is_one():
     outcomes = classification_outcomes()
-    a = uncertainty.classification_replicates(outcomes, 6)["acc1"]
+    a = classification.classification_replicates(outcomes, 6)["acc1"]
     assert uncertainty.paired(a, a) == (0.0, 0.0, 1.0)
     better = dict(outcomes, correct1=outcomes["correct1"].copy())
     wrong = np.flatnonzero(~better["correct1"])
     better["correct1"][wrong[: len(wrong) // 2]] = True  # right wherever A is right, and on half of A's misses
-    b = uncertainty.classification_replicates(better, 6)["acc1"]
+    b = classification.classification_replicates(better, 6)["acc1"]
     low, high, p = uncertainty.paired(b, a)
     assert low > 0 and p < 0.01
 
@@ -126,7 +128,7 @@ def test_each_dataset_draws_its_own_resamples_the_same_for_every_model():
 def test_worst_group_intervals_use_the_groups_own_k():
     outcomes = classification_outcomes()
     outcomes["correct3"] = np.ones(300, dtype=bool)
-    replicates = uncertainty.classification_replicates(outcomes, 6, groups={"wg3": ("group_region", 3),
+    replicates = classification.classification_replicates(outcomes, 6, groups={"wg3": ("group_region", 3),
                                                                           "wg1": ("group_region", 1)})
     assert (replicates["wg3"] == 1).all() and (replicates["wg1"] < 1).all()
 
@@ -142,7 +144,7 @@ def test_multilabel_resamples_images_with_all_their_classes():
     rng = np.random.default_rng(6)
     truth = rng.choice([1, -1, 0], p=[0.3, 0.6, 0.1], size=(150, 4)).astype(np.int8)
     scores = rng.normal(size=truth.shape) + truth
-    replicates = uncertainty.multilabel_replicates({"scores": scores, "labels": truth}, resamples=50)
+    replicates = multilabel_task.multilabel_replicates({"scores": scores, "labels": truth}, resamples=50)
     draw = np.random.default_rng(uncertainty.SEED)
     for b in range(50):
         idx = draw.integers(0, 150, 150)
@@ -157,7 +159,7 @@ def test_selection_resamples_units_with_all_their_instances():
     units = rng.integers(0, 25, 60)
     units = np.unique(units, return_inverse=True)[1]  # 0..U-1, as the classify stage numbers them
     outcomes = {name: rng.random(60) < 0.6 for name in metrics.SELECTION_METRICS} | {"units": units}
-    replicates = uncertainty.selection_replicates(outcomes)
+    replicates = selection.selection_replicates(outcomes)
     draw = np.random.default_rng(uncertainty.SEED)
     direct = []
     for _ in range(R):

@@ -46,8 +46,8 @@ def test_miss_then_hit_round_trips_arrays_and_metrics(store):
     first = cache.get_or_compute(request(), compute)
     second = cache.get_or_compute(request(), compute)
     assert compute.calls == 1 and not first.hit and second.hit and second.run_id == first.run_id
-    np.testing.assert_array_equal(second.output.arrays["x"], OUTPUT.arrays["x"])
-    assert second.output.metrics["acc1"] == 0.5 and math.isnan(second.output.metrics["acc5"])
+    np.testing.assert_array_equal(second.arrays["x"], OUTPUT.arrays["x"])
+    assert second.metrics["acc1"] == 0.5 and math.isnan(second.metrics["acc5"])
     run = store.client.get_run(first.run_id)
     assert run.data.tags["stage"] == "embed" and run.data.tags["cache_key"] == "k1"
     assert run.data.params["a.b"] == "1" and run.data.metrics["acc1"] == 0.5
@@ -142,7 +142,7 @@ def test_transient_download_failure_is_retried_and_the_run_stays_servable(tmp_pa
         again = cache.get_or_compute(request(), compute)
         assert proxy.failed == 1 and "retrying (2/4)" in caplog.text
         assert again.hit and again.run_id == first.run_id and compute.calls == 1
-        np.testing.assert_array_equal(again.output.arrays["x"], OUTPUT.arrays["x"])
+        np.testing.assert_array_equal(again.arrays["x"], OUTPUT.arrays["x"])
         assert store.client.get_run(first.run_id).data.tags["cache_store"] == "true"
 
         proxy.arm(failures=10)  # a server down for longer than the retries: recompute, but keep the run servable

@@ -99,7 +99,7 @@ def test_a_key_finished_while_a_waiter_looks_it_up_is_served_not_recomputed(stor
     result = Waiter(store, claim_timeout_s=30).get_or_compute(
         request("k"), lambda: recomputed.append(1) or StageOutput({"x": np.zeros(1)}))
     assert not recomputed and result.hit
-    np.testing.assert_array_equal(result.output.arrays["x"], np.arange(3.0))
+    np.testing.assert_array_equal(result.arrays["x"], np.arange(3.0))
 
 
 def test_when_the_computing_job_fails_a_waiting_job_takes_the_key_over(store):
@@ -193,7 +193,7 @@ def test_a_killed_claimant_is_taken_over_at_once_and_its_run_marked_killed(store
     assert killed.data.tags["killed_by"] == f"claim expired: its holder, pid {pid} on {socket.gethostname()}, is gone"
     served = StageCache(store).get_or_compute(request("k"), lambda: StageOutput({"image_features": np.zeros(1)}))
     assert served.hit and served.run_id == result.run_id
-    assert np.array_equal(served.output.arrays["image_features"], np.arange(4.0))
+    assert np.array_equal(served.arrays["image_features"], np.arange(4.0))
     assert not all_runs(store, f"tags.stage = '{CLAIM_STAGE}' and attributes.status = 'RUNNING'")
 
 

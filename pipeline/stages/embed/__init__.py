@@ -13,8 +13,9 @@ import numpy as np
 from pipeline.data import datasets, prompts
 from pipeline.models import precision
 from pipeline.models.loading import ModelLoader
+from pipeline.stages import StageContext, StageResult
 from pipeline.store.artifacts import StageOutput
-from pipeline.store.cache import StageCache, StageRequest, cache_key
+from pipeline.store.cache import StageRequest, cache_key
 
 # The encoders (`images`, `texts`: torch, the readers) are imported where something is encoded, so a job that is
 # served every stage never imports them.
@@ -29,18 +30,6 @@ IMAGE_VERSION = "3"
 # other reader always read in that order, so their image keys stay what they were.
 ORDERED_IMAGE_VERSIONS = {"wds": "4"}
 TEMPLATE_SET_TAG = "template_set"
-
-
-@dataclass(frozen=True)
-class Embedded:
-    """A stage's arrays with the cache key and MLflow run that produced them."""
-
-    arrays: Mapping[str, np.ndarray]
-    key: str
-    run_id: str
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.arrays[name]
 
 
 @dataclass(frozen=True)
@@ -71,7 +60,7 @@ def subset_key(image_key: str, classes: tuple[int, ...]) -> str:
     return cache_key("embed/classes", CLASSES_VERSION, {"classes": list(classes)}, [image_key])
 
 
-def class_subset(images: "Embedded", classes: tuple[int, ...]) -> "Embedded":
+def class_subset(images: StageResult, classes: tuple[int, ...]) -> StageResult:
     """The images of some classes only, relabelled by each class's position in `classes`: Babel-ImageNet's
     languages each name a subset of ImageNet's classes, and all read ImageNet's one cached image stage through this
     view (it is computed, not stored: a selection of rows costs less than a stage run)."""
@@ -81,7 +70,8 @@ def class_subset(images: "Embedded", classes: tuple[int, ...]) -> "Embedded":
     keep = position[labels] >= 0
     arrays = {name: value[keep] if name != "skipped_samples" and np.ndim(value) and len(value) == len(labels) else value
               for name, value in images.arrays.items()}
-    return Embedded({**arrays, "labels": position[labels[keep]]}, subset_key(images.key, classes), images.run_id)
+    return StageResult({**arrays, "labels": position[labels[keep]]}, subset_key(images.key, classes), images.run_id,
+                       images.hit)
 
 
 def classifier_key(model: ModelKey, classnames: list[str], class_prompts: prompts.Prompts) -> str:
@@ -105,23 +95,21 @@ def texts_key(model: ModelKey, dataset: datasets.DatasetInfo) -> str:
 
 
 # -- the stage entry points ---------------------------------------------------------------------------
-def embed_images(cache: StageCache, loader: ModelLoader, dataset: datasets.DatasetInfo, model: ModelKey, *,
-                 tags: Mapping[str, str], params: Mapping[str, Any], batch_size: int, num_workers: int) -> Embedded:
-    """Image-side arrays for (model, dataset); independent of the prompt set."""
+ImageEncoder = Callable[[ModelLoader, datasets.DatasetSpec, str, int, int], StageOutput]
+
+
+def embed_images(ctx: StageContext, loader: ModelLoader, dataset: datasets.DatasetInfo, model: ModelKey,
+                 encode: ImageEncoder, *, batch_size: int, num_workers: int) -> StageResult:
+    """Image-side arrays for (model, dataset), independent of the prompt set: `encode` (the task's) reads every image
+    through the image tower once, with what the task needs beside it (labels, caption owners, game layout)."""
     spec = dataset.spec
-    key = image_key(model, dataset)
-    request = StageRequest("embed", key, {**tags, "modality": "image", "prompts": prompts.PROMPT_FREE, "precision": model.precision,
-                                          "split": spec.split},
-                           params, name=f"embed-image:{loader.spec.name}:{spec.name}/{spec.split}")
-    from pipeline.stages.embed.images import IMAGE_ENCODERS
-
-    encode = IMAGE_ENCODERS[spec.task]
-    result = cache.get_or_compute(request, lambda: encode(loader, spec, model.precision, batch_size, num_workers))
-    return Embedded(result.output.arrays, key, result.run_id)
+    tags = {"modality": "image", "prompts": prompts.PROMPT_FREE, "precision": model.precision, "split": spec.split}
+    return ctx.run("embed", image_key(model, dataset), f"embed-image:{loader.spec.name}:{spec.name}/{spec.split}",
+                   lambda: encode(loader, spec, model.precision, batch_size, num_workers), tags=tags)
 
 
-def template_embeddings(cache: StageCache, loader: ModelLoader, classnames: list[str], templates: list[str],
-                        model: ModelKey, *, tags: Mapping[str, str]) -> dict[str, Mapping[str, np.ndarray]]:
+def template_embeddings(ctx: StageContext, loader: ModelLoader, classnames: list[str], templates: list[str],
+                        model: ModelKey) -> dict[str, Mapping[str, np.ndarray]]:
     """Each distinct template's (classes, dim) embeddings: served from its own run, or encoded with the others
     that are missing in one pass."""
     from pipeline.stages.embed import texts
@@ -129,14 +117,15 @@ def template_embeddings(cache: StageCache, loader: ModelLoader, classnames: list
     group = template_set(model, classnames)
     distinct = list(dict.fromkeys(templates))
     by_key = {template_key(model, classnames, template): template for template in distinct}
-    run_tags = {**tags, "modality": "template", "prompts": prompts.PROMPT_FREE, "precision": model.precision, TEMPLATE_SET_TAG: group}
+    run_tags = {**ctx.tags, "modality": "template", "prompts": prompts.PROMPT_FREE, "precision": model.precision,
+                TEMPLATE_SET_TAG: group}
     requests = [StageRequest("embed", key, {**run_tags, "template": template}, {},
                              name=f"embed-template:{loader.spec.name}:{template}") for key, template in by_key.items()]
-    results = cache.get_or_compute_many(
-        requests, (TEMPLATE_SET_TAG, group), f"embed-templates:{loader.spec.name}:{tags.get('dataset')}",
+    results = ctx.cache.get_or_compute_many(
+        requests, (TEMPLATE_SET_TAG, group), f"embed-templates:{loader.spec.name}:{ctx.tags.get('dataset')}",
         lambda missing: texts.encode_templates(loader.get(), classnames, [by_key[r.key] for r in missing],
                                                model.precision))
-    return {by_key[request.key]: result.output.arrays for request, result in zip(requests, results)}
+    return {by_key[request.key]: result.arrays for request, result in zip(requests, results)}
 
 
 def encode_classifier(loader: ModelLoader, classnames: list[str], class_prompts: prompts.Prompts, text_precision: str,
@@ -161,18 +150,15 @@ def encode_classifier(loader: ModelLoader, classnames: list[str], class_prompts:
     return StageOutput(arrays=precision.with_dtype("classifier", weights))
 
 
-def embed_classifier(cache: StageCache, loader: ModelLoader, classnames: list[str], class_prompts: prompts.Prompts,
-                     model: ModelKey, *, tags: Mapping[str, str], params: Mapping[str, Any]) -> Embedded:
+def embed_classifier(ctx: StageContext, loader: ModelLoader, classnames: list[str], class_prompts: prompts.Prompts,
+                     model: ModelKey) -> StageResult:
     """Zero-shot classifier weights, (dim, classes), one normalized column per class. On a miss its templates'
     embeddings are gathered first, so a new combination of known templates encodes nothing."""
-    key = classifier_key(model, classnames, class_prompts)
-    request = StageRequest("embed", key, {**tags, "modality": "text", "precision": model.precision}, params,
-                           name=f"embed-text:{loader.spec.name}:{tags.get('dataset')}:{tags.get('prompts')}")
     gathered: dict[str, Mapping[str, np.ndarray]] = {}
 
     def gather() -> None:
         if not isinstance(class_prompts, dict):
-            gathered.update(template_embeddings(cache, loader, classnames, class_prompts, model, tags=tags))
+            gathered.update(template_embeddings(ctx, loader, classnames, class_prompts, model))
 
     def compute() -> StageOutput:
         output = encode_classifier(loader, classnames, class_prompts, model.precision, gathered or None)
@@ -183,21 +169,19 @@ def embed_classifier(cache: StageCache, loader: ModelLoader, classnames: list[st
         return replace(output, arrays={**output.arrays, "templates": np.array(class_prompts, dtype=str)},
                        tags={TEMPLATE_SET_TAG: template_set(model, classnames)})
 
-    result = cache.get_or_compute(request, compute, before=gather)
-    return Embedded(result.output.arrays, key, result.run_id)
+    name = f"embed-text:{loader.spec.name}:{ctx.tags.get('dataset')}:{ctx.tags.get('prompts')}"
+    return ctx.run("embed", classifier_key(model, classnames, class_prompts), name, compute,
+                   tags={"modality": "text", "precision": model.precision}, before=gather)
 
 
 Texts = Callable[[], tuple[list[str], Mapping[str, np.ndarray]]]
 
 
-def embed_texts(cache: StageCache, loader: ModelLoader, dataset: datasets.DatasetInfo, texts: Texts,
-                model: ModelKey, *, tags: Mapping[str, str], params: Mapping[str, Any]) -> Embedded:
+def embed_texts(ctx: StageContext, loader: ModelLoader, dataset: datasets.DatasetInfo, texts: Texts,
+                model: ModelKey) -> StageResult:
     """Embeddings of a dataset's own texts (retrieval captions, WinoGAViL cues, the captions of image-caption
     selection with the images each instance shows), cached like classifiers; `texts` gives the strings and any
     arrays kept beside their embeddings, and is only called when they have to be encoded."""
-    key = texts_key(model, dataset)
-    request = StageRequest("embed", key, {**tags, "modality": "text", "precision": model.precision}, params,
-                           name=f"embed-text:{loader.spec.name}:{tags.get('dataset')}")
     def compute() -> StageOutput:
         from pipeline.stages.embed.texts import encode_texts
 
@@ -205,5 +189,5 @@ def embed_texts(cache: StageCache, loader: ModelLoader, dataset: datasets.Datase
         encoded = encode_texts(loader, strings, model.precision)
         return replace(encoded, arrays={**encoded.arrays, **beside})
 
-    result = cache.get_or_compute(request, compute)
-    return Embedded(result.output.arrays, key, result.run_id)
+    return ctx.run("embed", texts_key(model, dataset), f"embed-text:{loader.spec.name}:{ctx.tags.get('dataset')}",
+                   compute, tags={"modality": "text", "precision": model.precision})

@@ -1,8 +1,8 @@
-"""Image encoders of the embed stage: every image of a dataset through the image tower once, with what the
-task needs beside it (labels and group metadata, caption owners, WinoGAViL's game layout)."""
+"""Image encoding for the embed stage: every image of a dataset through the image tower once, in the dataset's
+order, each reading or model failure said for what it is. Each task's encoder (`pipeline.tasks`) reads its
+dataset through these, keeping what it needs beside the features (labels, caption owners, a game's layout)."""
 from __future__ import annotations
 
-import itertools
 import logging
 from typing import Callable, Iterator
 
@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.data import datasets, reading
+from pipeline.data import datasets
 from pipeline.data.readers import Batch, Unreadable, is_decoding_error
 from pipeline.errors import PipelineError, one_line
 from pipeline.models.loading import LoadedModel, ModelLoader
@@ -135,24 +135,6 @@ def pinned(loaded: LoadedModel) -> bool:
     return loaded.device.type == "cuda"
 
 
-def encode_classification_images(loader: ModelLoader, spec: datasets.DatasetSpec, precision: str, batch_size: int,
-                                 num_workers: int) -> StageOutput:
-    loaded = loader.get()
-    labels: list[int] = []
-    metadata: list[np.ndarray] = []
-
-    def collect(batch: Batch) -> None:
-        labels.extend(int(label) for label in batch.fields["cls"])
-        metadata.extend(batch.fields.get("npy", ()))
-
-    batches = reading.classification_batches(spec, loaded.preprocess, batch_size, num_workers, pinned(loaded))
-    encoded = encode_batches(loaded, batches, spec, precision, collect)
-    arrays = {**encoded.arrays, "labels": np.array(labels, dtype=np.int64)}
-    if metadata:
-        arrays["metadata"] = np.stack(metadata).astype(np.int64)
-    return StageOutput(arrays=arrays, metrics=encoded.metrics)
-
-
 def encode_indexed(loader: ModelLoader, spec: datasets.DatasetSpec, precision: str, batch_size: int,
                    num_workers: int, read: Callable, name: str) -> StageOutput:
     """Image features with `name`: the per-image array `read` gives beside batches that carry each image's row
@@ -163,74 +145,3 @@ def encode_indexed(loader: ModelLoader, spec: datasets.DatasetSpec, precision: s
     encoded = encode_batches(loaded, images, spec, precision, lambda batch: rows.extend(map(int, batch.fields["index"])))
     return StageOutput(arrays={**encoded.arrays, name: np.asarray(per_image)[np.array(rows, dtype=np.int64)]},
                        metrics=encoded.metrics)
-
-
-def encode_multilabel_images(loader: ModelLoader, spec: datasets.DatasetSpec, precision: str, batch_size: int,
-                             num_workers: int) -> StageOutput:
-    """Image features with each image's row of the devkit's ground truth, (images, classes) flags 1, -1, 0."""
-    return encode_indexed(loader, spec, precision, batch_size, num_workers, reading.multilabel_batches, "labels")
-
-
-def encode_selection_images(loader: ModelLoader, spec: datasets.DatasetSpec, precision: str, batch_size: int,
-                            num_workers: int) -> StageOutput:
-    """Image features with each image's name, which the instances of image-caption selection refer to."""
-    return encode_indexed(loader, spec, precision, batch_size, num_workers, reading.selection_images, "image_names")
-
-
-def encode_retrieval_images(loader: ModelLoader, spec: datasets.DatasetSpec, precision: str, batch_size: int,
-                            num_workers: int) -> StageOutput:
-    """Image features plus every caption and the index of its image (captions are embedded as text later); for a
-    multilingual `lines` dataset the images alone, with their names, shared by its languages."""
-    if spec.format == "lines":
-        return encode_indexed(loader, spec, precision, batch_size, num_workers, reading.lines_images, "image_names")
-    loaded = loader.get()
-    captions: list[str] = []
-    caption_image: list[int] = []
-    image_ids = itertools.count()
-
-    def collect(batch: Batch) -> None:
-        for per_image in batch.fields["txt"]:
-            image_id = next(image_ids)
-            captions.extend(per_image)
-            caption_image.extend([image_id] * len(per_image))
-
-    batches = reading.retrieval_batches(spec, loaded.preprocess, batch_size, num_workers, pinned(loaded))
-    encoded = encode_batches(loaded, batches, spec, precision, collect)
-    return StageOutput(arrays={**encoded.arrays, "captions": np.array(captions, dtype=str),
-                               "caption_image": np.array(caption_image, dtype=np.int64)}, metrics=encoded.metrics)
-
-
-def winogavil_cue_text(cue: str) -> str:
-    """DataComp's WinoGAViL prompt: "A {cue}" or "An {cue}", lower-cased."""
-    cue = cue.lower()
-    return f"An {cue}" if cue[:1] in "aeiou" else f"A {cue}"
-
-
-def encode_winogavil_images(loader: ModelLoader, spec: datasets.DatasetSpec, precision: str, batch_size: int,
-                            num_workers: int) -> StageOutput:
-    """Every game's candidate images, flattened, with each game's size, true associations and cue text."""
-    loaded = loader.get()
-    sizes, truth, cues = [], [], []
-
-    def collect(batch: Batch) -> None:
-        for game in batch.fields["game"]:
-            sizes.append(len(game.candidates))
-            truth.extend(np.isin(game.candidates, game.associations))
-            cues.append(winogavil_cue_text(game.cue))
-
-    # One game per batch: its candidates are the images DataComp encodes together.
-    games = (Batch(torch.stack([loaded.preprocess(image) for image in game.images]), {"game": [game]})
-             for game in reading.winogavil_instances(spec))
-    encoded = encode_batches(loaded, games, spec, precision, collect)
-    return StageOutput(arrays={**encoded.arrays, "game_sizes": np.array(sizes, dtype=np.int64),
-                               "associations": np.array(truth, dtype=bool), "cues": np.array(cues, dtype=str)},
-                       metrics=encoded.metrics)
-
-
-IMAGE_ENCODERS: dict[str, Callable[..., StageOutput]] = {
-    "zeroshot_classification": encode_classification_images,
-    "zeroshot_retrieval": encode_retrieval_images,
-    "winogavil": encode_winogavil_images,
-    datasets.MULTILABEL: encode_multilabel_images,
-    datasets.SELECTION: encode_selection_images,
-}

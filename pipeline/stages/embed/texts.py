@@ -11,7 +11,7 @@ from tqdm import tqdm
 from pipeline.models.loading import LoadedModel, ModelLoader
 from pipeline.models.precision import with_dtype
 from pipeline.stages.embed.trimmed import encode_tokens, length_order
-from pipeline.stages.ties import distinct
+from pipeline.stages.score.ties import distinct
 from pipeline.store.artifacts import StageOutput
 
 TEXT_BATCH = 256

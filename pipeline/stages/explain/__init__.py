@@ -7,7 +7,7 @@ holds the maps as arrays, each map as its own `.npy` and a PNG overlay for peopl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 import numpy as np
 import torch
@@ -15,25 +15,18 @@ from tqdm import tqdm
 
 from pipeline.errors import PipelineError
 from pipeline.models.loading import LoadedModel, ModelLoader
+from pipeline.stages import StageContext, StageResult
 from pipeline.stages.embed import ModelKey
 from pipeline.stages.explain import figures, inputs
 from pipeline.stages.explain.attention import vit_blocks
 from pipeline.stages.explain.inputs import ExplainSpec, Source
 from pipeline.stages.explain.relevance import encode_captions, relevance_maps
 from pipeline.store.artifacts import StageOutput
-from pipeline.store.cache import StageCache, StageRequest, cache_key
+from pipeline.store.cache import cache_key
 
 STAGE = "explain"
 # 1: gradient-weighted attention rollout (Chefer et al., 2021) from the class token, logit = scale · cosine.
 VERSION = "1"
-
-
-@dataclass(frozen=True)
-class Explained:
-    arrays: Mapping[str, np.ndarray]
-    key: str
-    run_id: str
-    hit: bool
 
 
 def explain_key(image_model: ModelKey, text_precision: str, spec: ExplainSpec, source: Source) -> str:
@@ -88,19 +81,16 @@ def compute(loaded: LoadedModel, spec: ExplainSpec, source: Source, prepared: Pr
     return StageOutput(arrays=arrays, metrics={"maps": float(len(pairs))}, figures=figures.pair_files(arrays))
 
 
-def explain(cache: StageCache, loader: ModelLoader, spec: ExplainSpec, source: Source, image_model: ModelKey,
-            text_precision: str, *, tags: Mapping[str, str], params: Mapping[str, Any]) -> Explained:
+def explain(ctx: StageContext, loader: ModelLoader, spec: ExplainSpec, source: Source, image_model: ModelKey,
+            text_precision: str) -> StageResult:
     """The maps for `spec` on `source` with the loader's model: served by key, or computed in a `stage=explain` run."""
-    key = explain_key(image_model, text_precision, spec, source)
-    label = f"{loader.spec.name}:{tags.get('pretrained', '')}"
-    request = StageRequest(STAGE, key, {**tags, "method": spec.method, "precision": image_model.precision,
-                                        "images": ", ".join(source.names)[:500]}, params,
-                           name=f"explain:{label}")
+    label = f"{loader.spec.name}:{ctx.tags.get('pretrained', '')}"
     prepared: list[Prepared] = []
 
     def before() -> None:  # on a miss, reading fails before the stage's run exists
         prepared.append(prepare(loader.get(), spec, source, label, text_precision))
 
-    result = cache.get_or_compute(request, lambda: compute(loader.get(), spec, source, prepared[0], label,
-                                                           image_model.precision), before=before)
-    return Explained(result.output.arrays, key, result.run_id, result.hit)
+    return ctx.run(STAGE, explain_key(image_model, text_precision, spec, source), f"explain:{label}",
+                   lambda: compute(loader.get(), spec, source, prepared[0], label, image_model.precision),
+                   tags={"method": spec.method, "precision": image_model.precision,
+                         "images": ", ".join(source.names)[:500]}, before=before)

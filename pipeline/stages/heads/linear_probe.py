@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import io
 from dataclasses import replace
-from typing import Any, Mapping
 
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.stages.embed import Embedded
+from pipeline.stages import StageContext, StageResult
 from pipeline.stages.embed.projection import EMBEDDING, PRE_PROJECTION
 from pipeline.stages.heads import HeadSpec, probe, splits
 from pipeline.store.artifacts import StageOutput
-from pipeline.store.cache import StageCache, StageRequest, cache_key
+from pipeline.store.cache import cache_key
 
 VERSION = "1"
 CURVE_PLOT = "validation_curve.png"
@@ -25,7 +24,7 @@ def probe_key(head: HeadSpec, train_key: str, test_key: str, validation_key: str
                      [train_key, test_key, validation_key or "-"])
 
 
-def probe_features(images: Embedded, head: HeadSpec, pre_is_embedding: bool = False) -> np.ndarray:
+def probe_features(images: StageResult, head: HeadSpec, pre_is_embedding: bool = False) -> np.ndarray:
     """The paper's pre-projection features (a ResNet's, `pre_is_embedding`, are its embedding), or CLIP_benchmark's:
     the embedding, L2-normalized. float64, as scikit-learn fits them."""
     if head.features == "embedding":
@@ -39,7 +38,7 @@ def probe_features(images: Embedded, head: HeadSpec, pre_is_embedding: bool = Fa
     return images[PRE_PROJECTION].astype(np.float64)
 
 
-def probe_outputs(head: HeadSpec, train: Embedded, test: Embedded, validation: Embedded | None,
+def probe_outputs(head: HeadSpec, train: StageResult, test: StageResult, validation: StageResult | None,
                   n_classes: int, pre_is_embedding: bool = False) -> StageOutput:
     """Fit on the train split's features (validation provided, or carved from train), score the test split."""
     train_x, train_y = probe_features(train, head, pre_is_embedding), train["labels"]
@@ -85,20 +84,17 @@ def curve_plot(output: StageOutput, title: str) -> bytes:
     return buffer.getvalue()
 
 
-def linear_probe(cache: StageCache, head: HeadSpec, train: Embedded, test: Embedded,
-                 validation: Embedded | None, n_classes: int, *, tags: Mapping[str, str],
-                 params: Mapping[str, Any], pre_is_embedding: bool = False) -> Embedded:
+def linear_probe(ctx: StageContext, head: HeadSpec, train: StageResult, test: StageResult,
+                 validation: StageResult | None, n_classes: int, pre_is_embedding: bool = False) -> StageResult:
     """The probe's test logits, cached by the head's settings and the features' keys (`stage=classify`,
     `head=linear_probe`), so the score stage takes them like zero-shot logits."""
     key = probe_key(head, train.key, test.key, validation.key if validation is not None else None)
     shots = head.labels()["k_shot"]
-    name = f"probe:{tags.get('model')}:{tags.get('dataset')}:k={shots}:seed={head.seed}"
+    name = f"probe:{ctx.tags.get('model')}:{ctx.tags.get('dataset')}:k={shots}:seed={head.seed}"
 
     def compute() -> StageOutput:
         output = probe_outputs(head, train, test, validation, n_classes, pre_is_embedding)
         title = f"{name} ({output.tags['validation_source']} validation)"
         return replace(output, figures={CURVE_PLOT: curve_plot(output, title)})
 
-    request = StageRequest("classify", key, {**tags, "head": "linear_probe"}, params, name=name)
-    result = cache.get_or_compute(request, compute)
-    return Embedded(result.output.arrays, key, result.run_id)
+    return ctx.run("classify", key, name, compute, tags={"head": "linear_probe"})

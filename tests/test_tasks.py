@@ -1,5 +1,6 @@
-"""Every task type: metric definitions on worked examples, the reference where one runs offline, and a real
-job per task on a synthetic stand-in in the source's on-disk layout."""
+"""The task types and their registry: every registered task, an unknown one refused in one line, a toy task type
+added in one module and run as a job; metric definitions on worked examples, the reference where one runs
+offline, and a real job per task on a synthetic stand-in in the source's on-disk layout."""
 import math
 
 import numpy as np
@@ -8,16 +9,81 @@ import torch
 from clip_benchmark.metrics import zeroshot_retrieval
 from sklearn.metrics import f1_score
 
+from pipeline import tasks
 from pipeline.data import datasets, reading
+from pipeline.errors import PipelineError
 from pipeline.jobs.scoring import run_job
 from pipeline.models.loading import ModelLoader, ModelSpec
-from pipeline.stages import metrics
 from pipeline.stages.classify import normalize
-from pipeline.stages.embed.images import encode_retrieval_images, winogavil_cue_text
 from pipeline.stages.embed.texts import encode_texts
-from pipeline.stages.score import RETRIEVAL_OUTCOMES
+from pipeline.stages.score import metrics
+from pipeline.tasks import captioning, classification, multilabel, retrieval, selection, winogavil
+from pipeline.tasks.retrieval import OUTCOMES as RETRIEVAL_OUTCOMES
+from pipeline.tasks.retrieval import encode_retrieval_images
+from pipeline.tasks.winogavil import winogavil_cue_text
 from tests import synthetic
 from tests.conftest import compose_config
+
+
+# -- the registry ----------------------------------------------------------------------------------------
+def test_every_task_type_is_registered_under_the_name_its_keys_hold():
+    kinds = {classification.Classification: "zeroshot_classification", retrieval.Retrieval: "zeroshot_retrieval",
+             winogavil.WinoGAViL: "winogavil", multilabel.Multilabel: "multilabel_classification",
+             selection.Selection: "image_caption_selection", captioning.Captioning: "captioning"}
+    assert {type(task): name for name, task in tasks.REGISTRY.items()} == kinds
+    assert [name for name, task in tasks.REGISTRY.items() if task.probe] == ["zeroshot_classification"]
+    assert [name for name, task in tasks.REGISTRY.items() if task.generates] == ["captioning"]
+
+
+def test_an_unknown_task_or_a_format_it_does_not_read_is_one_line():
+    spec = datasets.DatasetSpec("x", "zeroshot_clasification", "/x", "test", "acc1")
+    with pytest.raises(PipelineError, match=r"dataset.task='zeroshot_clasification' is not a task type; use one of "
+                                            r"captioning, image_caption_selection, .*zeroshot_retrieval \(pipeline/tasks/"):
+        tasks.check(spec)
+    with pytest.raises(PipelineError, match="task winogavil reads formats hf, not wds"):
+        tasks.check(datasets.DatasetSpec("x", "winogavil", "/x", "test", "avg_jaccard_score"))
+
+
+class TopTwo(tasks.Task):
+    """A toy task type, whole in this module: single-label images scored by whether the label is among the two
+    classes a zero-shot classifier ranks highest; resampled by sample."""
+
+    name = "top2_classification"
+    formats = ("wds",)
+    class_prompts = True
+    metrics = ("acc2",)
+
+    def encode_images(self, loader, spec, precision, batch_size, num_workers):
+        return classification.encode_classification_images(loader, spec, precision, batch_size, num_workers)
+
+    def outputs(self, images, text, recipe, device):
+        return classification.classification_outputs(images, text, recipe, device)
+
+    def scores(self, spec, upstream, options):
+        from pipeline.stages.score import TaskScores, uncertainty
+
+        labels = upstream["embed_image"]["labels"]
+        correct = metrics.top_k_correct(upstream["classify"]["logits"], labels, 2)
+        seed = uncertainty.dataset_seed(spec.name)
+        replicates = {"acc2": np.concatenate([correct[block].mean(axis=1)
+                                              for block in uncertainty.draw_blocks(len(labels), seed=seed)])}
+        return TaskScores({"acc2": float(correct.mean())}, {"correct2": correct}, replicates, len(labels),
+                          uncertainty.structure_digest([labels]))
+
+
+def test_a_task_type_added_in_one_module_runs_as_a_job(tmp_path, tiny_checkpoint, shapes_root, monkeypatch):
+    """The toy task above, registered (its one line) and given its precision line on the command line (what a
+    line in each conf/protocol file gives): a job of it encodes, classifies and scores through the stages, which
+    know nothing of it, and is served from the cache the second time."""
+    monkeypatch.setitem(tasks.REGISTRY, TopTwo.name, TopTwo())
+    cfg = job_config(tmp_path, tiny_checkpoint, f"dataset.root={shapes_root}", f"dataset.task={TopTwo.name}",
+                     "dataset.main_metric=acc2", "metric=main", "prompts=classname",
+                     f"+protocol.autocast.{TopTwo.name}={{image: false, text: false, logits: false}}")
+    result = run_job(cfg)
+    plain = run_job(job_config(tmp_path, tiny_checkpoint, f"dataset.root={shapes_root}", "prompts=classname"))
+    assert result.metric == "acc2" and plain.metrics["acc1"] <= result.value <= plain.metrics["acc5"]
+    assert result.metrics["ci_low/acc2"] <= result.value <= result.metrics["ci_high/acc2"]
+    assert run_job(cfg).score_run_id == result.score_run_id
 
 
 # -- group metrics (WILDS, fairness) -------------------------------------------------------------------
@@ -43,8 +109,8 @@ def test_fmow_worst_region_keeps_other_as_datacomps_code_does():
     the minimum over every region with samples (l.223-226), "Other" (5) included."""
     from omegaconf import OmegaConf
 
-    from pipeline.stages.embed import Embedded
-    from pipeline.stages.score import classification_scores
+    from pipeline.stages import StageResult
+    from pipeline.tasks.classification import classification_scores
     from tests.conftest import CONF
 
     spec = datasets.DatasetSpec.from_cfg(OmegaConf.merge(OmegaConf.load(CONF / "dataset" / "wilds" / "fmow.yaml"),
@@ -54,8 +120,8 @@ def test_fmow_worst_region_keeps_other_as_datacomps_code_does():
     predictions[8] = 1                                # the single "Other" image is wrong
     regions = np.array([0, 0, 1, 1, 2, 2, 4, 4, 5])   # region 3 (Americas) has no image
     metadata = np.stack([regions, np.zeros(9, int), labels], axis=1)
-    images = Embedded({"labels": labels, "metadata": metadata}, "k", "r")
-    predicted = Embedded({"logits": one_hot_logits(predictions), "predictions": predictions}, "k", "r")
+    images = StageResult({"labels": labels, "metadata": metadata}, "k", "r")
+    predicted = StageResult({"logits": one_hot_logits(predictions), "predictions": predictions}, "k", "r")
     scores = classification_scores(spec, images, predicted).values
     assert scores["acc_worst_region"] == 0.0          # "Other" alone decides it
     assert scores["acc1"] == pytest.approx(8 / 9) and scores["acc_worst_year"] == pytest.approx(8 / 9)

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import sparse
 
-from pipeline.stages.uncertainty import RESAMPLES, draw_blocks
+from pipeline.stages.score.uncertainty import RESAMPLES, draw_blocks
 
 ORDERS = 4
 SIGMA = 6.0  # pycocoevalcap's CIDEr-D length penalty

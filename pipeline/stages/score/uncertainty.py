@@ -21,7 +21,6 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.stages import metrics, multilabel
 
 RESAMPLES = 1000
 SEED = 0  # with the dataset's name (`dataset_seed`), so datasets are resampled independently of each other
@@ -99,92 +98,6 @@ def balanced_recall(labels: np.ndarray, correct: np.ndarray, n_classes: int) -> 
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = np.where(totals > 0, hits / np.maximum(totals, 1), np.nan)
     return np.nanmean(recall, axis=1)
-
-
-# -- per task: replicates of every metric the score stage logs -------------------------------------------
-def classification_replicates(outcomes: Mapping[str, np.ndarray], n_classes: int,
-                              extra: Mapping[str, Callable[[np.ndarray, np.ndarray], float]] = {},
-                              groups: Mapping[str, tuple[str, int]] = {}, resamples: int = RESAMPLES,
-                              seed: int | Sequence[int] = SEED) -> dict[str, np.ndarray]:
-    """acc1, acc5 (torch.topk's verdicts), mean_per_class_recall (argmax's), acc1_adjusted and `extra`
-    (name -> f(predictions, labels)) over resampled samples; each worst-group metric (name -> (group array name, k),
-    `metrics.group_correct`) over samples resampled within its groups."""
-    labels, predictions, correct1 = outcomes["labels"], outcomes["predictions"], outcomes["correct1"]
-    correct5, predicted = outcomes.get("correct5"), predictions == labels
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in ["acc1", "acc5", "mean_per_class_recall", *extra]}
-    for block in draw_blocks(len(labels), resamples, seed):
-        parts["acc1"].append(correct1[block].mean(axis=1))
-        parts["acc5"].append(correct5[block].mean(axis=1) if correct5 is not None else np.full(len(block), math.nan))
-        parts["mean_per_class_recall"].append(balanced_recall(labels[block], predicted[block], n_classes))
-        for name, metric in extra.items():
-            parts[name].append(np.array([metric(predictions[idx], labels[idx]) for idx in block]))
-    values = {name: np.concatenate(chunks) for name, chunks in parts.items()}
-    values["acc1_adjusted"] = metrics.chance_adjusted_accuracy(values["acc1"], n_classes)
-    for name, (field, k) in groups.items():
-        correct = metrics.group_correct(outcomes, k)  # None where the dataset has fewer than k classes
-        values[name] = np.full(resamples, math.nan) if correct is None else np.array(
-            [min(float(correct[i].mean()) for i in per_group)
-             for per_group in grouped_draws(outcomes[field], resamples, seed)])
-    return values
-
-
-def retrieval_replicates(outcomes: Mapping[str, np.ndarray], resamples: int = RESAMPLES,
-                         seed: int | Sequence[int] = SEED) -> dict[str, np.ndarray]:
-    """Images resampled with all their captions: text recall over the drawn images, image recall over their
-    captions (an image drawn twice brings its captions twice), each from the per-query verdicts
-    (`metrics.retrieval_outcomes`)."""
-    image_found, text_found = outcomes["image_found"], outcomes["text_found"]
-    image_rank, text_rank, owner = outcomes["image_rank"], outcomes["text_rank"], outcomes["caption_image"]
-    order = np.argsort(owner, kind="stable")
-    starts = np.searchsorted(owner[order], np.arange(len(text_rank) + 1))
-    counts = np.diff(starts)
-
-    def on(idx: np.ndarray) -> dict[str, float]:
-        lengths = counts[idx]  # the captions of each drawn image, as one index vector without a Python loop
-        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        captions = order[np.repeat(starts[idx], lengths) + offsets]
-        return metrics.retrieval_metrics(image_found[captions], text_found[idx], image_rank[captions], text_rank[idx])
-
-    return collect(draws(len(text_rank), resamples, seed), on)
-
-
-def winogavil_replicates(outcomes: Mapping[str, np.ndarray], resamples: int = RESAMPLES,
-                         seed: int | Sequence[int] = SEED) -> dict[str, np.ndarray]:
-    """Games resampled: each WinoGAViL average over the drawn games' Jaccard scores."""
-    scores, sizes = outcomes["game_scores"], outcomes["game_sizes"]
-    return collect(draws(len(scores), resamples, seed), lambda idx: metrics.winogavil_breakdown(scores[idx], sizes[idx]))
-
-
-def multilabel_replicates(outcomes: Mapping[str, np.ndarray], resamples: int = RESAMPLES,
-                          seed: int | Sequence[int] = SEED) -> dict[str, np.ndarray]:
-    """Images resampled with their flags for every class: each AP is computed on the resample's counts of each
-    image (`multilabel.multilabel_metrics` with weights), one block of replicates at a time."""
-    scores, truth = outcomes["scores"], outcomes["labels"]
-    parts: dict[str, list[np.ndarray]] = {}
-    n = len(truth)
-    for block in draw_blocks(n, resamples, seed):
-        offsets = block + n * np.arange(len(block))[:, None]
-        counts = np.bincount(offsets.ravel(), minlength=n * len(block)).reshape(len(block), n)
-        for name, values in multilabel.multilabel_metrics(scores, truth, counts).items():
-            parts.setdefault(name, []).append(values)
-    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
-
-
-def selection_replicates(outcomes: Mapping[str, np.ndarray], resamples: int = RESAMPLES,
-                         seed: int | Sequence[int] = SEED) -> dict[str, np.ndarray]:
-    """Units (SugarCrepe's images, Winoground's examples) resampled, each with all its instances: each metric is
-    the share of the drawn units' instances it counts."""
-    units = outcomes["units"]
-    correct = np.stack([outcomes[name].astype(np.float64) for name in metrics.SELECTION_METRICS], axis=1)
-    n_units = int(units.max()) + 1 if len(units) else 0
-    parts = []
-    for block in draw_blocks(n_units, resamples, seed):
-        offsets = block + n_units * np.arange(len(block))[:, None]
-        counts = np.bincount(offsets.ravel(), minlength=n_units * len(block)).reshape(len(block), n_units)
-        weights = counts[:, units].astype(np.float64)  # how often each instance was drawn, with its unit
-        parts.append((weights @ correct) / weights.sum(axis=1, keepdims=True))
-    stacked = np.concatenate(parts)
-    return {name: stacked[:, column] for column, name in enumerate(metrics.SELECTION_METRICS)}
 
 
 def collect(indices: Iterable[np.ndarray], compute: Callable[[np.ndarray], Mapping[str, float]]) -> dict[str, np.ndarray]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.stages import ties
-from pipeline.stages.metrics import ABSENT, DIFFICULT, PRESENT
+from pipeline.stages.score import ties
+from pipeline.stages.score.metrics import ABSENT, DIFFICULT, PRESENT
 
 # The recall levels of the 11-point AP as the Python ports of the devkit write them (py-faster-rcnn's voc_eval.py,
 # `np.arange(0., 1.1, 0.1)`: 0.30000000000000004, 0.6000000000000001, 0.7000000000000001): a recall of exactly

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from pipeline.stages import ties
+from pipeline.stages.score import ties
 
 
 def top_k_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:

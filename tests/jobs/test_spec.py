@@ -1,17 +1,17 @@
-"""The run settings: each malformed one refused in one line naming it, the defaults and their documented ranges
-accepted."""
+"""A job's typed spec: the run settings, each malformed one refused in one line naming it, the defaults and their
+documented ranges accepted; the config's groups parsed into their packages' typed specs, with no file read."""
 from __future__ import annotations
 
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.jobs import settings
+from pipeline.jobs.spec import JobSpec
 from tests.conftest import compose_config
 
 
 def test_the_defaults_and_the_ends_of_each_range_pass():
-    settings.check(compose_config())
-    settings.check(compose_config("batch_size=1", "num_workers=0", "device=cuda:1", "cache.claim_timeout_s=0.5",
+    JobSpec.from_cfg(compose_config())
+    JobSpec.from_cfg(compose_config("batch_size=1", "num_workers=0", "device=cuda:1", "cache.claim_timeout_s=0.5",
                                   "cache.force=true", "spice=true"))
 
 
@@ -34,5 +34,5 @@ def test_the_defaults_and_the_ends_of_each_range_pass():
 ])
 def test_a_malformed_setting_is_refused_by_name(override, said):
     with pytest.raises(PipelineError) as refused:
-        settings.check(compose_config(override))
+        JobSpec.from_cfg(compose_config(override))
     assert str(refused.value).startswith(said) and "\n" not in str(refused.value)
