@@ -7,7 +7,7 @@ here because no installed library has it any more: it keeps the hypotheses exact
 `BeamSearchScorer` does for the arguments open_clip passes (length penalty 1, no early stopping, one hypothesis
 kept, no beam indices); `tests/models/test_beam_search.py` runs 4.57's own scorer against it, token for token.
 `install` hands it to open_clip only where transformers lacks the original. A change here that can change a
-caption bumps `pipeline/stages/generate.VERSION`, so no cached caption outlives it."""
+caption bumps `pipeline.stages.generate.VERSION`, so no cached caption outlives it."""
 from __future__ import annotations
 
 import heapq

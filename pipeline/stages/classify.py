@@ -2,7 +2,7 @@
 WinoGAViL choices, selection similarities; the task's `outputs`), and the products they are computed with.
 
 Features come back in the dtype their tower produced, and each product runs under the autocast the
-protocol puts it in, so the logits are the ones the reference code computes (see `pipeline/precision.py`).
+protocol puts it in, so the logits are the ones the reference code computes (see `pipeline/models/precision.py`).
 Each product is the reference's own (the same operands and shapes, so the same rounding), and then equal texts or
 images are given the first one's numbers (`ties.equalized`), so a tie among them is decided by the call the
 reference makes (`ties.top_k`: torch.topk; argmax), never by rounding noise.

@@ -1,4 +1,4 @@
-"""Bootstrap intervals and paired comparisons (pipeline/uncertainty.py, pipeline/comparisons.py), checked against
+"""Bootstrap intervals and paired comparisons (pipeline/stages/score/uncertainty.py, pipeline/reports/comparisons.py), checked against
 direct resampling written out here independently, and for coverage on simulated data."""
 import math
 

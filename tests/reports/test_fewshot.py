@@ -1,4 +1,4 @@
-"""The zero-shot against few-shot comparison (pipeline/fewshot.py) and how probe results enter the other tables."""
+"""The zero-shot against few-shot comparison (pipeline/reports/fewshot.py) and how probe results enter the other tables."""
 import math
 
 import pytest

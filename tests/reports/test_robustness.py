@@ -1,4 +1,4 @@
-"""Effective robustness (pipeline/robustness.py): the logit-space baseline, the points, the table and the figure."""
+"""Effective robustness (pipeline/reports/robustness.py): the logit-space baseline, the points, the table and the figure."""
 import math
 
 import pandas as pd

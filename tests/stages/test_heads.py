@@ -1,4 +1,4 @@
-"""The paper's λ search and probe fit (pipeline/heads/probe.py)."""
+"""The paper's λ search and probe fit (pipeline/stages/heads/probe.py)."""
 from dataclasses import replace
 
 import numpy as np

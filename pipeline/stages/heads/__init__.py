@@ -1,4 +1,4 @@
-"""Classifier heads between the embed and score stages: the zero-shot classifier (`pipeline/classify.py`) and the
+"""Classifier heads between the embed and score stages: the zero-shot classifier (`pipeline/stages/classify.py`) and the
 CLIP paper's linear probe (`linear_probe.py`), chosen by the `head/` config group."""
 from __future__ import annotations
 
