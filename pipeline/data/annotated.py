@@ -7,12 +7,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.data import languages, remote
-
-if TYPE_CHECKING:
-    from pipeline.data.datasets import DatasetSpec
+from pipeline.data.specs import DatasetSpec
 
 FORMATS = ("voc", "sugar_crepe", "lines")
 
