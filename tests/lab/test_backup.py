@@ -55,7 +55,8 @@ def test_make_clean_removes_what_is_regenerated_and_never_the_store(tmp_path):
     kept = ["mlflow.db", "mlartifacts/1/run/artifacts/logits.npy", "server/pgdata/PG_VERSION", "server/auth/secret_key",
             "server/artifacts/1/x.npy", "backups/clip-tables-sqlite-1.tar.gz", "README.md"]
     gone = ["multirun/2026-12-02/10-00-00/table.csv", "runs/a/b.log", "tables/table.csv", "data/shapes/test/0.tar",
-            "models/tiny-clip.pt", "data_cache/http/x", "plot_cache/0a.png", "reference_wheels/t.whl", "mlflow-ui.log"]
+            "models/tiny-clip.pt", "data_cache/http/x", "plot_cache/0a.png", "reference_wheels/t.whl", "mlflow-ui.log",
+            "ui.log", "backup.log", "restore.log", "verify.log", "erase.log", "test_artifacts/report_pages/sweep.png"]
     for name in kept + gone:
         (outputs / name).parent.mkdir(parents=True, exist_ok=True)
         (outputs / name).write_text(name)
