@@ -274,37 +274,3 @@ def nothing_to_compare(report: Reproduction, chosen: Sequence[Reference]) -> Pip
     return PipelineError(f"none of the {report.results} results has a published counterpart in "
                          f"{', '.join(r.name for r in chosen)} (the same model, weights and dataset); the references "
                          f"list their models in pipeline/reports/published/")
-
-
-DIFFERING = ["reference", "model", "pretrained", "dataset", "metric", "ours", "ci_low", "ci_high", "published", "delta",
-             "cause"]
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What every report page says first: one sentence, the verdicts per (reference, model), and the results that
-    differ with their detected causes, largest difference first (both empty when nothing could be compared)."""
-
-    sentence: str
-    summary: pd.DataFrame
-    differing: pd.DataFrame
-
-
-def answer(report: Reproduction, chosen: Sequence[Reference]) -> Answer:
-    """The report in the words and tables a page leads with."""
-    if report.rows.empty:
-        searched = ", ".join(reference.name for reference in chosen)
-        return Answer(f"Nothing here can be checked: none of the {report.results} results has a published counterpart "
-                      f"(the same model, weights and dataset) in the references searched: {searched} (their models "
-                      f"are listed in pipeline/reports/published/).",
-                      pd.DataFrame(columns=SUMMARY), pd.DataFrame(columns=DIFFERING))
-    counts = report.rows["verdict"].value_counts()
-    reproduced, differs, other = (int(counts.get(verdict, 0)) for verdict in VERDICTS)
-    sentence = (f"{reproduced} of {reproduced + differs} published values reproduce (each lies within our 95 % "
-                f"interval, widened by its rounding); {differs} differ"
-                + (f" and {other} cannot be compared (a metric defined otherwise)" if other else "")
-                + f". {described(report, chosen)[0].upper()}{described(report, chosen)[1:]}.")
-    differing = report.rows[report.rows["verdict"] == DIFFERS]
-    differing = differing.reindex(differing["delta"].abs().sort_values(ascending=False).index)[DIFFERING]
-    differing = differing.assign(cause=differing["cause"].replace("", "none detected"))
-    return Answer(sentence, report.summary, differing.reset_index(drop=True))

@@ -2,13 +2,50 @@
 (that answer, the results with their intervals, every other report), and a layout's own page's."""
 from __future__ import annotations
 
-from pipeline.reports import layouts, page, references, reproduction
-from pipeline.reports.results import ScoreRecord
+from dataclasses import dataclass
+from typing import Sequence
 
+import pandas as pd
+
+from pipeline.reports import layouts, page, references, reproduction
+from pipeline.reports.references import Reference
+from pipeline.reports.results import ScoreRecord
 
 REPRODUCTION = layouts.LAYOUTS["reproduction"]
 ANSWER_TITLE = "Does it reproduce?"
 VERDICTS_TITLE = "Verdicts, differences and their causes"  # the reproduction page's, whose title asks the question
+DIFFERING = ["reference", "model", "pretrained", "dataset", "metric", "ours", "ci_low", "ci_high", "published", "delta",
+             "cause"]
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """The reproduction report as a page says it: one sentence, the verdicts per (reference, model), and the results
+    that differ with their detected causes, largest difference first (both empty when nothing could be compared)."""
+
+    sentence: str
+    summary: pd.DataFrame
+    differing: pd.DataFrame
+
+
+def verdicts(report: reproduction.Reproduction, chosen: Sequence[Reference]) -> Verdicts:
+    if report.rows.empty:
+        searched = ", ".join(reference.name for reference in chosen)
+        return Verdicts(f"Nothing here can be checked: none of the {report.results} results has a published "
+                        f"counterpart (the same model, weights and dataset) in the references searched: {searched} "
+                        f"(their models are listed in pipeline/reports/published/).",
+                        pd.DataFrame(columns=reproduction.SUMMARY), pd.DataFrame(columns=DIFFERING))
+    counts = report.rows["verdict"].value_counts()
+    reproduced, differs, other = (int(counts.get(verdict, 0)) for verdict in reproduction.VERDICTS)
+    compared = reproduction.described(report, chosen)
+    sentence = (f"{reproduced} of {reproduced + differs} published values reproduce (each lies within our 95 % "
+                f"interval, widened by its rounding); {differs} differ"
+                + (f" and {other} cannot be compared (a metric defined otherwise)" if other else "")
+                + f". {compared[0].upper()}{compared[1:]}.")
+    differing = report.rows[report.rows["verdict"] == reproduction.DIFFERS]
+    differing = differing.reindex(differing["delta"].abs().sort_values(ascending=False).index)[DIFFERING]
+    differing = differing.assign(cause=differing["cause"].replace("", "none detected"))
+    return Verdicts(sentence, report.summary, differing.reset_index(drop=True))
 
 
 def answer(records: list[ScoreRecord], reference: str, own: layouts.Written | None = None) -> page.Section:
@@ -16,7 +53,7 @@ def answer(records: list[ScoreRecord], reference: str, own: layouts.Written | No
     with their causes. On the reproduction layout's own page (`own`: its files) it is the page's main section, with
     the plot and every comparison; elsewhere its tables are kept short (paged, the differing results folded)."""
     chosen = references.chosen(reference)
-    found = reproduction.answer(reproduction.reproduce(records, chosen), chosen)
+    found = verdicts(reproduction.reproduce(records, chosen), chosen)
     items: list[page.Item] = [page.Text(found.sentence)]
     rows = page.PAGE_ROWS if own else page.SHORT_ROWS
     if not found.summary.empty:

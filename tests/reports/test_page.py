@@ -1,7 +1,6 @@
 """report.html: it leads with each result and its interval (the interval table, then the dot-and-whisker plot), then
 the reports; long tables are paged and linked to their CSV; counts are never listed as metrics; every run is linked;
-cells are escaped; wide tables wrap, turn or pair their spreads; pages are titled by their results; the index lists
-every layout's page. (tests/reports/test_browser_pages.py reads them in a browser.)"""
+cells are escaped; the index lists every layout's page. (tests/reports/test_browser_pages.py reads them in a browser; test_html_tables.py, their tables.)"""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -106,30 +105,6 @@ def test_a_plain_table_and_plot_render_with_every_cell_escaped(tmp_path: Path):
     text = written.read_text()
     assert "<h2>Results</h2>" in text and "0.5123" in text and "data:image/png;base64," in text
     assert "<b>ViT</b>" not in text and "<script>x</script>" not in text
-
-
-def test_a_csv_cell_shows_as_printed_unless_longer_than_four_decimals():
-    assert [page.printed(c) for c in ("91.7", "0.9123", "1", "", "incomplete (21/38)", "0.88 [0.7, 0.9]")] == \
-        ["91.7", "0.9123", "1", "", "incomplete (21/38)", "0.88 [0.7, 0.9]"]
-    assert [page.printed(c) for c in ("0.912346", "1e-05", "0.51234")] == ["0.9123", "0.0000", "0.5123"]
-
-
-def test_wide_tables_pair_their_spreads_and_turn_when_short(tmp_path: Path):
-    shots = pd.DataFrame({"model": ["m"], "1-shot": ["0.7340"], "1-shot std": ["0.0589"], "full probe": ["0.9"],
-                          "empty": [""]})
-    assert list(page.with_spread(shots).columns) == ["model", "1-shot ± std", "full probe", "empty"]
-    assert page.with_spread(shots).loc[0, "1-shot ± std"] == "0.7340 ± 0.0589"
-    wide = pd.DataFrame({"name": ["A", "B"], "pretrained": ["x", "y"],
-                         **{f"dataset {i}": [f"0.{i:04d}", "0.5"] for i in range(page.TURNED_COLUMNS)}})
-    text = page.frame_html(wide)
-    assert "shown turned" in text and text.count("<tr>") == 1 + page.TURNED_COLUMNS
-    assert "<th>name / pretrained</th><th>A / x</th><th>B / y</th>" in text  # named by the labels
-    assert "shown turned" not in page.frame_html(pd.concat([wide] * 20))  # as many rows as columns: as it is
-    cells = page.frame_html(pd.DataFrame({"pretrained": ["run/step_300.pt"], "acc1": ["0.8917 [0.8646, 0.9187]"],
-                                          "never": [""]}))
-    assert "run/<wbr>step_<wbr>300.pt" in cells  # a path wraps after / and _, nowhere else
-    assert "<td class=num><span>0.8917</span> <span>[0.8646, 0.9187]</span></td>" in cells  # only before [
-    assert "never" not in cells  # a column empty in every row is left out (its file keeps it)
 
 
 def test_each_layout_page_stays_and_the_index_lists_them_latest_first(tmp_path: Path):

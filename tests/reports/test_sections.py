@@ -1,14 +1,16 @@
 """What each page holds: every page answers "does it reproduce?" first (a sentence, the verdicts, the differing
 results folded), the sweep page then leads with its results and ends with the reproduction's plot and every
-comparison; the reproduction layout's page is its answer, whole."""
+comparison; the reproduction layout's page is its answer, whole. The verdicts in words: what reproduces, what
+differs, largest difference first."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.reports import layouts, page, references, reproduction
+from pipeline.reports import layouts, page, references, reproduction, results
 from pipeline.reports import sections as report_sections
+from pipeline.reports.results import ScoreRecord
 from tests.records import prompt_record
-from tests.reports.test_browser_pages import replicated, sweep_records
+from tests.reports.test_browser_pages import BENCHMARK, replicated, sweep_records
 
 
 def kinds(section: page.Section) -> list[str]:
@@ -50,3 +52,19 @@ def test_results_without_a_counterpart_get_one_sentence(tmp_path):
     answer, results = report_sections.layout(layouts.get("compare"), records, references.ALL, written)
     assert kinds(answer) == ["Text"] and answer.files[0].text.startswith("Nothing here can be checked")
     assert results.title == "Results" and results.main and kinds(results) == ["compare.csv"]
+
+
+def test_the_verdicts_say_what_reproduces_and_list_the_differences_largest_first():
+    chosen = references.chosen("openclip")
+    found = report_sections.verdicts(reproduction.reproduce(results.from_directory(BENCHMARK), chosen), chosen)
+    assert found.sentence.startswith("340 of 403 published values reproduce (each lies within our 95 % interval")
+    assert "63 differ and 130 cannot be compared" in found.sentence and len(found.differing) == 63
+    assert list(found.differing.columns) == report_sections.DIFFERING and len(found.summary) == 13
+    assert list(found.differing["delta"].abs()) == sorted(found.differing["delta"].abs(), reverse=True)
+    assert set(found.differing["cause"]) == {"none detected"}  # result files say nothing of protocol or prompts
+    unknown = [ScoreRecord("tiny", "tiny-clip.pt", "shapes", "dataset", "acc1", {"acc1": 0.9}, source="local",
+                           protocol="datacomp", task="zeroshot_classification")]
+    every = references.chosen(references.ALL)
+    nothing = report_sections.verdicts(reproduction.reproduce(unknown, every), every)
+    assert nothing.sentence.startswith("Nothing here can be checked: none of the 1 results has a published counterpart")
+    assert all(reference.name in nothing.sentence for reference in every) and nothing.summary.empty
