@@ -15,7 +15,7 @@ import pytest
 
 from pipeline import aggregate
 from pipeline.errors import PipelineError
-from pipeline.reports import layouts, page, references, reproduction, results, robustness
+from pipeline.reports import layouts, page, references, reproduction, results, robustness, titles
 from pipeline.reports import sections as report_sections
 from pipeline.reports.results import Bootstrap, ScoreRecord
 from tests import browser
@@ -76,8 +76,8 @@ def sweep_page(folder: Path) -> Path:
     assert set(written) >= {"Prompt engineering", "Zero-shot against linear probes", "Over training",
                             report_sections.REPRODUCTION.title}
     links = page.Links("http://127.0.0.1:5000", "1", "sweep-run", "aggregate-run", "sweep-sweep-run")
-    return page.write(folder / page.REPORT_FILE, "a sweep", report_sections.sweep(records, written), records, links,
-                      "sweep 2026-12-07 10-00-00")
+    return page.write(folder / page.REPORT_FILE, titles.describe(records), report_sections.sweep(records, written),
+                      records, links, "sweep 2026-12-07 10-00-00")
 
 
 def layout_page(folder: Path, name: str, records: list[ScoreRecord], **request) -> Path:
@@ -153,7 +153,9 @@ def test_every_page_answers_does_it_reproduce_first(pages):
 
 def test_pages_are_titled_by_what_they_show_and_the_index_lists_every_layout(pages):
     title = lambda name: pages[name].read_text().split("<title>")[1].split("</title>")[0]
-    assert title("sweep") == "a sweep"  # the caller's title: the multirun names it by its records (test_titles)
+    assert title("sweep") == ("ViT-B-32-quickgelu, tiny-clip on cifar10, food101, vtab/dtd: 3 checkpoints of "
+                              "tiny-clip-run, 2 prompt sets, zero-shot and linear probes (1, 2, 4, 16-shot and full; "
+                              "2 seeds)")
     assert title("training_curves").startswith("Over training — ")
     assert title("reproduction") == "Does it reproduce the published numbers? — 8 models (13 weights) on 39 datasets"
     index = pages["index"].read_text()
