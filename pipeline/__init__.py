@@ -12,10 +12,11 @@ checks it):
     tasks           the task types, one module each (what a kind of evaluation encodes, computes, scores), and
                     their registry
     reports         score records, tables, layouts, plots and report.html, and the published reference data
-    jobs, lab,      one job of a sweep, its job run and the sweep run (and the Hydra launchers in hydra_plugins/) |
-    offline         the lab's tracking server, its PostgreSQL cluster and the UI | the bundled offline assets
-                    (none imports another)
-    entry points    `python -m pipeline`, `python -m pipeline.aggregate`, and bench/ (`make bench`)
+    jobs, lab,      a job's typed spec, one job of a sweep, its job run, the sweep run and its plan |
+    offline         the lab's tracking server, its PostgreSQL cluster, the UI and a one-node SLURM | the bundled
+                    offline assets (none imports another)
+    entry points    `python -m pipeline`, `python -m pipeline.aggregate`, hydra_plugins/ (the planning sweeper
+                    and the SLURM launchers) and bench/ (`make bench`)
 
 This module only wires the config: it registers the OmegaConf resolvers the configs use.
 """
@@ -26,6 +27,12 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def user_cache() -> Path:
+    """The project's folder in the user's cache (`$XDG_CACHE_HOME`, else ~/.cache), which `make clean` leaves alone:
+    checkpoints' remembered hashes, parameter counts, the tracking stores' indexes."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clip-tables"
 
 
 def _dataset_root(data_root: str | None, source: str, key: str) -> str:

@@ -96,7 +96,10 @@ class AggregateCallback(Callback):
 
     @reported_hook("preparing the sweep")
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_sweep_choices(list(config.hydra.overrides.task))  # a misspelt choice creates nothing
+        # a misspelt choice creates nothing
+        check_sweep_choices(list(config.hydra.overrides.task), list(config.hydra.searchpath or ()))
+        if config.get("plan"):  # a plan reads the store and writes nothing to it
+            return
         # Created once here, so parallel jobs never race to create the schema or experiment.
         store = tracking.connect_cfg(config.tracking)
         orphans.close_dead_runs(store)  # what killed sweeps left RUNNING
@@ -104,6 +107,8 @@ class AggregateCallback(Callback):
 
     @reported_hook("the sweep's aggregate step")
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("plan"):
+            return
         sweep_dir = Path(config.hydra.sweep.dir)
         store = tracking.connect_cfg(config.tracking)
         orphans.close_dead_runs(store)  # what a task stopped mid-request left RUNNING before it was requeued

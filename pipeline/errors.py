@@ -9,7 +9,8 @@ import logging
 import os
 import re
 import sys
-from typing import TYPE_CHECKING, Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 if TYPE_CHECKING:  # MLflow loads where the store is used: a table of result files never imports it
     from mlflow.exceptions import MlflowException
@@ -232,16 +233,22 @@ def unknown_option(group: str, option: str, options: list[str]) -> str:
     return f"{group}={option} is not an option of {group}/{guess} ({listing})"
 
 
-def check_sweep_choices(task_overrides: list[str]) -> None:
+def check_sweep_choices(task_overrides: list[str], search_path: Sequence[str] = ()) -> None:
     """A multirun's swept choices (`model=a,b`) are composed by Hydra only after the sweep has started (its store,
-    its folder, its run); each is checked against its group's options here, before any of that exists."""
+    its folder, its run); each is checked against its group's options here, before any of that exists, those a
+    `hydra.searchpath` folder adds included (a search path Hydra alone can read, `pkg://`, is left to Hydra)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    if any(not entry.startswith("file://") for entry in search_path):
+        return
+    folders = [Path(entry.removeprefix("file://")) for entry in search_path]
     for override in OverridesParser.create().parse_overrides(task_overrides):
         group = override.get_key_element()
         options = _group_options(group) if override.is_sweep_override() else []
         if not options:  # not a config group (a value sweep), or not swept: Hydra checks those first
             continue
+        options += [str(path.relative_to(folder / group).with_suffix("")) for folder in folders
+                    for path in (folder / group).rglob("*.yaml")]
         for option in override.sweep_string_iterator():
             if option not in options:
                 raise PipelineError(unknown_option(group, option, options))

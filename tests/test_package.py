@@ -14,7 +14,7 @@ PACKAGE = REPO / "pipeline"
 # Each group's rank: a module may import its own group and any group of a lower rank; groups of one rank are
 # independent of each other. Mirrors the table in pipeline/__init__.py.
 RANKS = {"errors": 0, "data": 1, "store": 1, "models": 2, "stages": 3, "tasks": 4, "reports": 5, "jobs": 6,
-         "hydra_plugins": 6, "lab": 6, "offline": 6, "__main__": 7, "aggregate": 7, "bench": 7}
+         "lab": 6, "offline": 6, "hydra_plugins": 7, "__main__": 7, "aggregate": 7, "bench": 7}
 ROOT_MODULES = {"__init__.py", "__main__.py", "aggregate.py", "errors.py"}
 # Modules whose tests live in a file named after something else: the module's test file by topic.
 COVERED_BY = {
@@ -53,6 +53,8 @@ COVERED_BY = {
     "pipeline.bench.lab": "tests/test_bench.py",
     "pipeline.hydra_plugins.clip_tables.launcher": "tests/lab/test_server.py",
     "pipeline.hydra_plugins.clip_tables.tasks": "tests/lab/test_slurm.py",
+    "pipeline.hydra_plugins.clip_tables.sweeper": "tests/jobs/test_plan.py",
+    "pipeline.jobs.served": "tests/jobs/test_plan.py",
     "pipeline.hydra_plugins.clip_tables.watch": "tests/lab/test_slurm.py",
     "pipeline.bench.__main__": "tests/test_bench.py",
     "pipeline.offline.compositional": "tests/test_offline.py",
@@ -185,3 +187,35 @@ def reaches(test_file: Path, module: str) -> bool:
         if isinstance(node, ast.Import) and any(alias.name == name for alias in node.names):
             return True
     return False
+
+
+# -- paths named in the project's own files -----------------------------------------------------------------------
+NAMED_PATH = re.compile(r"(?<![\w./-])pipeline/([A-Za-z0-9_/.-]*[A-Za-z0-9_])")
+# Docs name modules relative to the package (`stages/embed/images.py`); a `.py` path under a group is ours.
+DOC_PATH = re.compile(r"(?<![\w./-])((?:data|store|models|stages|tasks|reports|jobs|lab|bench|offline)/[\w/]*\.py)\b")
+
+
+def project_files() -> list[Path]:
+    """The repository's code, configs, docs and tests, as git lists them (tracked, or new and not ignored)."""
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split()
+    return [REPO / name for name in listed if (name.endswith((".py", ".md", ".yaml", ".toml")) or name == "Makefile")
+            and (REPO / name).is_file()]
+
+
+def test_every_pipeline_path_named_in_code_configs_docs_and_tests_exists():
+    """Comments, docstrings, YAML notes and docs that name a module by its path name one that exists: a module that
+    moved leaves none behind (the flat layout's precision module was still named in three files after it had moved
+    to models/)."""
+    stale = set()
+    for path in project_files():
+        text = path.read_text(errors="replace")
+        for found in NAMED_PATH.finditer(text):
+            if not (REPO / "pipeline" / found.group(1).rstrip(".")).exists():
+                stale.add(f"{path.relative_to(REPO)}: pipeline/{found.group(1)}")
+        if path.suffix == ".md":
+            stale.update(f"{path.relative_to(REPO)}: {found.group(1)}" for found in DOC_PATH.finditer(text)
+                         if not (REPO / "pipeline" / found.group(1)).exists())
+    assert not stale, sorted(stale)

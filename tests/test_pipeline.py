@@ -140,7 +140,8 @@ def test_sweep_encodes_images_once_and_repeats_from_cache(tmp_path, assets):
 
     repeat = run_pipeline(tmp_path, "-m", PROMPTS, *assets)
     assert_ok(repeat)
-    assert "MISS" not in repeat.stderr + repeat.stdout and "[score] HIT" in repeat.stderr + repeat.stdout
+    said = repeat.stderr + repeat.stdout
+    assert "MISS" not in said and "Plan: 3 job(s); 3 served from the store as they are, 0 to launch" in said
     assert stage_counts(tmp_path) == first + Counter({("job", ""): 3, ("aggregate", ""): 1, ("sweep", ""): 1})
 
     # A different headline metric reuses the logits and the scores; only the table changes.

@@ -10,13 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, RunTag
-from mlflow.exceptions import MlflowException
 
 from pipeline.data import datasets
 from pipeline.models.loading import ModelSpec, saved_position
@@ -60,21 +58,7 @@ def record(store: TrackingStore, run_id: str, stage_runs: Mapping[str, str], met
     store.client.log_batch(run_id, metrics=[Metric(mlflow_metric_name(k), float(v), 0, 0) for k, v in metrics.items()],
                            tags=[RunTag(f"run.{stage}", stage_run) for stage, stage_run in stage_runs.items()])
     if inputs:
-        log_inputs(store, run_id, list(inputs))
-
-
-def log_inputs(store: TrackingStore, run_id: str, inputs: list[DatasetInput], attempts: int = 4) -> None:
-    """MLflow's SQL store adds a dataset that runs share by looking it up, then inserting it when it was not there
-    (mlflow/store/tracking/sqlalchemy_store.py, `_log_inputs_impl`): two jobs reading one dataset at once can both
-    insert it, and the second is refused with a unique-key violation. Asked again, it finds the dataset there."""
-    for attempt in range(attempts):
-        try:
-            store.client.log_inputs(run_id, datasets=inputs)
-            return
-        except MlflowException as exc:
-            if attempt == attempts - 1 or not re.search(r"UniqueViolation|UNIQUE constraint|duplicate key", str(exc)):
-                raise
-            time.sleep(0.1 * (attempt + 1))
+        tracking.log_inputs(store, run_id, list(inputs))
 
 
 def model_labels(spec: ModelSpec) -> tuple[dict[str, str], dict[str, str]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from omegaconf import DictConfig
 
@@ -75,23 +75,29 @@ def head_description(head: HeadSpec, prompt_tag: str) -> str:
     return f"linear probe ({shots}, seed {head.seed}, {head.features} features)"
 
 
-def described_like(split: datasets.DatasetSpec, test: datasets.DatasetInfo) -> datasets.DatasetInfo:
+def described_like(split: datasets.DatasetSpec, test: datasets.DatasetInfo,
+                   describe: Callable[..., datasets.DatasetInfo] = datasets.describe) -> datasets.DatasetInfo:
     """Another split of the test split's dataset; its classes must be the test split's, since the probe's labels
     index them."""
-    info = datasets.describe(split, classes=True)
+    info = describe(split, classes=True)
     if info.classnames != test.classnames:
         raise PipelineError(f"dataset {split.name}: split {split.split!r} lists other classes than split "
                             f"{test.spec.split!r}; a probe needs one class list")
     return info
 
 
-def resolve(spec: JobSpec) -> Job:
-    """Read what the spec names, and check what only that reveals (a class list per split, a caption decoder, Java)."""
+Describe = Callable[..., datasets.DatasetInfo]
+
+
+def resolve(spec: JobSpec, describe: Describe = datasets.describe) -> Job:
+    """Read what the spec names, and check what only that reveals (a class list per split, a caption decoder, Java).
+    A plan over many jobs gives a `describe` that reads each dataset once."""
     probe_specs = datasets.probe_splits(spec.dataset) if spec.head.is_probe else None
-    info = datasets.describe(spec.dataset, classes=spec.task.class_prompts or spec.task.probe)
+    info = describe(spec.dataset, classes=spec.task.class_prompts or spec.task.probe)
     class_prompts = (prompts.resolve(spec.prompts, spec.dataset.name, info.templates, info.classnames)
                      if spec.uses_class_prompts else None)
-    probe_infos = [described_like(s, info) if s is not None else None for s in probe_specs] if probe_specs else []
+    probe_infos = ([described_like(s, info, describe) if s is not None else None for s in probe_specs]
+                   if probe_specs else [])
     model = resolve_model(spec, spec.task.name)
     generation = captioning_settings(spec) if spec.task.generates else None
     # Prompt sets only shape zero-shot classifiers; probes, retrieval and WinoGAViL use none.
@@ -149,20 +155,34 @@ class Upstream:
 
     # -- keys ------------------------------------------------------------------------------------------------
     def score_key(self) -> str:
+        return self.stage_keys()["score"]
+
+    def stage_keys(self) -> dict[str, str]:
+        """The key of every stage a score miss asks for, by the name `inputs` gives it (the template embeddings a
+        classifier miss gathers, as `template:<template>`), the score's last."""
         job, task = self.job, self.job.spec.task
         version, material = task.score_version or score.VERSION, task.score_material(job.spec.score_options)
         if task.generates:
             generate_key = generate.generate_key(self.image_model, job.info, job.generation)
-            return score.score_key(job.spec.dataset, generate_key, generate_key, version, material)
-        image_key = self.test_image_key()
+            return {"generate": generate_key,
+                    "score": score.score_key(job.spec.dataset, generate_key, generate_key, version, material)}
+        keys = {"embed_image": self.test_image_key()}
         if job.spec.head.is_probe:
-            train_key, validation_key = (embed.image_key(self.image_model, i) if i else None for i in job.probe_infos)
-            classify_key = linear_probe.probe_key(job.spec.head, train_key, image_key, validation_key)
+            train, validation = (embed.image_key(self.image_model, i) if i else None for i in job.probe_infos)
+            keys.update({"embed_train": train, **({"embed_validation": validation} if validation else {}),
+                         "classify": linear_probe.probe_key(job.spec.head, train, keys["embed_image"], validation)})
         else:
-            text_key = (embed.classifier_key(self.text_model, job.info.classnames, job.class_prompts)
-                        if job.class_prompts is not None else embed.texts_key(self.text_model, job.info))
-            classify_key = classify.classify_key(task.name, job.model.recipe.logits, image_key, text_key)
-        return score.score_key(job.spec.dataset, classify_key, image_key, version, material)
+            if job.class_prompts is not None:
+                keys["text"] = embed.classifier_key(self.text_model, job.info.classnames, job.class_prompts)
+                if not isinstance(job.class_prompts, dict):
+                    keys.update({f"template:{t}": embed.template_key(self.text_model, job.info.classnames, t)
+                                 for t in dict.fromkeys(job.class_prompts)})
+            else:
+                keys["text"] = embed.texts_key(self.text_model, job.info)
+            keys["classify"] = classify.classify_key(task.name, job.model.recipe.logits, keys["embed_image"],
+                                                     keys["text"])
+        keys["score"] = score.score_key(job.spec.dataset, keys["classify"], keys["embed_image"], version, material)
+        return keys
 
     # -- the stages ------------------------------------------------------------------------------------------
     def embed_image(self, split_info: datasets.DatasetInfo | None = None) -> StageResult:

@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from pipeline import user_cache
 from pipeline.errors import PipelineError
 from pipeline.models import hf_checkpoints, precision
 from pipeline.models.devices import cuda_available, device_type, resolve_device  # noqa: F401  (the jobs' imports)
@@ -124,11 +125,6 @@ class ModelSpec:
 
 
 # -- what a checkpoint is, read once ---------------------------------------------------------------------------
-def user_cache() -> Path:
-    """The project's folder in the user's cache (`$XDG_CACHE_HOME`, else ~/.cache), which `make clean` leaves alone."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clip-tables"
-
-
 def checksum_records(path: Path) -> list[Path]:
     """Where facts about a checkpoint are remembered: beside it, or (for a read-only folder) in the user's cache."""
     key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]

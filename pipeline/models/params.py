@@ -19,7 +19,7 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from pipeline.models.loading import user_cache
+from pipeline import user_cache
 
 log = logging.getLogger(__name__)
 

@@ -89,23 +89,46 @@ class ScoreRecord:
 
 # -- MLflow: job runs ------------------------------------------------------------------------------------
 def _from_job_run(run) -> ScoreRecord:
-    tags = run.data.tags
-    values = {real_metric_name(name): value for name, value in run.data.metrics.items()}
+    return _record(run.info.run_id, run.data.tags, run.data.metrics)
+
+
+def _record(run_id: str, tags: Mapping[str, str], metrics: Mapping[str, float]) -> ScoreRecord:
+    values = {real_metric_name(name): value for name, value in metrics.items()}
     return ScoreRecord(tags["model"], tags["pretrained"], tags["dataset"], tags["prompts"],
-                       tags.get("main_metric", "acc1"), values, run.info.run_id, tags.get("source", "local"),
+                       tags.get("main_metric", "acc1"), values, run_id, tags.get("source", "local"),
                        tags.get("protocol", ""), tags.get("task", ""), tags.get("head", ZEROSHOT),
                        tags.get("k_shot", NOT_APPLICABLE), tags.get("seed", NOT_APPLICABLE), tags.get("features", ""),
                        tags.get("run.score", ""), tags.get("language", ENGLISH), dict(tags))
 
 
 def from_runs(store: TrackingStore, run_ids: Iterable[str]) -> list[ScoreRecord]:
-    """Records from the job runs of one sweep."""
-    client = store.client
-    return [_from_job_run(client.get_run(run_id)) for run_id in run_ids]
+    """Records from the job runs of one sweep, read from the store's index (a run it lacks, from the store)."""
+    from pipeline.store.index import StoreIndex
+
+    run_ids = list(run_ids)
+    index = StoreIndex.of(store)
+    index.refresh()
+    found = index.runs(run_ids)
+    return [_record(run_id, found[run_id].tags, found[run_id].metrics) if run_id in found else
+            _from_job_run(store.client.get_run(run_id)) for run_id in run_ids]
 
 
 def latest_in_store(store: TrackingStore) -> list[ScoreRecord]:
-    """The newest FINISHED job run for each (model, pretrained, dataset, source, protocol, prompts, head, seed)."""
+    """The newest FINISHED job run for each (model, pretrained, dataset, source, protocol, prompts, head, seed), read
+    from the store's index, brought up to date first (`store.index`)."""
+    from pipeline.store.index import StoreIndex
+
+    index = StoreIndex.of(store)
+    index.refresh()
+    newest: dict[tuple[str, ...], ScoreRecord] = {}
+    for run in index.job_runs():
+        record = _record(run.run_id, run.tags, run.metrics)
+        newest.setdefault(record.identity, record)
+    return list(newest.values())
+
+
+def latest_in_store_searched(store: TrackingStore) -> list[ScoreRecord]:
+    """`latest_in_store` through MLflow's search, run by run: what the index must agree with (tested)."""
     runs = search_all(store, f"tags.stage = '{JOB_STAGE}' and attributes.status = 'FINISHED'",
                       ["attributes.start_time DESC"])
     newest: dict[tuple[str, ...], ScoreRecord] = {}

@@ -159,7 +159,14 @@ def read_output(directory: Path, names: Mapping[str, str]) -> StageOutput:
     return StageOutput(arrays, metrics)
 
 
+QUARANTINED = "clip_tables.quarantined"  # an experiment tag: when its latest run was quarantined, and which
+
+
 def mark_corrupt(client, run_id: str, reason: str) -> None:
     """A run whose files do not match their checksums is never served again (nor deleted: it says what was wrong)."""
     client.set_tag(run_id, "cache_store", "false")
     client.set_tag(run_id, "cache_corrupt", reason[:500])
+    # Stores' indexes (`store.index`) read quarantined runs again whenever this experiment tag changes: a value
+    # no two quarantines share, so two workers quarantining at once never leave it as an index last saw it.
+    experiment_id = client.get_run(run_id).info.experiment_id
+    client.set_experiment_tag(experiment_id, QUARANTINED, f"{time.time():.6f} {run_id}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import re
 import socket
 import ssl
 import time
@@ -190,15 +191,17 @@ SEARCH_PAGE = 1000  # runs per search request: MLflow's servers cap a page (SEAR
 
 
 def search_all(store: TrackingStore, query: str, order_by: list[str] | None = None,
-               limit: int | None = None) -> list["Run"]:
+               limit: int | None = None, view: str = "ACTIVE_ONLY") -> list["Run"]:
     """Every run of the experiment matching `query`, page after page (or the first `limit`): a search never
-    truncates a store larger than one page."""
+    truncates a store larger than one page. `view`: ACTIVE_ONLY, DELETED_ONLY or ALL runs."""
+    from mlflow.entities import ViewType
+
     runs: list[Run] = []
     token = None
     while True:
         page = store.client.search_runs([store.experiment_id], filter_string=query, order_by=order_by or [],
                                         max_results=min(limit, SEARCH_PAGE) if limit else SEARCH_PAGE,
-                                        page_token=token)
+                                        page_token=token, run_view_type=getattr(ViewType, view))
         runs.extend(page)
         token = page.token
         if not token or (limit is not None and len(runs) >= limit):
@@ -256,3 +259,19 @@ def finished_run(store: TrackingStore, tags: Mapping[str, str], name: str) -> It
             client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
+
+
+def log_inputs(store: TrackingStore, run_id: str, inputs: list, attempts: int = 4) -> None:
+    """MLflow's SQL store adds a dataset that runs share by looking it up, then inserting it when it was not there
+    (mlflow/store/tracking/sqlalchemy_store.py, `_log_inputs_impl`): two jobs reading one dataset at once can both
+    insert it, and the second is refused with a unique-key violation. Asked again, it finds the dataset there."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            store.client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as exc:
+            if attempt == attempts - 1 or not re.search(r"UniqueViolation|UNIQUE constraint|duplicate key", str(exc)):
+                raise
+            time.sleep(0.1 * (attempt + 1))

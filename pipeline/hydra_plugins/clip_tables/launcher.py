@@ -76,12 +76,17 @@ def install() -> None:
     presets included, so ours are stored after it (`Plugins.instance()` walks once)."""
     from hydra.core.plugins import Plugins
 
-    for launcher in (LocalLauncher, SlurmLauncher):
-        Plugins.instance().register(launcher)
+    from hydra_plugins.clip_tables.sweeper import PlanningSweeper
+
+    for plugin in (LocalLauncher, SlurmLauncher, PlanningSweeper):
+        Plugins.instance().register(plugin)
     store_presets()
 
 
 def store_presets() -> None:
+    from hydra_plugins.clip_tables.sweeper import store_preset
+
+    store_preset()
     store = ConfigStore.instance()
     store.store(group="hydra/launcher", name="submitit_local", node=GroupedLocalConf(), provider="clip_tables")
     store.store(group="hydra/launcher", name="submitit_slurm", node=GroupedSlurmConf(), provider="clip_tables")
@@ -153,6 +158,7 @@ class _Reporting:
     report the others on one line per cause."""
 
     _EXECUTOR: str
+    job_numbers: list[int] | None = None  # the jobs' numbers in their sweep, where the sweeper served some
 
     def __call__(self, sweep_overrides: list[str], job_dir_key: str, job_num: int, job_id: str,
                  singleton_state: dict) -> JobReturn:
@@ -180,7 +186,9 @@ class _Reporting:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info("Submitit '%s' sweep output dir: %s", self._EXECUTOR, sweep_dir)
         arguments = []
-        for number, overrides in enumerate(job_overrides, start=initial_job_idx):
+        numbers = self.job_numbers or range(initial_job_idx, initial_job_idx + len(job_overrides))
+        self.job_numbers = None  # the sweeper's numbers hold for this launch alone
+        for number, overrides in zip(numbers, job_overrides):
             log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
             arguments.append((list(overrides), "hydra.sweep.dir", number, f"job_id_for_{number}",
                               Singleton.get_state()))
@@ -203,7 +211,7 @@ class _Reporting:
             _record(sweep_dir, [], unfinished=len(job_overrides), interrupted=True)
             _fail([f"Error: interrupted: cancelled the sweep's {len(tasks)} task(s) ({ids}); the jobs that finished "
                    f"are in the store (python -m pipeline.aggregate rebuilds their table)"], status=130)
-        return self._report(tasks, job_overrides, initial_job_idx, sweep_dir)
+        return self._report(tasks, dict(zip(numbers, job_overrides)), sweep_dir)
 
     def _submit(self, groups: list[list[int]], arguments: list[tuple], params: Mapping[str, Any],
                 sweep_dir: Path) -> list[watch.Task]:
@@ -231,7 +239,7 @@ class _Reporting:
                       for job, group, path in zip(jobs, named, progress)]
         return tasks
 
-    def _report(self, tasks: list[watch.Task], job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
+    def _report(self, tasks: list[watch.Task], job_overrides: Mapping[int, Sequence[str]],
                 sweep_dir: Path) -> list[JobReturn]:
         """The finished jobs' returns for Hydra; a line for each failed job and for each task that died."""
         returns: dict[int, JobReturn] = {}
@@ -239,7 +247,7 @@ class _Reporting:
         for task in tasks:
             lost = []
             for number, outcome in zip(task.numbers, task.outcomes or []):
-                overrides = list(job_overrides[number - initial_job_idx])
+                overrides = list(job_overrides[number])
                 if isinstance(outcome, JobDone):
                     returns[number] = JobReturn(overrides=overrides, status=JobStatus.COMPLETED,
                                                 _return_value=outcome.value)
