@@ -25,7 +25,7 @@ MULTILINGUAL_NAMES = {"crossmodal3600": "multilingual/crossmodal3600", "xtd10": 
                       "multilingual_mscoco_captions": "multilingual/xtd10", "xtd200": "multilingual/xtd200",
                       "flickr30k-200": "multilingual/flickr30k_200"}
 EXTERNAL_SOURCE = "external"  # results read from files: whoever produced them chose the data
-UNKNOWN_SHOTS = "unknown"  # a result file's probe, which does not record its shots
+CLIP_BENCHMARK_PROBE = "clip_benchmark"  # the features label of CLIP_benchmark's own probe (its AdamW protocol)
 
 
 @dataclass(frozen=True)
@@ -61,17 +61,20 @@ class ScoreRecord:
     @property
     def head_label(self) -> str:
         """`zeroshot`, `linear_probe` (the full probe) or `linear_probe 4-shot`, with `(embedding)` when a probe
-        used CLIP_benchmark's features instead of the paper's: a table row, whatever the seed."""
+        used CLIP_benchmark's features instead of the paper's, `(clip_benchmark)` when it is CLIP_benchmark's own
+        probe (a result file's): a table row, whatever the seed."""
         if self.head != LINEAR_PROBE:
             return self.head
-        if self.k_shot == UNKNOWN_SHOTS:
-            return f"{self.head} ({self.features})"
         label = self.head if self.k_shot in (ALL_SHOTS, NOT_APPLICABLE) else f"{self.head} {self.k_shot}-shot"
-        return f"{label} (embedding)" if self.features == "embedding" else label
+        return f"{label} ({self.features})" if self.features in ("embedding", CLIP_BENCHMARK_PROBE) else label
 
     @property
     def is_external(self) -> bool:
         return self.source == EXTERNAL_SOURCE
+
+    @property
+    def is_clip_benchmark_probe(self) -> bool:
+        return self.head == LINEAR_PROBE and self.features == CLIP_BENCHMARK_PROBE
 
     @property
     def units(self) -> float:
@@ -163,6 +166,24 @@ def _numbers(metrics: Mapping) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _with_kinetics_metric(dataset: str, metrics: dict[str, float]) -> dict[str, float]:
+    # The CLIP paper scores Kinetics700 by the mean of top-1 and top-5 (Table 9); a result file gives the two.
+    if dataset == "kinetics700" and "mean_top1_top5" not in metrics and {"acc1", "acc5"} <= set(metrics):
+        metrics["mean_top1_top5"] = 0.5 * (metrics["acc1"] + metrics["acc5"])
+    return metrics
+
+
+def _clip_benchmark_probe(metrics: dict[str, float]) -> tuple[dict[str, float], dict[str, str]]:
+    """CLIP_benchmark's own probe (`--task linear_probe`): its `lp_acc1`, `lp_acc5` and `lp_mean_per_class_recall`
+    under the names every other result has, and its `fewshot_k` (-1, its default, or none recorded: the whole train
+    split) and seed as a probe's labels."""
+    renamed = {name.removeprefix("lp_"): value for name, value in metrics.items() if name.startswith("lp_")}
+    shots, seed = metrics.get("fewshot_k", -1.0), metrics.get("seed")
+    return {**renamed, **metrics}, {"head": LINEAR_PROBE, "k_shot": ALL_SHOTS if shots < 0 else str(int(shots)),
+                                    "seed": NOT_APPLICABLE if seed is None else str(int(seed)),
+                                    "features": CLIP_BENCHMARK_PROBE}
+
+
 def not_json(path: Path, exc: ValueError, expected: str, line: int = 0) -> PipelineError:
     """A result file that is not JSON, in one line: the file, why, and its first bytes (a decoding error's own
     message would carry the whole file)."""
@@ -186,14 +207,16 @@ def read_clip_benchmark_json(path: Path) -> ScoreRecord:
         payload = json.loads(path.read_text())
         dataset = str(payload["dataset"]).removeprefix("wds/")
         dataset = MULTILINGUAL_NAMES.get(dataset, dataset)
-        metrics = _with_mean_recall(_numbers(payload["metrics"]))
-        probe = payload.get("task") == "linear_probe"  # CLIP_benchmark's own probe: its AdamW head, shots unknown
+        metrics, labels = _numbers(payload["metrics"]), {}
+        probe = payload.get("task") == "linear_probe"  # CLIP_benchmark's own probe: its AdamW head
+        if probe:
+            metrics, labels = _clip_benchmark_probe(metrics)
+        metrics = _with_kinetics_metric(dataset, _with_mean_recall(metrics))
         return ScoreRecord(str(payload["model"]), str(payload["pretrained"]), dataset, EXTERNAL_PROMPTS,
                            _main_metric(dataset, metrics), metrics, run_id=str(path),
                            language=str(payload.get("language") or ENGLISH),  # clip_benchmark's cli writes it
                            task="zeroshot_classification" if probe else _task(dataset, metrics, payload.get("task")),
-                           **({"head": LINEAR_PROBE, "k_shot": UNKNOWN_SHOTS, "features": "clip_benchmark"}
-                              if probe else {}))
+                           **labels)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise not_json(path, exc, "a clip_benchmark result (JSON with dataset, model, pretrained and metrics)") from exc
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -69,3 +69,33 @@ def test_a_clip_benchmark_result_keeps_its_language_and_its_multilingual_dataset
                                 "metrics": {"image_retrieval_recall@1": 0.5, "text_retrieval_recall@1": 0.6}}))
     record = read_clip_benchmark_json(path)
     assert (record.dataset, record.language, record.metrics["mean_recall@1"]) == ("multilingual/xtd10", "it", 0.55)
+
+
+def probe_file(tmp_path, name: str, **metrics) -> "results.ScoreRecord":
+    """A `clip_benchmark eval --task linear_probe` result as its cli.py writes it (metrics/linear_probe.py's keys)."""
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"dataset": "wds/vtab/cifar10", "model": "ViT-B-32", "pretrained": "openai",
+                                "task": "linear_probe", "language": "en",
+                                "metrics": {"lp_acc1": 0.95, "lp_acc5": 0.99, "lp_mean_per_class_recall": 0.94,
+                                            "weight_decay": 0.001, "epochs": 10, "normalized": True, **metrics}}))
+    return results.read_clip_benchmark_json(path)
+
+
+def test_clip_benchmarks_probe_is_read_with_its_shots_seed_and_metrics(tmp_path):
+    full = probe_file(tmp_path, "full", seed=0, fewshot_k=-1)
+    assert (full.head, full.k_shot, full.seed, full.features) == ("linear_probe", "all", "0", "clip_benchmark")
+    assert (full.dataset, full.main_metric, full.value("main")) == ("vtab/cifar10", "acc1", 0.95)
+    assert full.metrics["mean_per_class_recall"] == 0.94 and full.metrics["lp_acc1"] == 0.95  # both names
+    assert full.head_label == "linear_probe (clip_benchmark)" and full.is_clip_benchmark_probe
+    unsaid = probe_file(tmp_path, "unsaid")  # no shot count: CLIP_benchmark's default, the whole train split
+    assert (unsaid.k_shot, unsaid.seed) == ("all", "-")
+    few = probe_file(tmp_path, "few", seed=2, fewshot_k=4)
+    assert (few.k_shot, few.seed, few.head_label) == ("4", "2", "linear_probe 4-shot (clip_benchmark)")
+    assert len({full.identity, few.identity}) == 2 and not tables.openclip38_eligible(full)
+
+
+def test_a_kinetics700_result_has_the_papers_mean_of_top_1_and_top_5(tmp_path):
+    path = tmp_path / "kinetics700.json"
+    path.write_text(json.dumps({"dataset": "kinetics700", "model": "ViT-B-32", "pretrained": "openai",
+                                "task": "zeroshot_classification", "metrics": {"acc1": 0.4, "acc5": 0.7}}))
+    assert results.read_clip_benchmark_json(path).metrics["mean_top1_top5"] == pytest.approx(0.55)
