@@ -168,7 +168,7 @@ def write_clip_paper(request: Request) -> Written:
         path = request.out_dir / f"{stem}.csv"
         table.to_csv(path, index=False)
         printed = table.to_markdown(index=False, disable_numparse=True)  # "75.0" stays as the paper prints it
-        markdown = f"### {title}\n\n{printed}\n\nEmpty columns without a public copy:\n{paper_tables.missing_note()}\n"
+        markdown = f"### {title}\n\n{printed}\n\n{paper_tables.note(request.records, head)}\n"
         path.with_suffix(".md").write_text(markdown)
         files += [path, path.with_suffix(".md")]
         sections.append(markdown)

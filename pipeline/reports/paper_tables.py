@@ -1,7 +1,8 @@
 """The CLIP paper's Table 11 (zero-shot) and Table 10 (linear probes) as it prints them, pure functions from score
 records: a row per model, the paper's nine first in its order and any other model after them; a column per
-dataset in the paper's order; each cell Table 9's metric for that dataset, in percent with one decimal; a dataset
-without a result, or without a public copy (`references.UNAVAILABLE`), left empty.
+dataset in the paper's order, filled from a result under any name of that dataset (`clip_paper.PAPER_COPIES`);
+each cell Table 9's metric for that dataset, in percent with one decimal; a dataset without a result left empty
+(those without a public copy, `clip_paper.UNAVAILABLE`, have results only from files).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pandas as pd
 from pipeline.data.languages import ENGLISH
 from pipeline.errors import PipelineError
 from pipeline.reports import references
+from pipeline.reports.clip_paper import CLIP_BENCHMARK_PROBE, PAPER_PROBE, paper_dataset
 from pipeline.reports.references import PAPER_DATASETS, PAPER_MODELS, QUICKGELU
 from pipeline.reports.results import ScoreRecord
 from pipeline.reports.tables import row_name
@@ -37,9 +39,16 @@ def paper_model(record: ScoreRecord) -> str:
     return f"{row_name(record)} {record.pretrained}".strip()
 
 
+def column(record: ScoreRecord) -> str | None:
+    """The paper's column a result fills, under whatever name it read the dataset; None for other datasets."""
+    found = BY_KEY.get(paper_dataset(record.dataset))
+    return found[0] if found else None
+
+
 def fits(record: ScoreRecord, head: str) -> bool:
-    """A result one of the tables holds: a dataset of the paper's, zero-shot or the full linear probe."""
-    if record.dataset not in BY_KEY or record.language != ENGLISH:  # the paper's tables are English
+    """A result one of the tables holds: a dataset of the paper's, zero-shot or the full linear probe (this
+    project's or CLIP_benchmark's own)."""
+    if column(record) is None or record.language != ENGLISH:  # the paper's tables are English
         return False
     if head == LINEAR_PROBE:
         return record.head == LINEAR_PROBE and record.k_shot == ALL_SHOTS
@@ -47,11 +56,14 @@ def fits(record: ScoreRecord, head: str) -> bool:
 
 
 def chosen(records: Iterable[ScoreRecord], head: str) -> list[ScoreRecord]:
-    """The results a table is drawn from; for Table 11 those with the paper's prompts when there are any."""
+    """The results a table is drawn from; for Table 11 those with the paper's prompts when there are any. A cell
+    with results on the dataset under the paper's name (the copy `suite=clip_paper` sweeps) and under another
+    (`vtab/cifar10` beside `cifar10`) takes the former."""
     found = [r for r in records if fits(r, head)]
     if head == ZEROSHOT and any(r.prompts == PROMPTS for r in found):
         found = [r for r in found if r.prompts == PROMPTS]
-    return found
+    own_name = {(paper_model(r), column(r)) for r in found if r.dataset in BY_KEY}
+    return [r for r in found if r.dataset in BY_KEY or (paper_model(r), column(r)) not in own_name]
 
 
 def paper_table(records: Iterable[ScoreRecord], head: str) -> pd.DataFrame:
@@ -59,17 +71,17 @@ def paper_table(records: Iterable[ScoreRecord], head: str) -> pd.DataFrame:
     cells: dict[tuple[str, str], list[float]] = {}
     variants: dict[tuple[str, str], set[tuple[str, ...]]] = {}
     for record in chosen(records, head):
-        column, metric = BY_KEY[record.dataset]
-        cell = (paper_model(record), column)
+        name, metric = BY_KEY[paper_dataset(record.dataset)]
+        cell = (paper_model(record), name)
         cells.setdefault(cell, []).append(record.metrics.get(metric, math.nan))
-        variants.setdefault(cell, set()).add((record.model, record.source, record.protocol, record.prompts,
-                                              record.features))
-    for (model, column), found in variants.items():
+        variants.setdefault(cell, set()).add((record.model, record.dataset, record.source, record.protocol,
+                                              record.prompts, record.features))
+    for (model, name), found in variants.items():
         if len(found) > 1:
-            raise PipelineError(f"the CLIP paper's table has one cell per model and dataset, but {model} on {column} "
-                                f"has results for several (architecture, source, protocol, prompts, features): "
-                                f"{', '.join(sorted(map(str, found)))}; keep one with source=, protocol=, "
-                                f"prompts= (or one activation of OpenAI's weights)")
+            raise PipelineError(f"the CLIP paper's table has one cell per model and dataset, but {model} on {name} "
+                                f"has results for several (architecture, dataset, source, protocol, prompts, "
+                                f"features): {', '.join(sorted(map(str, found)))}; keep one with source=, "
+                                f"protocol=, prompts= (or one activation of OpenAI's weights, one copy of the data)")
     models = {model for model, _ in cells}
     order = [m for m in PAPER_MODELS if m in models] + sorted(models - set(PAPER_MODELS))
     rows = [{MODEL_COLUMN: model, **{column: percent(cells.get((model, column), [])) for column in PAPER_DATASETS}}
@@ -84,12 +96,28 @@ def percent(values: list[float]) -> str:
     return f"{100 * sum(values) / len(values):.1f}"
 
 
-def missing_note() -> str:
-    """Why some columns are always empty, for the table's markdown."""
-    keys = {key: column for column, (key, _) in PAPER_DATASETS.items()}
-    return "\n".join(f"- {keys[key]}: {reason}" for key, reason in references.UNAVAILABLE.items())
+def note(records: Iterable[ScoreRecord], head: str) -> str:
+    """What the table's markdown says under it: which columns `suite=clip_paper` cannot fill, and why; for Table
+    10, whose cells are CLIP_benchmark's probe rather than the paper's, and which probes it left out."""
+    records = list(records)
+    keys = {key: name for name, (key, _) in PAPER_DATASETS.items()}
+    lines = ["Not swept by `suite=clip_paper` (no public copy): these columns hold only results read from files that "
+             "have them (`results_dir=`), compared with the paper's like any other:",
+             *(f"- {keys[key]}: {reason}" for key, reason in references.UNAVAILABLE.items())]
+    if head != LINEAR_PROBE:
+        return "\n".join(lines)
+    drawn = chosen(records, head)
+    theirs = sorted({paper_model(r) for r in drawn if r.is_clip_benchmark_probe})
+    if theirs:
+        lines += ["", f"Probe protocol: the cells read from CLIP_benchmark's `--task linear_probe` result files (in "
+                      f"the rows of {', '.join(theirs)}) are its own probe, {CLIP_BENCHMARK_PROBE}. The paper's probe "
+                      f"is {PAPER_PROBE}."]
+    few = sum(1 for r in records if r.head == LINEAR_PROBE and column(r) is not None and r.k_shot != ALL_SHOTS)
+    if few:
+        lines += ["", f"Left out: {few} probe result(s) fitted on k examples per class; the table holds full probes."]
+    return "\n".join(lines)
 
 
 def applies(records: Iterable[ScoreRecord]) -> bool:
     """A sweep draws the tables when it ran the paper's prompts on one of its datasets."""
-    return any(r.prompts == PROMPTS and r.dataset in BY_KEY for r in records)
+    return any(r.prompts == PROMPTS and column(r) is not None for r in records)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import pandas as pd
 
@@ -23,6 +23,8 @@ from pipeline import tasks
 from pipeline.data import catalog
 from pipeline.data.languages import ENGLISH
 from pipeline.errors import PipelineError
+from pipeline.reports.clip_paper import (PAPER_COPIES, PAPER_DATASETS, PAPER_MODELS,  # noqa: F401 (read here too)
+                                         TABLE9_NAMES, UNAVAILABLE)
 from pipeline.stages.heads import LINEAR_PROBE, ZEROSHOT
 
 PUBLISHED = Path(__file__).with_name("published")
@@ -46,6 +48,12 @@ class Reference:
     head: str
     read: Callable[[], pd.DataFrame]
     sizes: Callable[[], pd.DataFrame] | None = None  # dataset, size, classes of the data it was computed on
+    # other names of its datasets, by the name its cells carry (a result under one is set beside that cell)
+    copies: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    def dataset(self, name: str) -> str:
+        """A result's dataset as this reference names it."""
+        return self.copies.get(name, name)
 
 
 # -- model names ------------------------------------------------------------------------------------------
@@ -56,43 +64,12 @@ def arch_of(name: str, pretrained: str) -> str:
     return f"{name}{QUICKGELU}" if pretrained == "openai" and not name.endswith(QUICKGELU) else name
 
 
-PAPER_MODELS = {"RN50": "RN50", "RN101": "RN101", "RN50x4": "RN50x4", "RN50x16": "RN50x16", "RN50x64": "RN50x64",
-                "ViT-B/32": "ViT-B-32", "ViT-B/16": "ViT-B-16", "ViT-L/14": "ViT-L-14", "ViT-L/14@336": "ViT-L-14-336"}
-
-
 # -- datasets and metrics --------------------------------------------------------------------------------------
 # CLIP_benchmark's dataset names that the catalog calls otherwise (its Flickr30k and MSCOCO are the same 1k and 5k
 # Karpathy test splits nlphuji publishes); the rest are catalog keys already.
 CLIP_BENCHMARK_DATASETS = {"flickr30k": FLICKR, "mscoco_captions": MSCOCO}
 RETRIEVAL_COLUMN = re.compile(r"^(Flickr|MSCOCO) (image|text) retr\. R@(\d+)$")
 WINOGAVIL_COLUMN = re.compile(r"^WinoGAViL (avg jaccard score|jaccard score [\d-]+)$")
-# The CLIP paper's 27 datasets (Tables 10-11, in its order) as the catalog names them, with Table 9's metric.
-PAPER_DATASETS = {
-    "Food101": ("food101", "acc1"), "CIFAR10": ("cifar10", "acc1"), "CIFAR100": ("vtab/cifar100", "acc1"),
-    "Birdsnap": ("birdsnap", "acc1"), "SUN397": ("sun397", "acc1"), "StanfordCars": ("cars", "acc1"),
-    "FGVCAircraft": ("fgvc_aircraft", "mean_per_class_recall"), "VOC2007": ("voc2007_multilabel", "map_11point"),
-    "DTD": ("vtab/dtd", "acc1"), "OxfordPets": ("vtab/pets", "mean_per_class_recall"),
-    "Caltech101": ("vtab/caltech101", "mean_per_class_recall"), "Flowers102": ("vtab/flowers", "mean_per_class_recall"),
-    "MNIST": ("mnist", "acc1"), "FER2013": ("fer2013", "acc1"), "STL10": ("stl10", "acc1"),
-    "EuroSAT": ("vtab/eurosat", "acc1"), "RESISC45": ("vtab/resisc45", "acc1"), "GTSRB": ("gtsrb", "acc1"),
-    "KITTI": ("vtab/kitti_closest_vehicle_distance", "acc1"), "Country211": ("country211", "acc1"),
-    "PCam": ("vtab/pcam", "acc1"), "UCF101": ("ucf101", "acc1"), "Kinetics700": ("kinetics700", "mean_top1_top5"),
-    "CLEVRCounts": ("vtab/clevr_count_all", "acc1"), "HatefulMemes": ("hateful_memes", "roc_auc"),
-    "RenderedSST2": ("renderedsst2", "acc1"), "ImageNet": ("imagenet1k", "acc1"),
-}
-# Datasets no public source gives with today's libraries, and why (conf/suite/clip_paper.yaml lists the same).
-UNAVAILABLE = {
-    "birdsnap": "its images are Flickr URLs, many of them gone, and no complete public copy exists",
-    "ucf101": "a video dataset: the paper classified each clip's middle frame, which no image reader here extracts",
-    "kinetics700": "a video dataset of YouTube clips, many removed: the paper used each clip's middle frame",
-    "hateful_memes": "Facebook no longer distributes it (its challenge data was withdrawn)",
-}
-# Table 9's names for the same datasets, in the same order.
-TABLE9_NAMES = ["Food-101", "CIFAR-10", "CIFAR-100", "Birdsnap", "SUN397", "Stanford Cars", "FGVC Aircraft",
-                "Pascal VOC 2007 Classification", "Describable Textures", "Oxford-IIIT Pets", "Caltech-101",
-                "Oxford Flowers 102", "MNIST", "Facial Emotion Recognition 2013", "STL-10", "EuroSAT", "RESISC45",
-                "GTSRB", "KITTI", "Country211", "PatchCamelyon", "UCF101", "Kinetics700", "CLEVR Counts",
-                "Hateful Memes", "Rendered SST2", "ImageNet"]
 # Published metrics that carry a name this project uses for something else, or that nothing here computes.
 DEFINITIONS = {
     "map_11point": "11-point interpolated mAP over the 20 VOC classes (the multi-label task)",
@@ -111,9 +88,11 @@ def computed_metrics(dataset: str) -> set[str]:
 
 
 def comparability(dataset: str, metric: str) -> tuple[bool, str]:
-    """Whether this project computes `metric` on `dataset` as the reference defines it, and if not, why."""
-    if dataset in UNAVAILABLE:
-        return False, f"no public source gives this dataset with today's libraries: {UNAVAILABLE[dataset]}"
+    """Whether a result's `metric` on `dataset` is the reference's: the score stage computes it under the same
+    definition, or the dataset is one no copy here gives (`UNAVAILABLE`), whose results come from files; if not,
+    why."""
+    if dataset in UNAVAILABLE:  # nothing here computes it: a result file that has the metric is compared with it
+        return True, ""
     if catalog.lookup(dataset) is None:
         return False, f"the catalog has no dataset {dataset}"
     if metric not in computed_metrics(dataset):
@@ -279,7 +258,7 @@ def paper_sizes() -> pd.DataFrame:
     keys = [key for key, _ in PAPER_DATASETS.values()]
     return pd.DataFrame([{"dataset": key, "size": int(table.loc[name, "test_size"]),
                           "classes": int(table.loc[name, "classes"])}
-                         for name, key in zip(TABLE9_NAMES, keys) if key not in UNAVAILABLE])
+                         for name, key in zip(TABLE9_NAMES, keys)])
 
 
 def datacomp_sizes() -> pd.DataFrame:
@@ -302,10 +281,10 @@ REFERENCES: dict[str, Reference] = {reference.name: reference for reference in (
               openclip_multilingual_cells),
     Reference("clip_paper", "the CLIP paper's Table 11 (zero-shot)", ("clip_paper_table11_zeroshot.csv",), None,
               ("clip_paper",), ZEROSHOT, lambda: paper_cells("clip_paper_table11_zeroshot.csv", "clip_paper"),
-              paper_sizes),
+              paper_sizes, PAPER_COPIES),
     Reference("clip_paper_probe", "the CLIP paper's Table 10 (linear probes)", ("clip_paper_table10_linearprobe.csv",),
               None, (), LINEAR_PROBE, lambda: paper_cells("clip_paper_table10_linearprobe.csv", "clip_paper_probe"),
-              paper_sizes),
+              paper_sizes, PAPER_COPIES),
 )}
 ALL = "all"
 

@@ -20,7 +20,7 @@ import pandas as pd
 from pipeline.data.languages import ENGLISH
 from pipeline.data.prompts import PROMPT_FREE
 from pipeline.errors import PipelineError
-from pipeline.reports import plots, references
+from pipeline.reports import clip_paper, plots, references
 from pipeline.reports.references import QUICKGELU, Reference
 from pipeline.reports.results import EXTERNAL_PROMPTS, ScoreRecord
 from pipeline.stages.heads import ALL_SHOTS, LINEAR_PROBE
@@ -52,9 +52,12 @@ def model_key(record: ScoreRecord) -> str:
     return references.arch_of(record.model, record.pretrained) if record.is_external else record.model
 
 
-def dataset_key(record: ScoreRecord) -> str:
-    return references.CLIP_BENCHMARK_DATASETS.get(record.dataset, record.dataset) if record.is_external \
+def dataset_key(record: ScoreRecord, reference: Reference) -> str:
+    """The record's dataset as the reference names it: a result file's by the catalog, then any other name of the
+    same dataset (`vtab/cifar10` is the paper's `cifar10`) by the reference's."""
+    name = references.CLIP_BENCHMARK_DATASETS.get(record.dataset, record.dataset) if record.is_external \
         else record.dataset
+    return reference.dataset(name)
 
 
 def twin(model: str) -> str:
@@ -84,7 +87,7 @@ def counterparts(record: ScoreRecord, reference: Reference, index: dict[tuple[st
     if not head_fits(record, reference):
         return [], False
     for model, other in ((model_key(record), False), (twin(model_key(record)), True)):
-        found = index.get((model, record.pretrained, dataset_key(record), record.language), [])
+        found = index.get((model, record.pretrained, dataset_key(record, reference), record.language), [])
         if found:
             return found, other
     return [], False
@@ -98,11 +101,13 @@ def causes(record: ScoreRecord, reference: Reference, other_activation: bool, si
     if reference.prompts and record.prompts not in (PROMPT_FREE, EXTERNAL_PROMPTS) \
             and record.prompts not in reference.prompts:
         found.append(f"prompts {record.prompts} (the reference's: {' or '.join(reference.prompts)})")
+    if reference.head == LINEAR_PROBE and record.is_clip_benchmark_probe:
+        found.append(clip_paper.probe_cause(record.metrics))
     if other_activation:
         activation = "QuickGELU" if model_key(record).endswith(QUICKGELU) else "GELU"
         found.append(f"activation: run with {activation} ({model_key(record)}), the reference's row with the other")
-    if sizes is not None and dataset_key(record) in sizes.index:
-        size, classes = sizes.loc[dataset_key(record), ["size", "classes"]]
+    if sizes is not None and dataset_key(record, reference) in sizes.index:
+        size, classes = sizes.loc[dataset_key(record, reference), ["size", "classes"]]
         n, ours_classes = record.units, record.metrics.get("num_classes", math.nan)
         if not math.isnan(n) and n != size:
             found.append(f"test set of {n:.0f} (the reference's: {size:.0f})")
@@ -132,7 +137,8 @@ def compare(record: ScoreRecord, reference: Reference, index: dict[tuple[str, st
                "published_name": f"{cell.name} {cell.pretrained}", "protocol": record.protocol,
                "prompts": record.prompts, "n": record.units}
         if not cell.comparable or math.isnan(ours):
-            reason = cell.note if not cell.comparable else f"this result has no {cell.metric}"
+            reason = cell.note if not cell.comparable else f"this result has no {cell.metric}" + (
+                f": {references.DEFINITIONS[cell.metric]}" if cell.metric in references.DEFINITIONS else "")
             rows.append({**row, "ours": math.nan, "delta": math.nan, "ci_low": math.nan, "ci_high": math.nan,
                          "verdict": NOT_COMPARABLE, "cause": reason})
             continue

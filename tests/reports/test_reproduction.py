@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from itertools import combinations
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -112,8 +113,9 @@ def test_the_layout_writes_the_report_and_refuses_results_without_a_counterpart(
     table = pd.read_csv(tmp_path / "reproduction.csv")
     assert list(table.columns[:12]) == ["reference", "model", "pretrained", "dataset", "metric", "ours", "published",
                                         "delta", "ci_low", "ci_high", "verdict", "cause"]
-    assert "46 of 46 results have a published counterpart in clip_paper" in written.markdown  # 23 datasets each
-    assert "45 reproduced, 1 differs" in written.markdown
+    # 27 datasets each: the four suite=clip_paper cannot sweep are compared where a result (a file) has them
+    assert "54 of 54 results have a published counterpart in clip_paper" in written.markdown
+    assert "53 reproduced, 1 differs" in written.markdown
     unknown = [ScoreRecord("tiny", "tiny-clip.pt", "shapes", "dataset", "acc1", {"acc1": 0.9}, source="local",
                            protocol="datacomp", task="zeroshot_classification")]
     with pytest.raises(PipelineError, match="none of the 1 results has a published counterpart in clip_paper"):
@@ -142,6 +144,41 @@ def test_clip_benchmarks_published_results_against_open_clips_table(tmp_path):
 
 
 BENCHMARK = references.PUBLISHED / "clip_benchmark_benchmark.csv"
+FILES = Path(__file__).parents[1] / "fixtures" / "clip_benchmark_results"  # CLIP_benchmark's own output files
+
+
+def test_clip_benchmarks_probe_files_are_checked_against_table_10_and_their_protocol_named():
+    records = results.from_directory(FILES)  # zero-shot and probe files, datasets under their wds/ names
+    report = reproduction.reproduce(records, references.chosen("clip_paper_probe"))
+    rows = report.rows.set_index("dataset")
+    full = [r for r in records if r.is_clip_benchmark_probe and r.k_shot == "all"]
+    assert sorted(rows.index) == sorted(r.dataset for r in full) and report.without_counterpart == len(records) - 3
+    for record in full:  # each differing probe names CLIP_benchmark's protocol, with what its file records
+        row = rows.loc[record.dataset]
+        assert row["ours"] == record.metrics["lp_acc1"] and row["published_name"] == "ViT-B/32 openai"
+        if row["verdict"] == reproduction.DIFFERS:
+            assert row["cause"] == (f"probe: CLIP_benchmark's AdamW (epochs 10, weight decay "
+                                    f"{record.metrics['weight_decay']:g}), not the paper's L-BFGS logistic regression")
+    assert set(rows["verdict"]) == {reproduction.REPRODUCED, reproduction.DIFFERS}
+    # the zero-shot files of the same folder are checked against Table 11, `wds/vtab/cifar10` among them
+    zero_shot = reproduction.reproduce(records, references.chosen("clip_paper")).rows
+    assert "vtab/cifar10" in set(zero_shot["dataset"]) and set(zero_shot["reference"]) == {"clip_paper"}
+    # this project's own probe is the paper's protocol: no such cause
+    ours = ScoreRecord("ViT-B-32-quickgelu", "openai", "food101", "*", "acc1", {"acc1": 0.5}, source="clip_benchmark",
+                       protocol="datacomp", head="linear_probe", k_shot="all", seed="0", features="pre_projection")
+    [row] = reproduction.reproduce([ours], references.chosen("clip_paper_probe")).rows.to_dict("records")
+    assert row["verdict"] == reproduction.DIFFERS and "AdamW" not in row["cause"]
+
+
+def test_the_aggregate_command_reads_probe_files_into_table_10_and_its_reproduction(tmp_path):
+    done = run_pipeline(tmp_path, "layout=reproduction", "reference=clip_paper_probe", f"results_dir={FILES}",
+                        module="pipeline.aggregate")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "3 of 10 results have a published counterpart in clip_paper_probe" in done.stdout
+    done = run_pipeline(tmp_path, "layout=clip_paper", f"results_dir={FILES}", module="pipeline.aggregate")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert {"clip_paper_table10.csv", "clip_paper_table11.csv"} <= {p.name for p in
+                                                                   (tmp_path / "outputs" / "tables").iterdir()}
 
 
 def test_labels_are_spread_apart_within_the_panel():
