@@ -81,12 +81,15 @@ class JobSpec:
     params: Mapping[str, Any]
 
     @classmethod
-    def from_cfg(cls, cfg: DictConfig) -> "JobSpec":
+    def from_cfg(cls, cfg: DictConfig | Mapping[str, Any]) -> "JobSpec":
+        """The spec of a job's Hydra config, or of that config already resolved to plain data (a plan's)."""
+        cfg = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
         language = str(cfg.get("language") or languages.ENGLISH)
-        dataset = DatasetSpec.from_cfg(cfg.dataset, cfg.get("data_cache"), cfg.paths.get("data_cache"), language)
+        dataset = DatasetSpec.from_cfg(cfg["dataset"], cfg.get("data_cache"), cfg["paths"].get("data_cache"),
+                                       language)
         task = check(dataset)
         head = HeadSpec.from_cfg(cfg.get("head"))
-        prompt_set = prompts.PromptSet.from_cfg(cfg.prompts)
+        prompt_set = prompts.PromptSet.from_cfg(cfg["prompts"])
         if head.is_probe and not task.probe:
             raise PipelineError(f"head=linear_probe fits single-label classes; dataset {dataset.name} is a {task.name} "
                                 f"task: use head=zeroshot")
@@ -95,18 +98,18 @@ class JobSpec:
         if dataset.main_metric not in known:
             raise PipelineError(f"dataset.main_metric={dataset.main_metric!r} is not computed for {task.name}; use one "
                                 f"of {known}")
-        metric = str(cfg.metric.name)
+        metric = str(cfg["metric"]["name"])
         spice = flag(cfg.get("spice", False), "spice")
         generation = None
         if task.generates:
-            generation = OmegaConf.to_container(cfg.generation, resolve=True)
+            generation = dict(cfg["generation"])
             if dataset.main_metric == "SPICE" and not spice:
                 raise PipelineError("dataset.main_metric=SPICE needs spice=true")
-        return cls(model=ModelSpec.from_cfg(cfg.model, cfg.get("weights_dir")), dataset=dataset, task=task,
-                   head=head, prompts=prompt_set, protocol=Protocol.from_cfg(cfg.protocol), generation=generation,
+        return cls(model=ModelSpec.from_cfg(cfg["model"], cfg.get("weights_dir")), dataset=dataset, task=task,
+                   head=head, prompts=prompt_set, protocol=Protocol.from_cfg(cfg["protocol"]), generation=generation,
                    language=language, metric=dataset.main_metric if metric == "main" else metric, spice=spice,
                    run=run_settings(cfg), cache=cache_settings(cfg.get("cache") or {}),
-                   tracking=TrackingSpec.from_cfg(cfg.tracking), explain=explain_spec(cfg.get("explain")),
+                   tracking=TrackingSpec.from_cfg(cfg["tracking"]), explain=explain_spec(cfg.get("explain")),
                    params=flatten(cfg))
 
     @property
@@ -129,7 +132,7 @@ def explain_spec(cfg: Any) -> ExplainSpec | None:
     return ExplainSpec.from_cfg(cfg)
 
 
-def run_settings(cfg: DictConfig) -> RunSettings:
+def run_settings(cfg: Mapping[str, Any]) -> RunSettings:
     """Refuse the first malformed run setting, in one line naming it and what it takes: a cache hit never reads
     them, so one left unchecked would pass unnoticed."""
     device = cfg.get("device", "auto")
@@ -149,8 +152,8 @@ def cache_settings(cache: Any) -> CacheSettings:
                          flag(cache.get("force", False), "cache.force"), float(timeout))
 
 
-def flatten(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as dotted MLflow params."""
+def flatten(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved config as dotted MLflow params."""
     flat: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -160,7 +163,7 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
         else:
             flat[prefix.rstrip(".")] = node
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    walk(cfg, "")
     return flat
 
 

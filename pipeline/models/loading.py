@@ -2,6 +2,7 @@
 (`model.library=transformers`, `hf_checkpoints`), and fingerprint them for cache keys."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -33,7 +34,14 @@ FEATURE_LIBRARIES = ("open_clip_torch", "torch", "torchvision", "pillow")
 
 def library_versions() -> dict[str, str]:
     """Installed versions, build suffix included (`2.15.0+cu128`), of the libraries that shape features."""
-    return {name: importlib.metadata.version(name) for name in FEATURE_LIBRARIES}
+    return dict(_installed(FEATURE_LIBRARIES))
+
+
+@functools.cache
+def _installed(names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    # importlib.metadata scans site-packages on every call (~5 ms, once per job a plan keys); what is installed does
+    # not change while a process runs
+    return tuple((name, importlib.metadata.version(name)) for name in names)
 
 
 OPEN_CLIP = "open_clip"
@@ -64,7 +72,7 @@ class ModelSpec:
         if context is not None and (library == OPEN_CLIP or not isinstance(context, int) or context < 2):
             raise PipelineError(f"model.context_length={context!r}: a whole number of tokens (at least 2), for "
                                 f"model.library=transformers only (open_clip architectures fix their own)")
-        spec = cls(cfg.name, cfg.arch, cfg.get("pretrained"), cfg.get("precision", "amp"), cache_dir, library, context)
+        spec = cls(cfg["name"], cfg["arch"], cfg.get("pretrained"), cfg.get("precision", "amp"), cache_dir, library, context)
         if spec.precision not in precision.MODEL_PRECISIONS:
             raise PipelineError(f"model.precision={spec.precision!r} is not one of {precision.MODEL_PRECISIONS}")
         if spec.is_transformers:

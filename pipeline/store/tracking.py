@@ -227,7 +227,7 @@ class TrackingSpec:
 
     @classmethod
     def from_cfg(cls, cfg) -> "TrackingSpec":
-        return cls(str(cfg.uri), str(cfg.experiment), cfg.get("artifact_location"), cfg.get("ui_url"))
+        return cls(str(cfg["uri"]), str(cfg["experiment"]), cfg.get("artifact_location"), cfg.get("ui_url"))
 
     def connect(self, access: str = EDIT) -> TrackingStore:
         return connect(self.uri, self.experiment, self.artifact_location, access=access)

@@ -66,7 +66,7 @@ class PlanningSweeper(BasicSweeper):
         index = StoreIndex.of(store) if store is not None else None
         if index is not None:
             index.refresh()
-        planned = self.keyed(jobs)
+        planned = keyed(self.hydra_context.config_loader, self.config, jobs)
         made = plan.make(planned, index, held_keys(store))
         print(made.render(), flush=True)
         written = made.write(sweep_dir)
@@ -75,27 +75,6 @@ class PlanningSweeper(BasicSweeper):
             return []
         served.serve(made.served, store, index, sweep_dir, sweep.recorded(sweep_dir, store))
         return [self.launch([job.number for job in made.launched], [job.overrides for job in made.launched])]
-
-    def keyed(self, jobs: Sequence[list[str]]) -> list[plan.PlannedJob]:
-        """Every job composed once and keyed; a job that cannot be is planned to launch as it is."""
-        composer = Composer(self.hydra_context.config_loader, self.config)
-        described: dict[tuple, datasets.DatasetInfo] = {}
-
-        def describe(spec: datasets.DatasetSpec, classes: bool | None = None) -> datasets.DatasetInfo:
-            if (spec, classes) not in described:
-                described[(spec, classes)] = datasets.describe(spec, classes)
-            return described[(spec, classes)]
-
-        planned = []
-        for number, overrides in enumerate(jobs):
-            job = None
-            try:
-                spec = JobSpec.from_cfg(composer.compose(overrides))
-                job = resolve(spec, describe) if spec.explain is None else None
-            except Exception as exc:  # the job says what is wrong with it when it runs, as any job does
-                log.debug("job #%d not planned: %s", number, one_line(exc))
-            planned.append(plan.keyed(number, overrides, job))
-        return planned
 
     def launch(self, numbers: Sequence[int], overrides: Sequence[list[str]]) -> Sequence[JobReturn]:
         """The jobs with work left, under their own numbers: a launcher of this project takes the numbers; any other
@@ -114,6 +93,29 @@ class PlanningSweeper(BasicSweeper):
             returns += self.launcher.launch(list(overrides[start:end]), initial_job_idx=numbers[start])
             start = end
         return returns
+
+
+def keyed(loader: Any, master: Any, jobs: Sequence[list[str]]) -> list[plan.PlannedJob]:
+    """Every job composed once (Hydra's `loader`, the sweep's primary config) and keyed; a job that cannot be is
+    planned to launch as it is."""
+    composer = Composer(loader, master)
+    described: dict[tuple, datasets.DatasetInfo] = {}
+
+    def describe(spec: datasets.DatasetSpec, classes: bool | None = None) -> datasets.DatasetInfo:
+        if (spec, classes) not in described:
+            described[(spec, classes)] = datasets.describe(spec, classes)
+        return described[(spec, classes)]
+
+    planned = []
+    for number, overrides in enumerate(jobs):
+        job = None
+        try:
+            spec = JobSpec.from_cfg(composer.compose(overrides))
+            job = resolve(spec, describe) if spec.explain is None else None
+        except Exception as exc:  # the job says what is wrong with it when it runs, as any job does
+            log.debug("job #%d not planned: %s", number, one_line(exc))
+        planned.append(plan.keyed(number, overrides, job))
+    return planned
 
 
 def open_store(tracking_cfg: Any, read_only: bool) -> tracking.TrackingStore | None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import ListConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import Compose, Normalize
 
@@ -33,12 +33,12 @@ class ExplainSpec:
     batch_size: int
 
     @classmethod
-    def from_cfg(cls, cfg: DictConfig | None) -> "ExplainSpec | None":
+    def from_cfg(cls, cfg: Mapping[str, Any] | None) -> "ExplainSpec | None":
         """None when `explain=none`; a one-line refusal for every malformed value."""
         if cfg is None or cfg.get("name", NONE) == NONE:
             return None
-        if cfg.name not in METHODS:
-            raise PipelineError(f"explain={cfg.name!r} is not known; use one of {(NONE, *METHODS)}")
+        if cfg["name"] not in METHODS:
+            raise PipelineError(f"explain={cfg['name']!r} is not known; use one of {(NONE, *METHODS)}")
         images = _images(cfg.get("images"))
         captions = _captions(cfg.get("captions"))
         template = str(cfg.get("template") or "")
@@ -52,7 +52,7 @@ class ExplainSpec:
         if batch_size < 1:
             raise PipelineError(f"explain.batch_size={batch_size} must be at least 1")
         start_layer = _integer(cfg.get("start_layer", 0), "explain.start_layer")
-        return cls(str(cfg.name), images, captions, template, start_layer, batch_size)
+        return cls(str(cfg["name"]), images, captions, template, start_layer, batch_size)
 
     def for_depth(self, blocks: int, model_label: str) -> "ExplainSpec":
         """`start_layer` as a block index of a tower with `blocks` blocks (-1 and the last index are one setting,
@@ -115,8 +115,8 @@ def _captions(value: Any) -> tuple[str, ...] | None:
         return None
     if isinstance(value, str):
         items = [value]
-    elif isinstance(value, ListConfig):
-        items = OmegaConf.to_container(value)
+    elif isinstance(value, (list, ListConfig)):
+        items = OmegaConf.to_container(value) if isinstance(value, ListConfig) else list(value)
     else:
         raise PipelineError(f"explain.captions={value!r}: give a list of strings, or null for each image's class "
                             f"prompt")
