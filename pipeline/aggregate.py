@@ -157,7 +157,7 @@ class AggregateCallback(Callback):
 def sweep_tables(records: list[ScoreRecord], metric: str, sweep_dir: Path, store: TrackingStore,
                  plot_cache: Path | None = None) -> dict[str, layouts.Written]:
     """Every layout the sweep's results call for, by title, the per-prompt-set tables first."""
-    replicates = results.replicate_loader(store)
+    replicates = results.replicate_loader(store, records)
     written: dict[str, layouts.Written] = {}
     for layout in layouts.sweep_layouts(records):
         compared = records
@@ -245,7 +245,7 @@ def main(cfg: DictConfig) -> None:
                      cfg.protocol.name if cfg.get("protocol") else None)
     if not records:
         raise PipelineError(f"no finished job runs found in {source}; run `python -m pipeline` first")
-    replicates = results.replicate_loader(store) if wants_replicates else None
+    replicates = results.replicate_loader(store, records) if wants_replicates else None
     if cfg.intervals and cfg.results_dir:
         log.warning("intervals=true: result files (results_dir=) carry no bootstrap replicates; no interval is shown")
     if replicates is not None:

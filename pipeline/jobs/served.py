@@ -5,6 +5,7 @@ running: no Hydra per-job path, no model, no stage."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -16,7 +17,7 @@ from pipeline.stages import score
 from pipeline.stages.score import uncertainty
 from pipeline.store import bulk, holders
 from pipeline.store.cache import mlflow_metric_name
-from pipeline.store.index import StoreIndex
+from pipeline.store.index import IndexedRun, StoreIndex
 from pipeline.store.tracking import JOB_STAGE, PARENT_TAG, TrackingStore
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ def serve(planned: Sequence[PlannedJob], store: TrackingStore, index: StoreIndex
     """Record every served job's run and its folder; returns the job run ids."""
     runs = [new_run(job, parent) for job in planned]
     ids = bulk.write(store, runs)
+    now = int(time.time() * 1000)
+    index.add(IndexedRun(run_id, JOB_STAGE, "FINISHED", now, now, {**run.tags, "mlflow.runName": run.name},
+                         {mlflow_metric_name(k): v for k, v in run.metrics.items()}) for run, run_id in zip(runs, ids))
     for job, run, run_id in zip(planned, runs, ids):
         folder = Path(sweep_dir) / str(job.number)
         (folder / ".hydra").mkdir(parents=True, exist_ok=True)
@@ -51,7 +55,6 @@ def serve(planned: Sequence[PlannedJob], store: TrackingStore, index: StoreIndex
                                     "tracking_uri": store.uri, "metric": metric,
                                     "value": float(run.metrics.get(mlflow_metric_name(metric), float("nan"))),
                                     SERVED_TAG: "plan"})
-    index.refresh()
     if planned:
         log.info("served %d job(s) from the store as they are (their job runs recorded, nothing computed)",
                  len(planned))

@@ -109,9 +109,7 @@ def from_runs(store: TrackingStore, run_ids: Iterable[str]) -> list[ScoreRecord]
     from pipeline.store.index import StoreIndex
 
     run_ids = list(run_ids)
-    index = StoreIndex.of(store)
-    index.refresh()
-    found = index.runs(run_ids)
+    found = StoreIndex.of(store).fetched(run_ids)
     return [_record(run_id, found[run_id].tags, found[run_id].metrics) if run_id in found else
             _from_job_run(store.client.get_run(run_id)) for run_id in run_ids]
 
@@ -315,26 +313,42 @@ class Bootstrap:
 
 
 NO_BOOTSTRAP = Bootstrap({})
+_READERS = 8  # threads reading replicate files: downloads and checksums wait on I/O
 
 
-def replicate_loader(store: TrackingStore) -> Callable[[ScoreRecord], Bootstrap]:
+def replicate_loader(store: TrackingStore, prefetch: Iterable[ScoreRecord] = ()) -> Callable[[ScoreRecord], Bootstrap]:
     """`load(record)`: its score run's bootstrap replicates (checksums verified), each score run downloaded once;
-    none for result files and for scores computed before intervals existed."""
+    none for result files and for scores computed before intervals existed. The `prefetch` records' are read at
+    once: their score runs' tags from the store's index and their files in threads (a table over a whole suite
+    reads thousands)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.store.index import StoreIndex
+
     loaded: dict[str, Bootstrap] = {}
+
+    def read(run_id: str, where: artifacts.Location) -> Bootstrap:
+        try:
+            arrays = artifacts.load_arrays(where, ("bootstrap", "bootstrap_metrics"), store.uri)
+        except (artifacts.CorruptArtifact, artifacts.ArtifactUnavailable) as exc:
+            raise PipelineError(f"the bootstrap replicates of score run {run_id} cannot be read ({exc}); rerun its "
+                                f"job: the score is recomputed from its cached inputs") from exc
+        return NO_BOOTSTRAP if arrays is None else Bootstrap(
+            dict(zip(map(str, arrays["bootstrap_metrics"]), arrays["bootstrap"])), where.tags.get("sample_order", ""))
+
+    wanted = list(dict.fromkeys(r.score_run for r in prefetch if r.score_run))
+    if wanted:
+        indexed = StoreIndex.of(store).fetched(wanted)
+        located = {run_id: run.location for run_id, run in indexed.items() if run.artifact_uri is not None}
+        with ThreadPoolExecutor(_READERS) as pool:
+            loaded.update(zip(located, pool.map(read, located, located.values())))
 
     def load(record: ScoreRecord) -> Bootstrap:
         if not record.score_run:
             return NO_BOOTSTRAP
         if record.score_run not in loaded:
             run = store.client.get_run(record.score_run)
-            try:
-                arrays = artifacts.load_arrays(run, ("bootstrap", "bootstrap_metrics"), store.uri)
-            except (artifacts.CorruptArtifact, artifacts.ArtifactUnavailable) as exc:
-                raise PipelineError(f"the bootstrap replicates of score run {record.score_run} cannot be read "
-                                    f"({exc}); rerun its job: the score is recomputed from its cached inputs") from exc
-            loaded[record.score_run] = NO_BOOTSTRAP if arrays is None else Bootstrap(
-                dict(zip(map(str, arrays["bootstrap_metrics"]), arrays["bootstrap"])),
-                run.data.tags.get("sample_order", ""))
+            loaded[record.score_run] = read(record.score_run, artifacts.Location.of(run))
         return loaded[record.score_run]
 
     return load

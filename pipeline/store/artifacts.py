@@ -64,12 +64,27 @@ def is_not_found(exc: BaseException) -> bool:
     return getattr(response, "status_code", None) == 404
 
 
-def recorded_checksums(run: Run) -> dict[str, str]:
+@dataclass(frozen=True)
+class Location:
+    """What reading a run's files back needs: where they are and the checksums its tags record. A `Run` has it; so
+    has a row of the store's index (`store.index`), which reads thousands of them without fetching a run each."""
+
+    run_id: str
+    artifact_uri: str
+    tags: Mapping[str, str]
+
+    @classmethod
+    def of(cls, run: Run | Location) -> Location:
+        return run if isinstance(run, Location) else cls(run.info.run_id, run.info.artifact_uri, run.data.tags)
+
+
+def recorded_checksums(run: Run | Location) -> dict[str, str]:
     """The SHA-256 of each file, as recorded when the run was written."""
-    return {k.removeprefix(CHECKSUM_TAG): v for k, v in run.data.tags.items() if k.startswith(CHECKSUM_TAG)}
+    tags = Location.of(run).tags
+    return {k.removeprefix(CHECKSUM_TAG): v for k, v in tags.items() if k.startswith(CHECKSUM_TAG)}
 
 
-def fetch_verified(run: Run, checksums: Mapping[str, str], directory: Path, tracking_uri: str) -> None:
+def fetch_verified(run: Run | Location, checksums: Mapping[str, str], directory: Path, tracking_uri: str) -> None:
     """Download each named file into `directory` and check it against its checksum."""
     for name, expected in checksums.items():
         actual = sha256_file(download(run, name, directory, tracking_uri))
@@ -91,7 +106,7 @@ def load(run: Run, tracking_uri: str, only: tuple[str, ...] | None = None) -> St
         return read_output(Path(tmp), checksums)
 
 
-def load_arrays(run: Run, names: tuple[str, ...], tracking_uri: str) -> dict[str, np.ndarray] | None:
+def load_arrays(run: Run | Location, names: tuple[str, ...], tracking_uri: str) -> dict[str, np.ndarray] | None:
     """Some of a run's arrays, each checked against its recorded checksum; None when the run has none of them."""
     checksums = recorded_checksums(run)
     files = {f"{name}.npy": checksums.get(f"{name}.npy") for name in names}
@@ -102,25 +117,25 @@ def load_arrays(run: Run, names: tuple[str, ...], tracking_uri: str) -> dict[str
         return read_output(Path(tmp), files).arrays
 
 
-def download(run: Run, name: str, directory: Path, tracking_uri: str) -> Path:
+def download(run: Run | Location, name: str, directory: Path, tracking_uri: str) -> Path:
     """One artifact, retried with backoff on failures that may pass; a definite "not found" is corrupt.
 
     It is addressed by the run's artifact URI, not `runs:/`, whose resolver reports every failure as
     "does not exist" and so would hide a passing network error."""
-    run_id = run.info.run_id
+    where = Location.of(run)
     for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
         try:
             import mlflow.artifacts
 
             return Path(mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{run.info.artifact_uri.rstrip('/')}/{name}", dst_path=str(directory),
+                artifact_uri=f"{where.artifact_uri.rstrip('/')}/{name}", dst_path=str(directory),
                 tracking_uri=tracking_uri))
         except Exception as exc:  # MLflow raises MlflowException, requests' and OS errors, depending on the store
             if is_not_found(exc):
                 raise CorruptArtifact(f"{name} is missing from the artifact store: {exc}") from exc
             if attempt == DOWNLOAD_ATTEMPTS:
                 raise ArtifactUnavailable(f"{name}: {DOWNLOAD_ATTEMPTS} attempts failed, last: {exc}") from exc
-            log.warning("downloading %s of run %s failed (%s); retrying (%d/%d)", name, run_id,
+            log.warning("downloading %s of run %s failed (%s); retrying (%d/%d)", name, where.run_id,
                         one_line(exc)[:200], attempt + 1, DOWNLOAD_ATTEMPTS)
             time.sleep(DOWNLOAD_BACKOFF_S * 2 ** (attempt - 1))
     raise AssertionError("unreachable")

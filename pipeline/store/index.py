@@ -22,18 +22,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from pipeline import user_cache
-from pipeline.store.artifacts import QUARANTINED
+from pipeline.store.artifacts import QUARANTINED, Location
 from pipeline.store.tracking import JOB_STAGE, TrackingStore, search_all
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
-OVERLAP_MS = 10 * 60 * 1000  # runs started this long before the newest seen are read again
+OVERLAP_MS = 2 * 60 * 1000  # runs started this long before the newest seen are read again (workers' clocks differ)
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 _ID_CHUNK = 100  # run ids per `attributes.run_id IN (...)` search
+_VERSION = 2  # of the file's schema: another version is another file, built afresh
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, stage TEXT, status TEXT, lifecycle TEXT,
-    start_time INTEGER, end_time INTEGER, cache_key TEXT, servable INTEGER, tags TEXT, metrics TEXT);
+    start_time INTEGER, end_time INTEGER, cache_key TEXT, servable INTEGER, tags TEXT, metrics TEXT,
+    artifact_uri TEXT);
 CREATE INDEX IF NOT EXISTS runs_key ON runs (cache_key);
 CREATE INDEX IF NOT EXISTS runs_stage ON runs (stage, status);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
@@ -49,6 +51,14 @@ class IndexedRun:
     end_time: int | None
     tags: Mapping[str, str]
     metrics: Mapping[str, float]
+    artifact_uri: str | None = None  # None for a run this process wrote and added before the store listed it
+
+    @property
+    def location(self) -> Location:
+        """Where its files are, to read them back without fetching the run."""
+        if self.artifact_uri is None:
+            raise ValueError(f"run {self.run_id} was indexed without its artifact location")
+        return Location(self.run_id, self.artifact_uri, self.tags)
 
     @property
     def duration_s(self) -> float | None:
@@ -66,7 +76,9 @@ class StoreIndex:
         name = hashlib.sha256(f"{store.uri}\n{store.experiment_id}".encode()).hexdigest()[:24]
         folder = folder or user_cache() / "index"
         folder.mkdir(parents=True, exist_ok=True)
-        return cls(store, folder / f"{name}.sqlite")
+        for older in folder.glob(f"{name}.sqlite"):  # the first version's file
+            older.unlink(missing_ok=True)
+        return cls(store, folder / f"{name}.v{_VERSION}.sqlite")
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, timeout=60)
@@ -84,7 +96,7 @@ class StoreIndex:
             quarantined = self._quarantine_count()
             if quarantined != meta.get("quarantined"):
                 fetched += search_all(self.store, "tags.cache_corrupt LIKE '%'", view="ALL")
-            db.executemany("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", map(_row, fetched))
+            db.executemany("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", map(_row, fetched))
             self._reconcile(db, full)
             newest = max([watermark, *(run.info.start_time for run in fetched)])
             still = [run.info.run_id for run in fetched if run.info.status not in TERMINAL]
@@ -122,10 +134,23 @@ class StoreIndex:
         deleted = search_all(self.store, "", view="DELETED_ONLY")
         db.executemany("UPDATE runs SET lifecycle = 'deleted' WHERE run_id = ?", [(r.info.run_id,) for r in deleted])
 
-    def add(self, runs: Iterable[Run]) -> None:
-        """Runs this process just wrote (a served job's run): in the index now, not at the next refresh."""
+    def add(self, runs: Iterable[IndexedRun]) -> None:
+        """Runs this process just wrote (served jobs' runs): in the index now, not at the next refresh."""
+        rows = [(run.run_id, run.stage, run.status, "active", run.start_time, run.end_time, run.tags.get("cache_key"),
+                 0, json.dumps(dict(run.tags)), json.dumps(dict(run.metrics)), run.artifact_uri) for run in runs]
         with closing(self._connect()) as db, db:
-            db.executemany("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", map(_row, runs))
+            db.executemany("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def fetched(self, run_ids: Sequence[str]) -> dict[str, IndexedRun]:
+        """The runs with these ids, those the index lacks read from the store (and kept)."""
+        found = self.runs(run_ids)
+        missing = [run_id for run_id in run_ids if run_id not in found]
+        if missing:
+            read = self._by_id(missing)
+            with closing(self._connect()) as db, db:
+                db.executemany("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", map(_row, read))
+            found.update(self.runs(missing))
+        return found
 
     # -- asking it ---------------------------------------------------------------------------------------
     def servable(self, keys: Iterable[str]) -> dict[str, IndexedRun]:
@@ -169,12 +194,12 @@ def _row(run: Run) -> tuple:
     servable = (info.status == "FINISHED" and info.lifecycle_stage == "active" and tags.get("cache_store") == "true"
                 and "cache_key" in tags)
     return (info.run_id, tags.get("stage", ""), info.status, info.lifecycle_stage, info.start_time, info.end_time,
-            tags.get("cache_key"), int(servable), json.dumps(tags), json.dumps(dict(run.data.metrics)))
+            tags.get("cache_key"), int(servable), json.dumps(tags), json.dumps(dict(run.data.metrics)), info.artifact_uri)
 
 
 def _indexed(row: tuple) -> IndexedRun:
-    run_id, stage, status, _, start, end, _, _, tags, metrics = row
-    return IndexedRun(run_id, stage, status, start, end, json.loads(tags), json.loads(metrics))
+    run_id, stage, status, _, start, end, _, _, tags, metrics, artifact_uri = row
+    return IndexedRun(run_id, stage, status, start, end, json.loads(tags), json.loads(metrics), artifact_uri)
 
 
 def _sql_lifecycles(store: TrackingStore) -> dict[str, str] | None:
