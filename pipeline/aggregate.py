@@ -24,7 +24,8 @@ from pipeline.reports import comparisons, fewshot, layouts, page, plots, referen
 from pipeline.reports import sections as report_sections
 from pipeline.reports import titles
 from pipeline.reports.results import ScoreRecord
-from pipeline.store import links, orphans, tracking
+from pipeline.store import bulk, links, orphans, tracking
+from pipeline.store.index import StoreIndex
 from pipeline.store.artifacts import ArtifactUnavailable, CorruptArtifact
 from pipeline.store.tracking import JOB_STAGE, PARENT_TAG, TrackingStore
 
@@ -63,12 +64,13 @@ def sweep_run_ids(sweep_dir: Path) -> list[str]:
 def jobs_view(store: TrackingStore, sweep_run: str, records: list[ScoreRecord]) -> str:
     """A saved view of the runs table listing this sweep's job runs in the results table's order (each run tagged
     with its row), with what each ran and its main metric with its interval (a link alone cannot choose columns)."""
-    client = store.client
-    for row, record in enumerate(titles.table_order(records)):
-        client.set_tag(record.run_id, links.TABLE_ROW_TAG, f"{row:05d}")
+    ordered = titles.table_order(records)
+    bulk.tag(store, {record.run_id: {links.TABLE_ROW_TAG: f"{row:05d}"} for row, record in enumerate(ordered)})
+    indexed = StoreIndex.of(store).fetched([record.run_id for record in ordered])
     search = f"{links.JOB_FILTER} and tags.`{PARENT_TAG}` = '{sweep_run}'"
-    return links.save_job_view(client, store.experiment_id, links.sweep_view_name(sweep_run), search,
-                               order_by=f"tags.`{links.TABLE_ROW_TAG}`")
+    return links.save_job_view(store.client, store.experiment_id, links.sweep_view_name(sweep_run), search,
+                               order_by=f"tags.`{links.TABLE_ROW_TAG}`",
+                               labelled=[(run.tags, run.metrics) for run in indexed.values()])
 
 
 def ui_base(tracking_cfg: DictConfig, store: TrackingStore, overrides: list[str]) -> str:

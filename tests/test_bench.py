@@ -94,3 +94,22 @@ def test_the_store_benchmark_grows_a_store_the_pipeline_reads_like_its_own(tmp_p
     assert served.data.tags["stage"] == "classify" and served.data.tags["cache_store"] == "true"
     assert len(results.latest_in_store(store)) == 3  # one job run per group of ten
     assert sized.sizes_for(100_000) == [1_000, 10_000, 100_000]
+
+
+def test_the_cached_suite_benchmark_times_jobs_served_from_their_plan(tmp_path):
+    """Benchmark 8 at a small size: every job of its store is served (nothing launched), and the intervals are drawn
+    from the replicates it wrote beside each score."""
+    import json
+
+    from pipeline.bench import served
+
+    planned, ran, bare, jobs = served.served_suite(tmp_path, ["openclip/RN50__openai", "openclip/ViT-B-32__openai"], 2)
+    assert jobs == 4 and min(planned, ran, bare) > 0
+    sweeps = sorted((tmp_path / "served" / "outputs" / "multirun").glob("*/*"))
+    assert len(sweeps) == 2  # the plan's and the run's
+    plan = json.loads((sweeps[0] / "plan.json").read_text())
+    assert plan["served"] == 4 and plan["launched"] == 0
+    results_files = sorted(sweeps[1].glob("*/result.json"))
+    assert [json.loads(path.read_text())["served_by"] for path in results_files] == ["plan"] * 4
+    table = pd.read_csv(sweeps[1] / "intervals.csv")
+    assert len(table) == 2 and table["mean"].str.contains(r"\[").all()  # the mean's interval: from the replicates

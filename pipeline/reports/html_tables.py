@@ -98,8 +98,10 @@ def frame_html(frame: pd.DataFrame, main: bool = False, linked: Sequence[str] = 
         texts = turned(texts, numeric)
         numeric, note = _numeric(texts, linked), '<p class="file">shown turned: a row per column of the file</p>'
     head = "".join(f"<th>{_breakable(str(c))}</th>" for c in texts.columns)
-    body = "".join("<tr>" + "".join(f'<td{" class=num" if c in numeric else ""}>{_cell(row[c], c in linked)}</td>'
-                                    for c in texts.columns) + "</tr>" for _, row in texts.iterrows())
+    opened = [f'<td{" class=num" if c in numeric else ""}>' for c in texts.columns]
+    links = [c in linked for c in texts.columns]
+    body = "".join("<tr>" + "".join(f"{start}{_cell(value, link)}</td>" for start, link, value in zip(opened, links, row))
+                   + "</tr>" for row in texts.itertuples(index=False, name=None))
     marked = f' id="{RESULTS_ID}"' if main else ""
     many = " many" if len(texts.columns) > MANY_COLUMNS else ""
     return (f'{note}<div class="scroll"><table class="data{many}"{marked} data-rows="{rows}"><thead><tr>{head}</tr>'

@@ -1,5 +1,6 @@
 """Many finished runs written at once: the job runs of a sweep's jobs served from its plan, labelled as a job would
-label them, without a job computing anything.
+label them, without a job computing anything; and tags set on many runs at once (the row each job run has in its
+sweep's table).
 
 MLflow's client writes a run in five or six requests (create, tags, params in pages of 100, metrics, inputs, end),
 about 50 ms a run on a local SQLite store: four minutes for open_clip's 4,598 jobs. MLflow has no call that writes
@@ -16,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from pipeline.store.tracking import TrackingStore, log_inputs
+from pipeline.store import sql
+from pipeline.store.tracking import TrackingStore, log_inputs, run_tags
 
 SERVER_THREADS = 8
 _PARAM_MAX_CHARS = 6000  # as the stage cache logs params (MLflow's limit)
@@ -39,12 +41,37 @@ def write(store: TrackingStore, runs: Sequence[NewRun]) -> list[str]:
     """Write every run FINISHED; returns their ids, in order."""
     if not runs:
         return []
-    if store.uri.startswith(("sqlite:", "postgresql", "mysql", "mssql")):
+    if sql.is_sql(store):
         _write_sql(store, runs)
     else:
         with ThreadPoolExecutor(SERVER_THREADS) as pool:
             list(pool.map(lambda run: _write_client(store, run), runs))
     return [run.run_id for run in runs]
+
+
+def tag(store: TrackingStore, tags: Mapping[str, Mapping[str, str]]) -> None:
+    """Set tags on many runs at once (by run id), replacing values they had, as `set_tag` would, one run after
+    another: a sweep's 4,598 job runs tagged through the client took 12 s."""
+    if not tags:
+        return
+    if not sql.is_sql(store):
+        with ThreadPoolExecutor(SERVER_THREADS) as pool:
+            list(pool.map(lambda item: store.client.log_batch(item[0], tags=run_tags(item[1])), tags.items()))
+        return
+    import sqlalchemy
+    from mlflow.store.tracking.dbmodels.models import SqlTag
+    from mlflow.tracking._tracking_service.utils import _get_store
+
+    table, keys = SqlTag.__table__, {key for run_tags in tags.values() for key in run_tags}
+    run_ids = list(tags)
+    with _get_store(store.uri).ManagedSessionMaker(read_only=False) as session:
+        for first in range(0, len(run_ids), 500):
+            session.execute(table.delete().where(table.c.run_uuid.in_(run_ids[first:first + 500]),
+                                                 table.c.key.in_(sorted(keys))))
+        rows = [dict(key=key, value=str(value), run_uuid=run_id) for run_id, run_tags in tags.items()
+                for key, value in run_tags.items()]
+        for first in range(0, len(rows), _ROWS_PER_INSERT):
+            session.execute(sqlalchemy.insert(table), rows[first:first + _ROWS_PER_INSERT])
 
 
 def _write_client(store: TrackingStore, run: NewRun) -> None:

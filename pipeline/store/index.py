@@ -7,7 +7,8 @@ MLflow's API has no "changed since": a refresh asks for the runs started since t
 `OVERLAP_MS`, as workers' clocks stamp start times), the runs that were still running at the last refresh (by id),
 and which runs are gone: on a SQL store by listing its run ids and lifecycles (one query), on a tracking server by
 its deleted runs. Runs quarantined since (a corrupt artifact, `artifacts.mark_corrupt`) are read again when the
-experiment's quarantine count changes. A run purged from a server (`mlflow gc`) stays in the index until
+experiment's quarantine count changes. A SQL store's runs are read from its tables without their params
+(`store.sql`); a server's through its search. A run purged from a server (`mlflow gc`) stays in the index until
 `refresh(full=True)`.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from pipeline import user_cache
+from pipeline.store import sql
 from pipeline.store.artifacts import QUARANTINED, Location
 from pipeline.store.tracking import JOB_STAGE, TrackingStore, search_all
 
@@ -40,6 +42,8 @@ CREATE INDEX IF NOT EXISTS runs_key ON runs (cache_key);
 CREATE INDEX IF NOT EXISTS runs_stage ON runs (stage, status);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
 """
+_MARKS = ", ".join("?" * 11)  # the columns of `runs`
+_START, _STATUS = 4, 2  # their positions
 
 
 @dataclass(frozen=True)
@@ -95,26 +99,32 @@ class StoreIndex:
             fetched = self._since(watermark) + self._by_id(pending)
             quarantined = self._quarantine_count()
             if quarantined != meta.get("quarantined"):
-                fetched += search_all(self.store, "tags.cache_corrupt LIKE '%'", view="ALL")
-            db.executemany("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", map(_row, fetched))
+                fetched += map(_row, search_all(self.store, "tags.cache_corrupt LIKE '%'", view="ALL"))
+            db.executemany(f"INSERT OR REPLACE INTO runs VALUES ({_MARKS})", fetched)
             self._reconcile(db, full)
-            newest = max([watermark, *(run.info.start_time for run in fetched)])
-            still = [run.info.run_id for run in fetched if run.info.status not in TERMINAL]
+            newest = max([watermark, *(row[_START] for row in fetched)])
+            still = [row[0] for row in fetched if row[_STATUS] not in TERMINAL]
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                            [("watermark", str(newest)), ("pending", json.dumps(still)),
                             ("quarantined", quarantined or ""), ("refreshed", str(int(time.time())))])
         return len(fetched)
 
-    def _since(self, watermark: int) -> list[Run]:
-        if not watermark:
-            return search_all(self.store, "", view="ALL")
-        return search_all(self.store, f"attributes.start_time >= {watermark - OVERLAP_MS}", view="ALL")
+    def _since(self, watermark: int) -> list[tuple]:
+        since = watermark - OVERLAP_MS if watermark else 0
+        if sql.is_sql(self.store):
+            return [_row_of(*listed) for listed in sql.runs(self.store, started_since=since)]
+        query = f"attributes.start_time >= {since}" if since else ""
+        return list(map(_row, search_all(self.store, query, view="ALL")))
 
-    def _by_id(self, run_ids: Sequence[str]) -> list[Run]:
-        found: list[Run] = []
+    def _by_id(self, run_ids: Sequence[str]) -> list[tuple]:
+        if not run_ids:
+            return []
+        if sql.is_sql(self.store):
+            return [_row_of(*listed) for listed in sql.runs(self.store, run_ids=run_ids)]
+        found: list[tuple] = []
         for start in range(0, len(run_ids), _ID_CHUNK):
             listed = ", ".join(f"'{run_id}'" for run_id in run_ids[start:start + _ID_CHUNK])
-            found += search_all(self.store, f"attributes.run_id IN ({listed})", view="ALL")
+            found += map(_row, search_all(self.store, f"attributes.run_id IN ({listed})", view="ALL"))
         return found
 
     def _quarantine_count(self) -> str | None:
@@ -123,8 +133,8 @@ class StoreIndex:
     def _reconcile(self, db: sqlite3.Connection, full: bool) -> None:
         """Forget runs the store no longer has and mark the ones deleted since: a SQL store lists its runs' ids in
         one query; a server, its deleted runs."""
-        listed = _sql_lifecycles(self.store)
-        if listed is not None:
+        if sql.is_sql(self.store):
+            listed = sql.lifecycles(self.store)
             known = dict(db.execute("SELECT run_id, lifecycle FROM runs"))
             gone = [(run_id,) for run_id in known if run_id not in listed]
             db.executemany("DELETE FROM runs WHERE run_id = ?", gone)
@@ -139,7 +149,7 @@ class StoreIndex:
         rows = [(run.run_id, run.stage, run.status, "active", run.start_time, run.end_time, run.tags.get("cache_key"),
                  0, json.dumps(dict(run.tags)), json.dumps(dict(run.metrics)), run.artifact_uri) for run in runs]
         with closing(self._connect()) as db, db:
-            db.executemany("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            db.executemany(f"INSERT OR REPLACE INTO runs VALUES ({_MARKS})", rows)
 
     def fetched(self, run_ids: Sequence[str]) -> dict[str, IndexedRun]:
         """The runs with these ids, those the index lacks read from the store (and kept)."""
@@ -148,7 +158,7 @@ class StoreIndex:
         if missing:
             read = self._by_id(missing)
             with closing(self._connect()) as db, db:
-                db.executemany("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", map(_row, read))
+                db.executemany(f"INSERT OR REPLACE INTO runs VALUES ({_MARKS})", read)
             found.update(self.runs(missing))
         return found
 
@@ -190,30 +200,21 @@ class StoreIndex:
 
 
 def _row(run: Run) -> tuple:
-    tags, info = dict(run.data.tags), run.info
-    servable = (info.status == "FINISHED" and info.lifecycle_stage == "active" and tags.get("cache_store") == "true"
-                and "cache_key" in tags)
-    return (info.run_id, tags.get("stage", ""), info.status, info.lifecycle_stage, info.start_time, info.end_time,
-            tags.get("cache_key"), int(servable), json.dumps(tags), json.dumps(dict(run.data.metrics)), info.artifact_uri)
+    info = run.info
+    attributes = {"run_uuid": info.run_id, "status": info.status, "lifecycle_stage": info.lifecycle_stage,
+                  "start_time": info.start_time, "end_time": info.end_time, "artifact_uri": info.artifact_uri}
+    return _row_of(attributes, dict(run.data.tags), dict(run.data.metrics))
+
+
+def _row_of(attributes: Mapping, tags: Mapping[str, str], metrics: Mapping[str, float]) -> tuple:
+    """The index's row of a run (the columns of `_SCHEMA`, in order)."""
+    servable = (attributes["status"] == "FINISHED" and attributes["lifecycle_stage"] == "active"
+                and tags.get("cache_store") == "true" and "cache_key" in tags)
+    return (attributes["run_uuid"], tags.get("stage", ""), attributes["status"], attributes["lifecycle_stage"],
+            attributes["start_time"], attributes["end_time"], tags.get("cache_key"), int(servable),
+            json.dumps(dict(tags)), json.dumps(dict(metrics)), attributes["artifact_uri"])
 
 
 def _indexed(row: tuple) -> IndexedRun:
     run_id, stage, status, _, start, end, _, _, tags, metrics, artifact_uri = row
     return IndexedRun(run_id, stage, status, start, end, json.loads(tags), json.loads(metrics), artifact_uri)
-
-
-def _sql_lifecycles(store: TrackingStore) -> dict[str, str] | None:
-    """Every run id of the experiment with its lifecycle, read from a SQL store's own table (None for a server)."""
-    if not store.uri.startswith(("sqlite:", "postgresql", "mysql", "mssql")):
-        return None
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine(store.uri)
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(sqlalchemy.text("SELECT run_uuid, lifecycle_stage FROM runs WHERE "
-                                                      "experiment_id = :experiment"),
-                                      {"experiment": int(store.experiment_id)})
-            return dict(rows.fetchall())
-    finally:
-        engine.dispose()

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 from pipeline.store.tracking import JOB_STAGE
 
 if TYPE_CHECKING:  # MLflow loads where the store is used: a table of result files never imports it
-    from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
 WORKFLOW_TYPE = "machine_learning"
@@ -91,15 +90,16 @@ def share_view(client: MlflowClient, experiment_id: str, name: str, search_filte
     return name
 
 
-def job_columns(runs: Sequence[Run]) -> list[str]:
+def job_columns(labelled: Sequence[tuple[Mapping[str, str], Mapping[str, float]]]) -> list[str]:
     """The columns a view of job runs shows, in this order: what each job ran (model, weights, dataset, prompt set,
-    and head, shots and seed where they vary), then each main metric with its 95 % interval beside it."""
-    tags = [run.data.tags for run in runs]
+    and head, shots and seed where they vary), then each main metric with its 95 % interval beside it; from each
+    run's (tags, metrics)."""
+    tags = [run_tags for run_tags, _ in labelled]
     shown = [label for label in JOB_LABELS if any(label in t for t in tags)
              and (label in ALWAYS_SHOWN or len({t.get(label) for t in tags}) > 1)]
     metrics = dict.fromkeys(t[MAIN_METRIC_TAG] for t in tags if t.get(MAIN_METRIC_TAG))
     if not metrics:  # runs from before the tag: their metrics, values before intervals
-        keys = {key for run in runs for key in run.data.metrics}
+        keys = {key for _, run_metrics in labelled for key in run_metrics}
         metrics = dict.fromkeys(sorted(k for k in keys if "/" not in k and k not in COUNTS))
     columns = [f"tags.`{label}`" for label in shown]
     for metric in metrics:
@@ -108,10 +108,15 @@ def job_columns(runs: Sequence[Run]) -> list[str]:
 
 
 def save_job_view(client: MlflowClient, experiment_id: str, name: str, search_filter: str, order_by: str = BY_RUN_NAME,
-                  runs: int = 1000) -> str:
-    """A view of the job runs `search_filter` matches (the latest `runs` of them) with `job_columns`."""
-    found = client.search_runs([experiment_id], search_filter, max_results=runs, order_by=["attributes.start_time DESC"])
-    columns = job_columns(found)
+                  runs: int = 1000, labelled: Sequence[tuple[Mapping[str, str], Mapping[str, float]]] | None = None
+                  ) -> str:
+    """A view of the job runs `search_filter` matches with `job_columns`, chosen from `labelled` (each run's tags and
+    metrics) where the caller has them, else from the latest `runs` the filter matches."""
+    if labelled is None:
+        found = client.search_runs([experiment_id], search_filter, max_results=runs,
+                                   order_by=["attributes.start_time DESC"])
+        labelled = [(run.data.tags, run.data.metrics) for run in found]
+    columns = job_columns(labelled)
     return share_view(client, experiment_id, name, search_filter, columns, order_by,
                       widths={RUN_NAME_COLUMN: RUN_NAME_WIDTH, **dict.fromkeys(columns, COLUMN_WIDTH)})
 

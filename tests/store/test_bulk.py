@@ -48,3 +48,19 @@ def test_a_tracking_server_gets_them_through_its_client(tmp_path):
         written = bulk.write(store, runs(4))
         assert sorted(store.client.get_run(run_id).info.run_name for run_id in written) == [
             "job:0", "job:1", "job:2", "job:3"]
+        bulk.tag(store, {written[0]: {"table_row": "00001"}, written[1]: {"table_row": "00000"}})
+        assert store.client.get_run(written[1]).data.tags["table_row"] == "00000"
+
+
+def test_tags_set_at_once_are_the_tags_set_one_by_one(store):
+    """A row tag set again (a sweep aggregated twice) replaces the old value, as `set_tag` does; other tags stay."""
+    at_once, one_by_one = bulk.write(store, runs(2))
+    for run_id in (at_once, one_by_one):
+        store.client.set_tag(run_id, "table_row", "00007")
+    bulk.tag(store, {at_once: {"table_row": "00002", "extra": "x"}})
+    store.client.set_tag(one_by_one, "table_row", "00002")
+    store.client.set_tag(one_by_one, "extra", "x")
+    tags = [store.client.get_run(run_id).data.tags for run_id in (at_once, one_by_one)]
+    own = ("model", "mlflow.runName")  # the two runs' own names
+    assert tags[0]["table_row"] == "00002" and {k: v for k, v in tags[0].items() if k not in own} == {
+        k: v for k, v in tags[1].items() if k not in own}

@@ -67,3 +67,34 @@ def test_a_quarantined_run_is_no_longer_served_by_the_index(store, tmp_path):
     artifacts.mark_corrupt(store.client, made.run_id, "x.npy does not match its checksum")
     index.refresh()
     assert index.servable(["k1"]) == {}
+
+
+def test_a_sql_stores_runs_read_from_its_tables_are_what_mlflows_search_gives(store):
+    """The index reads a SQL store's tables itself (without params); every run, whatever its state and metrics, is
+    what MLflow's search presents: attributes, tags and latest metrics, NaN and infinities as MLflow keeps them."""
+    from pipeline.store import sql
+
+    grow(store.uri, store.experiment_id, 0, 40)
+    odd = job_run(store, "model1", "dataset1", float("nan"))
+    store.client.log_metric(odd, "acc5", float("inf"))
+    store.client.log_metric(odd, "acc1", 0.25, step=1)  # the latest value is the one the index keeps
+    store.client.log_param(odd, "batch_size", "64")
+    running = job_run(store, "model2", "dataset2", 0.5, finish=False)
+    store.client.delete_run(job_run(store, "model3", "dataset3", 0.5))
+    searched = {run.info.run_id: run for run in search_all(store, "", view="ALL")}
+    read = {attributes["run_uuid"]: (attributes, tags, metrics) for attributes, tags, metrics in sql.runs(store)}
+    assert read.keys() == searched.keys() and len(read) == 43
+    for run_id, (attributes, tags, metrics) in read.items():
+        info = searched[run_id].info
+        assert (attributes["status"], attributes["lifecycle_stage"], attributes["start_time"], attributes["end_time"],
+                attributes["artifact_uri"]) == (info.status, info.lifecycle_stage, info.start_time, info.end_time,
+                                                info.artifact_uri)
+        assert tags == searched[run_id].data.tags
+        assert metrics.keys() == searched[run_id].data.metrics.keys()
+        assert np.allclose(list(metrics.values()), list(searched[run_id].data.metrics.values()), equal_nan=True)
+    assert read[odd][2]["acc1"] == 0.25 and read[running][0]["status"] == "RUNNING"
+    by_id = sql.runs(store, run_ids=[odd, running])
+    assert {attributes["run_uuid"] for attributes, _, _ in by_id} == {odd, running}
+    newest = max(run.info.start_time for run in searched.values())
+    assert {a["run_uuid"] for a, _, _ in sql.runs(store, started_since=newest)} == {
+        run_id for run_id, run in searched.items() if run.info.start_time >= newest}
