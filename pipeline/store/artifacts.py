@@ -8,6 +8,7 @@ import logging
 import math
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
@@ -87,9 +88,36 @@ def recorded_checksums(run: Run | Location) -> dict[str, str]:
 def fetch_verified(run: Run | Location, checksums: Mapping[str, str], directory: Path, tracking_uri: str) -> None:
     """Download each named file into `directory` and check it against its checksum."""
     for name, expected in checksums.items():
-        actual = sha256_file(download(run, name, directory, tracking_uri))
-        if actual != expected:
-            raise CorruptArtifact(f"{name} checksum {actual[:12]} != recorded {expected[:12]}")
+        _check(name, download(run, name, directory, tracking_uri), expected)
+
+
+def _check(name: str, path: Path, expected: str) -> None:
+    actual = sha256_file(path)
+    if actual != expected:
+        raise CorruptArtifact(f"{name} checksum {actual[:12]} != recorded {expected[:12]}")
+
+
+def verified_folder(run: Run | Location, checksums: Mapping[str, str], scratch: Path, tracking_uri: str) -> Path:
+    """The folder holding the named files, each checked against its checksum: a store on this machine's disk is read
+    where it is (MLflow's download would copy every file first: a table over a suite reads thousands); any other is
+    downloaded into `scratch`."""
+    local = local_folder(Location.of(run))
+    if local is None:
+        fetch_verified(run, checksums, scratch, tracking_uri)
+        return scratch
+    for name, expected in checksums.items():
+        if not (local / name).is_file():
+            raise CorruptArtifact(f"{name} is missing from the artifact store: {local / name} does not exist")
+        _check(name, local / name, expected)
+    return local
+
+
+def local_folder(where: Location) -> Path | None:
+    """Where a run's files are on this machine's disk; None for a remote artifact store."""
+    parsed = urllib.parse.urlparse(where.artifact_uri)
+    if parsed.scheme not in ("", "file"):
+        return None
+    return Path(urllib.parse.unquote(parsed.path))
 
 
 def load(run: Run, tracking_uri: str, only: tuple[str, ...] | None = None) -> StageOutput:
@@ -102,8 +130,7 @@ def load(run: Run, tracking_uri: str, only: tuple[str, ...] | None = None) -> St
         if set(only) - set(checksums):
             raise CorruptArtifact(f"{', '.join(sorted(set(only) - set(checksums)))} not recorded")
     with tempfile.TemporaryDirectory() as tmp:
-        fetch_verified(run, checksums, Path(tmp), tracking_uri)
-        return read_output(Path(tmp), checksums)
+        return read_output(verified_folder(run, checksums, Path(tmp), tracking_uri), checksums)
 
 
 def load_arrays(run: Run | Location, names: tuple[str, ...], tracking_uri: str) -> dict[str, np.ndarray] | None:
@@ -113,8 +140,7 @@ def load_arrays(run: Run | Location, names: tuple[str, ...], tracking_uri: str) 
     if not all(files.values()):
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        fetch_verified(run, files, Path(tmp), tracking_uri)
-        return read_output(Path(tmp), files).arrays
+        return read_output(verified_folder(run, files, Path(tmp), tracking_uri), files).arrays
 
 
 def download(run: Run | Location, name: str, directory: Path, tracking_uri: str) -> Path:

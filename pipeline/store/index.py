@@ -3,13 +3,13 @@ metrics), kept in a SQLite file of the user's cache and brought up to date incre
 of look-ups and a table over a lab's whole store cost one refresh and local queries instead of MLflow searches
 that return every run with all its params (about 2.5 ms a run).
 
-MLflow's API has no "changed since": a refresh asks for the runs started since the newest it has seen (less
-`OVERLAP_MS`, as workers' clocks stamp start times), the runs that were still running at the last refresh (by id),
-and which runs are gone: on a SQL store by listing its run ids and lifecycles (one query), on a tracking server by
-its deleted runs. Runs quarantined since (a corrupt artifact, `artifacts.mark_corrupt`) are read again when the
-experiment's quarantine count changes. A SQL store's runs are read from its tables without their params
-(`store.sql`); a server's through its search. A run purged from a server (`mlflow gc`) stays in the index until
-`refresh(full=True)`.
+MLflow's API has no "changed since". A SQL store (`store.sql`) lists every run's id, status and lifecycle in one
+query: the index reads the runs it lacks or holds in another state, from the store's tables without their params,
+and forgets the runs the store no longer has. A tracking server is asked for the runs started since the newest the
+index has seen (less `OVERLAP_MS`, as workers' clocks stamp start times), the runs still running at the last refresh
+(by id) and its deleted runs; a run purged from a server (`mlflow gc`) stays in the index until
+`refresh(full=True)`. On both, runs quarantined since (a corrupt artifact, `artifacts.mark_corrupt`) are read again
+when the experiment's quarantine count changes.
 """
 from __future__ import annotations
 
@@ -95,32 +95,50 @@ class StoreIndex:
         with closing(self._connect()) as db, db:
             meta = dict(db.execute("SELECT name, value FROM meta"))
             watermark = 0 if full else int(meta.get("watermark", 0))
-            pending = [] if full else json.loads(meta.get("pending", "[]"))
-            fetched = self._since(watermark) + self._by_id(pending)
+            if sql.is_sql(self.store):
+                fetched = self._changed_in_tables(db, full)
+            else:
+                fetched = self._changed_on_server(db, watermark, [] if full else json.loads(meta.get("pending", "[]")))
             quarantined = self._quarantine_count()
             if quarantined != meta.get("quarantined"):
                 fetched += map(_row, search_all(self.store, "tags.cache_corrupt LIKE '%'", view="ALL"))
             db.executemany(f"INSERT OR REPLACE INTO runs VALUES ({_MARKS})", fetched)
-            self._reconcile(db, full)
-            newest = max([watermark, *(row[_START] for row in fetched)])
+            newest = max([watermark, *(row[_START] or 0 for row in fetched)])
             still = [row[0] for row in fetched if row[_STATUS] not in TERMINAL]
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                            [("watermark", str(newest)), ("pending", json.dumps(still)),
                             ("quarantined", quarantined or ""), ("refreshed", str(int(time.time())))])
         return len(fetched)
 
-    def _since(self, watermark: int) -> list[tuple]:
+    def _changed_in_tables(self, db: sqlite3.Connection, full: bool) -> list[tuple]:
+        """A SQL store lists every run's id, status and lifecycle in one query: the runs the index lacks or holds in
+        another state are read, the runs the store no longer has are forgotten (no clock is trusted)."""
+        listed = sql.states(self.store)
+        known = {} if full else {run_id: (status, lifecycle) for run_id, status, lifecycle in
+                                 db.execute("SELECT run_id, status, lifecycle FROM runs")}
+        db.executemany("DELETE FROM runs WHERE run_id = ?", [(run_id,) for run_id in known if run_id not in listed])
+        changed = [run_id for run_id, state in listed.items() if known.get(run_id) != state]
+        if len(changed) > len(listed) // 2:  # most of the store (a first build): one pass over its tables
+            wanted = set(changed)
+            return [_row_of(*read) for read in sql.runs(self.store) if read[0]["run_uuid"] in wanted]
+        return [_row_of(*read) for read in sql.runs(self.store, run_ids=changed)] if changed else []
+
+    def _changed_on_server(self, db: sqlite3.Connection, watermark: int, pending: Sequence[str]) -> list[tuple]:
+        """A server is asked for the runs started since the newest seen (less `OVERLAP_MS`), the runs still running
+        at the last refresh, by id, and its deleted runs."""
         since = watermark - OVERLAP_MS if watermark else 0
-        if sql.is_sql(self.store):
-            return [_row_of(*listed) for listed in sql.runs(self.store, started_since=since)]
-        query = f"attributes.start_time >= {since}" if since else ""
-        return list(map(_row, search_all(self.store, query, view="ALL")))
+        fetched = list(map(_row, search_all(self.store, f"attributes.start_time >= {since}" if since else "",
+                                            view="ALL")))
+        for start in range(0, len(pending), _ID_CHUNK):
+            listed = ", ".join(f"'{run_id}'" for run_id in pending[start:start + _ID_CHUNK])
+            fetched += map(_row, search_all(self.store, f"attributes.run_id IN ({listed})", view="ALL"))
+        deleted = search_all(self.store, "", view="DELETED_ONLY")
+        db.executemany("UPDATE runs SET lifecycle = 'deleted' WHERE run_id = ?", [(r.info.run_id,) for r in deleted])
+        return fetched
 
     def _by_id(self, run_ids: Sequence[str]) -> list[tuple]:
-        if not run_ids:
-            return []
         if sql.is_sql(self.store):
-            return [_row_of(*listed) for listed in sql.runs(self.store, run_ids=run_ids)]
+            return [_row_of(*read) for read in sql.runs(self.store, run_ids=run_ids)] if run_ids else []
         found: list[tuple] = []
         for start in range(0, len(run_ids), _ID_CHUNK):
             listed = ", ".join(f"'{run_id}'" for run_id in run_ids[start:start + _ID_CHUNK])
@@ -129,20 +147,6 @@ class StoreIndex:
 
     def _quarantine_count(self) -> str | None:
         return self.store.client.get_experiment(self.store.experiment_id).tags.get(QUARANTINED)
-
-    def _reconcile(self, db: sqlite3.Connection, full: bool) -> None:
-        """Forget runs the store no longer has and mark the ones deleted since: a SQL store lists its runs' ids in
-        one query; a server, its deleted runs."""
-        if sql.is_sql(self.store):
-            listed = sql.lifecycles(self.store)
-            known = dict(db.execute("SELECT run_id, lifecycle FROM runs"))
-            gone = [(run_id,) for run_id in known if run_id not in listed]
-            db.executemany("DELETE FROM runs WHERE run_id = ?", gone)
-            changed = [(stage, run_id) for run_id, stage in listed.items() if run_id in known and known[run_id] != stage]
-            db.executemany("UPDATE runs SET lifecycle = ? WHERE run_id = ?", changed)
-            return
-        deleted = search_all(self.store, "", view="DELETED_ONLY")
-        db.executemany("UPDATE runs SET lifecycle = 'deleted' WHERE run_id = ?", [(r.info.run_id,) for r in deleted])
 
     def add(self, runs: Iterable[IndexedRun]) -> None:
         """Runs this process just wrote (served jobs' runs): in the index now, not at the next refresh."""

@@ -28,25 +28,24 @@ def _engine(store: TrackingStore):
     return sqlalchemy.create_engine(store.uri)
 
 
-def lifecycles(store: TrackingStore) -> dict[str, str]:
-    """Every run id of the experiment with its lifecycle, in one query."""
+def states(store: TrackingStore) -> dict[str, tuple[str, str]]:
+    """Every run id of the experiment with its (status, lifecycle), in one query."""
     import sqlalchemy
 
     engine = _engine(store)
     try:
         with engine.connect() as connection:
-            rows = connection.execute(sqlalchemy.text("SELECT run_uuid, lifecycle_stage FROM runs WHERE "
+            rows = connection.execute(sqlalchemy.text("SELECT run_uuid, status, lifecycle_stage FROM runs WHERE "
                                                       "experiment_id = :experiment"),
                                       {"experiment": int(store.experiment_id)})
-            return dict(rows.fetchall())
+            return {run_id: (status, lifecycle) for run_id, status, lifecycle in rows}
     finally:
         engine.dispose()
 
 
-def runs(store: TrackingStore, started_since: int | None = None, run_ids: Sequence[str] | None = None
+def runs(store: TrackingStore, run_ids: Sequence[str] | None = None
          ) -> list[tuple[dict, dict[str, str], dict[str, float]]]:
-    """(attributes, tags, latest metrics) of the experiment's runs started at or after `started_since` (every run
-    for 0), or of the runs with these ids."""
+    """(attributes, tags, latest metrics) of the experiment's runs with these ids (of every run without ids)."""
     import sqlalchemy
     from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlRun, SqlTag
 
@@ -55,7 +54,7 @@ def runs(store: TrackingStore, started_since: int | None = None, run_ids: Sequen
     try:
         with engine.connect() as connection:
             listed = []
-            for condition in _conditions(run_table, started_since, run_ids):
+            for condition in _conditions(run_table, run_ids):
                 chosen = sqlalchemy.select(run_table.c.run_uuid).where(
                     run_table.c.experiment_id == int(store.experiment_id), condition)
                 attributes = {row.run_uuid: dict(row._mapping) for row in connection.execute(
@@ -77,11 +76,11 @@ def runs(store: TrackingStore, started_since: int | None = None, run_ids: Sequen
         engine.dispose()
 
 
-def _conditions(run_table, started_since: int | None, run_ids: Sequence[str] | None) -> Iterator:
+def _conditions(run_table, run_ids: Sequence[str] | None) -> Iterator:
     import sqlalchemy
 
     if run_ids is None:
-        yield run_table.c.start_time >= started_since if started_since else sqlalchemy.true()
+        yield sqlalchemy.true()
         return
     for start in range(0, len(run_ids), _ID_CHUNK):
         yield run_table.c.run_uuid.in_(list(run_ids[start:start + _ID_CHUNK]))

@@ -109,28 +109,27 @@ def test_forced_fp32_is_labelled_fp32_and_template_files_by_name(tmp_path, tiny_
 def test_a_fully_cached_job_loads_no_model_and_downloads_no_upstream_artifact(tmp_path, tiny_checkpoint, small_shapes,
                                                                                monkeypatch):
     """Score first: every key follows from fingerprints and configs, so a served score needs nothing upstream."""
-    import mlflow.artifacts
-
     from pipeline.models import loading
+    from pipeline.store import artifacts
 
     cfg = job_config(tmp_path, tiny_checkpoint, f"dataset.root={small_shapes}", "prompts=a_photo_of")
     first = run_job(cfg)
-    downloads: list[str] = []
-    real_download = mlflow.artifacts.download_artifacts
+    reads: list[str] = []
+    real_read = artifacts.verified_folder
 
-    def recording(*args, **kwargs):
-        downloads.append(kwargs["artifact_uri"])
-        return real_download(*args, **kwargs)
+    def recording(run, *args, **kwargs):
+        reads.append(artifacts.Location.of(run).run_id)
+        return real_read(run, *args, **kwargs)
 
     def no_loading(spec, device):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", recording)
+    monkeypatch.setattr(artifacts, "verified_folder", recording)
     monkeypatch.setattr(loading, "load_model", no_loading)
     monkeypatch.setattr(loading.LOADED_MODELS, "key", None)  # nothing loaded in this process any more
     again = run_job(cfg)
     assert again.value == first.value and again.score_run_id == first.score_run_id
-    assert downloads and all(f"/{first.score_run_id}/" in uri for uri in downloads)  # the score's own metrics only
+    assert reads and set(reads) == {first.score_run_id}  # the score's own metrics only
     store, runs = all_runs(tmp_path)
     jobs = [r for r in runs if r.data.tags["stage"] == "job"]
     assert len(jobs) == 2 and jobs[0].data.tags["run.embed_image"] == jobs[1].data.tags["run.embed_image"]

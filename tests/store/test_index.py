@@ -95,6 +95,28 @@ def test_a_sql_stores_runs_read_from_its_tables_are_what_mlflows_search_gives(st
     assert read[odd][2]["acc1"] == 0.25 and read[running][0]["status"] == "RUNNING"
     by_id = sql.runs(store, run_ids=[odd, running])
     assert {attributes["run_uuid"] for attributes, _, _ in by_id} == {odd, running}
-    newest = max(run.info.start_time for run in searched.values())
-    assert {a["run_uuid"] for a, _, _ in sql.runs(store, started_since=newest)} == {
-        run_id for run_id, run in searched.items() if run.info.start_time >= newest}
+    assert sql.states(store)[running] == ("RUNNING", "active")
+
+
+def test_an_index_of_a_tracking_server_follows_its_runs_through_its_search(tmp_path, monkeypatch):
+    """A server has no tables to list: new runs by start time (here with no overlap, as if every clock agreed),
+    the runs running at the last refresh by id, deletions by its deleted runs."""
+    from pipeline.store import index as index_module
+    from pipeline.store import tracking
+    from tests.loopback import mlflow_server
+
+    monkeypatch.setattr(index_module, "OVERLAP_MS", 0)
+    with mlflow_server(tmp_path) as url:
+        store = tracking.connect(url, "indexed")
+        first = [job_run(store, f"model{n}", "dataset0", 0.5 + n / 10) for n in range(3)]
+        running = job_run(store, "model9", "dataset1", 0.7, finish=False)
+        index = StoreIndex.of(store, tmp_path / "index")
+        assert index.refresh() == 4
+        time.sleep(0.01)
+        later = job_run(store, "model0", "dataset0", 0.95)  # replaces first[0]'s row in the table
+        store.client.delete_run(first[1])
+        store.client.set_terminated(running, "FINISHED")
+        index.refresh()
+        assert {run.run_id for run in index.job_runs()} == {first[2], running, later, first[0]}
+        assert sorted(results.latest_in_store(store), key=lambda r: r.run_id) == sorted(
+            results.latest_in_store_searched(store), key=lambda r: r.run_id)
