@@ -113,3 +113,13 @@ def test_the_cached_suite_benchmark_times_jobs_served_from_their_plan(tmp_path):
     assert [json.loads(path.read_text())["served_by"] for path in results_files] == ["plan"] * 4
     table = pd.read_csv(sweeps[1] / "intervals.csv")
     assert len(table) == 2 and table["mean"].str.contains(r"\[").all()  # the mean's interval: from the replicates
+
+
+def test_the_sweep_benchmark_reads_a_prompt_sets_templates_in_a_process_of_its_own(tmp_path):
+    """As `make bench` runs it: a fresh process, where the config's sweeper is this project's."""
+    shapes = fixtures.shapes(tmp_path / "bench0", images=8, seed=0)
+    code = ("import sys; from pathlib import Path; from pipeline.bench.__main__ import templates_of; "
+            "from pipeline.bench.processes import Dataset; "
+            "print(len(templates_of('a_photo_of', Dataset('bench0', Path(sys.argv[1])))))")
+    done = subprocess.run([sys.executable, "-c", code, str(shapes)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.split() == ["1"], done.stderr[-2000:]

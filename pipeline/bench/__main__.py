@@ -42,6 +42,9 @@ def templates_of(prompt_set: str, dataset: Dataset) -> list[str]:
     """The templates a prompt set resolves to on `dataset`, as this pipeline resolves them."""
     spec = datasets.DatasetSpec(dataset.name, "zeroshot_classification", str(dataset.root), "test", "acc1")
     info = datasets.describe(spec)
+    from hydra_plugins.clip_tables import launcher
+
+    launcher.install()  # the config names this project's sweeper
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"prompts={prompt_set}"]).prompts
     resolved = prompts.resolve(cfg, dataset.name, info.templates, info.classnames)

@@ -30,11 +30,11 @@ def test_a_refreshed_index_gives_the_stores_own_table(store, tmp_path, monkeypat
     from pipeline.store import index as index_module
 
     monkeypatch.setattr(index_module, "OVERLAP_MS", 0)
-    grow(store.uri, store.experiment_id, 0, 300)  # a store of 300 runs, 30 of them job runs, as a lab's
+    grow(store.uri, store.experiment_id, 0, 3000)  # a store of 3,000 runs, 300 of them job runs, as a lab's
     index = StoreIndex.of(store, tmp_path / "index")
     index.refresh()
     assert results.latest_in_store(store) == results.latest_in_store_searched(store)
-    assert len(index.job_runs()) == 30
+    assert len(index.job_runs()) == 300
 
     running = job_run(store, "model9", "dataset1", 0.7, finish=False)
     time.sleep(0.01)
