@@ -101,9 +101,11 @@ def comparability(dataset: str, metric: str) -> tuple[bool, str]:
     return True, ""
 
 
-def cells(reference: str, rows: Iterable[dict]) -> pd.DataFrame:
+def cells(reference: str, rows: Iterable[dict] | pd.DataFrame) -> pd.DataFrame:
     """Published cells with their comparability worked out (once per dataset and metric)."""
-    frame = pd.DataFrame(list(rows), columns=[c for c in CELLS if c not in ("reference", "comparable", "note")])
+    columns = [c for c in CELLS if c not in ("reference", "comparable", "note")]
+    frame = (rows.reindex(columns=columns) if isinstance(rows, pd.DataFrame) else
+             pd.DataFrame(list(rows), columns=columns))
     frame["language"] = frame["language"].fillna(ENGLISH)  # only multilingual tables name one
     known = {pair: comparability(*pair) for pair in set(zip(frame["dataset"], frame["metric"]))}
     checked = [known[pair] for pair in zip(frame["dataset"], frame["metric"])]
@@ -161,7 +163,7 @@ def openclip_cells() -> pd.DataFrame:
             named[column] = (WINOGAVIL, found.group(1).replace(" ", "_"))
     extra = melted(retrieval, list(named))
     extra = extra.assign(dataset=[named[c][0] for c in extra["column"]], metric=[named[c][1] for c in extra["column"]])
-    frame = cells("openclip", pd.concat([main, extra], ignore_index=True).to_dict("records"))
+    frame = cells("openclip", pd.concat([main, extra], ignore_index=True))
     return frame.drop_duplicates(["model", "weights", "dataset", "metric"], keep="first").reset_index(drop=True)
 
 
@@ -246,8 +248,7 @@ def openclip_multilingual_cells() -> pd.DataFrame:
     long = melted(table, list(named))
     frame = cells("openclip_multilingual", long.assign(
         dataset=[MULTILINGUAL_DATASETS[named[c][0]] for c in long["column"]],
-        metric=[named[c][1] for c in long["column"]], language=[named[c][2] for c in long["column"]]
-    ).to_dict("records"))
+        metric=[named[c][1] for c in long["column"]], language=[named[c][2] for c in long["column"]]))
     # its `RN50 openai` rows repeat their `-quickgelu` twins' cells, as in open_clip's main table
     return frame.drop_duplicates(["model", "weights", "dataset", "language", "metric"]).reset_index(drop=True)
 
