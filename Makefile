@@ -139,7 +139,7 @@ verify: $(STAMP) ## Check every cached artifact against its checksum; failures a
 stress: $(STAMP) ## The lab server under load: 10 rounds of 8 parallel jobs against make server with authentication (about 30 min)
 	$(PY) -m pipeline.bench --only lab --rounds 10
 
-bench: $(STAMP) ## Four speed figures as ratios: sweep, cached rerun, 80-template classifier, image embedding (~12 min on 2 cores)
+bench: $(STAMP) ## Speed figures against references measured in the same run: sweep, cached rerun, 80-template classifier, image embedding, open_clip's table, store size, open_clip's suite cached, tables over 50k results (~20 min on 2 cores)
 	$(PY) -m pipeline.bench
 
 MODELS ?= vit_b_32_openai,vit_b_32_laion2b
