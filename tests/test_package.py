@@ -67,6 +67,8 @@ COVERED_BY = {
     "pipeline.bench.processes": "tests/test_bench.py",
     "pipeline.bench.tables": "tests/test_bench.py",
     "pipeline.bench.store": "tests/test_bench.py",
+    "pipeline.bench.served": "tests/test_bench.py",
+    "pipeline.store.sql": "tests/store/test_index.py",
     "pipeline.offline.__main__": "tests/test_offline.py",
     "pipeline.offline.shapes": "tests/data/test_datasets.py",
     "pipeline.offline.tiny_clip": "tests/test_offline.py",

@@ -106,7 +106,7 @@ def cells(reference: str, rows: Iterable[dict] | pd.DataFrame) -> pd.DataFrame:
     columns = [c for c in CELLS if c not in ("reference", "comparable", "note")]
     frame = (rows.reindex(columns=columns) if isinstance(rows, pd.DataFrame) else
              pd.DataFrame(list(rows), columns=columns))
-    frame["language"] = frame["language"].fillna(ENGLISH)  # only multilingual tables name one
+    frame["language"] = frame["language"].astype(object).fillna(ENGLISH)  # only multilingual tables name one
     known = {pair: comparability(*pair) for pair in set(zip(frame["dataset"], frame["metric"]))}
     checked = [known[pair] for pair in zip(frame["dataset"], frame["metric"])]
     frame["comparable"] = [ok for ok, _ in checked]

@@ -199,7 +199,9 @@ def test_a_cancelled_task_is_reported_and_the_rerun_waits_on_nothing(cluster, da
 
 @pytest.mark.slow
 def test_ctrl_c_cancels_the_sweeps_tasks_in_one_line(cluster, datasets, tiny_checkpoint, tmp_path):
-    sweep = start(tmp_path, sweep_args(datasets, tiny_checkpoint))
+    """The task's batch script sleeps before its jobs start (submitit's `setup` lines), so Ctrl-C reaches the sweep
+    while it waits on a running task however fast the jobs are and however busy the machine."""
+    sweep = start(tmp_path, sweep_args(datasets, tiny_checkpoint, "hydra.launcher.setup=[sleep 120]"))
     wait_for(lambda: any(state == "RUNNING" for [state] in queue("%T")), what="the task to run")
     sweep.send_signal(signal.SIGINT)
     out, err = sweep.communicate(timeout=60)
