@@ -325,7 +325,7 @@ def replicate_loader(store: TrackingStore, prefetch: Iterable[ScoreRecord] = ())
 
     from pipeline.store.index import StoreIndex
 
-    loaded: dict[str, Bootstrap] = {}
+    loaded: dict[str, Bootstrap | PipelineError] = {}
 
     def read(run_id: str, where: artifacts.Location) -> Bootstrap:
         try:
@@ -336,12 +336,20 @@ def replicate_loader(store: TrackingStore, prefetch: Iterable[ScoreRecord] = ())
         return NO_BOOTSTRAP if arrays is None else Bootstrap(
             dict(zip(map(str, arrays["bootstrap_metrics"]), arrays["bootstrap"])), where.tags.get("sample_order", ""))
 
+    def kept(run_id: str, where: artifacts.Location) -> Bootstrap | PipelineError:
+        """A run's replicates, or why they cannot be read: raised when a layout asks for them, so one unreadable
+        run costs the reports that read it, not every other."""
+        try:
+            return read(run_id, where)
+        except PipelineError as exc:
+            return exc
+
     wanted = list(dict.fromkeys(r.score_run for r in prefetch if r.score_run))
     if wanted:
         indexed = StoreIndex.of(store).fetched(wanted)
         located = {run_id: run.location for run_id, run in indexed.items() if run.artifact_uri is not None}
         with ThreadPoolExecutor(_READERS) as pool:
-            loaded.update(zip(located, pool.map(read, located, located.values())))
+            loaded.update(zip(located, pool.map(kept, located, located.values())))
 
     def load(record: ScoreRecord) -> Bootstrap:
         if not record.score_run:
@@ -349,6 +357,9 @@ def replicate_loader(store: TrackingStore, prefetch: Iterable[ScoreRecord] = ())
         if record.score_run not in loaded:
             run = store.client.get_run(record.score_run)
             loaded[record.score_run] = read(record.score_run, artifacts.Location.of(run))
-        return loaded[record.score_run]
+        found = loaded[record.score_run]
+        if isinstance(found, PipelineError):
+            raise found
+        return found
 
     return load

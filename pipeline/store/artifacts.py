@@ -106,18 +106,23 @@ def verified_folder(run: Run | Location, checksums: Mapping[str, str], scratch: 
         fetch_verified(run, checksums, scratch, tracking_uri)
         return scratch
     for name, expected in checksums.items():
-        if not (local / name).is_file():
-            raise CorruptArtifact(f"{name} is missing from the artifact store: {local / name} does not exist")
-        _check(name, local / name, expected)
+        try:
+            _check(name, local / name, expected)
+        except FileNotFoundError as exc:
+            raise CorruptArtifact(f"{name} is missing from the artifact store: {local / name} does not exist") from exc
+        except OSError as exc:  # a disk or network filesystem that may answer again
+            raise ArtifactUnavailable(f"{name}: {local / name} cannot be read ({exc})") from exc
     return local
 
 
 def local_folder(where: Location) -> Path | None:
-    """Where a run's files are on this machine's disk; None for a remote artifact store."""
-    parsed = urllib.parse.urlparse(where.artifact_uri)
-    if parsed.scheme not in ("", "file"):
+    """Where a run's files are on this machine's disk (as MLflow's own local artifact store reads the URI); None for
+    a remote artifact store."""
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    if urllib.parse.urlparse(where.artifact_uri).scheme not in ("", "file"):
         return None
-    return Path(urllib.parse.unquote(parsed.path))
+    return Path(local_file_uri_to_path(where.artifact_uri))
 
 
 def load(run: Run, tracking_uri: str, only: tuple[str, ...] | None = None) -> StageOutput:

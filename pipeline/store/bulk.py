@@ -62,14 +62,18 @@ def tag(store: TrackingStore, tags: Mapping[str, Mapping[str, str]]) -> None:
     from mlflow.store.tracking.dbmodels.models import SqlTag
     from mlflow.tracking._tracking_service.utils import _get_store
 
-    table, keys = SqlTag.__table__, {key for run_tags in tags.values() for key in run_tags}
-    run_ids = list(tags)
+    table = SqlTag.__table__
+    runs_by_key: dict[str, list[str]] = {}
+    for run_id, given in tags.items():
+        for key in given:
+            runs_by_key.setdefault(key, []).append(run_id)
     with _get_store(store.uri).ManagedSessionMaker(read_only=False) as session:
-        for first in range(0, len(run_ids), 500):
-            session.execute(table.delete().where(table.c.run_uuid.in_(run_ids[first:first + 500]),
-                                                 table.c.key.in_(sorted(keys))))
-        rows = [dict(key=key, value=str(value), run_uuid=run_id) for run_id, run_tags in tags.items()
-                for key, value in run_tags.items()]
+        for key, run_ids in runs_by_key.items():  # each run loses only the old values of the keys it is given
+            for first in range(0, len(run_ids), 500):
+                session.execute(table.delete().where(table.c.key == key,
+                                                     table.c.run_uuid.in_(run_ids[first:first + 500])))
+        rows = [dict(key=key, value=str(value), run_uuid=run_id) for run_id, given in tags.items()
+                for key, value in given.items()]
         for first in range(0, len(rows), _ROWS_PER_INSERT):
             session.execute(sqlalchemy.insert(table), rows[first:first + _ROWS_PER_INSERT])
 

@@ -6,10 +6,10 @@ that return every run with all its params (about 2.5 ms a run).
 MLflow's API has no "changed since". A SQL store (`store.sql`) lists every run's id, status and lifecycle in one
 query: the index reads the runs it lacks or holds in another state, from the store's tables without their params,
 and forgets the runs the store no longer has. A tracking server is asked for the runs started since the newest the
-index has seen (less `OVERLAP_MS`, as workers' clocks stamp start times), the runs still running at the last refresh
-(by id) and its deleted runs; a run purged from a server (`mlflow gc`) stays in the index until
-`refresh(full=True)`. On both, runs quarantined since (a corrupt artifact, `artifacts.mark_corrupt`) are read again
-when the experiment's quarantine count changes.
+index has seen (less `OVERLAP_MS`, as workers' clocks stamp start times), the runs still running at the last
+refresh and the runs restored since (by id), and its deleted runs; a run purged from a server (`mlflow gc`) is
+forgotten at the refresh after the one that saw it deleted. On both, runs quarantined since (a corrupt artifact,
+`artifacts.mark_corrupt`) are read again when the experiment's quarantine count changes.
 """
 from __future__ import annotations
 
@@ -91,50 +91,62 @@ class StoreIndex:
 
     # -- keeping it up to date ---------------------------------------------------------------------------
     def refresh(self, full: bool = False) -> int:
-        """Bring the index up to date with the store; returns how many runs were read."""
-        with closing(self._connect()) as db, db:
+        """Bring the index up to date with the store; returns how many runs were read. The store is read first and
+        the index written after, in one short transaction, so a refresh over a large store never holds the index
+        file's write lock while it reads (another process adding its runs waits milliseconds, not the read)."""
+        with closing(self._connect()) as db:
             meta = dict(db.execute("SELECT name, value FROM meta"))
-            watermark = 0 if full else int(meta.get("watermark", 0))
-            if sql.is_sql(self.store):
-                fetched = self._changed_in_tables(db, full)
-            else:
-                fetched = self._changed_on_server(db, watermark, [] if full else json.loads(meta.get("pending", "[]")))
-            quarantined = self._quarantine_count()
-            if quarantined != meta.get("quarantined"):
-                fetched += map(_row, search_all(self.store, "tags.cache_corrupt LIKE '%'", view="ALL"))
+            known = {run_id: (status, lifecycle, artifact_uri) for run_id, status, lifecycle, artifact_uri in
+                     db.execute("SELECT run_id, status, lifecycle, artifact_uri FROM runs")}
+        watermark = 0 if full else int(meta.get("watermark", 0))
+        if sql.is_sql(self.store):
+            fetched, gone, deleted = self._changed_in_tables(known, full)
+        else:
+            fetched, gone, deleted = self._changed_on_server(known, watermark, [] if full else json.loads(
+                meta.get("pending", "[]")))
+        quarantined = self._quarantine_count()
+        if quarantined != meta.get("quarantined"):
+            fetched += map(_row, search_all(self.store, "tags.cache_corrupt LIKE '%'", view="ALL"))
+        newest = max([watermark, *(row[_START] or 0 for row in fetched)])
+        still = [row[0] for row in fetched if row[_STATUS] not in TERMINAL]
+        with closing(self._connect()) as db, db:
+            db.executemany("DELETE FROM runs WHERE run_id = ?", [(run_id,) for run_id in gone])
+            db.executemany("UPDATE runs SET lifecycle = 'deleted' WHERE run_id = ?", [(run_id,) for run_id in deleted])
             db.executemany(f"INSERT OR REPLACE INTO runs VALUES ({_MARKS})", fetched)
-            newest = max([watermark, *(row[_START] or 0 for row in fetched)])
-            still = [row[0] for row in fetched if row[_STATUS] not in TERMINAL]
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                            [("watermark", str(newest)), ("pending", json.dumps(still)),
                             ("quarantined", quarantined or ""), ("refreshed", str(int(time.time())))])
         return len(fetched)
 
-    def _changed_in_tables(self, db: sqlite3.Connection, full: bool) -> list[tuple]:
-        """A SQL store lists every run's id, status and lifecycle in one query: the runs the index lacks or holds in
-        another state are read, the runs the store no longer has are forgotten (no clock is trusted)."""
+    def _changed_in_tables(self, known: Mapping[str, tuple], full: bool) -> tuple[list[tuple], list[str], list[str]]:
+        """A SQL store lists every run's id, status and lifecycle in one query: the runs the index lacks, holds in
+        another state or holds without their artifact location (added by the process that wrote them) are read,
+        the runs the store no longer has are forgotten (no clock is trusted)."""
         listed = sql.states(self.store)
-        known = {} if full else {run_id: (status, lifecycle) for run_id, status, lifecycle in
-                                 db.execute("SELECT run_id, status, lifecycle FROM runs")}
-        db.executemany("DELETE FROM runs WHERE run_id = ?", [(run_id,) for run_id in known if run_id not in listed])
-        changed = [run_id for run_id, state in listed.items() if known.get(run_id) != state]
+        gone = [run_id for run_id in known if run_id not in listed]
+        changed = [run_id for run_id, state in listed.items()
+                   if full or run_id not in known or known[run_id][:2] != state or known[run_id][2] is None]
         if len(changed) > len(listed) // 2:  # most of the store (a first build): one pass over its tables
             wanted = set(changed)
-            return [_row_of(*read) for read in sql.runs(self.store) if read[0]["run_uuid"] in wanted]
-        return [_row_of(*read) for read in sql.runs(self.store, run_ids=changed)] if changed else []
+            return [_row_of(*read) for read in sql.runs(self.store) if read[0]["run_uuid"] in wanted], gone, []
+        return self._by_id(changed), gone, []
 
-    def _changed_on_server(self, db: sqlite3.Connection, watermark: int, pending: Sequence[str]) -> list[tuple]:
-        """A server is asked for the runs started since the newest seen (less `OVERLAP_MS`), the runs still running
-        at the last refresh, by id, and its deleted runs."""
+    def _changed_on_server(self, known: Mapping[str, tuple], watermark: int, pending: Sequence[str]
+                           ) -> tuple[list[tuple], list[str], list[str]]:
+        """A server is asked for the runs started since the newest seen (less `OVERLAP_MS`), its deleted runs, and
+        by id the runs still running at the last refresh and those the index holds deleted that no longer are
+        (restored)."""
         since = watermark - OVERLAP_MS if watermark else 0
         fetched = list(map(_row, search_all(self.store, f"attributes.start_time >= {since}" if since else "",
                                             view="ALL")))
-        for start in range(0, len(pending), _ID_CHUNK):
-            listed = ", ".join(f"'{run_id}'" for run_id in pending[start:start + _ID_CHUNK])
-            fetched += map(_row, search_all(self.store, f"attributes.run_id IN ({listed})", view="ALL"))
-        deleted = search_all(self.store, "", view="DELETED_ONLY")
-        db.executemany("UPDATE runs SET lifecycle = 'deleted' WHERE run_id = ?", [(r.info.run_id,) for r in deleted])
-        return fetched
+        deleted = [run.info.run_id for run in search_all(self.store, "", view="DELETED_ONLY")]
+        now_deleted = set(deleted)
+        restored = [run_id for run_id, (_, lifecycle, _) in known.items()
+                    if lifecycle == "deleted" and run_id not in now_deleted]
+        fetched += self._by_id(pending)
+        back = self._by_id(restored)
+        found = {row[0] for row in back}
+        return fetched + back, [run_id for run_id in restored if run_id not in found], deleted  # gone: purged
 
     def _by_id(self, run_ids: Sequence[str]) -> list[tuple]:
         if sql.is_sql(self.store):
@@ -156,14 +168,17 @@ class StoreIndex:
             db.executemany(f"INSERT OR REPLACE INTO runs VALUES ({_MARKS})", rows)
 
     def fetched(self, run_ids: Sequence[str]) -> dict[str, IndexedRun]:
-        """The runs with these ids, those the index lacks read from the store (and kept)."""
+        """The runs with these ids; those the index lacks, holds unfinished or holds without their artifact
+        location (the runs another process was still writing when the index last read them, or that this process
+        added) are read from the store first (and kept)."""
         found = self.runs(run_ids)
-        missing = [run_id for run_id in run_ids if run_id not in found]
-        if missing:
-            read = self._by_id(missing)
+        stale = [run_id for run_id in run_ids if run_id not in found or found[run_id].status not in TERMINAL
+                 or found[run_id].artifact_uri is None]
+        if stale:
+            read = self._by_id(stale)
             with closing(self._connect()) as db, db:
                 db.executemany(f"INSERT OR REPLACE INTO runs VALUES ({_MARKS})", read)
-            found.update(self.runs(missing))
+            found.update(self.runs(stale))
         return found
 
     # -- asking it ---------------------------------------------------------------------------------------

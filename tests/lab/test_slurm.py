@@ -79,8 +79,10 @@ def sweep_args(conf: Path, checkpoint: Path, *extra: str) -> list[str]:
 def start(workdir: Path, args: list[str]) -> subprocess.Popen:
     workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "CLIP_TABLES_OUTPUTS": str(workdir / "outputs"), "HYDRA_FULL_ERROR": "0"}
+    # SIGINT as a terminal leaves it: a shell starts background commands ignoring it, and children inherit that
     return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=workdir, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def finished_jobs(workdir: Path) -> int:

@@ -61,6 +61,10 @@ def test_tags_set_at_once_are_the_tags_set_one_by_one(store):
     store.client.set_tag(one_by_one, "table_row", "00002")
     store.client.set_tag(one_by_one, "extra", "x")
     tags = [store.client.get_run(run_id).data.tags for run_id in (at_once, one_by_one)]
+    bulk.tag(store, {at_once: {"only_here": "1"}, one_by_one: {"table_row": "00003"}})  # each run its own keys
+    after = [store.client.get_run(run_id).data.tags for run_id in (at_once, one_by_one)]
+    assert after[0]["table_row"] == "00002" and after[0]["only_here"] == "1" and after[1]["table_row"] == "00003"
+    assert "only_here" not in after[1] and after[1]["extra"] == "x"
     own = ("model", "mlflow.runName")  # the two runs' own names
     assert tags[0]["table_row"] == "00002" and {k: v for k, v in tags[0].items() if k not in own} == {
         k: v for k, v in tags[1].items() if k not in own}

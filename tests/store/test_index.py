@@ -118,5 +118,21 @@ def test_an_index_of_a_tracking_server_follows_its_runs_through_its_search(tmp_p
         store.client.set_terminated(running, "FINISHED")
         index.refresh()
         assert {run.run_id for run in index.job_runs()} == {first[2], running, later, first[0]}
+        store.client.restore_run(first[1])  # started long before the watermark: found again by its id
+        index.refresh()
+        assert first[1] in {run.run_id for run in index.job_runs()}
         assert sorted(results.latest_in_store(store), key=lambda r: r.run_id) == sorted(
             results.latest_in_store_searched(store), key=lambda r: r.run_id)
+
+
+def test_a_run_indexed_while_running_is_read_again_when_asked_for(store, tmp_path):
+    """Another process's refresh saw a sweep's job run still running: the sweep's own table asks for it by id and
+    gets it finished, with its metric, not the row of the refresh."""
+    index = StoreIndex.of(store, tmp_path / "index")
+    running = job_run(store, "model1", "dataset1", 0.5, finish=False)
+    index.refresh()
+    assert index.runs([running])[running].status == "RUNNING"
+    store.client.log_metric(running, "acc5", 0.75)
+    store.client.set_terminated(running, "FINISHED")
+    run = index.fetched([running])[running]
+    assert run.status == "FINISHED" and run.metrics["acc5"] == 0.75 and run.artifact_uri
