@@ -168,12 +168,11 @@ class StoreIndex:
             db.executemany(f"INSERT OR REPLACE INTO runs VALUES ({_MARKS})", rows)
 
     def fetched(self, run_ids: Sequence[str]) -> dict[str, IndexedRun]:
-        """The runs with these ids; those the index lacks, holds unfinished or holds without their artifact
-        location (the runs another process was still writing when the index last read them, or that this process
-        added) are read from the store first (and kept)."""
+        """The runs with these ids; those the index lacks or holds unfinished (runs another process was still
+        writing when the index last read them) are read from the store first (and kept). Runs this process added
+        come as it added them, without their artifact location until the next refresh."""
         found = self.runs(run_ids)
-        stale = [run_id for run_id in run_ids if run_id not in found or found[run_id].status not in TERMINAL
-                 or found[run_id].artifact_uri is None]
+        stale = [run_id for run_id in run_ids if run_id not in found or found[run_id].status not in TERMINAL]
         if stale:
             read = self._by_id(stale)
             with closing(self._connect()) as db, db:
