@@ -60,7 +60,7 @@ class Composer:
         resolved)."""
         if self.template is None:
             self.template = self._hydra(overrides)
-            self.resolved = OmegaConf.to_container(self.template, resolve=True)
+            self.resolved = _resolved(self.template)
             self.template_overrides = self._parsed(overrides)
             self.repository = self._repository(overrides)
             return copy.deepcopy(self.resolved)
@@ -106,7 +106,7 @@ class Composer:
             if node is None:
                 return None
         try:
-            resolved = OmegaConf.to_container(self._together([Variation(override, node, {})]), resolve=True)
+            resolved = _resolved(self._together([Variation(override, node, {})]))
         except Exception:  # Hydra says what is wrong with it
             return None
         if set(resolved) != set(self.resolved):

@@ -162,8 +162,9 @@ class StoreIndex:
 
     def add(self, runs: Iterable[IndexedRun]) -> None:
         """Runs this process just wrote (served jobs' runs): in the index now, not at the next refresh."""
-        rows = [(run.run_id, run.stage, run.status, "active", run.start_time, run.end_time, run.tags.get("cache_key"),
-                 0, json.dumps(dict(run.tags)), json.dumps(dict(run.metrics)), run.artifact_uri) for run in runs]
+        rows = [_row_of({"run_uuid": run.run_id, "status": run.status, "lifecycle_stage": "active",
+                         "start_time": run.start_time, "end_time": run.end_time, "artifact_uri": run.artifact_uri},
+                        {"stage": run.stage, **run.tags}, run.metrics) for run in runs]
         with closing(self._connect()) as db, db:
             db.executemany(f"INSERT OR REPLACE INTO runs VALUES ({_MARKS})", rows)
 
